@@ -1,0 +1,49 @@
+"""API keys and the audit log."""
+
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditEntry
+from voms.db.engine import reading
+from voms.domain.roles import Permission
+from voms.services import audit, auth
+
+router = APIRouter(prefix="/api/v1", tags=["administration"])
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+def create_api_key(body: ApiKeyCreate, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    record, secret = auth.create_api_key(
+        rt, who, name=body.name, role=body.role, service_provider=body.service_provider
+    )
+    return {**record, "key": secret}
+
+
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
+def list_api_keys(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
+    return auth.list_api_keys(rt, who)
+
+
+@router.delete("/api-keys/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_api_key(name: str, rt: RuntimeDep, who: PrincipalDep) -> None:
+    auth.revoke_api_key(rt, who, name)
+
+
+@router.get("/audit", response_model=list[AuditEntry])
+def audit_log(
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    who.require(Permission.AUDIT_READ)
+    with reading(rt.engine) as conn:
+        entries = audit.list_entries(
+            conn, object_type=object_type, object_id=object_id, limit=max(1, min(limit, 1000))
+        )
+    if who.service_provider_id is not None:
+        entries = [e for e in entries if e["service_provider_id"] == who.service_provider_id]
+    return entries

@@ -1,0 +1,34 @@
+"""The FastAPI application factory."""
+
+from fastapi import FastAPI
+
+import voms
+from voms.api import admin, catalog, health
+from voms.api.deps import TokenBuckets
+from voms.api.errors import install_error_handlers
+from voms.api.metrics import observe
+from voms.config import get_settings
+from voms.logs import configure_logging
+from voms.runtime import Runtime, build_runtime
+
+
+def create_app(rt: Runtime | None = None) -> FastAPI:
+    """Build the app around ``rt`` (default: from the ``VOMS_`` environment)."""
+    if rt is None:
+        settings = get_settings()
+        configure_logging(settings)
+        rt = build_runtime(settings)
+    app = FastAPI(
+        title="OpenVoMS",
+        version=voms.__version__,
+        description="Open prepaid voucher management: catalog, vouchers, redemption, wallet.",
+    )
+    app.state.runtime = rt
+    app.state.rate_limits = TokenBuckets(
+        rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst
+    )
+    install_error_handlers(app)
+    app.middleware("http")(observe)
+    for router in (health.router, catalog.router, admin.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,66 @@
+"""Request dependencies: the runtime, the authenticated principal, rate limits."""
+
+import threading
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from voms.domain.errors import ResultError, VomsError
+from voms.domain.results import Result
+from voms.runtime import Runtime
+from voms.services.auth import Principal, authenticate
+
+_bearer = HTTPBearer(auto_error=False, description="API key created with `voms apikey create`")
+
+
+class Unauthorized(VomsError):
+    http_status = 401
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class TokenBuckets:
+    """Per-API-key token buckets: ``rate`` requests a second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+            return allowed
+
+
+def get_principal(
+    request: Request,
+    rt: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller behind the Bearer API key: 401 when missing or invalid, 429 when too fast."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing API key (Authorization: Bearer <key>)")
+    principal = authenticate(rt, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("invalid or revoked API key")
+    buckets: TokenBuckets = request.app.state.rate_limits
+    if principal.api_key_id is not None and not buckets.allow(principal.api_key_id):
+        raise ResultError(Result.TOO_MANY_REQUESTS)
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,55 @@
+"""One place that turns service errors into HTTP answers: never a traceback, never a PIN."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from voms.domain.errors import ResultError, VomsError
+from voms.domain.results import Result
+
+log = logging.getLogger("voms.api")
+
+
+def result_body(result: Result, **extra: Any) -> dict[str, Any]:
+    return {"result_code": result.code, "result_text": result.text, **extra}
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # FastAPI's default echoes the offending input, which may be a PIN: keep only where
+    # and why.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ResultError)
+    async def _result_error(_: Request, exc: ResultError) -> JSONResponse:
+        return JSONResponse(result_body(exc.result, **exc.extra), status_code=exc.http_status)
+
+    @app.exception_handler(VomsError)
+    async def _voms_error(_: Request, exc: VomsError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The exception type and route only: request bodies may carry PINs.
+        log.error(
+            "unhandled error on %s %s: %s",
+            request.method,
+            request.url.path,
+            exc.__class__.__name__,
+            exc_info=(type(exc), exc, None),
+        )
+        return JSONResponse(
+            result_body(Result.SYSTEM_ERROR, detail="internal error"), status_code=500
+        )

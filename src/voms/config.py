@@ -1,0 +1,78 @@
+"""Settings from ``VOMS_`` environment variables; no configuration file is needed."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///voms.db"
+
+
+class Settings(BaseSettings):
+    """Every setting, its default, and what it is for (README "Configuration")."""
+
+    model_config = SettingsConfigDict(env_prefix="VOMS_", extra="ignore")
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL; SQLite file in the working directory by default.",
+    )
+    keys_file: Path | None = Field(
+        None,
+        description="Key file; default: voms-keys.json next to the SQLite file.",
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field("text", description="json: one object a line.")
+    host: str = Field("127.0.0.1", description="Address `voms serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `voms serve` binds.")
+    workers: int = Field(1, ge=1, le=256, description="Worker processes of `voms serve`.")
+    db_pool_size: int = Field(5, ge=1, description="Connections kept open per process.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections under load.")
+    db_pool_timeout_s: float = Field(10.0, gt=0, description="Wait for a free connection.")
+    serial_width: int = Field(12, ge=6, le=18, description="Digits of a voucher serial.")
+    require_approval: bool = Field(
+        False, description="Four-eyes: who generated a batch cannot activate it."
+    )
+    max_bad_pin_attempts: int = Field(5, ge=1, description="Bad PINs before a blacklist.")
+    blacklist_minutes: int = Field(60, ge=1, description="How long a blacklist lasts.")
+    rate_limit_per_second: float = Field(
+        2000.0, gt=0, description="Sustained requests per second allowed per API key."
+    )
+    rate_limit_burst: int = Field(4000, ge=1, description="Burst allowed per API key.")
+    idempotency_retention_hours: int = Field(48, ge=24, description="How long request ids live.")
+    generation_chunk_size: int = Field(
+        20_000, ge=100, description="Vouchers generated and written per chunk."
+    )
+    background_generation_threshold: int = Field(
+        10_000, ge=0, description="Batches larger than this are generated in the background."
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for an in-memory or non-SQLite database."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("///", 1)[1] if "///" in self.database_url else ""
+        path = path.split("?", 1)[0]
+        if not path or path == ":memory:":
+            return None
+        return Path(path)
+
+    def resolved_keys_file(self) -> Path:
+        """Where the key file lives: explicit setting, else beside the SQLite file."""
+        if self.keys_file is not None:
+            return self.keys_file
+        db_file = self.sqlite_path()
+        folder = db_file.parent if db_file is not None else Path()
+        return folder / "voms-keys.json"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,373 @@
+"""The schema (SQLAlchemy Core). Migrations in ``migrations/`` must match it.
+
+Conventions: integer ids, integer money in minor units, UTC datetimes, named
+constraints, CHECK constraints as a backstop for rules the services enforce.
+"""
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from voms.db.types import BigId, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _created_at() -> Column[object]:
+    return Column("created_at", UTCDateTime(), nullable=False)
+
+
+# --- catalog ---------------------------------------------------------------------
+
+service_providers = Table(
+    "service_providers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(32), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    _created_at(),
+)
+
+balance_types = Table(
+    "balance_types",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("unit", String(32), nullable=False),
+    Column("currency", String(3)),
+    Column("max_balance", BigInteger),
+    _created_at(),
+    UniqueConstraint("service_provider_id", "code", name="uq_balance_types_sp_code"),
+    CheckConstraint("max_balance IS NULL OR max_balance > 0", name="max_balance_positive"),
+)
+
+product_types = Table(
+    "product_types",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    _created_at(),
+    UniqueConstraint("service_provider_id", "code", name="uq_product_types_sp_code"),
+)
+
+# Voucher type codes are unique in the installation: the API names them without a
+# service provider (batches, voucher-type recharges, scenario lookups).
+voucher_types = Table(
+    "voucher_types",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("code", String(32), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("pin_length", SmallInteger, nullable=False),
+    Column("validity_days", Integer, nullable=False),
+    Column("reservation_timeout_s", Integer, nullable=False),
+    Column("timeout_action", String(8), nullable=False),
+    _created_at(),
+    CheckConstraint("pin_length BETWEEN 8 AND 24", name="pin_length_range"),
+    CheckConstraint("validity_days > 0", name="validity_positive"),
+    CheckConstraint("reservation_timeout_s > 0", name="timeout_positive"),
+    CheckConstraint("timeout_action IN ('hold', 'commit', 'revoke')", name="timeout_action"),
+)
+
+voucher_type_product_types = Table(
+    "voucher_type_product_types",
+    metadata,
+    Column("voucher_type_id", ForeignKey("voucher_types.id", ondelete="CASCADE"), primary_key=True),
+    Column("product_type_id", ForeignKey("product_types.id"), primary_key=True),
+)
+
+scenarios = Table(
+    "scenarios",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("voucher_type_id", ForeignKey("voucher_types.id", ondelete="CASCADE"), nullable=False),
+    Column("number", SmallInteger, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("account_expiry_extension_days", Integer, nullable=False),
+    Column("new_product_type_id", ForeignKey("product_types.id")),
+    UniqueConstraint("voucher_type_id", "number", name="uq_scenarios_vt_number"),
+    CheckConstraint("number > 0", name="number_positive"),
+    CheckConstraint("account_expiry_extension_days >= 0", name="extension_not_negative"),
+)
+
+scenario_credits = Table(
+    "scenario_credits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scenario_id", ForeignKey("scenarios.id", ondelete="CASCADE"), nullable=False),
+    Column("balance_type_id", ForeignKey("balance_types.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("balance_expiry_extension_days", Integer, nullable=False),
+    UniqueConstraint("scenario_id", "balance_type_id", name="uq_scenario_credits_scenario_bt"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("balance_expiry_extension_days >= 0", name="extension_not_negative"),
+)
+
+# --- access and audit ------------------------------------------------------------
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("service_provider_id", ForeignKey("service_providers.id")),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    Column("revoked_at", UTCDateTime()),
+)
+
+# Append-only: triggers created by the migration refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("object_type", String(32), nullable=False),
+    Column("object_id", String(64), nullable=False),
+    Column("service_provider_id", Integer),
+    Column("detail", JSON, nullable=False),
+    Index("ix_audit_log_object", "object_type", "object_id"),
+    Index("ix_audit_log_at", "at"),
+)
+
+# --- vouchers --------------------------------------------------------------------
+
+# One row per counter; allocation is a conditional UPDATE … RETURNING, which behaves
+# the same on SQLite, PostgreSQL and distributed PostgreSQL (no sequence semantics).
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("next_value", BigInteger, nullable=False),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("voucher_type_id", ForeignKey("voucher_types.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("generated_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("serial_first", BigInteger, nullable=False),
+    Column("serial_last", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("error", Text),
+    Column("request_id", String(100)),
+    CheckConstraint("count > 0", name="count_positive"),
+    CheckConstraint("serial_last - serial_first + 1 = count", name="serial_range"),
+    CheckConstraint(
+        "state IN ('generating', 'generated', 'active', 'frozen', 'deleted', 'failed')",
+        name="state",
+    ),
+    Index("ix_batches_state", "state"),
+    Index("ix_batches_voucher_type", "voucher_type_id"),
+    Index("ix_batches_serial_first", "serial_first"),
+)
+
+# Hot table (100 million rows): the serial is the key, so ranges are index scans.
+vouchers = Table(
+    "vouchers",
+    metadata,
+    Column("serial", BigInteger, primary_key=True, autoincrement=False),
+    Column("batch_id", ForeignKey("batches.id"), nullable=False),
+    Column("pin_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("lookup_key_id", SmallInteger, nullable=False),
+    Column("pin_ciphertext", LargeBinary, nullable=False),
+    Column("encryption_key_id", SmallInteger, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("state_changed_at", UTCDateTime()),
+    Column("redeemed_at", UTCDateTime()),
+    Column("redeemed_by", String(15)),
+    Column("partner_id", Integer),
+    Column("export_id", Integer),
+    CheckConstraint(
+        "state IN ('available', 'reserved', 'redeemed', 'frozen', 'deleted')", name="state"
+    ),
+    Index("ix_vouchers_batch_id", "batch_id"),
+)
+
+# History of batch and range operations: one row per operation, not per voucher.
+voucher_events = Table(
+    "voucher_events",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("batch_id", Integer),
+    Column("serial_from", BigInteger),
+    Column("serial_to", BigInteger),
+    Column("affected", BigInteger, nullable=False),
+    Column("reason", String(200)),
+    Column("detail", JSON, nullable=False),
+    Index("ix_voucher_events_batch", "batch_id"),
+    Index("ix_voucher_events_serials", "serial_from", "serial_to"),
+)
+
+# --- wallet ----------------------------------------------------------------------
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("msisdn", String(15), nullable=False, unique=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("product_type_id", ForeignKey("product_types.id"), nullable=False),
+    Column("state", String(12), nullable=False),
+    Column("account_expires_at", UTCDateTime()),
+    _created_at(),
+    CheckConstraint("state IN ('active', 'frozen', 'suspended', 'deactivated')", name="state"),
+)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("subscriber_id", ForeignKey("subscribers.id"), primary_key=True),
+    Column("balance_type_id", ForeignKey("balance_types.id"), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime()),
+    CheckConstraint("amount >= 0", name="amount_not_negative"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("subscriber_id", ForeignKey("subscribers.id"), nullable=False),
+    Column("balance_type_id", ForeignKey("balance_types.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("cause", String(16), nullable=False),
+    Column("transaction_id", String(36)),
+    Column("serial", BigInteger),
+    Column("reason", String(200)),
+    Column("actor", String(100), nullable=False),
+    CheckConstraint(
+        "cause IN ('redemption', 'recharge', 'reward', 'adjustment', 'expiry')", name="cause"
+    ),
+    CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
+    Index("ix_ledger_subscriber", "subscriber_id", "balance_type_id"),
+    Index("ix_ledger_transaction", "transaction_id"),
+    # One redemption credit per voucher and balance type: the double-spend backstop.
+    Index(
+        "uq_ledger_redemption",
+        "serial",
+        "balance_type_id",
+        unique=True,
+        postgresql_where=text("cause = 'redemption'"),
+        sqlite_where=text("cause = 'redemption'"),
+    ),
+)
+
+# Every redemption-family attempt, successful or not.
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("msisdn", String(15)),
+    Column("recipient_msisdn", String(15)),
+    Column("serial", BigInteger),
+    Column("voucher_type_id", Integer),
+    Column("scenario", SmallInteger),
+    Column("result_code", Integer, nullable=False),
+    Column("credits", JSON, nullable=False),
+    Column("reservation_id", String(36)),
+    Column("service_provider_id", Integer),
+    Column("api_key_id", Integer),
+    Column("actor", String(100), nullable=False),
+    Index("ix_transactions_msisdn_at", "msisdn", "at"),
+    Index("ix_transactions_recipient_at", "recipient_msisdn", "at"),
+    Index("ix_transactions_serial_at", "serial", "at"),
+    Index("ix_transactions_at", "at", "id"),
+    # Exactly one successful redemption (or commit) per voucher.
+    Index(
+        "uq_transactions_one_success_per_voucher",
+        "serial",
+        unique=True,
+        postgresql_where=text("result_code = 0 AND kind IN ('redemption', 'commit')"),
+        sqlite_where=text("result_code = 0 AND kind IN ('redemption', 'commit')"),
+    ),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("serial", BigInteger, nullable=False),
+    Column("msisdn", String(15), nullable=False),
+    Column("recipient_msisdn", String(15), nullable=False),
+    Column("scenario", SmallInteger, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("credits", JSON, nullable=False),
+    _created_at(),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("api_key_id", Integer),
+    CheckConstraint("state IN ('open', 'committed', 'revoked', 'held')", name="state"),
+    Index("ix_reservations_open_expiry", "state", "expires_at"),
+    Index("ix_reservations_serial", "serial"),
+)
+
+pin_attempts = Table(
+    "pin_attempts",
+    metadata,
+    Column("msisdn", String(15), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("blacklisted_until", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(40), primary_key=True),
+    Column("request_id", String(100), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", SmallInteger, nullable=False),
+    Column("response", JSON, nullable=False),
+    _created_at(),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)

@@ -1,0 +1,56 @@
+"""Roles of API keys and users, and what each may do (API.md "Authentication")."""
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    DISTRIBUTOR = "distributor"
+    CARE = "care"
+    CHANNEL = "channel"
+    AUDITOR = "auditor"
+
+
+class Permission(StrEnum):
+    CATALOG_READ = "catalog:read"
+    CATALOG_WRITE = "catalog:write"
+    BATCH_READ = "batch:read"
+    BATCH_WRITE = "batch:write"
+    REDEEM = "redeem"
+    LOOKUP = "lookup"
+    SUBSCRIBER_WRITE = "subscriber:write"
+    WALLET_ADJUST = "wallet:adjust"
+    EXPORT = "export"
+    AUDIT_READ = "audit:read"
+    HOUSEKEEPING = "housekeeping"
+    APIKEY_ADMIN = "apikey:admin"
+
+
+_READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset(
+        _READ
+        | {
+            Permission.CATALOG_WRITE,
+            Permission.BATCH_WRITE,
+            Permission.SUBSCRIBER_WRITE,
+            Permission.HOUSEKEEPING,
+        }
+    ),
+    Role.DISTRIBUTOR: frozenset(
+        {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.EXPORT}
+    ),
+    Role.CARE: frozenset(
+        {Permission.CATALOG_READ, Permission.LOOKUP, Permission.REDEEM, Permission.WALLET_ADJUST}
+    ),
+    Role.CHANNEL: frozenset({Permission.REDEEM, Permission.CATALOG_READ}),
+    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ}),
+}
+
+
+def allows(role: Role, permission: Permission) -> bool:
+    """True when ``role`` carries ``permission``."""
+    return permission in ROLE_PERMISSIONS[role]

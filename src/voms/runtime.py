@@ -1,0 +1,27 @@
+"""What a process needs to serve: settings, the database engine, the keyring."""
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from voms.config import Settings
+from voms.crypto import Keyring, load_keyring
+from voms.db.engine import make_engine
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    keyring: Keyring
+    # Small per-process caches, keyed by the service that owns them.
+    caches: dict[str, object] = field(default_factory=dict)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Open the database and load the keys named by ``settings``."""
+    return Runtime(
+        settings=settings,
+        engine=make_engine(settings),
+        keyring=load_keyring(settings.resolved_keys_file()),
+    )

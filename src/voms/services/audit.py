@@ -1,0 +1,50 @@
+"""Append-only audit log of state-changing administrative calls."""
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, insert, select
+
+from voms.db import tables as t
+from voms.db.types import utcnow
+
+if TYPE_CHECKING:
+    from voms.services.auth import Principal
+
+
+def record(
+    conn: Connection,
+    actor: "Principal",
+    action: str,
+    object_type: str,
+    object_id: str | int,
+    service_provider_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Write one audit row inside the caller's transaction (never a PIN in ``detail``)."""
+    conn.execute(
+        insert(t.audit_log).values(
+            at=utcnow(),
+            actor=actor.name,
+            action=action,
+            object_type=object_type,
+            object_id=str(object_id),
+            service_provider_id=service_provider_id,
+            detail=detail or {},
+        )
+    )
+
+
+def list_entries(
+    conn: Connection,
+    *,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Newest audit entries first, optionally for one object."""
+    query = select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)
+    if object_type:
+        query = query.where(t.audit_log.c.object_type == object_type)
+    if object_id:
+        query = query.where(t.audit_log.c.object_id == object_id)
+    return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,195 @@
+"""API keys, roles and service-provider scope."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from voms.crypto import hash_api_key, new_api_key
+from voms.db import tables as t
+from voms.db.engine import reading
+from voms.db.types import utcnow
+from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from voms.domain.roles import Permission, Role, allows
+from voms.runtime import Runtime
+from voms.services import audit
+
+KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this time
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who calls: an API key (or the local CLI operator) with a role and scope."""
+
+    name: str
+    role: Role
+    service_provider_id: int | None = None
+    api_key_id: int | None = None
+
+    def require(self, permission: Permission, service_provider_id: int | None = None) -> None:
+        """Refuse (403) a call outside this principal's role or service-provider scope."""
+        if not allows(self.role, permission):
+            raise Forbidden(f"role {self.role} may not {permission}")
+        self.require_scope(service_provider_id)
+
+    def require_scope(self, service_provider_id: int | None) -> None:
+        if (
+            self.service_provider_id is not None
+            and service_provider_id is not None
+            and service_provider_id != self.service_provider_id
+        ):
+            raise Forbidden("outside this key's service provider")
+
+    def require_unscoped(self) -> None:
+        if self.service_provider_id is not None:
+            raise Forbidden("a key scoped to one service provider may not do this")
+
+
+# The local operator at the console (CLI): full rights, recorded under this name.
+CONSOLE = Principal(name="console", role=Role.ADMIN)
+
+
+def service_provider_id_by_code(conn: Connection, code: str) -> int:
+    sp_id = conn.execute(
+        select(t.service_providers.c.id).where(t.service_providers.c.code == code)
+    ).scalar()
+    if sp_id is None:
+        raise NotFound(f"service provider '{code}' not found")
+    return int(sp_id)
+
+
+def create_api_key(
+    rt: Runtime,
+    actor: Principal,
+    *,
+    name: str,
+    role: str,
+    service_provider: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Create a key; returns its public record and the secret, shown this once only."""
+    actor.require(Permission.APIKEY_ADMIN)
+    try:
+        role_value = Role(role)
+    except ValueError:
+        raise Invalid(f"unknown role '{role}'; one of: {', '.join(Role)}") from None
+    if not name or len(name) > 100:
+        raise Invalid("name must be 1 to 100 characters")
+    secret = new_api_key()
+    with rt.engine.begin() as conn:
+        sp_id = service_provider_id_by_code(conn, service_provider) if service_provider else None
+        actor.require_scope(sp_id)
+        if actor.service_provider_id is not None and sp_id is None:
+            raise Forbidden("a scoped key may only create keys of its own service provider")
+        try:
+            key_id = conn.execute(
+                insert(t.api_keys)
+                .values(
+                    name=name,
+                    key_hash=hash_api_key(secret),
+                    prefix=secret[:12],
+                    role=role_value.value,
+                    service_provider_id=sp_id,
+                    created_by=actor.name,
+                    created_at=utcnow(),
+                )
+                .returning(t.api_keys.c.id)
+            ).scalar_one()
+        except IntegrityError:
+            raise Conflict(f"an API key named '{name}' already exists") from None
+        audit.record(
+            conn, actor, "apikey.create", "api_key", key_id, sp_id, {"name": name, "role": role}
+        )
+    record = {
+        "id": key_id,
+        "name": name,
+        "role": role_value.value,
+        "service_provider": service_provider,
+    }
+    return record, secret
+
+
+def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
+    actor.require(Permission.APIKEY_ADMIN)
+    k, sp = t.api_keys, t.service_providers
+    query = (
+        select(
+            k.c.id,
+            k.c.name,
+            k.c.prefix,
+            k.c.role,
+            sp.c.code.label("service_provider"),
+            k.c.created_by,
+            k.c.created_at,
+            k.c.revoked_at,
+        )
+        .select_from(k.outerjoin(sp, sp.c.id == k.c.service_provider_id))
+        .order_by(k.c.id)
+    )
+    if actor.service_provider_id is not None:
+        query = query.where(k.c.service_provider_id == actor.service_provider_id)
+    with reading(rt.engine) as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def revoke_api_key(rt: Runtime, actor: Principal, name: str) -> None:
+    actor.require(Permission.APIKEY_ADMIN)
+    with rt.engine.begin() as conn:
+        row = conn.execute(
+            select(t.api_keys.c.id, t.api_keys.c.service_provider_id).where(
+                t.api_keys.c.name == name
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"API key '{name}' not found")
+        actor.require_scope(row.service_provider_id)
+        conn.execute(
+            update(t.api_keys)
+            .where(t.api_keys.c.id == row.id, t.api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        audit.record(conn, actor, "apikey.revoke", "api_key", row.id, row.service_provider_id)
+    _cache(rt).clear()
+
+
+def has_any_api_key(rt: Runtime) -> bool:
+    with reading(rt.engine) as conn:
+        return conn.execute(select(t.api_keys.c.id).limit(1)).first() is not None
+
+
+def _cache(rt: Runtime) -> dict[str, tuple[float, Principal | None]]:
+    return rt.caches.setdefault("api_keys", {})  # type: ignore[return-value]
+
+
+def authenticate(rt: Runtime, secret: str) -> Principal | None:
+    """The principal of a valid, unrevoked key, or None. Cached a few seconds."""
+    digest = hash_api_key(secret)
+    cache = _cache(rt)
+    now = time.monotonic()
+    hit = cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    with reading(rt.engine) as conn:
+        row = conn.execute(
+            select(
+                t.api_keys.c.id,
+                t.api_keys.c.name,
+                t.api_keys.c.role,
+                t.api_keys.c.service_provider_id,
+            ).where(t.api_keys.c.key_hash == digest, t.api_keys.c.revoked_at.is_(None))
+        ).first()
+    principal = (
+        Principal(
+            name=row.name,
+            role=Role(row.role),
+            service_provider_id=row.service_provider_id,
+            api_key_id=row.id,
+        )
+        if row is not None
+        else None
+    )
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[digest] = (now + KEY_CACHE_SECONDS, principal)
+    return principal

@@ -1,0 +1,608 @@
+"""Catalog: service providers, balance types, product types, voucher types + scenarios."""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Connection, Row, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from voms.db import tables as t
+from voms.db.engine import reading
+from voms.db.types import utcnow
+from voms.domain.errors import Conflict, Invalid, NotFound
+from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH
+from voms.domain.roles import Permission
+from voms.runtime import Runtime
+from voms.services import audit
+from voms.services.auth import Principal, service_provider_id_by_code
+
+Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+TimeoutAction = Literal["hold", "commit", "revoke"]
+MAX_AMOUNT = 10**15
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceProviderIn(_Input):
+    code: Code
+    name: Name
+
+
+class ServiceProviderUpdate(_Input):
+    name: Name | None = None
+
+
+class BalanceTypeIn(_Input):
+    code: Code
+    name: Name
+    unit: Unit = Field(description="What one minor unit is: cent, sms, MB, second…")
+    currency: Currency | None = None
+    service_provider: Code
+    max_balance: Annotated[int, Field(gt=0, le=MAX_AMOUNT)] | None = None
+
+
+class BalanceTypeUpdate(_Input):
+    name: Name | None = None
+    unit: Unit | None = None
+    currency: Currency | None = None
+    max_balance: Annotated[int, Field(gt=0, le=MAX_AMOUNT)] | None = None
+
+
+class ProductTypeIn(_Input):
+    code: Code
+    name: Name
+    service_provider: Code
+
+
+class ProductTypeUpdate(_Input):
+    name: Name | None = None
+
+
+class CreditIn(_Input):
+    balance_type: Code
+    amount: Annotated[int, Field(gt=0, le=MAX_AMOUNT)]
+    balance_expiry_extension_days: Annotated[int, Field(ge=0, le=36_500)] = 0
+
+
+class ScenarioIn(_Input):
+    number: Annotated[int, Field(ge=1, le=99)]
+    name: Name
+    default: bool = False
+    credits: list[CreditIn] = Field(default_factory=list, max_length=20)
+    account_expiry_extension_days: Annotated[int, Field(ge=0, le=36_500)] = 0
+    new_product_type: Code | None = None
+
+
+class VoucherTypeIn(_Input):
+    code: Code
+    name: Name
+    service_provider: Code
+    pin_length: Annotated[int, Field(ge=MIN_PIN_LENGTH, le=MAX_PIN_LENGTH)] = 14
+    validity_days: Annotated[int, Field(gt=0, le=36_500)] = 365
+    reservation_timeout_s: Annotated[int, Field(gt=0, le=86_400 * 30)] = 300
+    timeout_action: TimeoutAction = "revoke"
+    allowed_product_types: list[Code] = Field(default_factory=list)
+    scenarios: list[ScenarioIn] = Field(min_length=1, max_length=99)
+
+
+class VoucherTypeUpdate(_Input):
+    """What may change on a voucher type; the PIN length is fixed once vouchers exist."""
+
+    name: Name | None = None
+    validity_days: Annotated[int, Field(gt=0, le=36_500)] | None = None
+    reservation_timeout_s: Annotated[int, Field(gt=0, le=86_400 * 30)] | None = None
+    timeout_action: TimeoutAction | None = None
+    allowed_product_types: list[Code] | None = None
+    scenarios: list[ScenarioIn] | None = Field(None, min_length=1, max_length=99)
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _sp_codes(conn: Connection) -> dict[int, str]:
+    rows = conn.execute(select(t.service_providers.c.id, t.service_providers.c.code))
+    return {row.id: row.code for row in rows}
+
+
+def _code_id(conn: Connection, table: Table, sp_id: int, code: str, what: str) -> int:
+    row_id = conn.execute(
+        select(table.c.id).where(table.c.service_provider_id == sp_id, table.c.code == code)
+    ).scalar()
+    if row_id is None:
+        raise NotFound(f"{what} '{code}' not found")
+    return int(row_id)
+
+
+def _insert(conn: Connection, table: Table, what: str, code: str, /, **values: Any) -> int:
+    try:
+        with conn.begin_nested():
+            return int(
+                conn.execute(
+                    insert(table).values(created_at=utcnow(), **values).returning(table.c.id)
+                ).scalar_one()
+            )
+    except IntegrityError:
+        raise Conflict(f"{what} '{code}' already exists") from None
+
+
+def _changes(update_model: BaseModel) -> dict[str, Any]:
+    return update_model.model_dump(exclude_unset=True)
+
+
+# --- service providers -----------------------------------------------------------
+
+
+def _sp_public(row: Row[Any]) -> dict[str, Any]:
+    return {"code": row.code, "name": row.name, "created_at": row.created_at}
+
+
+def create_service_provider(
+    rt: Runtime, actor: Principal, body: ServiceProviderIn
+) -> dict[str, Any]:
+    """Create a service provider (brand/MVNO); only unscoped keys may."""
+    actor.require(Permission.CATALOG_WRITE)
+    actor.require_unscoped()
+    with rt.engine.begin() as conn:
+        sp_id = _insert(
+            conn, t.service_providers, "service provider", body.code, **body.model_dump()
+        )
+        audit.record(
+            conn,
+            actor,
+            "service_provider.create",
+            "service_provider",
+            body.code,
+            sp_id,
+            body.model_dump(),
+        )
+        return _sp_public(
+            conn.execute(select(t.service_providers).where(t.service_providers.c.id == sp_id)).one()
+        )
+
+
+def list_service_providers(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
+    actor.require(Permission.CATALOG_READ)
+    query = select(t.service_providers).order_by(t.service_providers.c.code)
+    if actor.service_provider_id is not None:
+        query = query.where(t.service_providers.c.id == actor.service_provider_id)
+    with reading(rt.engine) as conn:
+        return [_sp_public(row) for row in conn.execute(query)]
+
+
+def get_service_provider(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
+    actor.require(Permission.CATALOG_READ)
+    with reading(rt.engine) as conn:
+        row = conn.execute(
+            select(t.service_providers).where(t.service_providers.c.code == code)
+        ).first()
+    if row is None:
+        raise NotFound(f"service provider '{code}' not found")
+    actor.require_scope(row.id)
+    return _sp_public(row)
+
+
+def update_service_provider(
+    rt: Runtime, actor: Principal, code: str, body: ServiceProviderUpdate
+) -> dict[str, Any]:
+    with rt.engine.begin() as conn:
+        sp_id = service_provider_id_by_code(conn, code)
+        actor.require(Permission.CATALOG_WRITE, sp_id)
+        changes = _changes(body)
+        if changes:
+            conn.execute(
+                update(t.service_providers)
+                .where(t.service_providers.c.id == sp_id)
+                .values(**changes)
+            )
+            audit.record(
+                conn, actor, "service_provider.update", "service_provider", code, sp_id, changes
+            )
+        return _sp_public(
+            conn.execute(select(t.service_providers).where(t.service_providers.c.id == sp_id)).one()
+        )
+
+
+# --- balance types and product types ---------------------------------------------
+
+
+def _bt_public(row: Row[Any], sp_codes: dict[int, str]) -> dict[str, Any]:
+    return {
+        "code": row.code,
+        "name": row.name,
+        "unit": row.unit,
+        "currency": row.currency,
+        "service_provider": sp_codes[row.service_provider_id],
+        "max_balance": row.max_balance,
+        "created_at": row.created_at,
+    }
+
+
+def _pt_public(row: Row[Any], sp_codes: dict[int, str]) -> dict[str, Any]:
+    return {
+        "code": row.code,
+        "name": row.name,
+        "service_provider": sp_codes[row.service_provider_id],
+        "created_at": row.created_at,
+    }
+
+
+_SIMPLE = {
+    "balance_type": (t.balance_types, "balance type", _bt_public),
+    "product_type": (t.product_types, "product type", _pt_public),
+}
+
+
+def _create_simple(
+    rt: Runtime, actor: Principal, kind: str, body: BalanceTypeIn | ProductTypeIn
+) -> dict[str, Any]:
+    table, what, public = _SIMPLE[kind]
+    with rt.engine.begin() as conn:
+        sp_id = service_provider_id_by_code(conn, body.service_provider)
+        actor.require(Permission.CATALOG_WRITE, sp_id)
+        values = body.model_dump(exclude={"service_provider"})
+        row_id = _insert(conn, table, what, body.code, service_provider_id=sp_id, **values)
+        audit.record(
+            conn,
+            actor,
+            f"{kind}.create",
+            kind,
+            f"{body.service_provider}/{body.code}",
+            sp_id,
+            body.model_dump(),
+        )
+        return public(
+            conn.execute(select(table).where(table.c.id == row_id)).one(), _sp_codes(conn)
+        )
+
+
+def _list_simple(
+    rt: Runtime, actor: Principal, kind: str, service_provider: str | None
+) -> list[dict[str, Any]]:
+    table, _, public = _SIMPLE[kind]
+    actor.require(Permission.CATALOG_READ)
+    with reading(rt.engine) as conn:
+        query = select(table).order_by(table.c.service_provider_id, table.c.code)
+        if service_provider is not None:
+            sp_id = service_provider_id_by_code(conn, service_provider)
+            actor.require_scope(sp_id)
+            query = query.where(table.c.service_provider_id == sp_id)
+        if actor.service_provider_id is not None:
+            query = query.where(table.c.service_provider_id == actor.service_provider_id)
+        codes = _sp_codes(conn)
+        return [public(row, codes) for row in conn.execute(query)]
+
+
+def _get_simple(
+    rt: Runtime, actor: Principal, kind: str, service_provider: str, code: str
+) -> dict[str, Any]:
+    table, what, public = _SIMPLE[kind]
+    actor.require(Permission.CATALOG_READ)
+    with reading(rt.engine) as conn:
+        sp_id = service_provider_id_by_code(conn, service_provider)
+        actor.require_scope(sp_id)
+        row_id = _code_id(conn, table, sp_id, code, what)
+        return public(
+            conn.execute(select(table).where(table.c.id == row_id)).one(), _sp_codes(conn)
+        )
+
+
+def _update_simple(
+    rt: Runtime, actor: Principal, kind: str, service_provider: str, code: str, body: BaseModel
+) -> dict[str, Any]:
+    table, what, public = _SIMPLE[kind]
+    with rt.engine.begin() as conn:
+        sp_id = service_provider_id_by_code(conn, service_provider)
+        actor.require(Permission.CATALOG_WRITE, sp_id)
+        row_id = _code_id(conn, table, sp_id, code, what)
+        changes = _changes(body)
+        if changes:
+            conn.execute(update(table).where(table.c.id == row_id).values(**changes))
+            audit.record(
+                conn, actor, f"{kind}.update", kind, f"{service_provider}/{code}", sp_id, changes
+            )
+        return public(
+            conn.execute(select(table).where(table.c.id == row_id)).one(), _sp_codes(conn)
+        )
+
+
+def create_balance_type(rt: Runtime, actor: Principal, body: BalanceTypeIn) -> dict[str, Any]:
+    """Create a balance type (cash in a currency, SMS, data, minutes) of one provider."""
+    return _create_simple(rt, actor, "balance_type", body)
+
+
+def list_balance_types(
+    rt: Runtime, actor: Principal, service_provider: str | None = None
+) -> list[dict[str, Any]]:
+    return _list_simple(rt, actor, "balance_type", service_provider)
+
+
+def get_balance_type(
+    rt: Runtime, actor: Principal, service_provider: str, code: str
+) -> dict[str, Any]:
+    return _get_simple(rt, actor, "balance_type", service_provider, code)
+
+
+def update_balance_type(
+    rt: Runtime, actor: Principal, service_provider: str, code: str, body: BalanceTypeUpdate
+) -> dict[str, Any]:
+    return _update_simple(rt, actor, "balance_type", service_provider, code, body)
+
+
+def create_product_type(rt: Runtime, actor: Principal, body: ProductTypeIn) -> dict[str, Any]:
+    """Create a product type (tariff such as Gold or Platinum) of one provider."""
+    return _create_simple(rt, actor, "product_type", body)
+
+
+def list_product_types(
+    rt: Runtime, actor: Principal, service_provider: str | None = None
+) -> list[dict[str, Any]]:
+    return _list_simple(rt, actor, "product_type", service_provider)
+
+
+def get_product_type(
+    rt: Runtime, actor: Principal, service_provider: str, code: str
+) -> dict[str, Any]:
+    return _get_simple(rt, actor, "product_type", service_provider, code)
+
+
+def update_product_type(
+    rt: Runtime, actor: Principal, service_provider: str, code: str, body: ProductTypeUpdate
+) -> dict[str, Any]:
+    return _update_simple(rt, actor, "product_type", service_provider, code, body)
+
+
+# --- voucher types ---------------------------------------------------------------
+
+
+def _check_scenarios(scenarios: list[ScenarioIn]) -> None:
+    numbers = [s.number for s in scenarios]
+    if len(set(numbers)) != len(numbers):
+        raise Invalid("scenario numbers must be unique")
+    if sum(s.default for s in scenarios) > 1:
+        raise Invalid("at most one scenario may be the default")
+    for scenario in scenarios:
+        kinds = [c.balance_type for c in scenario.credits]
+        if len(set(kinds)) != len(kinds):
+            raise Invalid(f"scenario {scenario.number} credits one balance type twice")
+        if (
+            not scenario.credits
+            and not scenario.account_expiry_extension_days
+            and not scenario.new_product_type
+        ):
+            raise Invalid(f"scenario {scenario.number} gives nothing")
+
+
+def _write_scenarios(conn: Connection, vt_id: int, sp_id: int, scenarios: list[ScenarioIn]) -> None:
+    _check_scenarios(scenarios)
+    conn.execute(delete(t.scenarios).where(t.scenarios.c.voucher_type_id == vt_id))
+    for scenario in scenarios:
+        new_pt = (
+            _code_id(conn, t.product_types, sp_id, scenario.new_product_type, "product type")
+            if scenario.new_product_type
+            else None
+        )
+        scenario_id = conn.execute(
+            insert(t.scenarios)
+            .values(
+                voucher_type_id=vt_id,
+                number=scenario.number,
+                name=scenario.name,
+                is_default=scenario.default or len(scenarios) == 1,
+                account_expiry_extension_days=scenario.account_expiry_extension_days,
+                new_product_type_id=new_pt,
+            )
+            .returning(t.scenarios.c.id)
+        ).scalar_one()
+        for credit in scenario.credits:
+            conn.execute(
+                insert(t.scenario_credits).values(
+                    scenario_id=scenario_id,
+                    balance_type_id=_code_id(
+                        conn, t.balance_types, sp_id, credit.balance_type, "balance type"
+                    ),
+                    amount=credit.amount,
+                    balance_expiry_extension_days=credit.balance_expiry_extension_days,
+                )
+            )
+
+
+def _write_allowed_product_types(
+    conn: Connection, vt_id: int, sp_id: int, codes: list[str]
+) -> None:
+    conn.execute(
+        delete(t.voucher_type_product_types).where(
+            t.voucher_type_product_types.c.voucher_type_id == vt_id
+        )
+    )
+    for code in dict.fromkeys(codes):
+        conn.execute(
+            insert(t.voucher_type_product_types).values(
+                voucher_type_id=vt_id,
+                product_type_id=_code_id(conn, t.product_types, sp_id, code, "product type"),
+            )
+        )
+
+
+def load_voucher_type(
+    conn: Connection, *, code: str | None = None, voucher_type_id: int | None = None
+) -> dict[str, Any]:
+    """A voucher type with its scenarios, credits and allowed product types, by code or id.
+
+    The scenario credits carry both codes (for responses) and ids (for the wallet).
+    """
+    vt = t.voucher_types
+    query = select(vt, t.service_providers.c.code.label("sp_code")).join(
+        t.service_providers, t.service_providers.c.id == vt.c.service_provider_id
+    )
+    query = (
+        query.where(vt.c.code == code)
+        if code is not None
+        else query.where(vt.c.id == voucher_type_id)
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(f"voucher type '{code if code is not None else voucher_type_id}' not found")
+    pt = t.product_types
+    allowed = conn.execute(
+        select(pt.c.id, pt.c.code)
+        .join(
+            t.voucher_type_product_types, t.voucher_type_product_types.c.product_type_id == pt.c.id
+        )
+        .where(t.voucher_type_product_types.c.voucher_type_id == row.id)
+        .order_by(pt.c.code)
+    ).all()
+    sc, cr, bt = t.scenarios, t.scenario_credits, t.balance_types
+    scenario_rows = conn.execute(
+        select(sc, pt.c.code.label("new_pt_code"))
+        .outerjoin(pt, pt.c.id == sc.c.new_product_type_id)
+        .where(sc.c.voucher_type_id == row.id)
+        .order_by(sc.c.number)
+    ).all()
+    credit_rows = conn.execute(
+        select(cr, bt.c.code.label("bt_code"))
+        .join(bt, bt.c.id == cr.c.balance_type_id)
+        .join(sc, sc.c.id == cr.c.scenario_id)
+        .where(sc.c.voucher_type_id == row.id)
+        .order_by(cr.c.id)
+    ).all()
+    scenarios = []
+    for s in scenario_rows:
+        scenarios.append(
+            {
+                "number": s.number,
+                "name": s.name,
+                "default": s.is_default,
+                "credits": [
+                    {
+                        "balance_type": c.bt_code,
+                        "balance_type_id": c.balance_type_id,
+                        "amount": c.amount,
+                        "balance_expiry_extension_days": c.balance_expiry_extension_days,
+                    }
+                    for c in credit_rows
+                    if c.scenario_id == s.id
+                ],
+                "account_expiry_extension_days": s.account_expiry_extension_days,
+                "new_product_type": s.new_pt_code,
+                "new_product_type_id": s.new_product_type_id,
+            }
+        )
+    return {
+        "id": row.id,
+        "code": row.code,
+        "name": row.name,
+        "service_provider": row.sp_code,
+        "service_provider_id": row.service_provider_id,
+        "pin_length": row.pin_length,
+        "validity_days": row.validity_days,
+        "reservation_timeout_s": row.reservation_timeout_s,
+        "timeout_action": row.timeout_action,
+        "allowed_product_types": [a.code for a in allowed],
+        "allowed_product_type_ids": [a.id for a in allowed],
+        "scenarios": scenarios,
+        "created_at": row.created_at,
+    }
+
+
+_INTERNAL_KEYS = ("id", "service_provider_id", "allowed_product_type_ids")
+
+
+def public_voucher_type(loaded: dict[str, Any]) -> dict[str, Any]:
+    """A loaded voucher type without internal ids, as the API shows it."""
+    shown = {k: v for k, v in loaded.items() if k not in _INTERNAL_KEYS}
+    shown["scenarios"] = [public_scenario(s) for s in loaded["scenarios"]]
+    return shown
+
+
+def public_scenario(scenario: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "number": scenario["number"],
+        "name": scenario["name"],
+        "default": scenario["default"],
+        "credits": [
+            {k: c[k] for k in ("balance_type", "amount", "balance_expiry_extension_days")}
+            for c in scenario["credits"]
+        ],
+        "account_expiry_extension_days": scenario["account_expiry_extension_days"],
+        "new_product_type": scenario["new_product_type"],
+    }
+
+
+def create_voucher_type(rt: Runtime, actor: Principal, body: VoucherTypeIn) -> dict[str, Any]:
+    """Create a voucher type with its scenarios; every reference must exist in its provider."""
+    with rt.engine.begin() as conn:
+        sp_id = service_provider_id_by_code(conn, body.service_provider)
+        actor.require(Permission.CATALOG_WRITE, sp_id)
+        values = body.model_dump(exclude={"service_provider", "scenarios", "allowed_product_types"})
+        vt_id = _insert(
+            conn, t.voucher_types, "voucher type", body.code, service_provider_id=sp_id, **values
+        )
+        _write_allowed_product_types(conn, vt_id, sp_id, body.allowed_product_types)
+        _write_scenarios(conn, vt_id, sp_id, body.scenarios)
+        audit.record(
+            conn, actor, "voucher_type.create", "voucher_type", body.code, sp_id, body.model_dump()
+        )
+        return public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id))
+
+
+def list_voucher_types(
+    rt: Runtime, actor: Principal, service_provider: str | None = None
+) -> list[dict[str, Any]]:
+    actor.require(Permission.CATALOG_READ)
+    with reading(rt.engine) as conn:
+        query = select(t.voucher_types.c.id).order_by(t.voucher_types.c.code)
+        if service_provider is not None:
+            sp_id = service_provider_id_by_code(conn, service_provider)
+            actor.require_scope(sp_id)
+            query = query.where(t.voucher_types.c.service_provider_id == sp_id)
+        if actor.service_provider_id is not None:
+            query = query.where(t.voucher_types.c.service_provider_id == actor.service_provider_id)
+        return [
+            public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id))
+            for vt_id in conn.execute(query).scalars()
+        ]
+
+
+def get_voucher_type(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
+    actor.require(Permission.CATALOG_READ)
+    with reading(rt.engine) as conn:
+        loaded = load_voucher_type(conn, code=code)
+    actor.require_scope(loaded["service_provider_id"])
+    return public_voucher_type(loaded)
+
+
+def update_voucher_type(
+    rt: Runtime, actor: Principal, code: str, body: VoucherTypeUpdate
+) -> dict[str, Any]:
+    """Change a voucher type; given scenarios or allowed product types replace the old ones."""
+    with rt.engine.begin() as conn:
+        loaded = load_voucher_type(conn, code=code)
+        sp_id = loaded["service_provider_id"]
+        actor.require(Permission.CATALOG_WRITE, sp_id)
+        changes = _changes(body)
+        columns = {
+            k: v for k, v in changes.items() if k not in ("scenarios", "allowed_product_types")
+        }
+        if columns:
+            conn.execute(
+                update(t.voucher_types)
+                .where(t.voucher_types.c.id == loaded["id"])
+                .values(**columns)
+            )
+        if body.allowed_product_types is not None:
+            _write_allowed_product_types(conn, loaded["id"], sp_id, body.allowed_product_types)
+        if body.scenarios is not None:
+            _write_scenarios(conn, loaded["id"], sp_id, body.scenarios)
+        if changes:
+            audit.record(conn, actor, "voucher_type.update", "voucher_type", code, sp_id, changes)
+        return public_voucher_type(load_voucher_type(conn, voucher_type_id=loaded["id"]))
+
+
+def scenarios_of(rt: Runtime, actor: Principal, code: str) -> list[dict[str, Any]]:
+    """The scenarios of a voucher type with their credits (GET …/scenarios)."""
+    return get_voucher_type(rt, actor, code)["scenarios"]  # type: ignore[no-any-return]

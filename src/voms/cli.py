@@ -48,7 +48,8 @@ def handled() -> Iterator[None]:
     except VomsError as exc:
         fail(exc.detail)
     except KeyringError as exc:
-        fail(f"{exc} (create keys with `voms keys init`)")
+        hint = " (a new installation creates keys with `voms keys init`)"
+        fail(f"{exc}{hint if 'not found' in str(exc) else ''}")
     except ValidationError as exc:
         fail(
             "invalid input: "

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from voms.billing.builtin import BuiltinWallet
+from voms.billing.engine import BillingEngine
 from voms.config import Settings
 from voms.crypto import Keyring, load_keyring
 from voms.db.engine import make_engine
@@ -14,6 +16,8 @@ class Runtime:
     settings: Settings
     engine: Engine
     keyring: Keyring
+    # Where wallets live: the built-in wallet unless an adapter is configured.
+    billing: BillingEngine = field(default_factory=BuiltinWallet)
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)
 

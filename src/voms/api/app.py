@@ -3,7 +3,7 @@
 from fastapi import FastAPI
 
 import voms
-from voms.api import admin, catalog, health
+from voms.api import admin, catalog, health, redemptions, subscribers, transactions
 from voms.api.deps import TokenBuckets
 from voms.api.errors import install_error_handlers
 from voms.api.metrics import observe
@@ -29,6 +29,13 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.middleware("http")(observe)
-    for router in (health.router, catalog.router, admin.router):
+    for router in (
+        health.router,
+        catalog.router,
+        admin.router,
+        redemptions.router,
+        subscribers.router,
+        transactions.router,
+    ):
         app.include_router(router)
     return app

@@ -318,9 +318,10 @@ transactions = Table(
     Column("service_provider_id", Integer),
     Column("api_key_id", Integer),
     Column("actor", String(100), nullable=False),
-    Index("ix_transactions_msisdn_at", "msisdn", "at"),
-    Index("ix_transactions_recipient_at", "recipient_msisdn", "at"),
-    Index("ix_transactions_serial_at", "serial", "at"),
+    # Keyset paging (newest first, id breaks ties) is one index range scan per filter.
+    Index("ix_transactions_msisdn_at", "msisdn", "at", "id"),
+    Index("ix_transactions_recipient_at", "recipient_msisdn", "at", "id"),
+    Index("ix_transactions_serial_at", "serial", "at", "id"),
     Index("ix_transactions_at", "at", "id"),
     # Exactly one successful redemption (or commit) per voucher.
     Index(
@@ -337,6 +338,8 @@ reservations = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("serial", BigInteger, nullable=False),
+    Column("voucher_type_id", Integer, nullable=False),
+    Column("channel", String(8), nullable=False),
     Column("msisdn", String(15), nullable=False),
     Column("recipient_msisdn", String(15), nullable=False),
     Column("scenario", SmallInteger, nullable=False),

@@ -26,6 +26,9 @@ class Result(Enum):
     INVALID_SCENARIO_NUMBER = (4005, "Invalid scenario number", 400)
     INVALID_SUBSCRIBER = (4006, "Missing or invalid subscriber identifier", 400)
     MISSING_VOUCHER_NUMBER = (4007, "Missing voucher number", 400)
+    # Not in the charging platforms' numbering: a field without a code of its own (channel,
+    # request_id) is malformed. The response's `detail` names the field.
+    INVALID_PARAMETER = (4008, "Invalid request parameter", 400)
     SUBSCRIBER_NOT_FOUND = (5001, "Subscriber not found", 404)
     SUBSCRIBER_NOT_ACTIVE = (5002, "Subscriber account not active", 409)
     SUBSCRIBER_BLACKLISTED = (5003, "Subscriber blacklisted", 403)

@@ -67,6 +67,8 @@ def upgrade() -> None:
         "reservations",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("serial", sa.BigInteger(), nullable=False),
+        sa.Column("voucher_type_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=8), nullable=False),
         sa.Column("msisdn", sa.String(length=15), nullable=False),
         sa.Column("recipient_msisdn", sa.String(length=15), nullable=False),
         sa.Column("scenario", sa.SmallInteger(), nullable=False),
@@ -114,11 +116,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_transactions")),
     )
     op.create_index("ix_transactions_at", "transactions", ["at", "id"], unique=False)
-    op.create_index("ix_transactions_msisdn_at", "transactions", ["msisdn", "at"], unique=False)
     op.create_index(
-        "ix_transactions_recipient_at", "transactions", ["recipient_msisdn", "at"], unique=False
+        "ix_transactions_msisdn_at", "transactions", ["msisdn", "at", "id"], unique=False
     )
-    op.create_index("ix_transactions_serial_at", "transactions", ["serial", "at"], unique=False)
+    op.create_index(
+        "ix_transactions_recipient_at",
+        "transactions",
+        ["recipient_msisdn", "at", "id"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_transactions_serial_at", "transactions", ["serial", "at", "id"], unique=False
+    )
     op.create_index(
         "uq_transactions_one_success_per_voucher",
         "transactions",

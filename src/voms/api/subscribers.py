@@ -1,0 +1,88 @@
+"""Subscribers of the built-in wallet: create, look up, change, adjust balances."""
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel
+
+from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.services import wallet
+from voms.services.wallet import AdjustmentIn, SubscriberIn, SubscriberUpdate
+
+router = APIRouter(prefix="/api/v1", tags=["wallet"])
+
+
+class BalancePublic(BaseModel):
+    balance_type: str
+    amount: int
+    expires_at: datetime | None
+
+
+class SubscriberPublic(BaseModel):
+    msisdn: str
+    service_provider: str
+    product_type: str
+    state: str
+    account_expires_at: datetime | None
+    created_at: datetime
+    balances: list[BalancePublic]
+
+
+class AdjustmentPublic(BaseModel):
+    msisdn: str
+    balance_type: str
+    amount: int
+    balance: int
+    expires_at: datetime | None
+    reason: str
+    at: datetime
+
+
+class LedgerEntry(BaseModel):
+    id: int
+    at: datetime
+    balance_type: str
+    amount: int
+    balance_after: int
+    cause: str
+    transaction_id: str | None
+    serial: int | None
+    reason: str | None
+    actor: str
+
+
+@router.post("/subscribers", status_code=status.HTTP_201_CREATED, response_model=SubscriberPublic)
+def create_subscriber(body: SubscriberIn, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    return wallet.create_subscriber(rt, who, body)
+
+
+@router.get("/subscribers/{msisdn}", response_model=SubscriberPublic)
+def get_subscriber(msisdn: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    return wallet.get_subscriber(rt, who, msisdn)
+
+
+@router.patch("/subscribers/{msisdn}", response_model=SubscriberPublic)
+def update_subscriber(
+    msisdn: str, body: SubscriberUpdate, rt: RuntimeDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return wallet.update_subscriber(rt, who, msisdn, body)
+
+
+@router.post(
+    "/subscribers/{msisdn}/adjustments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdjustmentPublic,
+)
+def adjust_balance(
+    msisdn: str, body: AdjustmentIn, rt: RuntimeDep, who: PrincipalDep
+) -> dict[str, Any]:
+    """Credit (positive amount) or debit (negative) one balance; a reason is required."""
+    return wallet.adjust_balance(rt, who, msisdn, body)
+
+
+@router.get("/subscribers/{msisdn}/ledger", response_model=list[LedgerEntry])
+def ledger(
+    msisdn: str, rt: RuntimeDep, who: PrincipalDep, limit: int = 100
+) -> list[dict[str, Any]]:
+    return wallet.ledger_of(rt, who, msisdn, limit)

@@ -1,0 +1,58 @@
+"""Redemption attempts, successful and failed, for care and audit."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.services import transactions
+
+router = APIRouter(prefix="/api/v1", tags=["transactions"])
+
+
+class TransactionPublic(BaseModel):
+    id: str
+    at: datetime
+    kind: str
+    result_code: int
+    result_text: str
+    channel: str
+    serial: str | None
+    msisdn: str | None
+    recipient_msisdn: str | None
+    voucher_type: str | None
+    scenario: int | None
+    credits: list[dict[str, Any]]
+    reservation_id: str | None
+    actor: str
+
+
+class TransactionPage(BaseModel):
+    transactions: list[TransactionPublic]
+    next_cursor: str | None
+
+
+@router.get("/transactions", response_model=TransactionPage)
+def list_transactions(
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    msisdn: str | None = None,
+    serial: Annotated[int | None, Query(ge=0)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=transactions.MAX_LIMIT)] = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Newest first; ``msisdn`` matches requester or recipient; pass ``next_cursor`` on."""
+    return transactions.list_transactions(
+        rt,
+        who,
+        msisdn=msisdn,
+        serial=serial,
+        since=since,
+        until=until,
+        limit=limit,
+        cursor=cursor,
+    )

@@ -1,0 +1,1 @@
+"""Billing engines: the built-in wallet and adapters to external charging systems."""

@@ -1,0 +1,137 @@
+"""The built-in prepaid wallet: subscribers, balances per balance type, and the ledger.
+
+Every change of a balance's amount writes one ledger row in the same transaction, so a
+balance always equals the sum of its ledger rows. Writers lock the subscriber row first
+(``load_account(lock=True)``): concurrent credits of one wallet queue up instead of
+losing updates, and always take their locks in the same order.
+"""
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from voms.billing.engine import Account, Applied, AppliedCredit, Balance, Change
+from voms.db import tables as t
+from voms.domain.errors import Conflict, ResultError
+from voms.domain.results import Result
+from voms.domain.scenarios import extended_expiry
+
+_s, _b = t.subscribers, t.balances
+
+_ACCOUNT = (
+    select(
+        _s.c.id,
+        _s.c.msisdn,
+        _s.c.service_provider_id,
+        _s.c.product_type_id,
+        _s.c.state,
+        _s.c.account_expires_at,
+        _b.c.balance_type_id,
+        _b.c.amount,
+        _b.c.expires_at,
+    )
+    .select_from(_s.outerjoin(_b, _b.c.subscriber_id == _s.c.id))
+    .where(_s.c.msisdn == bindparam("msisdn"))
+)
+# PostgreSQL locks the subscriber row; SQLite needs no row lock (writers are serialized by
+# BEGIN IMMEDIATE) and SQLAlchemy leaves the clause out there.
+_ACCOUNT_LOCKED = _ACCOUNT.with_for_update(of=_s)
+
+_INSERT_BALANCE = insert(_b)
+_UPDATE_BALANCE = (
+    update(_b)
+    .where(
+        _b.c.subscriber_id == bindparam("sid"),
+        _b.c.balance_type_id == bindparam("btid"),
+    )
+    .values(amount=bindparam("new_amount"), expires_at=bindparam("new_expires_at"))
+)
+_INSERT_LEDGER = insert(t.ledger)
+
+
+class BuiltinWallet:
+    """The default :class:`~voms.billing.engine.BillingEngine`: wallets in our database."""
+
+    def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
+        rows = conn.execute(_ACCOUNT_LOCKED if lock else _ACCOUNT, {"msisdn": msisdn}).all()
+        if not rows:
+            return None
+        first = rows[0]
+        return Account(
+            id=first.id,
+            msisdn=first.msisdn,
+            service_provider_id=first.service_provider_id,
+            product_type_id=first.product_type_id,
+            state=first.state,
+            account_expires_at=first.account_expires_at,
+            balances={
+                row.balance_type_id: Balance(row.amount, row.expires_at)
+                for row in rows
+                if row.balance_type_id is not None
+            },
+        )
+
+    def apply(self, conn: Connection, account: Account, change: Change) -> Applied:
+        applied: list[AppliedCredit] = []
+        ledger_rows: list[dict[str, Any]] = []
+        for credit in sorted(change.credits, key=lambda c: c.balance_type_id):
+            current = account.balances.get(credit.balance_type_id)
+            amount = (current.amount if current else 0) + credit.amount
+            if amount < 0:
+                raise Conflict(f"the {credit.balance_type} balance would fall below zero")
+            if credit.amount > 0 and credit.max_balance is not None and amount > credit.max_balance:
+                raise ResultError(Result.BALANCE_LIMIT_EXCEEDED, balance_type=credit.balance_type)
+            expires_at = extended_expiry(
+                current.expires_at if current else None,
+                credit.balance_expiry_extension_days,
+                change.at,
+            )
+            if current is None:
+                conn.execute(
+                    _INSERT_BALANCE,
+                    {
+                        "subscriber_id": account.id,
+                        "balance_type_id": credit.balance_type_id,
+                        "amount": amount,
+                        "expires_at": expires_at,
+                    },
+                )
+            else:
+                conn.execute(
+                    _UPDATE_BALANCE,
+                    {
+                        "sid": account.id,
+                        "btid": credit.balance_type_id,
+                        "new_amount": amount,
+                        "new_expires_at": expires_at,
+                    },
+                )
+            ledger_rows.append(
+                {
+                    "at": change.at,
+                    "subscriber_id": account.id,
+                    "balance_type_id": credit.balance_type_id,
+                    "amount": credit.amount,
+                    "balance_after": amount,
+                    "cause": change.cause,
+                    "transaction_id": change.transaction_id,
+                    "serial": change.serial,
+                    "reason": change.reason,
+                    "actor": change.actor,
+                }
+            )
+            applied.append(AppliedCredit(credit.balance_type, credit.amount, amount, expires_at))
+        if ledger_rows:
+            conn.execute(_INSERT_LEDGER, ledger_rows)
+        account_expires_at = extended_expiry(
+            account.account_expires_at, change.account_expiry_extension_days, change.at
+        )
+        product_type_id = change.new_product_type_id or account.product_type_id
+        subscriber_changes: dict[str, Any] = {}
+        if account_expires_at != account.account_expires_at:
+            subscriber_changes["account_expires_at"] = account_expires_at
+        if product_type_id != account.product_type_id:
+            subscriber_changes["product_type_id"] = product_type_id
+        if subscriber_changes:
+            conn.execute(update(_s).where(_s.c.id == account.id).values(**subscriber_changes))
+        return Applied(tuple(applied), account_expires_at, product_type_id)

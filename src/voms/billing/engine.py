@@ -1,0 +1,97 @@
+"""The billing engine: what the redemption service needs from whoever holds the wallets.
+
+The built-in wallet (:mod:`voms.billing.builtin`) is the default engine; an adapter for an
+external charging system implements the same protocol. The redemption service works in
+one database transaction and hands that connection to the engine: the built-in wallet
+writes in it, so the voucher and the wallet change together or not at all. An external
+engine ignores it (and is driven through reserve → apply → commit/revoke instead).
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Connection
+
+
+@dataclass(frozen=True)
+class Credit:
+    """One credit of a scenario (or an adjustment): amount in the type's minor unit."""
+
+    balance_type_id: int
+    balance_type: str
+    amount: int
+    balance_expiry_extension_days: int = 0
+    max_balance: int | None = None  # the balance type's limit (5004 above it)
+
+
+@dataclass(frozen=True)
+class Balance:
+    amount: int
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Account:
+    """A subscriber as the engine knows it, with balances by balance type id."""
+
+    id: int
+    msisdn: str
+    service_provider_id: int
+    product_type_id: int
+    state: str
+    account_expires_at: datetime | None
+    balances: dict[int, Balance] = field(default_factory=dict)
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == "active"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What to apply to one account, and why (written to every ledger row)."""
+
+    credits: tuple[Credit, ...]
+    cause: str  # redemption, recharge, reward, adjustment
+    actor: str
+    at: datetime
+    account_expiry_extension_days: int = 0
+    new_product_type_id: int | None = None
+    transaction_id: str | None = None
+    serial: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AppliedCredit:
+    balance_type: str
+    amount: int
+    balance: int
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The account after a change: new balances, account expiry, product type."""
+
+    credits: tuple[AppliedCredit, ...]
+    account_expires_at: datetime | None
+    product_type_id: int
+
+
+class BillingEngine(Protocol):
+    """Where subscribers' balances live."""
+
+    def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
+        """The account of ``msisdn`` or None; ``lock`` holds it until the transaction ends."""
+        ...
+
+    def apply(self, conn: Connection, account: Account, change: Change) -> Applied:
+        """Apply ``change`` to a locked account.
+
+        Raises ``ResultError(BALANCE_LIMIT_EXCEEDED)`` when a balance would pass its
+        type's maximum, and ``Conflict`` when one would fall below zero; the caller's
+        transaction is then rolled back, so nothing of the change remains.
+        """
+        ...

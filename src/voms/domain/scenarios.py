@@ -1,0 +1,32 @@
+"""Scenario choice and expiry arithmetic of a recharge."""
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from voms.domain.errors import ResultError
+from voms.domain.results import Result
+
+
+def choose_scenario(scenarios: Sequence[dict[str, Any]], number: int | None) -> dict[str, Any]:
+    """The scenario to apply: the only one, or the one asked for.
+
+    Several scenarios and none asked for: 2008 (the caller lists the choices so that a
+    channel can prompt); a number the voucher type does not have: 4005.
+    """
+    if number is None:
+        if len(scenarios) == 1:
+            return scenarios[0]
+        raise ResultError(Result.SCENARIO_REQUIRED)
+    for scenario in scenarios:
+        if scenario["number"] == number:
+            return scenario
+    raise ResultError(Result.INVALID_SCENARIO_NUMBER)
+
+
+def extended_expiry(current: datetime | None, days: int, now: datetime) -> datetime | None:
+    """An expiry extended by ``days``, counted from the later of now and ``current``."""
+    if days <= 0:
+        return current
+    start = now if current is None or current < now else current
+    return start + timedelta(days=days)

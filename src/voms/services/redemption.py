@@ -1,0 +1,875 @@
+"""Redemption: the one service every channel calls to consume a voucher.
+
+Redeem, reserve → commit/revoke, and voucher-type recharges. Each call is one database
+transaction; the conditional ``UPDATE vouchers … WHERE state = 'available' RETURNING``
+decides the winner among concurrent attempts on one PIN. Every attempt, successful or
+not, is recorded in ``transactions``; a failed attempt is rolled back whole and then
+recorded in a short transaction of its own, so it changes no balance.
+
+Checks, in order (the first that applies answers):
+channel or request id malformed (4008) · request id replay, or reuse (5006) · msisdn,
+recipient (4006) · service provider (4000) · blacklist (5003) · PIN missing (4007), length (4001),
+check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch state
+(2009, 2010, 2013, 2011, 2001, 2012, 2014) · subscriber (5001, 5002) · product type
+(2007) · scenario (4005, 2008) · balance limit (5004).
+"""
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any, Union
+
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+
+from voms.billing.engine import Account, Change, Credit
+from voms.db import tables as t
+from voms.db.types import utcnow
+from voms.db.upsert import insert_if_absent
+from voms.domain.errors import ResultError
+from voms.domain.msisdn import normalize_msisdn
+from voms.domain.pins import check_pin
+from voms.domain.results import Result
+from voms.domain.roles import Permission, Role
+from voms.domain.scenarios import choose_scenario
+from voms.domain.states import BatchState, VoucherState, is_expired, redemption_blocker
+from voms.runtime import Runtime
+from voms.services import catalog_cache, idempotency
+from voms.services.auth import Principal
+from voms.services.catalog import public_scenario
+
+CHANNELS = frozenset({"rest", "soap", "ussd", "sms", "ivr", "web", "care"})
+SYSTEM_CHANNEL = "system"  # housekeeping acting on its own
+HOUSEKEEPING = Principal(name="housekeeping", role=Role.ADMIN)
+
+Response = dict[str, Any]
+AnyRequest = Union["RedemptionRequest", "RechargeRequest", "ReservationAction"]
+
+
+# --- requests as channels receive them ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedemptionRequest:
+    """A redemption or reservation as received: raw values, checked by the service."""
+
+    msisdn: object = None
+    pin: object = None
+    recipient_msisdn: object = None
+    scenario: object = None
+    serial: object = None
+    channel: object = None
+    request_id: object = None
+    service_provider: object = None
+
+    @classmethod
+    def from_json(cls, body: object) -> "RedemptionRequest":
+        """From a decoded JSON body; anything but an object is an empty request."""
+        if not isinstance(body, dict):
+            return cls()
+        return cls(**{f.name: body.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class RechargeRequest:
+    """A voucher-type recharge: credit a wallet as a voucher of that type would."""
+
+    msisdn: object = None
+    voucher_type: object = None
+    recipient_msisdn: object = None
+    scenario: object = None
+    channel: object = None
+    request_id: object = None
+    service_provider: object = None
+
+    @classmethod
+    def from_json(cls, body: object) -> "RechargeRequest":
+        if not isinstance(body, dict):
+            return cls()
+        return cls(**{f.name: body.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ReservationAction:
+    """Commit or revoke of a reservation (the body is optional)."""
+
+    channel: object = None
+    request_id: object = None
+
+    @classmethod
+    def from_json(cls, body: object) -> "ReservationAction":
+        if not isinstance(body, dict):
+            return cls()
+        return cls(**{f.name: body.get(f.name) for f in fields(cls)})
+
+
+# --- what an attempt has revealed so far (recorded whatever the outcome) ---------------
+
+
+@dataclass
+class _Attempt:
+    kind: str
+    actor: Principal
+    channel: str = "rest"
+    msisdn: str | None = None
+    recipient: str | None = None
+    serial: int | None = None
+    voucher_type_id: int | None = None
+    scenario: int | None = None
+    service_provider_id: int | None = None
+    reservation_id: str | None = None
+    bad_pin: bool = False
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+_INSERT_TRANSACTION = insert(t.transactions)
+
+
+def _record(
+    conn: Connection, attempt: _Attempt, result: Result, credits: list[Any], at: datetime
+) -> None:
+    conn.execute(
+        _INSERT_TRANSACTION,
+        {
+            "id": attempt.id,
+            "at": at,
+            "kind": attempt.kind,
+            "channel": attempt.channel,
+            "msisdn": attempt.msisdn,
+            "recipient_msisdn": attempt.recipient,
+            "serial": attempt.serial,
+            "voucher_type_id": attempt.voucher_type_id,
+            "scenario": attempt.scenario,
+            "result_code": result.code,
+            "credits": credits,
+            "reservation_id": attempt.reservation_id,
+            "service_provider_id": attempt.service_provider_id,
+            "api_key_id": attempt.actor.api_key_id,
+            "actor": attempt.actor.name,
+        },
+    )
+
+
+# --- parsing of raw values --------------------------------------------------------------
+
+
+def _channel(raw: object) -> str:
+    if raw is None:
+        return "rest"
+    if isinstance(raw, str) and raw in CHANNELS:
+        return raw
+    raise ResultError(Result.INVALID_PARAMETER, detail=f"channel must be one of {sorted(CHANNELS)}")
+
+
+def _request_id(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str) and 0 < len(raw) <= idempotency.MAX_REQUEST_ID_LENGTH:
+        return raw
+    raise ResultError(
+        Result.INVALID_PARAMETER,
+        detail=f"request_id must be a string of 1 to {idempotency.MAX_REQUEST_ID_LENGTH} chars",
+    )
+
+
+def _digits(raw: object) -> str | None:
+    """A JSON string, or an integer sent as a number; None for anything else."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
+def _msisdn(raw: object) -> str:
+    return normalize_msisdn(_digits(raw))
+
+
+def _pin(raw: object, lengths: frozenset[int]) -> str:
+    if raw is not None and _digits(raw) is None:
+        raise ResultError(Result.INVALID_VOUCHER_NUMBER)
+    return check_pin(_digits(raw), lengths)
+
+
+def _serial(raw: object) -> int | None:
+    if raw is None:
+        return None
+    text = _digits(raw)
+    if text is None or not text.isascii() or not text.strip().isdigit():
+        raise ResultError(Result.INVALID_SERIAL_NUMBER)
+    return int(text)
+
+
+def _scenario_number(raw: object) -> int | None:
+    if raw is None:
+        return None
+    text = _digits(raw)
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 4:
+        raise ResultError(Result.INVALID_SCENARIO_NUMBER)
+    return int(text)
+
+
+def _service_provider(rt: Runtime, conn: Connection, actor: Principal, raw: object) -> int | None:
+    """The provider a call is limited to: the one named, or the key's own."""
+    if raw is None:
+        return actor.service_provider_id
+    if not isinstance(raw, str):
+        raise ResultError(Result.SERVICE_PROVIDER_NOT_FOUND)
+    providers = catalog_cache.snapshot(rt, conn).service_providers
+    sp_id = providers.get(raw)
+    if sp_id is None:
+        sp_id = catalog_cache.snapshot(rt, conn, refresh=True).service_providers.get(raw)
+    if sp_id is None or (
+        actor.service_provider_id is not None and sp_id != actor.service_provider_id
+    ):
+        raise ResultError(Result.SERVICE_PROVIDER_NOT_FOUND)
+    return sp_id
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _success(**extra: Any) -> Response:
+    return {"result_code": Result.SUCCESS.code, "result_text": Result.SUCCESS.text, **extra}
+
+
+# --- the transaction frame shared by every call ----------------------------------------
+
+
+class _TakenMeanwhile(Exception):
+    """A concurrent call with the same request id stored its answer first."""
+
+
+def _execute(
+    rt: Runtime,
+    attempt: _Attempt,
+    request: "AnyRequest",
+    work: Callable[[Connection, datetime], Response],
+) -> Response:
+    """Run ``work`` in one transaction, with idempotency and the record of the attempt."""
+    now = utcnow()
+    request_id: str | None = None
+    scope = idempotency.scope_of(attempt.actor)
+    request_hash = ""
+    try:
+        attempt.channel = _channel(request.channel)
+        request_id = _request_id(request.request_id)
+        if request_id is not None:
+            params = {k: v for k, v in asdict(request).items() if k != "request_id"}
+            if attempt.kind in ("commit", "revoke"):
+                params["reservation_id"] = attempt.reservation_id
+            request_hash = idempotency.fingerprint(rt.keyring, attempt.kind, params)
+        with rt.engine.begin() as conn:
+            stored = idempotency.find(conn, scope, request_id) if request_id else None
+            if stored is None:
+                response = work(conn, now)
+                _record(conn, attempt, Result.SUCCESS, response.get("credits", []), now)
+                response["transaction_id"] = attempt.id
+                if request_id is not None and not idempotency.remember(
+                    conn, scope, request_id, request_hash, response, 200, now
+                ):
+                    raise _TakenMeanwhile
+                return response
+        if stored.request_hash != request_hash:
+            raise ResultError(Result.REQUEST_ID_REUSED)
+    except _TakenMeanwhile:
+        return _replay_after_race(rt, scope, request_id, request_hash)
+    except ResultError as error:
+        return _fail(rt, attempt, error, now, scope, request_id, request_hash)
+    # The first answer again, success or failure; it was recorded when it happened.
+    return idempotency.replay(stored)
+
+
+def _replay_after_race(
+    rt: Runtime, scope: str, request_id: str | None, request_hash: str
+) -> Response:
+    assert request_id is not None
+    with rt.engine.connect() as conn:
+        stored = idempotency.find(conn, scope, request_id)
+    if stored is None:
+        raise ResultError(Result.SYSTEM_ERROR)
+    if stored.request_hash != request_hash:
+        raise ResultError(Result.REQUEST_ID_REUSED)
+    return idempotency.replay(stored)
+
+
+def _fail(
+    rt: Runtime,
+    attempt: _Attempt,
+    error: ResultError,
+    now: datetime,
+    scope: str,
+    request_id: str | None,
+    request_hash: str,
+) -> Response:
+    """Record a failed attempt (and a bad PIN) in a transaction of its own, then raise."""
+    extra = {**error.extra, "transaction_id": attempt.id}
+    body = {"result_code": error.result.code, "result_text": error.result.text, **extra}
+    remembered = True
+    with rt.engine.begin() as conn:
+        if attempt.bad_pin and attempt.msisdn is not None:
+            _count_bad_pin(rt, conn, attempt.msisdn, now)
+        _record(conn, attempt, error.result, [], now)
+        if request_id is not None and error.result is not Result.REQUEST_ID_REUSED:
+            remembered = idempotency.remember(
+                conn, scope, request_id, request_hash, body, error.result.http_status, now
+            )
+    if not remembered:  # a concurrent call with this request id answered first
+        return _replay_after_race(rt, scope, request_id, request_hash)
+    raise ResultError(error.result, **extra)
+
+
+# --- bad-PIN blacklist ------------------------------------------------------------------
+
+_pa = t.pin_attempts
+_BLACKLIST = select(_pa.c.failures, _pa.c.blacklisted_until).where(
+    _pa.c.msisdn == bindparam("msisdn")
+)
+
+
+def _check_blacklist(conn: Connection, msisdn: str, now: datetime) -> bool:
+    """Raise 5003 while ``msisdn`` is blacklisted; True when it has failures to reset."""
+    row = conn.execute(_BLACKLIST, {"msisdn": msisdn}).first()
+    if row is None:
+        return False
+    if row.blacklisted_until is not None and row.blacklisted_until > now:
+        raise ResultError(Result.SUBSCRIBER_BLACKLISTED)
+    return True
+
+
+def _count_bad_pin(rt: Runtime, conn: Connection, msisdn: str, now: datetime) -> None:
+    """One more consecutive bad PIN; the last one allowed starts a blacklist."""
+    settings = rt.settings
+    fresh = {"msisdn": msisdn, "failures": 1, "blacklisted_until": None, "updated_at": now}
+    if settings.max_bad_pin_attempts <= 1:
+        fresh["blacklisted_until"] = now + timedelta(minutes=settings.blacklist_minutes)
+    if insert_if_absent(conn, _pa, fresh):
+        return
+    row = conn.execute(_BLACKLIST.with_for_update(), {"msisdn": msisdn}).one()
+    ended = row.blacklisted_until is not None and row.blacklisted_until <= now
+    failures = 1 if ended else row.failures + 1
+    until = None
+    if failures >= settings.max_bad_pin_attempts:
+        until = now + timedelta(minutes=settings.blacklist_minutes)
+    conn.execute(
+        update(_pa)
+        .where(_pa.c.msisdn == msisdn)
+        .values(failures=failures, blacklisted_until=until, updated_at=now)
+    )
+
+
+# --- vouchers -----------------------------------------------------------------------------
+
+_v, _bt = t.vouchers, t.batches
+_FIND_VOUCHER = (
+    select(
+        _v.c.serial,
+        _v.c.state,
+        _bt.c.state.label("batch_state"),
+        _bt.c.expires_at,
+        _bt.c.voucher_type_id,
+        _bt.c.service_provider_id,
+    )
+    .join(_bt, _bt.c.id == _v.c.batch_id)
+    .where(_v.c.pin_hash.in_(bindparam("hashes", expanding=True)))
+)
+_VOUCHER_BY_SERIAL = (
+    select(_v.c.state, _bt.c.state.label("batch_state"), _bt.c.expires_at)
+    .join(_bt, _bt.c.id == _v.c.batch_id)
+    .where(_v.c.serial == bindparam("serial"))
+)
+
+
+def _move_voucher(
+    conn: Connection,
+    serial: int,
+    from_state: VoucherState,
+    to_state: VoucherState,
+    now: datetime,
+    redeemed_by: str | None = None,
+) -> bool:
+    """The conditional update that decides who wins a voucher; True for the winner."""
+    values: dict[str, Any] = {"state": to_state.value, "state_changed_at": now}
+    if to_state is VoucherState.REDEEMED:
+        values.update(redeemed_at=now, redeemed_by=redeemed_by)
+    won = conn.execute(
+        update(_v)
+        .where(_v.c.serial == serial, _v.c.state == from_state.value)
+        .values(**values)
+        .returning(_v.c.serial)
+    ).first()
+    return won is not None
+
+
+def _blocker(conn: Connection, serial: int, now: datetime) -> Result:
+    """Why the voucher could not be taken (read again after losing the race)."""
+    row = conn.execute(_VOUCHER_BY_SERIAL, {"serial": serial}).one()
+    result = redemption_blocker(
+        BatchState(row.batch_state), VoucherState(row.state), is_expired(row.expires_at, now)
+    )
+    return result or Result.ALREADY_REDEEMED
+
+
+def _find_voucher(
+    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
+) -> tuple[Any, dict[str, Any]]:
+    """The voucher of the request's PIN, checked up to its state; and its voucher type."""
+    lengths = catalog_cache.snapshot(rt, conn).pin_lengths
+    pin_text = _digits(request.pin)
+    if pin_text is not None and len(pin_text.replace(" ", "").replace("-", "")) not in lengths:
+        lengths = catalog_cache.snapshot(rt, conn, refresh=True).pin_lengths
+    try:
+        pin = _pin(request.pin, lengths)
+    except ResultError as error:
+        attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
+        raise
+    row = conn.execute(_FIND_VOUCHER, {"hashes": rt.keyring.lookup_hashes(pin)}).first()
+    if row is None or (
+        attempt.service_provider_id is not None
+        and row.service_provider_id != attempt.service_provider_id
+    ):
+        attempt.bad_pin = row is None
+        raise ResultError(Result.VOUCHER_NOT_FOUND)
+    attempt.serial = row.serial
+    attempt.voucher_type_id = row.voucher_type_id
+    attempt.service_provider_id = row.service_provider_id
+    serial = _serial(request.serial)
+    if serial is not None and serial != row.serial:
+        raise ResultError(Result.INVALID_SERIAL_NUMBER)
+    blocker = redemption_blocker(
+        BatchState(row.batch_state), VoucherState(row.state), is_expired(row.expires_at, now)
+    )
+    if blocker is not None:
+        raise ResultError(blocker)
+    voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=row.voucher_type_id)
+    if voucher_type is None:  # deleted from the catalog under a live batch
+        raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
+    return row, voucher_type
+
+
+# --- subscriber, product type, scenario -------------------------------------------------
+
+
+def _check_account(
+    account: Account | None, voucher_type: dict[str, Any], *, required: bool = True
+) -> None:
+    if account is None or account.service_provider_id != voucher_type["service_provider_id"]:
+        if required:
+            raise ResultError(Result.SUBSCRIBER_NOT_FOUND)
+        return
+    if not account.is_active:
+        raise ResultError(Result.SUBSCRIBER_NOT_ACTIVE)
+    allowed = voucher_type["allowed_product_type_ids"]
+    if allowed and account.product_type_id not in allowed:
+        raise ResultError(Result.NOT_VALID_FOR_PRODUCT_TYPE)
+
+
+def _scenario(attempt: _Attempt, voucher_type: dict[str, Any], raw: object) -> dict[str, Any]:
+    number = _scenario_number(raw)
+    attempt.scenario = number
+    try:
+        scenario = choose_scenario(voucher_type["scenarios"], number)
+    except ResultError as error:
+        if error.result is Result.SCENARIO_REQUIRED:
+            raise ResultError(
+                error.result,
+                scenarios=[public_scenario(s) for s in voucher_type["scenarios"]],
+            ) from None
+        raise
+    attempt.scenario = scenario["number"]
+    return scenario
+
+
+def _change(
+    rt: Runtime,
+    conn: Connection,
+    attempt: _Attempt,
+    scenario: dict[str, Any],
+    cause: str,
+    now: datetime,
+) -> Change:
+    balance_types = catalog_cache.snapshot(rt, conn).balance_types
+    if any(c["balance_type_id"] not in balance_types for c in scenario["credits"]):
+        balance_types = catalog_cache.snapshot(rt, conn, refresh=True).balance_types
+    return Change(
+        credits=tuple(
+            Credit(
+                balance_type_id=c["balance_type_id"],
+                balance_type=c["balance_type"],
+                amount=c["amount"],
+                balance_expiry_extension_days=c["balance_expiry_extension_days"],
+                max_balance=balance_types[c["balance_type_id"]].max_balance,
+            )
+            for c in scenario["credits"]
+        ),
+        cause=cause,
+        actor=attempt.actor.name,
+        at=now,
+        account_expiry_extension_days=scenario["account_expiry_extension_days"],
+        new_product_type_id=scenario["new_product_type_id"],
+        transaction_id=attempt.id,
+        serial=attempt.serial,
+    )
+
+
+def _credit_wallet(
+    rt: Runtime,
+    conn: Connection,
+    attempt: _Attempt,
+    account: Account,
+    scenario: dict[str, Any],
+    cause: str,
+    now: datetime,
+) -> Response:
+    applied = rt.billing.apply(conn, account, _change(rt, conn, attempt, scenario, cause, now))
+    product_types = catalog_cache.snapshot(rt, conn).product_types
+    if applied.product_type_id not in product_types:
+        product_types = catalog_cache.snapshot(rt, conn, refresh=True).product_types
+    return {
+        "credits": [
+            {
+                "balance_type": c.balance_type,
+                "amount": c.amount,
+                "balance": c.balance,
+                "expires_at": _iso(c.expires_at),
+            }
+            for c in applied.credits
+        ],
+        "account_expires_at": _iso(applied.account_expires_at),
+        "product_type": product_types.get(applied.product_type_id),
+        "rewards": [],
+    }
+
+
+def _start(
+    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
+) -> tuple[str, str, bool]:
+    """Requester, recipient, provider and blacklist; also whether bad PINs are to be reset."""
+    msisdn = attempt.msisdn = _msisdn(request.msisdn)
+    recipient = attempt.recipient = (
+        msisdn if request.recipient_msisdn is None else _msisdn(request.recipient_msisdn)
+    )
+    attempt.service_provider_id = _service_provider(
+        rt, conn, attempt.actor, request.service_provider
+    )
+    return msisdn, recipient, _check_blacklist(conn, msisdn, now)
+
+
+def _reset_bad_pins(conn: Connection, msisdn: str) -> None:
+    conn.execute(delete(_pa).where(_pa.c.msisdn == msisdn))
+
+
+# --- the calls ----------------------------------------------------------------------------
+
+
+def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Response:
+    """Consume the voucher of a PIN and credit the recipient's wallet, atomically."""
+    actor.require(Permission.REDEEM)
+    attempt = _Attempt(kind="redemption", actor=actor)
+
+    def work(conn: Connection, now: datetime) -> Response:
+        msisdn, recipient, had_failures = _start(rt, conn, attempt, request, now)
+        voucher, voucher_type = _find_voucher(rt, conn, attempt, request, now)
+        account = rt.billing.load_account(conn, recipient, lock=True)
+        _check_account(account, voucher_type)
+        assert account is not None
+        scenario = _scenario(attempt, voucher_type, request.scenario)
+        if not _move_voucher(
+            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, account.msisdn
+        ):
+            raise ResultError(_blocker(conn, voucher.serial, now))
+        credited = _credit_wallet(rt, conn, attempt, account, scenario, "redemption", now)
+        if had_failures:
+            _reset_bad_pins(conn, msisdn)
+        return _success(
+            serial=str(voucher.serial),
+            voucher_type=voucher_type["code"],
+            scenario=scenario["number"],
+            msisdn=attempt.msisdn,
+            recipient_msisdn=attempt.recipient,
+            **credited,
+        )
+
+    return _execute(rt, attempt, request, work)
+
+
+def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Response:
+    """Hold a voucher for an external charging system, which applies the credits itself.
+
+    The recipient need not have a wallet here; when it has one, its state and product
+    type are checked as for a redemption.
+    """
+    actor.require(Permission.REDEEM)
+    attempt = _Attempt(kind="reservation", actor=actor)
+    attempt.reservation_id = str(uuid.uuid4())
+
+    def work(conn: Connection, now: datetime) -> Response:
+        msisdn, recipient, had_failures = _start(rt, conn, attempt, request, now)
+        voucher, voucher_type = _find_voucher(rt, conn, attempt, request, now)
+        account = rt.billing.load_account(conn, recipient, lock=False)
+        _check_account(account, voucher_type, required=False)
+        scenario = _scenario(attempt, voucher_type, request.scenario)
+        if not _move_voucher(
+            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now
+        ):
+            raise ResultError(_blocker(conn, voucher.serial, now))
+        credits = [
+            {
+                "balance_type": c["balance_type"],
+                "amount": c["amount"],
+                "balance_expiry_extension_days": c["balance_expiry_extension_days"],
+                "balance": None,
+            }
+            for c in scenario["credits"]
+        ]
+        expires_at = now + timedelta(seconds=voucher_type["reservation_timeout_s"])
+        conn.execute(
+            insert(t.reservations).values(
+                id=attempt.reservation_id,
+                serial=voucher.serial,
+                voucher_type_id=voucher_type["id"],
+                channel=attempt.channel,
+                msisdn=msisdn,
+                recipient_msisdn=recipient,
+                scenario=scenario["number"],
+                state="open",
+                credits=credits,
+                created_at=now,
+                expires_at=expires_at,
+                api_key_id=actor.api_key_id,
+            )
+        )
+        if had_failures:
+            _reset_bad_pins(conn, msisdn)
+        return _success(
+            reservation_id=attempt.reservation_id,
+            serial=str(voucher.serial),
+            voucher_type=voucher_type["code"],
+            scenario=scenario["number"],
+            msisdn=attempt.msisdn,
+            recipient_msisdn=attempt.recipient,
+            credits=credits,
+            account_expiry_extension_days=scenario["account_expiry_extension_days"],
+            new_product_type=scenario["new_product_type"],
+            expires_at=_iso(expires_at),
+        )
+
+    return _execute(rt, attempt, request, work)
+
+
+def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Response:
+    """Credit a wallet as a redemption of a voucher type would, with no voucher."""
+    actor.require(Permission.REDEEM)
+    attempt = _Attempt(kind="recharge", actor=actor)
+
+    def work(conn: Connection, now: datetime) -> Response:
+        attempt.msisdn = _msisdn(request.msisdn)
+        attempt.recipient = (
+            attempt.msisdn
+            if request.recipient_msisdn is None
+            else _msisdn(request.recipient_msisdn)
+        )
+        sp_id = _service_provider(rt, conn, actor, request.service_provider)
+        code = request.voucher_type
+        voucher_type = (
+            catalog_cache.voucher_type(rt, conn, code=code) if isinstance(code, str) else None
+        )
+        if voucher_type is None or sp_id not in (None, voucher_type["service_provider_id"]):
+            raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
+        attempt.voucher_type_id = voucher_type["id"]
+        attempt.service_provider_id = voucher_type["service_provider_id"]
+        account = rt.billing.load_account(conn, attempt.recipient, lock=True)
+        _check_account(account, voucher_type)
+        assert account is not None
+        scenario = _scenario(attempt, voucher_type, request.scenario)
+        credited = _credit_wallet(rt, conn, attempt, account, scenario, "recharge", now)
+        return _success(
+            voucher_type=voucher_type["code"],
+            scenario=scenario["number"],
+            msisdn=attempt.msisdn,
+            recipient_msisdn=attempt.recipient,
+            **credited,
+        )
+
+    return _execute(rt, attempt, request, work)
+
+
+# --- reservations: commit, revoke, timeout -------------------------------------------------
+
+_r = t.reservations
+_FINISHABLE = ("open", "held")
+
+
+def _finish_reservation(
+    conn: Connection,
+    reservation_id: str,
+    new_state: str,
+    now: datetime,
+    *,
+    timed_out: bool,
+) -> Any:
+    """The conditional update that decides who finishes a reservation; its row or None."""
+    condition = (
+        (_r.c.state == "open") & (_r.c.expires_at <= now)
+        if timed_out
+        else _r.c.state.in_(_FINISHABLE) & ((_r.c.state == "held") | (_r.c.expires_at > now))
+    )
+    return conn.execute(
+        update(_r)
+        .where(_r.c.id == reservation_id, condition)
+        .values(state=new_state, finished_at=None if new_state == "held" else now)
+        .returning(
+            _r.c.serial,
+            _r.c.voucher_type_id,
+            _r.c.scenario,
+            _r.c.msisdn,
+            _r.c.recipient_msisdn,
+            _r.c.credits,
+        )
+    ).first()
+
+
+def _settle_voucher(
+    conn: Connection, attempt: _Attempt, row: Any, action: str, now: datetime
+) -> Response:
+    """Apply a commit or revoke to the reserved voucher and describe it."""
+    attempt.serial = row.serial
+    if action == "commit":
+        moved = _move_voucher(
+            conn,
+            row.serial,
+            VoucherState.RESERVED,
+            VoucherState.REDEEMED,
+            now,
+            row.recipient_msisdn,
+        )
+    else:
+        moved = _move_voucher(conn, row.serial, VoucherState.RESERVED, VoucherState.AVAILABLE, now)
+    if not moved:
+        raise RuntimeError(f"voucher {row.serial} of an open reservation is not reserved")
+    return _success(
+        reservation_id=attempt.reservation_id,
+        serial=str(row.serial),
+        scenario=row.scenario,
+        msisdn=row.msisdn,
+        recipient_msisdn=row.recipient_msisdn,
+        credits=row.credits if action == "commit" else [],
+    )
+
+
+def _finish(
+    rt: Runtime, actor: Principal, reservation_id: str, action: str, request: ReservationAction
+) -> Response:
+    actor.require(Permission.REDEEM)
+    attempt = _Attempt(kind=action, actor=actor, reservation_id=reservation_id[:36])
+
+    def work(conn: Connection, now: datetime) -> Response:
+        row = _finish_reservation(
+            conn,
+            reservation_id,
+            "committed" if action == "commit" else "revoked",
+            now,
+            timed_out=False,
+        )
+        if row is None:
+            raise ResultError(Result.RESERVATION_NOT_FOUND)
+        voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=row.voucher_type_id)
+        attempt.voucher_type_id = row.voucher_type_id
+        attempt.scenario = row.scenario
+        attempt.msisdn, attempt.recipient = row.msisdn, row.recipient_msisdn
+        sp_id = voucher_type["service_provider_id"] if voucher_type else None
+        attempt.service_provider_id = sp_id
+        if actor.service_provider_id is not None and sp_id != actor.service_provider_id:
+            raise ResultError(Result.RESERVATION_NOT_FOUND)
+        response = _settle_voucher(conn, attempt, row, action, now)
+        response["voucher_type"] = voucher_type["code"] if voucher_type else None
+        return response
+
+    _time_out_if_due(rt, reservation_id)
+    return _execute(rt, attempt, request, work)
+
+
+def commit(
+    rt: Runtime, actor: Principal, reservation_id: str, request: ReservationAction | None = None
+) -> Response:
+    """The reserved voucher becomes redeemed; no wallet changes (the charging system's)."""
+    return _finish(rt, actor, reservation_id, "commit", request or ReservationAction())
+
+
+def revoke(
+    rt: Runtime, actor: Principal, reservation_id: str, request: ReservationAction | None = None
+) -> Response:
+    """The reserved voucher becomes available again."""
+    return _finish(rt, actor, reservation_id, "revoke", request or ReservationAction())
+
+
+_TIMEOUT_STATE = {"hold": "held", "commit": "committed", "revoke": "revoked"}
+
+
+def _time_out(rt: Runtime, reservation_id: str, now: datetime) -> str | None:
+    """Apply the voucher type's timeout action to one expired open reservation."""
+    with rt.engine.begin() as conn:
+        pending = conn.execute(
+            select(_r.c.voucher_type_id).where(
+                _r.c.id == reservation_id, _r.c.state == "open", _r.c.expires_at <= now
+            )
+        ).first()
+        if pending is None:
+            return None
+        voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=pending.voucher_type_id)
+        action = voucher_type["timeout_action"] if voucher_type else "hold"
+        row = _finish_reservation(conn, reservation_id, _TIMEOUT_STATE[action], now, timed_out=True)
+        if row is None:
+            return None
+        attempt = _Attempt(
+            kind=action,
+            actor=HOUSEKEEPING,
+            channel=SYSTEM_CHANNEL,
+            msisdn=row.msisdn,
+            recipient=row.recipient_msisdn,
+            serial=row.serial,
+            voucher_type_id=row.voucher_type_id,
+            scenario=row.scenario,
+            service_provider_id=voucher_type["service_provider_id"] if voucher_type else None,
+            reservation_id=reservation_id,
+        )
+        credits: list[Any] = []
+        if action != "hold":
+            credits = _settle_voucher(conn, attempt, row, action, now)["credits"]
+        _record(conn, attempt, Result.SUCCESS, credits, now)
+        return action
+
+
+def _time_out_if_due(rt: Runtime, reservation_id: str) -> None:
+    """A reservation past its time is first handled as the timeout job would."""
+    _time_out(rt, reservation_id[:36], utcnow())
+
+
+def expire_reservations(
+    rt: Runtime, now: datetime | None = None, limit: int = 10_000
+) -> dict[str, int]:
+    """Apply the timeout action (hold, commit, revoke) to every expired open reservation."""
+    now = now or utcnow()
+    with rt.engine.connect() as conn:
+        due = (
+            conn.execute(
+                select(_r.c.id)
+                .where(_r.c.state == "open", _r.c.expires_at <= now)
+                .order_by(_r.c.expires_at)
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+    done = {"hold": 0, "commit": 0, "revoke": 0}
+    for reservation_id in due:
+        action = _time_out(rt, reservation_id, now)
+        if action is not None:
+            done[action] += 1
+    return done
+
+
+def request_fields(request: Mapping[str, Any]) -> RedemptionRequest:
+    """A :class:`RedemptionRequest` from any mapping (channels build one this way)."""
+    return RedemptionRequest.from_json(dict(request))

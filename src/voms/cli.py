@@ -33,6 +33,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(catalog_app, name="catalog")
+housekeeping_app = typer.Typer(help="Scheduled jobs, run at once.", no_args_is_help=True)
+app.add_typer(housekeeping_app, name="housekeeping")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -281,6 +283,36 @@ def catalog_show(
                 "voucher_types": catalog.list_voucher_types(rt, auth.CONSOLE, service_provider),
             }
         )
+
+
+# --- housekeeping and verification -------------------------------------------------
+
+
+@housekeeping_app.command("run")
+def housekeeping_run() -> None:
+    """Do all due work now: expired reservations (their voucher type's timeout action),
+    request ids past retention, ended blacklists."""
+    from voms.services import housekeeping
+
+    with handled():
+        echo_json(housekeeping.run_due(runtime()))
+
+
+@app.command()
+def verify() -> None:
+    """Check the invariants of vouchers, transactions, ledger and balances; exit 1 naming
+    what is broken."""
+    from voms.services.verify import verify as check
+
+    with handled():
+        report = check(runtime())
+        counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in report.counts.items())
+        if report.ok:
+            typer.echo(f"OK: every invariant holds ({counts})")
+            return
+        for problem in report.problems:
+            typer.secho(f"BROKEN: {problem}", err=True, fg=typer.colors.RED)
+        fail(f"{len(report.problems)} invariant(s) broken ({counts})")
 
 
 if __name__ == "__main__":  # pragma: no cover

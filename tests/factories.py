@@ -78,3 +78,52 @@ def api_key(
         rt, CONSOLE, name=name or f"{role}-{sp or 'all'}", role=role, service_provider=sp
     )
     return secret
+
+
+def active_batch(
+    rt: Runtime, voucher_type: str = "TOPUP10", count: int = 10, activate: bool = True
+) -> list[tuple[str, str]]:
+    """A batch made by the real generator (and activated): its (serial, PIN) pairs.
+
+    PINs are recovered by decrypting the stored ciphertexts, as only tests may.
+    """
+    from sqlalchemy import select
+
+    from voms.db import tables as t
+    from voms.domain.serials import format_serial
+    from voms.services import generation, lifecycle
+
+    batch = generation.generate_batch(rt, CONSOLE, voucher_type=voucher_type, count=count)
+    if activate:
+        lifecycle.change_batch(rt, CONSOLE, batch["batch_id"], "activate")
+    v = t.vouchers
+    with rt.engine.connect() as conn:
+        rows = conn.execute(
+            select(v.c.serial, v.c.encryption_key_id, v.c.pin_ciphertext)
+            .where(v.c.batch_id == batch["batch_id"])
+            .order_by(v.c.serial)
+        ).all()
+    width = rt.settings.serial_width
+    return [
+        (
+            format_serial(row.serial, width),
+            rt.keyring.decrypt(row.encryption_key_id, row.pin_ciphertext),
+        )
+        for row in rows
+    ]
+
+
+def subscriber(
+    rt: Runtime,
+    msisdn: str = "254700000001",
+    product_type: str = "GOLD",
+    sp: str = "ACME",
+    **fields: Any,
+) -> dict[str, Any]:
+    from voms.services import wallet
+
+    return wallet.create_subscriber(
+        rt,
+        CONSOLE,
+        wallet.SubscriberIn(msisdn=msisdn, service_provider=sp, product_type=product_type, **fields),
+    )

@@ -1,0 +1,567 @@
+"""Voucher generation: a serial range, PINs born secret, chunks streamed into the database.
+
+A batch row (state ``generating``) and its serial range are committed first. Chunks of
+vouchers (PIN → keyed hash + AES-GCM ciphertext; the PIN itself is dropped at once) are
+made in worker processes for large batches and written, each with the batch's progress,
+in a transaction of its own. Only a batch whose every voucher is written becomes
+``generated``; any error marks it ``failed``. Neither a generating nor a failed batch can
+ever be activated, so their vouchers are never redeemable or exportable.
+"""
+
+import hmac
+import logging
+import os
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+from multiprocessing import get_context
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Connection, insert, select, text, update
+
+from voms.crypto import NONCE_BYTES, Keyring
+from voms.db import bulk
+from voms.db import tables as t
+from voms.db.types import utcnow
+from voms.domain.errors import Conflict, Invalid, VomsError
+from voms.domain.roles import Permission
+from voms.domain.states import BatchAction, BatchState, VoucherState, next_batch_state
+from voms.runtime import Runtime
+from voms.services import audit, idempotency
+from voms.services.auth import Principal
+from voms.services.catalog import load_voucher_type
+from voms.services.lifecycle import batch_size, batch_view, load_batch, record_event
+
+log = logging.getLogger("voms.generation")
+
+MAX_BATCH_COUNT = 10_000_000
+# A batch may use at most this share of its PIN space, so that drawing unique PINs
+# stays cheap (at 10 %, one draw in ten collides at the very end of such a batch).
+MAX_SPACE_SHARE = 10
+MAX_WRITE_ATTEMPTS = 50
+# Chunks made ahead of the writer per worker: enough to keep both busy, little memory.
+CHUNKS_AHEAD_PER_WORKER = 2
+
+VOUCHER_COLUMNS = (
+    "serial",
+    "batch_id",
+    "pin_hash",
+    "lookup_key_id",
+    "pin_ciphertext",
+    "encryption_key_id",
+    "state",
+)
+VoucherRow = tuple[int, int, bytes, int, bytes, int, str]
+RandomBytes = Callable[[int], bytes]
+Progress = Callable[[int], None]
+
+
+class BatchIn(BaseModel):
+    """POST /api/v1/batches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voucher_type: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    count: Annotated[int, Field(ge=1, le=MAX_BATCH_COUNT)]
+    expires_at: AwareDatetime | None = None
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+
+
+# --- PINs ----------------------------------------------------------------------------
+
+
+def _luhn_groups() -> list[int]:
+    """Luhn contribution of every 4-digit group whose rightmost digit is doubled."""
+    table = []
+    for group in range(10_000):
+        total = 0
+        for position in range(4):
+            digit = group // 10**position % 10
+            if position % 2 == 0:
+                digit = digit * 2 - 9 if digit > 4 else digit * 2
+            total += digit
+        table.append(total)
+    return table
+
+
+_LUHN4 = _luhn_groups()
+
+
+def check_digit(body: int) -> int:
+    """The Luhn check digit of ``body`` (same as domain.pins, on an int, 4 digits a step)."""
+    total = 0
+    while body:
+        body, group = divmod(body, 10_000)
+        total += _LUHN4[group]
+    return -total % 10
+
+
+def draw_pins(count: int, pin_length: int, randbytes: RandomBytes = os.urandom) -> list[str]:
+    """``count`` PINs of ``pin_length`` digits, the last a Luhn check digit.
+
+    The other digits are one uniform number below 10^(pin_length - 1), drawn from 64- or
+    128-bit random words by rejection: words at or above the largest multiple of the
+    space are discarded, so no value is likelier than another (no modulo bias).
+    PINs may repeat; callers that need unique ones use :meth:`Sealer.seal`.
+    """
+    space = 10 ** (pin_length - 1)
+    words = 1 if space < 1 << 60 else 2
+    limit = (1 << (64 * words)) // space * space
+    pins: list[str] = []
+    while len(pins) < count:
+        need = count - len(pins)
+        values = struct.unpack(f">{need * words}Q", randbytes(8 * need * words))
+        if words == 2:
+            values = tuple(
+                (high << 64) | low for high, low in zip(values[::2], values[1::2], strict=True)
+            )
+        for value in values:
+            if value < limit:
+                body = value % space
+                pins.append(f"{body * 10 + check_digit(body):0{pin_length}d}")
+    return pins
+
+
+@dataclass(frozen=True)
+class Sealer:
+    """Makes voucher rows for one batch: active keys, PIN length, batch id.
+
+    Picklable, so worker processes receive it once when they start.
+    """
+
+    batch_id: int
+    pin_length: int
+    lookup_key_id: int
+    lookup_key: bytes
+    encryption_key_id: int
+    encryption_key: bytes
+
+    @classmethod
+    def for_batch(cls, keyring: Keyring, batch_id: int, pin_length: int) -> "Sealer":
+        return cls(
+            batch_id=batch_id,
+            pin_length=pin_length,
+            lookup_key_id=keyring.active_lookup_key_id,
+            lookup_key=keyring.lookup_keys[keyring.active_lookup_key_id],
+            encryption_key_id=keyring.active_encryption_key_id,
+            encryption_key=keyring.encryption_keys[keyring.active_encryption_key_id],
+        )
+
+    def seal(
+        self,
+        serials: Sequence[int],
+        avoid: set[bytes] | frozenset[bytes] = frozenset(),
+        randbytes: RandomBytes = os.urandom,
+    ) -> list[VoucherRow]:
+        """One row per serial, each PIN's hash different from the others and from ``avoid``.
+
+        Equal to crypto.Keyring.lookup_hash and Keyring.encrypt (nonce-prefixed
+        AES-256-GCM), done in bulk. The clear PIN lives only inside this loop.
+        """
+        aes = AESGCM(self.encryption_key)
+        key, lookup_key_id, encryption_key_id = (
+            self.lookup_key,
+            self.lookup_key_id,
+            self.encryption_key_id,
+        )
+        batch_id, available = self.batch_id, VoucherState.AVAILABLE.value
+        seen = set(avoid)
+        rows: list[VoucherRow] = []
+        pending = list(serials)
+        while pending:
+            pins = draw_pins(len(pending), self.pin_length, randbytes)
+            nonces = os.urandom(NONCE_BYTES * len(pending))
+            again = []
+            for index, (serial, pin) in enumerate(zip(pending, pins, strict=True)):
+                clear = pin.encode("ascii")
+                digest = hmac.digest(key, clear, "sha256")
+                if digest in seen:
+                    again.append(serial)
+                    continue
+                seen.add(digest)
+                nonce = nonces[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
+                rows.append(
+                    (
+                        serial,
+                        batch_id,
+                        digest,
+                        lookup_key_id,
+                        nonce + aes.encrypt(nonce, clear, None),
+                        encryption_key_id,
+                        available,
+                    )
+                )
+            if again:
+                rows.sort()
+            pending = again
+        return rows
+
+
+# --- worker processes -----------------------------------------------------------------
+
+_worker_sealer: Sealer | None = None
+
+
+def _start_worker(sealer: Sealer) -> None:
+    global _worker_sealer
+    _worker_sealer = sealer
+
+
+def _seal_in_worker(first: int, count: int) -> list[VoucherRow]:
+    assert _worker_sealer is not None
+    return _worker_sealer.seal(range(first, first + count))
+
+
+def default_workers() -> int:
+    """Crypto worker processes: one per core beside the one that writes."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _chunks(
+    sealer: Sealer,
+    first: int,
+    count: int,
+    chunk_size: int,
+    workers: int,
+    randbytes: RandomBytes,
+) -> Iterator[list[VoucherRow]]:
+    """The batch's rows, chunk by chunk in serial order; at most a few chunks in memory."""
+    spans = (
+        (start, min(chunk_size, first + count - start))
+        for start in range(first, first + count, chunk_size)
+    )
+    if workers == 0:
+        for start, size in spans:
+            yield sealer.seal(range(start, start + size), randbytes=randbytes)
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(sealer,),
+    )
+    try:
+        ahead: deque[Future[list[VoucherRow]]] = deque(
+            pool.submit(_seal_in_worker, start, size)
+            for start, size in islice(spans, workers * CHUNKS_AHEAD_PER_WORKER)
+        )
+        while ahead:
+            rows = ahead.popleft().result()
+            for start, size in islice(spans, 1):
+                ahead.append(pool.submit(_seal_in_worker, start, size))
+            yield rows
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def _taken(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
+    """Which of ``hashes`` already belong to a voucher (only asked after a collision)."""
+    column = t.vouchers.c.pin_hash
+    taken: set[bytes] = set()
+    for start in range(0, len(hashes), 500):
+        part = list(hashes[start : start + 500])
+        taken.update(conn.execute(select(column).where(column.in_(part))).scalars())
+    return taken
+
+
+def write_chunk(
+    conn: Connection, sealer: Sealer, rows: list[VoucherRow], randbytes: RandomBytes = os.urandom
+) -> None:
+    """Write one chunk; PINs that collide with earlier vouchers are drawn again.
+
+    The UNIQUE lookup hash is the arbiter, also against other batches generated at the
+    same moment. Collisions are rare (several per ten million), so the optimistic load
+    is retried rather than every hash checked up front.
+    """
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        try:
+            bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows)
+            return
+        except bulk.DuplicateKey:
+            taken = _taken(conn, [row[2] for row in rows])
+            if not taken:
+                raise  # not a PIN collision: a serial clash is a bug, never retried
+            keep = [row for row in rows if row[2] not in taken]
+            redo = [row[0] for row in rows if row[2] in taken]
+            log.info("batch %s: %d PIN collisions, drawn again", sealer.batch_id, len(redo))
+            fresh = sealer.seal(redo, avoid={row[2] for row in rows} | taken, randbytes=randbytes)
+            rows = sorted(keep + fresh)
+    raise Conflict("could not draw unique PINs: the PIN space of this voucher type is full")
+
+
+# --- the batch --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Created:
+    batch: dict[str, Any]
+    is_new: bool  # False when a request id replayed an earlier batch
+
+
+def _allocate_serials(conn: Connection, count: int, width: int) -> int:
+    """Reserve ``count`` consecutive serials; returns the first.
+
+    One conditional UPDATE … RETURNING on the counter row: concurrent batches queue on
+    that row and get disjoint ranges; no sequence semantics are relied on.
+    """
+    new_next = conn.execute(
+        text(
+            "UPDATE counters SET next_value = next_value + :n "
+            "WHERE name = 'serial' AND next_value + :n <= :limit RETURNING next_value"
+        ),
+        {"n": count, "limit": 10**width},
+    ).scalar()
+    if new_next is None:
+        raise Conflict(f"serial numbers of {width} digits are exhausted")
+    return int(new_next) - count
+
+
+def create_batch(
+    rt: Runtime,
+    actor: Principal,
+    *,
+    voucher_type: str,
+    count: int,
+    expires_at: datetime | None = None,
+    request_id: str | None = None,
+) -> Created:
+    """Register a batch (state generating) with its serial range; no vouchers yet."""
+    body = BatchIn(
+        voucher_type=voucher_type, count=count, expires_at=expires_at, request_id=request_id
+    )
+    actor.require(Permission.BATCH_WRITE)
+    scope = idempotency.scope_of(actor)
+    fingerprint = idempotency.fingerprint(
+        rt.keyring, "batch.create", body.model_dump(exclude={"request_id"}, mode="json")
+    )
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        if body.request_id is not None:
+            stored = idempotency.find(conn, scope, body.request_id)
+            if stored is not None:
+                return Created(
+                    _replay(conn, stored, fingerprint, rt.settings.serial_width), is_new=False
+                )
+        vt = load_voucher_type(conn, code=body.voucher_type)
+        actor.require(Permission.BATCH_WRITE, vt["service_provider_id"])
+        space = 10 ** (vt["pin_length"] - 1)
+        if body.count > space // MAX_SPACE_SHARE:
+            raise Invalid(
+                f"{body.count} vouchers are too many for {vt['pin_length']}-digit PINs "
+                f"(at most {space // MAX_SPACE_SHARE} a batch); use a longer pin_length"
+            )
+        expiry = body.expires_at or now + timedelta(days=vt["validity_days"])
+        if expiry <= now:
+            raise Invalid("expires_at must be in the future")
+        first = _allocate_serials(conn, body.count, rt.settings.serial_width)
+        batch_id = conn.execute(
+            insert(t.batches)
+            .values(
+                service_provider_id=vt["service_provider_id"],
+                voucher_type_id=vt["id"],
+                state=BatchState.GENERATING.value,
+                count=body.count,
+                generated_count=0,
+                serial_first=first,
+                serial_last=first + body.count - 1,
+                expires_at=expiry,
+                created_by=actor.name,
+                created_at=now,
+                updated_at=now,
+                request_id=body.request_id,
+            )
+            .returning(t.batches.c.id)
+        ).scalar_one()
+        detail = {
+            "voucher_type": vt["code"],
+            "count": body.count,
+            "expires_at": expiry.isoformat(),
+        }
+        record_event(
+            conn,
+            actor,
+            "generate",
+            batch_id=batch_id,
+            serial_from=first,
+            serial_to=first + body.count - 1,
+            affected=body.count,
+            detail=detail,
+            now=now,
+        )
+        audit.record(
+            conn, actor, "batch.create", "batch", batch_id, vt["service_provider_id"], detail
+        )
+        view = batch_view(conn, batch_id, rt.settings.serial_width)
+        if body.request_id is not None and not idempotency.remember(
+            conn, scope, body.request_id, fingerprint, {"batch_id": batch_id}, 201, now
+        ):
+            raise Conflict("request id is being used by a concurrent request; retry")
+    log.info("batch %s created: %d vouchers of %s", batch_id, body.count, vt["code"])
+    return Created(view, is_new=True)
+
+
+def _replay(
+    conn: Connection, stored: idempotency.Stored, fingerprint: str, width: int
+) -> dict[str, Any]:
+    """The batch an earlier request with this id created, as it is now."""
+    batch_id = stored.response.get("batch_id")
+    if stored.request_hash != fingerprint or not isinstance(batch_id, int):
+        raise Conflict("request id reused with different parameters")
+    return batch_view(conn, batch_id, width)
+
+
+def fill_batch(
+    rt: Runtime,
+    actor: Principal,
+    batch_id: int,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    randbytes: RandomBytes = os.urandom,
+) -> dict[str, Any]:
+    """Generate the vouchers of a batch in state generating, then mark it generated.
+
+    Any error marks the batch failed (and is raised again). ``randbytes`` is the source
+    of PIN digits (the OS CSPRNG); ``workers`` 0 seals in this process.
+    """
+    width, chunk_size = rt.settings.serial_width, rt.settings.generation_chunk_size
+    with rt.engine.begin() as conn:
+        batch = load_batch(conn, batch_id)
+        actor.require(Permission.BATCH_WRITE, batch.service_provider_id)
+        pin_length = conn.execute(
+            select(t.voucher_types.c.pin_length).where(
+                t.voucher_types.c.id == batch.voucher_type_id
+            )
+        ).scalar_one()
+    if batch.state != BatchState.GENERATING:
+        raise Conflict(f"batch {batch_id} is {batch.state}, not generating")
+    sealer = Sealer.for_batch(rt.keyring, batch_id, pin_length)
+    remaining = batch_size(batch) - batch.generated_count
+    if workers is None:
+        workers = default_workers() if remaining > 2 * chunk_size else 0
+    done = batch.generated_count
+    try:
+        for rows in _chunks(
+            sealer, batch.serial_first + done, remaining, chunk_size, workers, randbytes
+        ):
+            with rt.engine.begin() as conn:
+                write_chunk(conn, sealer, rows, randbytes)
+                still_generating = conn.execute(
+                    update(t.batches)
+                    .where(
+                        t.batches.c.id == batch_id,
+                        t.batches.c.state == BatchState.GENERATING.value,
+                    )
+                    .values(
+                        generated_count=t.batches.c.generated_count + len(rows),
+                        updated_at=utcnow(),
+                    )
+                ).rowcount
+                if not still_generating:
+                    raise Conflict(f"batch {batch_id} stopped generating meanwhile")
+            done += len(rows)
+            if progress is not None:
+                progress(done)
+        _finish(rt, actor, batch_id, BatchAction.COMPLETE, None)
+    except BaseException as exc:
+        reason = exc.detail if isinstance(exc, VomsError) else type(exc).__name__
+        log.error("batch %s failed after %d vouchers: %s", batch_id, done, reason)
+        _finish(rt, actor, batch_id, BatchAction.FAIL, reason)
+        raise
+    with rt.engine.begin() as conn:
+        return batch_view(conn, batch_id, width)
+
+
+def _finish(
+    rt: Runtime, actor: Principal, batch_id: int, action: BatchAction, error: str | None
+) -> None:
+    """generating → generated (every voucher written) or → failed."""
+    new_state = next_batch_state(BatchState.GENERATING, action)
+    now = utcnow()
+    b = t.batches
+    condition = [b.c.id == batch_id, b.c.state == BatchState.GENERATING.value]
+    if action is BatchAction.COMPLETE:
+        condition.append(b.c.generated_count == b.c.count)
+    with rt.engine.begin() as conn:
+        changed = conn.execute(
+            update(b).where(*condition).values(state=new_state.value, updated_at=now, error=error)
+        ).rowcount
+        if not changed:
+            if action is BatchAction.COMPLETE:
+                raise Conflict(f"batch {batch_id} is incomplete or no longer generating")
+            return
+        batch = load_batch(conn, batch_id)
+        event = "generated" if action is BatchAction.COMPLETE else "failed"
+        record_event(
+            conn,
+            actor,
+            event,
+            batch_id=batch_id,
+            serial_from=batch.serial_first,
+            serial_to=batch.serial_last,
+            affected=batch.generated_count,
+            reason=error,
+            now=now,
+        )
+        audit.record(
+            conn,
+            actor,
+            f"batch.{event}",
+            "batch",
+            batch_id,
+            batch.service_provider_id,
+            {"generated": batch.generated_count, "error": error},
+        )
+    if action is BatchAction.COMPLETE:
+        log.info("batch %s generated", batch_id)
+
+
+def generate_batch(
+    rt: Runtime,
+    actor: Principal,
+    *,
+    voucher_type: str,
+    count: int,
+    expires_at: datetime | None = None,
+    request_id: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Create a batch and generate all its vouchers now; returns the batch.
+
+    With a request id seen before, returns that batch as it is now and generates nothing.
+    """
+    created = create_batch(
+        rt,
+        actor,
+        voucher_type=voucher_type,
+        count=count,
+        expires_at=expires_at,
+        request_id=request_id,
+    )
+    if not created.is_new:
+        return created.batch
+    return fill_batch(rt, actor, created.batch["batch_id"], progress=progress)
+
+
+def fill_in_background(rt: Runtime, actor: Principal, batch_id: int) -> threading.Thread:
+    """Generate a created batch in a daemon thread (the API answers at once)."""
+
+    def run() -> None:
+        try:
+            fill_batch(rt, actor, batch_id)
+        except Exception:  # already recorded on the batch and logged by fill_batch
+            return
+
+    thread = threading.Thread(target=run, name=f"generate-batch-{batch_id}", daemon=True)
+    thread.start()
+    return thread

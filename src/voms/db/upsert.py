@@ -14,5 +14,7 @@ def insert_if_absent(conn: Connection, table: Table, values: dict[str, Any]) -> 
     and then reports "absent" only if that one rolled back.
     """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return conn.execute(statement).rowcount == 1
+    key = next(iter(table.primary_key.columns))
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
+    # RETURNING, not rowcount: drivers disagree on the rowcount of INSERT … ON CONFLICT.
+    return conn.execute(statement).first() is not None

@@ -185,7 +185,13 @@ def create_subscriber(rt: Runtime, actor: Principal, body: SubscriberIn) -> dict
         except IntegrityError:
             raise Conflict(f"subscriber '{msisdn}' already exists") from None
         audit.record(
-            conn, actor, "subscriber.create", "subscriber", msisdn, sp_id, body.model_dump()
+            conn,
+            actor,
+            "subscriber.create",
+            "subscriber",
+            msisdn,
+            sp_id,
+            body.model_dump(mode="json"),
         )
         return _public(conn, _subscriber_row(conn, msisdn))
 

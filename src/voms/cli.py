@@ -2,9 +2,11 @@
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +18,7 @@ from voms.config import get_settings
 from voms.crypto import Keyring, KeyringError, load_keyring, write_keyring
 from voms.domain.errors import VomsError
 from voms.runtime import Runtime, build_runtime
+from voms.services.auth import Principal
 
 app = typer.Typer(
     name="voms",
@@ -313,6 +316,192 @@ def verify() -> None:
         for problem in report.problems:
             typer.secho(f"BROKEN: {problem}", err=True, fg=typer.colors.RED)
         fail(f"{len(report.problems)} invariant(s) broken ({counts})")
+
+
+# --- batches and vouchers ----------------------------------------------------------
+
+batch_app = typer.Typer(
+    help="Voucher batches: generate, list, show, change state.", no_args_is_help=True
+)
+voucher_app = typer.Typer(
+    help="One voucher or a serial range: show, freeze, unfreeze, delete.", no_args_is_help=True
+)
+app.add_typer(batch_app, name="batch")
+app.add_typer(voucher_app, name="voucher")
+
+
+def _operator() -> Principal:
+    """The console operator, named after the OS user so four-eyes approval means something."""
+    import getpass
+
+    from voms.domain.roles import Role
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Principal(name=f"console:{user}"[:100], role=Role.ADMIN)
+
+
+def _aware(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option}: not an ISO 8601 time: {value!r}")
+        raise AssertionError("unreachable") from None
+    if moment.tzinfo is None:
+        fail(f"{option}: give a UTC offset, e.g. 2027-12-31T23:59:59+00:00")
+    return moment
+
+
+@batch_app.command("generate")
+def batch_generate(
+    voucher_type: Annotated[str, typer.Option("--type", help="Voucher type code")],
+    count: Annotated[int, typer.Option(help="How many vouchers (up to 10,000,000)")],
+    expires_at: Annotated[
+        str | None,
+        typer.Option(help="ISO 8601 with offset [default: now + the type's validity_days]"),
+    ] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="Makes a retried command generate nothing more")
+    ] = None,
+) -> None:
+    """Generate a batch of vouchers now, with a progress bar; prints the batch."""
+    from voms.services import generation
+
+    expiry = _aware(expires_at, "--expires-at")
+    rt = runtime()
+    with handled():
+        created = generation.create_batch(
+            rt,
+            _operator(),
+            voucher_type=voucher_type,
+            count=count,
+            expires_at=expiry,
+            request_id=request_id,
+        )
+        batch = created.batch
+        if created.is_new:
+            typer.echo(
+                f"batch {batch['batch_id']}: serials {batch['serial_first']}"
+                f"-{batch['serial_last']}",
+                err=True,
+            )
+            with typer.progressbar(
+                length=batch["count"], label="generating", file=sys.stderr
+            ) as bar:
+                shown = [0]
+
+                def advance(done: int) -> None:
+                    bar.update(done - shown[0])
+                    shown[0] = done
+
+                batch = generation.fill_batch(rt, _operator(), batch["batch_id"], progress=advance)
+        echo_json(batch)
+
+
+@batch_app.command("list")
+def batch_list(
+    state: Annotated[str | None, typer.Option(help="generating, generated, active…")] = None,
+    voucher_type: Annotated[str | None, typer.Option("--type", help="Voucher type code")] = None,
+    service_provider: Annotated[str | None, typer.Option(help="Provider code")] = None,
+    limit: Annotated[int, typer.Option(help="Batches per page")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
+) -> None:
+    """List batches, newest first."""
+    from voms.services import lifecycle
+
+    with handled():
+        echo_json(
+            lifecycle.list_batches(
+                runtime(),
+                _operator(),
+                state=state,
+                voucher_type=voucher_type,
+                service_provider=service_provider,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+
+
+@batch_app.command("show")
+def batch_show(batch_id: Annotated[int, typer.Argument(help="Batch id")]) -> None:
+    """Show one batch with its generation progress."""
+    from voms.services import lifecycle
+
+    with handled():
+        echo_json(lifecycle.get_batch(runtime(), _operator(), batch_id))
+
+
+def _batch_action(action: str) -> None:
+    def change(
+        batch_id: Annotated[int, typer.Argument(help="Batch id")],
+        reason: Annotated[
+            str | None, typer.Option(help="Why, e.g. stolen, damaged, investigation")
+        ] = None,
+    ) -> None:
+        from voms.services import lifecycle
+
+        with handled():
+            echo_json(lifecycle.change_batch(runtime(), _operator(), batch_id, action, reason))
+
+    change.__doc__ = f"{action.capitalize()} a whole batch (one row update)."
+    batch_app.command(action)(change)
+
+
+for _action in ("activate", "freeze", "unfreeze", "delete"):
+    _batch_action(_action)
+
+
+@batch_app.command("amend")
+def batch_amend(
+    batch_id: Annotated[int, typer.Argument(help="Batch id")],
+    expires_at: Annotated[str, typer.Option(help="New expiry, ISO 8601 with offset")],
+) -> None:
+    """Change a batch's expiry."""
+    from voms.services import lifecycle
+
+    expiry = _aware(expires_at, "--expires-at")
+    assert expiry is not None
+    with handled():
+        echo_json(lifecycle.amend_batch(runtime(), _operator(), batch_id, expiry))
+
+
+@voucher_app.command("show")
+def voucher_show(serial: Annotated[str, typer.Argument(help="Serial number")]) -> None:
+    """Show a voucher's effective state and history (never its PIN)."""
+    from voms.services import care
+
+    with handled():
+        echo_json(care.voucher_by_serial(runtime(), _operator(), serial))
+
+
+def _voucher_action(action: str) -> None:
+    def change(
+        serial_from: Annotated[str, typer.Argument(help="First serial")],
+        serial_to: Annotated[
+            str | None, typer.Argument(help="Last serial [default: first]")
+        ] = None,
+        reason: Annotated[str | None, typer.Option(help="Why")] = None,
+    ) -> None:
+        from voms.services import lifecycle
+
+        with handled():
+            echo_json(
+                lifecycle.change_vouchers(
+                    runtime(), _operator(), action, serial_from, serial_to, reason
+                )
+            )
+
+    change.__doc__ = f"{action.capitalize()} one voucher or a serial range."
+    voucher_app.command(action)(change)
+
+
+for _action in ("freeze", "unfreeze", "delete"):
+    _voucher_action(_action)
 
 
 if __name__ == "__main__":  # pragma: no cover

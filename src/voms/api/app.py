@@ -3,7 +3,16 @@
 from fastapi import FastAPI
 
 import voms
-from voms.api import admin, catalog, health, redemptions, subscribers, transactions
+from voms.api import (
+    admin,
+    batches,
+    catalog,
+    health,
+    redemptions,
+    subscribers,
+    transactions,
+    vouchers,
+)
 from voms.api.deps import TokenBuckets
 from voms.api.errors import install_error_handlers
 from voms.api.metrics import observe
@@ -36,6 +45,8 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         redemptions.router,
         subscribers.router,
         transactions.router,
+        batches.router,
+        vouchers.router,
     ):
         app.include_router(router)
     return app

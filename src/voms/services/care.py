@@ -1,0 +1,128 @@
+"""Customer care lookups of one voucher, by serial or by PIN. Never the PIN itself."""
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from sqlalchemy import Connection, Row, select
+
+from voms.db import tables as t
+from voms.db.engine import reading
+from voms.db.types import utcnow
+from voms.domain.errors import Invalid, NotFound, ResultError
+from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH, check_pin
+from voms.domain.roles import Permission
+from voms.domain.serials import format_serial, parse_serial
+from voms.domain.states import BatchState, VoucherState, effective_voucher_state, is_expired
+from voms.runtime import Runtime
+from voms.services.auth import Principal
+from voms.services.lifecycle import history
+
+_PIN_LENGTHS = frozenset(range(MIN_PIN_LENGTH, MAX_PIN_LENGTH + 1))
+# Redemption-family attempts that changed the voucher (shown in its history).
+_VOUCHER_CHANGES = ("redemption", "reservation", "commit", "revoke")
+
+
+class PinLookupIn(BaseModel):
+    """POST /api/v1/vouchers/lookup (a PIN never travels in a URL)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    pin: Annotated[str, StringConstraints(max_length=64)]
+
+
+_v, _b, _vt = t.vouchers, t.batches, t.voucher_types
+_VOUCHER = select(
+    _v.c.serial,
+    _v.c.batch_id,
+    _v.c.state,
+    _v.c.redeemed_at,
+    _v.c.redeemed_by,
+    _b.c.state.label("batch_state"),
+    _b.c.expires_at,
+    _b.c.service_provider_id,
+    _vt.c.code.label("voucher_type"),
+).select_from(_v.join(_b, _b.c.id == _v.c.batch_id).join(_vt, _vt.c.id == _b.c.voucher_type_id))
+
+
+def _public(conn: Connection, row: Row[Any], width: int) -> dict[str, Any]:
+    batch_state, own_state = BatchState(row.batch_state), VoucherState(row.state)
+    return {
+        "serial": format_serial(row.serial, width),
+        "state": effective_voucher_state(
+            batch_state, own_state, is_expired(row.expires_at, utcnow())
+        ),
+        "voucher_state": own_state.value,
+        "batch_id": row.batch_id,
+        "batch_state": batch_state.value,
+        "voucher_type": row.voucher_type,
+        "expires_at": row.expires_at,
+        "redeemed_at": row.redeemed_at,
+        "redeemed_by": row.redeemed_by,
+        "history": _history(conn, row.serial, width),
+    }
+
+
+def _history(conn: Connection, serial: int, width: int) -> list[dict[str, Any]]:
+    """Batch and range operations covering the voucher, and what channels did to it."""
+    entries = history(conn, serial, width)
+    tx = t.transactions
+    for row in conn.execute(
+        select(tx.c.at, tx.c.kind, tx.c.actor, tx.c.channel, tx.c.recipient_msisdn)
+        .where(tx.c.serial == serial, tx.c.result_code == 0, tx.c.kind.in_(_VOUCHER_CHANGES))
+        .order_by(tx.c.at, tx.c.id)
+    ):
+        entries.append(
+            {
+                "at": row.at,
+                "actor": row.actor,
+                "action": row.kind,
+                "batch_id": None,
+                "serial_from": format_serial(serial, width),
+                "serial_to": format_serial(serial, width),
+                "reason": None,
+                "channel": row.channel,
+                "msisdn": row.recipient_msisdn,
+            }
+        )
+    entries.sort(key=lambda entry: entry["at"])
+    return entries
+
+
+def _found(actor: Principal, row: Row[*tuple[Any, ...]] | None, what: str) -> Row[Any]:
+    # Out of scope looks like absent: a scoped key learns nothing of other providers.
+    if row is None or (
+        actor.service_provider_id is not None
+        and row.service_provider_id != actor.service_provider_id
+    ):
+        raise NotFound(f"voucher {what} not found")
+    return row
+
+
+def voucher_by_serial(rt: Runtime, actor: Principal, serial: str) -> dict[str, Any]:
+    """A voucher's effective state, expiry, redemption and history, by serial."""
+    actor.require(Permission.LOOKUP)
+    width = rt.settings.serial_width
+    number = parse_serial(serial, width)
+    with reading(rt.engine) as conn:
+        row = _found(
+            actor,
+            conn.execute(_VOUCHER.where(_v.c.serial == number)).first(),
+            format_serial(number, width),
+        )
+        return _public(conn, row, width)
+
+
+def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
+    """The same, found by PIN: its keyed hash under every live lookup key."""
+    actor.require(Permission.LOOKUP)
+    try:
+        clean = check_pin(pin, _PIN_LENGTHS)
+    except ResultError as exc:
+        raise Invalid(f"pin: {exc.result.text.lower()}") from None
+    hashes = rt.keyring.lookup_hashes(clean)
+    width = rt.settings.serial_width
+    with reading(rt.engine) as conn:
+        row = _found(
+            actor, conn.execute(_VOUCHER.where(_v.c.pin_hash.in_(hashes))).first(), "with this PIN"
+        )
+        return _public(conn, row, width)

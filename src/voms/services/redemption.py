@@ -32,6 +32,7 @@ from voms.domain.pins import check_pin
 from voms.domain.results import Result
 from voms.domain.roles import Permission, Role
 from voms.domain.scenarios import choose_scenario
+from voms.domain.serials import format_serial
 from voms.domain.states import BatchState, VoucherState, is_expired, redemption_blocker
 from voms.runtime import Runtime
 from voms.services import catalog_cache, idempotency
@@ -583,7 +584,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         if had_failures:
             _reset_bad_pins(conn, msisdn)
         return _success(
-            serial=str(voucher.serial),
+            serial=format_serial(voucher.serial, rt.settings.serial_width),
             voucher_type=voucher_type["code"],
             scenario=scenario["number"],
             msisdn=attempt.msisdn,
@@ -644,7 +645,7 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
             _reset_bad_pins(conn, msisdn)
         return _success(
             reservation_id=attempt.reservation_id,
-            serial=str(voucher.serial),
+            serial=format_serial(voucher.serial, rt.settings.serial_width),
             voucher_type=voucher_type["code"],
             scenario=scenario["number"],
             msisdn=attempt.msisdn,
@@ -731,7 +732,7 @@ def _finish_reservation(
 
 
 def _settle_voucher(
-    conn: Connection, attempt: _Attempt, row: Any, action: str, now: datetime
+    rt: Runtime, conn: Connection, attempt: _Attempt, row: Any, action: str, now: datetime
 ) -> Response:
     """Apply a commit or revoke to the reserved voucher and describe it."""
     attempt.serial = row.serial
@@ -750,7 +751,7 @@ def _settle_voucher(
         raise RuntimeError(f"voucher {row.serial} of an open reservation is not reserved")
     return _success(
         reservation_id=attempt.reservation_id,
-        serial=str(row.serial),
+        serial=format_serial(row.serial, rt.settings.serial_width),
         scenario=row.scenario,
         msisdn=row.msisdn,
         recipient_msisdn=row.recipient_msisdn,
@@ -782,7 +783,7 @@ def _finish(
         attempt.service_provider_id = sp_id
         if actor.service_provider_id is not None and sp_id != actor.service_provider_id:
             raise ResultError(Result.RESERVATION_NOT_FOUND)
-        response = _settle_voucher(conn, attempt, row, action, now)
+        response = _settle_voucher(rt, conn, attempt, row, action, now)
         response["voucher_type"] = voucher_type["code"] if voucher_type else None
         return response
 
@@ -836,7 +837,7 @@ def _time_out(rt: Runtime, reservation_id: str, now: datetime) -> str | None:
         )
         credits: list[Any] = []
         if action != "hold":
-            credits = _settle_voucher(conn, attempt, row, action, now)["credits"]
+            credits = _settle_voucher(rt, conn, attempt, row, action, now)["credits"]
         _record(conn, attempt, Result.SUCCESS, credits, now)
         return action
 

@@ -17,6 +17,7 @@ from voms.domain.errors import Invalid, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.results import Result
 from voms.domain.roles import Permission
+from voms.domain.serials import format_serial
 from voms.runtime import Runtime
 from voms.services.auth import Principal
 
@@ -97,6 +98,7 @@ def list_transactions(
     with reading(rt.engine) as conn:
         rows = conn.execute(query).all()
     page = rows[:limit]
+    width = rt.settings.serial_width
     return {
         "transactions": [
             {
@@ -106,7 +108,7 @@ def list_transactions(
                 "result_code": row.result_code,
                 "result_text": _result_text(row.result_code),
                 "channel": row.channel,
-                "serial": str(row.serial) if row.serial is not None else None,
+                "serial": format_serial(row.serial, width) if row.serial is not None else None,
                 "msisdn": row.msisdn,
                 "recipient_msisdn": row.recipient_msisdn,
                 "voucher_type": row.voucher_type,

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from tests.pgp import PartnerKeys, make_partner_keys, stop_agent
 from voms.config import Settings
 from voms.crypto import Keyring, write_keyring
 from voms.db.engine import make_engine
@@ -118,3 +119,11 @@ def rt(settings: Settings) -> Iterator[Runtime]:
     runtime = build_runtime(settings)
     yield runtime
     runtime.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def partner_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PartnerKeys]:
+    """Real OpenPGP keys (valid, expired, revoked, sign-only) made by the gpg command line."""
+    keys = make_partner_keys(tmp_path_factory.mktemp("gnupg") / "home")
+    yield keys
+    stop_agent(keys.home)

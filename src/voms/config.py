@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     background_generation_threshold: int = Field(
         10_000, ge=0, description="Batches larger than this are generated in the background."
     )
+    gpg_binary: str = Field("gpg", description="GnuPG executable that encrypts exports.")
+    export_link_minutes: int = Field(
+        60, ge=1, le=10_080, description="How long an export's download link stays valid."
+    )
 
     @property
     def is_sqlite(self) -> bool:

@@ -374,3 +374,67 @@ idempotency_keys = Table(
     _created_at(),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )
+
+# --- distribution: partners and encrypted exports (migration 0002) ------------------
+
+# A print shop, distributor or retailer that receives voucher files encrypted to its
+# OpenPGP key. service_provider_id NULL: the partner may receive any provider's vouchers.
+partners = Table(
+    "partners",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("contact", String(200)),
+    Column("service_provider_id", ForeignKey("service_providers.id")),
+    Column("public_key", Text, nullable=False),
+    Column("key_fingerprint", String(64), nullable=False),
+    Column("key_user_ids", JSON, nullable=False),
+    Column("key_expires_at", UTCDateTime()),
+    Column("state", String(10), nullable=False),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    Column("disabled_at", UTCDateTime()),
+    CheckConstraint("state IN ('active', 'disabled')", name="state"),
+)
+
+# One row per encrypted file handed out: who, when, to whom, what (filters), how many,
+# and the SHA-256 of the encrypted file. The vouchers keep partner_id and export_id.
+exports = Table(
+    "exports",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("partner_id", ForeignKey("partners.id"), nullable=False),
+    Column("format", String(4), nullable=False),
+    Column("filters", JSON, nullable=False),
+    Column("reissue", Boolean, nullable=False),
+    Column("voucher_count", BigInteger, nullable=False),
+    Column("reissued_count", BigInteger, nullable=False),
+    Column("serial_first", BigInteger),
+    Column("serial_last", BigInteger),
+    Column("key_fingerprint", String(64), nullable=False),
+    Column("file_name", String(100), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    # Set when the encrypted file is kept for download (API); NULL when it was written
+    # straight to the caller (CLI). Only the token's hash is stored.
+    Column("download_token_hash", String(64)),
+    Column("download_expires_at", UTCDateTime()),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    CheckConstraint("format IN ('csv', 'xlsx')", name="format"),
+    CheckConstraint("voucher_count > 0", name="voucher_count_positive"),
+    CheckConstraint("reissued_count BETWEEN 0 AND voucher_count", name="reissued_count_range"),
+    Index("ix_exports_partner", "partner_id"),
+    Index("ix_exports_created_at", "created_at"),
+)
+
+# The encrypted file of an export, kept in the database so any server behind the load
+# balancer can serve its download link; deleted once the link has expired.
+export_file_chunks = Table(
+    "export_file_chunks",
+    metadata,
+    Column("export_id", ForeignKey("exports.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)

@@ -1,0 +1,110 @@
+"""Distribution: partners, exports and the encrypted export files.
+
+Why: vouchers leave the system only as files encrypted to a partner's OpenPGP key
+(issue 5). Each export is recorded (who, when, partner, filters, count, SHA-256 of the
+encrypted file) so an operator can prove what was handed to whom; the encrypted file
+itself is kept in the database, in chunks, until its download link expires, so that
+any server behind the load balancer can serve the link (servers stay stateless). The
+vouchers' existing partner_id/export_id columns point at these rows; they get no
+foreign key, because a set-based UPDATE of millions of vouchers should not pay for a
+constraint check per row.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "partners",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("contact", sa.String(length=200), nullable=True),
+        sa.Column("service_provider_id", sa.Integer(), nullable=True),
+        sa.Column("public_key", sa.Text(), nullable=False),
+        sa.Column("key_fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("key_user_ids", sa.JSON(), nullable=False),
+        sa.Column("key_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("state", sa.String(length=10), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint("state IN ('active', 'disabled')", name=op.f("ck_partners_state")),
+        sa.ForeignKeyConstraint(
+            ["service_provider_id"],
+            ["service_providers.id"],
+            name=op.f("fk_partners_service_provider_id_service_providers"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_partners")),
+        sa.UniqueConstraint("name", name=op.f("uq_partners_name")),
+    )
+    op.create_table(
+        "exports",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("service_provider_id", sa.Integer(), nullable=False),
+        sa.Column("partner_id", sa.Integer(), nullable=False),
+        sa.Column("format", sa.String(length=4), nullable=False),
+        sa.Column("filters", sa.JSON(), nullable=False),
+        sa.Column("reissue", sa.Boolean(), nullable=False),
+        sa.Column("voucher_count", sa.BigInteger(), nullable=False),
+        sa.Column("reissued_count", sa.BigInteger(), nullable=False),
+        sa.Column("serial_first", sa.BigInteger(), nullable=True),
+        sa.Column("serial_last", sa.BigInteger(), nullable=True),
+        sa.Column("key_fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("file_name", sa.String(length=100), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("download_token_hash", sa.String(length=64), nullable=True),
+        sa.Column("download_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("format IN ('csv', 'xlsx')", name=op.f("ck_exports_format")),
+        sa.CheckConstraint("voucher_count > 0", name=op.f("ck_exports_voucher_count_positive")),
+        sa.CheckConstraint(
+            "reissued_count BETWEEN 0 AND voucher_count",
+            name=op.f("ck_exports_reissued_count_range"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["partner_id"], ["partners.id"], name=op.f("fk_exports_partner_id_partners")
+        ),
+        sa.ForeignKeyConstraint(
+            ["service_provider_id"],
+            ["service_providers.id"],
+            name=op.f("fk_exports_service_provider_id_service_providers"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_exports")),
+    )
+    op.create_index("ix_exports_created_at", "exports", ["created_at"], unique=False)
+    op.create_index("ix_exports_partner", "exports", ["partner_id"], unique=False)
+    op.create_table(
+        "export_file_chunks",
+        sa.Column("export_id", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["export_id"],
+            ["exports.id"],
+            name=op.f("fk_export_file_chunks_export_id_exports"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("export_id", "seq", name=op.f("pk_export_file_chunks")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("export_file_chunks")
+    op.drop_index("ix_exports_partner", table_name="exports")
+    op.drop_index("ix_exports_created_at", table_name="exports")
+    op.drop_table("exports")
+    op.drop_table("partners")

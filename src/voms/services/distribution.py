@@ -1,0 +1,733 @@
+"""Distribution: partners with OpenPGP keys, encrypted voucher exports, their downloads.
+
+An export is one transaction: the matching vouchers are claimed for the export with
+set-based UPDATEs (one per batch, on the serial primary key), then streamed back in
+serial order from a server-side cursor, decrypted in memory and piped through gpg's
+stdin; the ciphertext goes to the caller's file (CLI) or into the database for a
+time-limited download link (API). A failure anywhere rolls everything back, so a
+voucher is never marked as exported without a complete file, and no plaintext PIN is
+ever written to disk.
+"""
+
+import hashlib
+import hmac
+import secrets
+import tempfile
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import IO, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from voms import openpgp, xlsx
+from voms.db import tables as t
+from voms.db.engine import reading
+from voms.db.types import utcnow
+from voms.domain.distribution import (
+    EXPORT_COLUMNS,
+    EXPORTABLE_BATCH_STATES,
+    EXPORTABLE_VOUCHER_STATES,
+    XLSX_MAX_VOUCHERS,
+    LinkExpired,
+)
+from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from voms.domain.roles import Permission
+from voms.domain.serials import format_serial, parse_serial_range
+from voms.runtime import Runtime
+from voms.services import audit
+from voms.services.auth import Principal, service_provider_id_by_code
+from voms.services.lifecycle import record_event
+
+PartnerName = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^[^/\\\x00-\x1f\x7f]{1,100}$")
+]
+Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+SerialText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=18)] | int
+Format = Literal["csv", "xlsx"]
+
+STREAM_ROWS = 5_000  # vouchers fetched, decrypted and formatted per step
+FILE_CHUNK_BYTES = 1 << 20  # encrypted file kept in the database in pieces of this size
+SPOOL_BYTES = 8 << 20  # ciphertext up to this size stays in memory before the database
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PartnerIn(_Input):
+    name: PartnerName
+    public_key: str = Field(
+        max_length=openpgp.MAX_KEY_CHARS, description="ASCII-armored OpenPGP public key"
+    )
+    contact: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    service_provider: Code | None = Field(
+        None, description="Limit the partner to one provider (default: the key's scope, or any)"
+    )
+
+
+class ExportIn(_Input):
+    partner: PartnerName
+    batch_id: Annotated[int, Field(gt=0)] | None = None
+    serial_from: SerialText | None = None
+    serial_to: SerialText | None = None
+    voucher_type: Code | None = None
+    format: Format = "csv"
+    reissue: bool = Field(False, description="Export vouchers that were exported before, again")
+
+    @model_validator(mode="after")
+    def _one_filter_at_least(self) -> "ExportIn":
+        if (self.serial_from is None) != (self.serial_to is None):
+            raise ValueError("serial_from and serial_to go together")
+        if self.batch_id is None and self.serial_from is None and self.voucher_type is None:
+            raise ValueError("give batch_id, a serial range (serial_from, serial_to), or a type")
+        return self
+
+
+# --- partners ----------------------------------------------------------------------
+
+
+def _partner_query() -> Any:
+    p, sp = t.partners, t.service_providers
+    return select(p, sp.c.code.label("sp_code")).select_from(
+        p.outerjoin(sp, sp.c.id == p.c.service_provider_id)
+    )
+
+
+def _partner_public(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "contact": row.contact,
+        "service_provider": row.sp_code,
+        "key_fingerprint": row.key_fingerprint,
+        "key_user_ids": list(row.key_user_ids),
+        "key_expires_at": row.key_expires_at,
+        "state": row.state,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+        "disabled_at": row.disabled_at,
+    }
+
+
+def _load_partner(conn: Connection, actor: Principal, name: str) -> Row[Any]:
+    row = conn.execute(_partner_query().where(t.partners.c.name == name)).first()
+    if row is None:
+        raise NotFound(f"partner '{name}' not found")
+    actor.require(Permission.EXPORT, row.service_provider_id)
+    return row
+
+
+def _inspect(rt: Runtime, armored: str) -> openpgp.PublicKey:
+    try:
+        return openpgp.inspect_public_key(armored, rt.settings.gpg_binary)
+    except openpgp.KeyRefused as exc:
+        raise Invalid(f"public key refused: {exc}") from None
+
+
+def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, Any]:
+    """Add a partner; its key must be one valid, encryption-capable OpenPGP public key."""
+    actor.require(Permission.EXPORT)
+    key = _inspect(rt, body.public_key)
+    with rt.engine.begin() as conn:
+        sp_id = (
+            service_provider_id_by_code(conn, body.service_provider)
+            if body.service_provider
+            else actor.service_provider_id
+        )
+        actor.require_scope(sp_id)
+        try:
+            with conn.begin_nested():
+                partner_id = conn.execute(
+                    insert(t.partners)
+                    .values(
+                        name=body.name,
+                        contact=body.contact,
+                        service_provider_id=sp_id,
+                        public_key=body.public_key.strip() + "\n",
+                        key_fingerprint=key.fingerprint,
+                        key_user_ids=list(key.user_ids),
+                        key_expires_at=key.expires_at,
+                        state="active",
+                        created_by=actor.name,
+                        created_at=utcnow(),
+                    )
+                    .returning(t.partners.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            raise Conflict(f"partner '{body.name}' already exists") from None
+        audit.record(
+            conn,
+            actor,
+            "partner.create",
+            "partner",
+            partner_id,
+            sp_id,
+            {"name": body.name, "contact": body.contact, "key_fingerprint": key.fingerprint},
+        )
+        return _partner_public(_load_partner(conn, actor, body.name))
+
+
+def list_partners(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
+    """Partners the caller may export to (a scoped key: its provider's and shared ones)."""
+    actor.require(Permission.EXPORT)
+    query = _partner_query().order_by(t.partners.c.name)
+    if actor.service_provider_id is not None:
+        query = query.where(
+            (t.partners.c.service_provider_id == actor.service_provider_id)
+            | t.partners.c.service_provider_id.is_(None)
+        )
+    with reading(rt.engine) as conn:
+        return [_partner_public(row) for row in conn.execute(query)]
+
+
+def get_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
+    with reading(rt.engine) as conn:
+        return _partner_public(_load_partner(conn, actor, name))
+
+
+def disable_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
+    """Stop all further exports to a partner (past exports stay recorded)."""
+    with rt.engine.begin() as conn:
+        row = _load_partner(conn, actor, name)
+        if row.service_provider_id is None:
+            actor.require_unscoped()
+        if row.state != "disabled":
+            conn.execute(
+                update(t.partners)
+                .where(t.partners.c.id == row.id)
+                .values(state="disabled", disabled_at=utcnow())
+            )
+            audit.record(conn, actor, "partner.disable", "partner", row.id, row.service_provider_id)
+        return _partner_public(_load_partner(conn, actor, name))
+
+
+# --- exports: what to export --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """The part of one batch an export covers: a serial range and the batch's columns."""
+
+    batch_id: int
+    serial_from: int
+    serial_to: int
+    csv_suffix: str  # ",voucher_type,expires_at,value,currency,batch\n"
+    xlsx_suffix: str  # the same cells as spreadsheet XML, closing the row
+
+
+def _face_values(conn: Connection, voucher_type_ids: set[int]) -> dict[int, tuple[int, str]]:
+    """Per voucher type: the default scenario's credit in a currency (value, currency)."""
+    sc, cr, bt = t.scenarios, t.scenario_credits, t.balance_types
+    rows = conn.execute(
+        select(sc.c.voucher_type_id, cr.c.amount, bt.c.currency)
+        .join(cr, cr.c.scenario_id == sc.c.id)
+        .join(bt, bt.c.id == cr.c.balance_type_id)
+        .where(
+            sc.c.voucher_type_id.in_(voucher_type_ids),
+            sc.c.is_default.is_(True),
+            bt.c.currency.is_not(None),
+        )
+        .order_by(sc.c.voucher_type_id, cr.c.id)
+    )
+    values: dict[int, tuple[int, str]] = {}
+    for row in rows:
+        values.setdefault(row.voucher_type_id, (row.amount, row.currency))
+    return values
+
+
+def _select_slices(
+    conn: Connection, actor: Principal, body: ExportIn, width: int, now: datetime
+) -> tuple[int, list[_Slice]]:
+    """The service provider and the exportable batch slices that match the filters."""
+    b, vt = t.batches, t.voucher_types
+    query = (
+        select(
+            b.c.id,
+            b.c.service_provider_id,
+            b.c.voucher_type_id,
+            b.c.serial_first,
+            b.c.serial_last,
+            b.c.expires_at,
+            vt.c.code,
+        )
+        .join(vt, vt.c.id == b.c.voucher_type_id)
+        .where(b.c.state.in_([s.value for s in EXPORTABLE_BATCH_STATES]), b.c.expires_at > now)
+        .order_by(b.c.serial_first)
+    )
+    if body.batch_id is not None:
+        batch = conn.execute(
+            select(b.c.service_provider_id, b.c.state).where(b.c.id == body.batch_id)
+        ).first()
+        if batch is None:
+            raise NotFound(f"batch {body.batch_id} not found")
+        actor.require(Permission.EXPORT, batch.service_provider_id)
+        if batch.state not in EXPORTABLE_BATCH_STATES:
+            raise Conflict(f"batch {body.batch_id} is {batch.state}; its vouchers are not exported")
+        query = query.where(b.c.id == body.batch_id)
+    if body.voucher_type is not None:
+        vt_row = conn.execute(
+            select(vt.c.id, vt.c.service_provider_id).where(vt.c.code == body.voucher_type)
+        ).first()
+        if vt_row is None:
+            raise NotFound(f"voucher type '{body.voucher_type}' not found")
+        actor.require(Permission.EXPORT, vt_row.service_provider_id)
+        query = query.where(b.c.voucher_type_id == vt_row.id)
+    low, high = 0, 10**18
+    if body.serial_from is not None and body.serial_to is not None:
+        try:
+            low, high = parse_serial_range(body.serial_from, body.serial_to, width)
+        except Invalid as exc:
+            raise Invalid(f"serial range: {exc.detail}") from None
+        query = query.where(b.c.serial_first <= high, b.c.serial_last >= low)
+    if actor.service_provider_id is not None:
+        query = query.where(b.c.service_provider_id == actor.service_provider_id)
+    batches = conn.execute(query).all()
+    if not batches:
+        raise Invalid("no exportable vouchers match these filters")
+    providers = {row.service_provider_id for row in batches}
+    if len(providers) > 1:
+        raise Invalid(
+            "the serial range covers several service providers; add voucher_type or batch_id"
+        )
+    values = _face_values(conn, {row.voucher_type_id for row in batches})
+    slices = []
+    for row in batches:
+        value, currency = values.get(row.voucher_type_id, (None, None))
+        tail: list[xlsx.Cell] = [
+            row.code,
+            row.expires_at.isoformat(timespec="seconds"),
+            value,
+            currency,
+            row.id,
+        ]
+        slices.append(
+            _Slice(
+                batch_id=row.id,
+                serial_from=max(low, row.serial_first),
+                serial_to=min(high, row.serial_last),
+                csv_suffix=",".join("" if v is None else str(v) for v in ["", *tail]) + "\n",
+                xlsx_suffix="".join(xlsx.cell(v) for v in tail) + "</row>",
+            )
+        )
+    return providers.pop(), slices
+
+
+def _in_slice(piece: _Slice) -> Any:
+    v = t.vouchers
+    return and_(
+        v.c.serial.between(piece.serial_from, piece.serial_to),
+        v.c.batch_id == piece.batch_id,
+        v.c.state.in_([s.value for s in EXPORTABLE_VOUCHER_STATES]),
+    )
+
+
+def _count(conn: Connection, slices: list[_Slice]) -> tuple[int, int]:
+    """How many vouchers match, and how many of them were exported before."""
+    v = t.vouchers
+    total = exported = 0
+    for piece in slices:
+        row = conn.execute(
+            select(func.count(), func.count(v.c.export_id)).where(_in_slice(piece))
+        ).one()
+        total, exported = total + row[0], exported + row[1]
+    return total, exported
+
+
+def _claim(
+    conn: Connection,
+    actor: Principal,
+    slices: list[_Slice],
+    export_id: int,
+    partner: Row[Any],
+    reissue: bool,
+) -> int:
+    """Mark the matching vouchers as this export's, one set-based UPDATE per batch, and
+    record it in each batch's history."""
+    v = t.vouchers
+    claimed = 0
+    for piece in slices:
+        condition = _in_slice(piece)
+        if not reissue:
+            condition = and_(condition, v.c.export_id.is_(None))
+        count = conn.execute(
+            update(v).where(condition).values(partner_id=partner.id, export_id=export_id)
+        ).rowcount
+        if count:
+            record_event(
+                conn,
+                actor,
+                "reissue" if reissue else "export",
+                batch_id=piece.batch_id,
+                serial_from=piece.serial_from,
+                serial_to=piece.serial_to,
+                affected=count,
+                detail={"export_id": export_id, "partner": partner.name},
+            )
+        claimed += count
+    return claimed
+
+
+# --- exports: writing the file ------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    rows: int = 0
+    serial_first: int | None = None
+    serial_last: int | None = None
+    finished: bool = False
+
+
+def _voucher_rows(
+    conn: Connection,
+    rt: Runtime,
+    slices: list[_Slice],
+    export_id: int,
+    state: _Progress,
+) -> Generator[tuple[_Slice, list[tuple[str, str]]], None, None]:
+    """(slice, [(serial, pin)…]) in serial order, a few thousand at a time."""
+    v = t.vouchers
+    decrypt = rt.keyring.pin_decryptor()
+    width = rt.settings.serial_width
+    for piece in slices:
+        result = conn.execute(
+            select(v.c.serial, v.c.pin_ciphertext, v.c.encryption_key_id)
+            .where(_in_slice(piece), v.c.export_id == export_id)
+            .order_by(v.c.serial),
+            execution_options={"yield_per": STREAM_ROWS},
+        )
+        try:
+            for rows in result.partitions():
+                if state.serial_first is None:
+                    state.serial_first = rows[0].serial
+                state.serial_last = rows[-1].serial
+                state.rows += len(rows)
+                yield (
+                    piece,
+                    [
+                        (format_serial(serial, width), decrypt(key_id, blob))
+                        for serial, blob, key_id in rows
+                    ],
+                )
+        finally:
+            result.close()  # a server-side cursor on PostgreSQL
+
+
+def _csv(
+    rows: Iterator[tuple[_Slice, list[tuple[str, str]]]],
+    progress: Callable[[int], None],
+) -> Generator[bytes, None, None]:
+    yield (",".join(EXPORT_COLUMNS) + "\n").encode()
+    for piece, vouchers in rows:
+        suffix = piece.csv_suffix
+        yield "".join([f"{serial},{pin}{suffix}" for serial, pin in vouchers]).encode()
+        progress(len(vouchers))
+
+
+def _xlsx(
+    rows: Iterator[tuple[_Slice, list[tuple[str, str]]]],
+    progress: Callable[[int], None],
+) -> Generator[bytes, None, None]:
+    def sheet_rows() -> Iterator[str]:
+        yield xlsx.row(EXPORT_COLUMNS)
+        for piece, vouchers in rows:
+            suffix = piece.xlsx_suffix
+            # Serials and PINs are digits: no XML escaping needed.
+            yield "".join(
+                [
+                    f'<row><c t="inlineStr"><is><t>{serial}</t></is></c>'
+                    f'<c t="inlineStr"><is><t>{pin}</t></is></c>{suffix}'
+                    for serial, pin in vouchers
+                ]
+            )
+            progress(len(vouchers))
+
+    return xlsx.stream_xlsx(sheet_rows(), sheet_name="vouchers")
+
+
+class _Ciphertext:
+    """Where gpg's output goes: the caller's file or a spool, hashed on the way."""
+
+    def __init__(self, output: IO[bytes] | None) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        # Ciphertext only, so it may overflow into a temporary file.
+        self.spool: IO[bytes] | None = (
+            None if output is not None else tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+        )
+        self.target: IO[bytes] = output or self.spool  # type: ignore[assignment]
+
+    def write(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        self.target.write(chunk)
+
+
+def _store_file(conn: Connection, export_id: int, spool: IO[bytes]) -> None:
+    spool.seek(0)
+    seq = 0
+    while chunk := spool.read(FILE_CHUNK_BYTES):
+        conn.execute(insert(t.export_file_chunks).values(export_id=export_id, seq=seq, data=chunk))
+        seq += 1
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_export(
+    rt: Runtime,
+    actor: Principal,
+    body: ExportIn,
+    *,
+    output: IO[bytes] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Export matching vouchers encrypted to the partner's key; record it and mark them.
+
+    With ``output`` the encrypted file is written there (CLI); without, it is kept for
+    a download link whose one-time token is returned as ``download_token`` (API).
+    ``progress(done, total)`` is called as vouchers are written.
+    """
+    actor.require(Permission.EXPORT)
+    purge_export_files(rt)
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        partner = _load_partner(conn, actor, body.partner)
+        if partner.state != "active":
+            raise Conflict(f"partner '{body.partner}' is disabled")
+        sp_id, slices = _select_slices(conn, actor, body, rt.settings.serial_width, now)
+        if partner.service_provider_id not in (None, sp_id):
+            raise Forbidden(f"partner '{body.partner}' does not serve this service provider")
+        total, exported_before = _count(conn, slices)
+        if total == 0:
+            raise Invalid("no exportable vouchers match these filters")
+        if exported_before and not body.reissue:
+            raise Conflict(
+                f"{exported_before} of the {total} matching vouchers were exported before; "
+                "export them again with reissue (CLI: --reissue), or narrow the filters"
+            )
+        if body.format == "xlsx" and total > XLSX_MAX_VOUCHERS:
+            raise Invalid(f"a spreadsheet holds at most {XLSX_MAX_VOUCHERS} vouchers; use csv")
+        filters = {
+            "batch_id": body.batch_id,
+            "serial_from": None if body.serial_from is None else str(body.serial_from),
+            "serial_to": None if body.serial_to is None else str(body.serial_to),
+            "voucher_type": body.voucher_type,
+        }
+        export_id = conn.execute(
+            insert(t.exports)
+            .values(
+                service_provider_id=sp_id,
+                partner_id=partner.id,
+                format=body.format,
+                filters=filters,
+                reissue=body.reissue,
+                voucher_count=total,
+                reissued_count=0,
+                key_fingerprint=partner.key_fingerprint,
+                file_name="",
+                sha256="",
+                size_bytes=0,
+                created_by=actor.name,
+                created_at=now,
+            )
+            .returning(t.exports.c.id)
+        ).scalar_one()
+        claimed = _claim(conn, actor, slices, export_id, partner, body.reissue)
+        if claimed == 0:
+            raise Conflict("the matching vouchers changed meanwhile; try again")
+
+        state = _Progress()
+
+        def advance(step: int) -> None:
+            if progress is not None:
+                progress(state.rows, claimed)
+
+        rows = _voucher_rows(conn, rt, slices, export_id, state)
+        plaintext = _csv(rows, advance) if body.format == "csv" else _xlsx(rows, advance)
+
+        def completed() -> Iterator[bytes]:
+            yield from plaintext
+            state.finished = True
+
+        file_name = f"voms-export-{export_id}.{body.format}"
+        sink = _Ciphertext(output)
+        try:
+            key = openpgp.encrypt_stream(
+                partner.public_key,
+                completed(),
+                sink.write,
+                filename=file_name,
+                gpg_binary=rt.settings.gpg_binary,
+            )
+        except openpgp.KeyRefused as exc:
+            raise Conflict(f"partner '{body.partner}': {exc}; add a new key") from None
+        finally:
+            plaintext.close()
+            rows.close()
+        if not state.finished or state.rows != claimed:
+            raise openpgp.EncryptionFailed(f"wrote {state.rows} of {claimed} vouchers")
+
+        token = None
+        expires_at = None
+        if sink.spool is not None:
+            _store_file(conn, export_id, sink.spool)
+            sink.spool.close()
+            token = secrets.token_urlsafe(32)
+            expires_at = now + timedelta(minutes=rt.settings.export_link_minutes)
+        conn.execute(
+            update(t.exports)
+            .where(t.exports.c.id == export_id)
+            .values(
+                voucher_count=claimed,
+                reissued_count=min(exported_before, claimed),
+                serial_first=state.serial_first,
+                serial_last=state.serial_last,
+                key_fingerprint=key.fingerprint,
+                file_name=file_name + ".gpg",
+                sha256=sink.digest.hexdigest(),
+                size_bytes=sink.size,
+                download_token_hash=None if token is None else _token_hash(token),
+                download_expires_at=expires_at,
+            )
+        )
+        audit.record(
+            conn,
+            actor,
+            "export.reissue" if body.reissue else "export.create",
+            "export",
+            export_id,
+            sp_id,
+            {
+                "partner": body.partner,
+                "filters": filters,
+                "format": body.format,
+                "count": claimed,
+                "reissued_count": min(exported_before, claimed),
+                "sha256": sink.digest.hexdigest(),
+            },
+        )
+        record = _export_public(conn, export_id)
+    record["download_token"] = token
+    return record
+
+
+# --- exports: records and downloads -------------------------------------------------
+
+
+def _export_query() -> Any:
+    e, p, sp = t.exports, t.partners, t.service_providers
+    return (
+        select(e, p.c.name.label("partner_name"), sp.c.code.label("sp_code"))
+        .join(p, p.c.id == e.c.partner_id)
+        .join(sp, sp.c.id == e.c.service_provider_id)
+    )
+
+
+def _export_public_row(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "export_id": row.id,
+        "partner": row.partner_name,
+        "service_provider": row.sp_code,
+        "format": row.format,
+        "filters": row.filters,
+        "reissue": row.reissue,
+        "voucher_count": row.voucher_count,
+        "reissued_count": row.reissued_count,
+        "serial_first": row.serial_first,
+        "serial_last": row.serial_last,
+        "key_fingerprint": row.key_fingerprint,
+        "file_name": row.file_name,
+        "sha256": row.sha256,
+        "size_bytes": row.size_bytes,
+        "download_expires_at": row.download_expires_at,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+    }
+
+
+def _export_public(conn: Connection, export_id: int) -> dict[str, Any]:
+    return _export_public_row(
+        conn.execute(_export_query().where(t.exports.c.id == export_id)).one()
+    )
+
+
+def _load_export(conn: Connection, actor: Principal, export_id: int) -> Row[Any]:
+    row = conn.execute(_export_query().where(t.exports.c.id == export_id)).first()
+    if row is None:
+        raise NotFound(f"export {export_id} not found")
+    actor.require(Permission.EXPORT, row.service_provider_id)
+    return row
+
+
+def get_export(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
+    with reading(rt.engine) as conn:
+        return _export_public_row(_load_export(conn, actor, export_id))
+
+
+def list_exports(
+    rt: Runtime, actor: Principal, *, partner: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Exports, newest first, optionally to one partner."""
+    actor.require(Permission.EXPORT)
+    query = _export_query().order_by(t.exports.c.id.desc()).limit(max(1, min(limit, 1000)))
+    if partner is not None:
+        query = query.where(t.partners.c.name == partner)
+    if actor.service_provider_id is not None:
+        query = query.where(t.exports.c.service_provider_id == actor.service_provider_id)
+    with reading(rt.engine) as conn:
+        return [_export_public_row(row) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    file_name: str
+    size_bytes: int
+    sha256: str
+    chunks: Iterator[bytes]
+
+
+def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) -> ExportFile:
+    """The encrypted file behind a download link: right role and provider, valid token,
+    link not expired. Each download is audited."""
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        row = _load_export(conn, actor, export_id)
+        if row.download_token_hash is None:
+            raise NotFound(f"export {export_id} was written to a file; it has no download link")
+        if not hmac.compare_digest(_token_hash(token), row.download_token_hash):
+            raise Forbidden("invalid download token")
+        if row.download_expires_at is None or row.download_expires_at <= now:
+            raise LinkExpired(f"the download link of export {export_id} has expired")
+        chunk_count = conn.execute(
+            select(func.count()).where(t.export_file_chunks.c.export_id == export_id)
+        ).scalar_one()
+        audit.record(
+            conn, actor, "export.download", "export", export_id, row.service_provider_id, {}
+        )
+
+    def chunks() -> Iterator[bytes]:
+        c = t.export_file_chunks
+        for seq in range(chunk_count):
+            with reading(rt.engine) as conn:
+                yield conn.execute(
+                    select(c.c.data).where(c.c.export_id == export_id, c.c.seq == seq)
+                ).scalar_one()
+
+    return ExportFile(row.file_name, row.size_bytes, row.sha256, chunks())
+
+
+def purge_export_files(rt: Runtime, now: datetime | None = None) -> int:
+    """Delete the kept files of exports whose download link has expired.
+
+    Returns the number of file chunks deleted.
+    """
+    expired = select(t.exports.c.id).where(t.exports.c.download_expires_at <= (now or utcnow()))
+    with rt.engine.begin() as conn:
+        result = conn.execute(
+            delete(t.export_file_chunks).where(t.export_file_chunks.c.export_id.in_(expired))
+        )
+    return int(result.rowcount)

@@ -1,0 +1,418 @@
+"""Partners and encrypted exports, against SQLite and PostgreSQL; files opened by gpg."""
+
+import csv
+import hashlib
+import io
+from datetime import timedelta
+from typing import Any
+
+import openpyxl
+import pytest
+from sqlalchemy import select
+
+from tests import factories
+from tests.pgp import GOOD_UID, PartnerKeys
+from voms.db import tables as t
+from voms.db.types import utcnow
+from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from voms.domain.roles import Role
+from voms.runtime import Runtime
+from voms.services import distribution, lifecycle
+from voms.services.auth import CONSOLE, Principal
+from voms.services.distribution import ExportIn, PartnerIn
+
+
+def add_partner(
+    rt: Runtime, key: str, name: str = "printshop", actor: Principal = CONSOLE, **fields: Any
+) -> dict[str, Any]:
+    return distribution.create_partner(
+        rt, actor, PartnerIn(name=name, public_key=key, contact="ops@print.example", **fields)
+    )
+
+
+def export(rt: Runtime, actor: Principal = CONSOLE, **fields: Any) -> tuple[dict[str, Any], bytes]:
+    """Run an export to a file in memory; the record and the encrypted bytes."""
+    out = io.BytesIO()
+    fields.setdefault("partner", "printshop")
+    record = distribution.create_export(rt, actor, ExportIn(**fields), output=out)
+    return record, out.getvalue()
+
+
+def rows_of(keys: PartnerKeys, ciphertext: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(keys.decrypt(ciphertext).decode())))
+
+
+def exported(rt: Runtime) -> dict[int, tuple[int | None, int | None]]:
+    v = t.vouchers
+    with rt.engine.connect() as conn:
+        return {
+            row.serial: (row.partner_id, row.export_id)
+            for row in conn.execute(select(v.c.serial, v.c.partner_id, v.c.export_id))
+        }
+
+
+@pytest.fixture
+def catalog(rt: Runtime) -> None:
+    factories.standard_catalog(rt)
+
+
+# --- partners ------------------------------------------------------------------------
+
+
+def test_a_partner_is_added_with_its_key_fingerprint_and_user_id(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    partner = add_partner(rt, partner_keys.good)
+    assert partner["key_fingerprint"] == partner_keys.good_fingerprint
+    assert partner["key_user_ids"] == [GOOD_UID]
+    assert partner["state"] == "active"
+    assert distribution.list_partners(rt, CONSOLE) == [partner]
+    assert distribution.get_partner(rt, CONSOLE, "printshop") == partner
+
+
+@pytest.mark.parametrize(
+    ("which", "reason"),
+    [
+        ("expired", "expired"),
+        ("revoked", "revoked"),
+        ("sign_only", "no usable encryption subkey"),
+        ("secret", "public key starts with"),
+    ],
+)
+def test_unusable_keys_are_refused_with_the_reason(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, which: str, reason: str
+) -> None:
+    with pytest.raises(Invalid, match=reason):
+        add_partner(rt, getattr(partner_keys, which))
+    assert distribution.list_partners(rt, CONSOLE) == []
+
+
+def test_text_that_is_no_key_is_refused(rt: Runtime, catalog: None) -> None:
+    with pytest.raises(Invalid, match="public key"):
+        add_partner(rt, "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nbm90IGEga2V5\n-----END PGP")
+
+
+def test_two_keys_in_one_block_are_refused(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    both = partner_keys.gpg("--armor", "--export", partner_keys.good_fingerprint, "Retail Chain")
+    with pytest.raises(Invalid, match="2 keys"):
+        add_partner(rt, both.stdout.decode())
+
+
+def test_partner_names_are_unique(rt: Runtime, catalog: None, partner_keys: PartnerKeys) -> None:
+    add_partner(rt, partner_keys.good)
+    with pytest.raises(Conflict, match="already exists"):
+        add_partner(rt, partner_keys.other)
+
+
+def test_a_disabled_partner_gets_no_more_exports(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    batch = factories.active_batch(rt, count=3)
+    assert distribution.disable_partner(rt, CONSOLE, "printshop")["state"] == "disabled"
+    with pytest.raises(Conflict, match="disabled"):
+        export(rt, serial_from=batch[0][0], serial_to=batch[-1][0])
+
+
+# --- exports -------------------------------------------------------------------------
+
+
+def test_an_export_decrypts_with_gpg_to_the_vouchers_and_their_pins(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=25)
+    record, ciphertext = export(rt, voucher_type="TOPUP10")
+
+    text = partner_keys.decrypt(ciphertext).decode()
+    assert text.splitlines()[0].startswith("serial,pin,voucher_type,expires_at")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["serial"], r["pin"]) for r in rows] == vouchers
+    assert {r["voucher_type"] for r in rows} == {"TOPUP10"}
+    assert {(r["value"], r["currency"]) for r in rows} == {("1000", "KES")}
+    assert record["voucher_count"] == 25
+    assert record["reissued_count"] == 0
+    assert record["key_fingerprint"] == partner_keys.good_fingerprint
+    assert record["sha256"] == hashlib.sha256(ciphertext).hexdigest()
+    assert record["size_bytes"] == len(ciphertext)
+    for pin in (pin for _, pin in vouchers):
+        assert pin.encode() not in ciphertext
+
+
+def test_exported_vouchers_remember_their_partner_and_export(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    first = factories.active_batch(rt, count=4)
+    second = factories.active_batch(rt, count=4)
+    record, _ = export(rt, serial_from=first[0][0], serial_to=first[-1][0])
+    marks = exported(rt)
+    assert {marks[int(s)] for s, _ in first} == {(_partner_id(rt), record["export_id"])}
+    assert {marks[int(s)] for s, _ in second} == {(None, None)}
+
+
+def test_filters_select_by_batch_serial_range_and_voucher_type(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    factories.voucher_type(rt, "TOPUP50")
+    add_partner(rt, partner_keys.good)
+    a = factories.active_batch(rt, count=5)
+    b = factories.active_batch(rt, "TOPUP50", count=5)
+    c = factories.active_batch(rt, count=5)
+    batch_b = _batch_of(rt, b[0][0])
+
+    _, by_batch = export(rt, batch_id=batch_b)
+    assert [r["serial"] for r in rows_of(partner_keys, by_batch)] == [s for s, _ in b]
+
+    # A range across three batches, narrowed to one type: the TOPUP10 vouchers inside it.
+    _, by_range = export(rt, serial_from=a[3][0], serial_to=c[1][0], voucher_type="TOPUP10")
+    assert [r["serial"] for r in rows_of(partner_keys, by_range)] == [
+        a[3][0],
+        a[4][0],
+        c[0][0],
+        c[1][0],
+    ]
+    _, by_type = export(rt, voucher_type="TOPUP10", reissue=True)
+    assert [r["serial"] for r in rows_of(partner_keys, by_type)] == [s for s, _ in a + c]
+
+
+def _partner_id(rt: Runtime, name: str = "printshop") -> int:
+    with rt.engine.connect() as conn:
+        return int(
+            conn.execute(select(t.partners.c.id).where(t.partners.c.name == name)).scalar_one()
+        )
+
+
+def _batch_of(rt: Runtime, serial: str) -> int:
+    with rt.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(t.vouchers.c.batch_id).where(t.vouchers.c.serial == int(serial))
+            ).scalar_one()
+        )
+
+
+def test_only_vouchers_still_usable_are_exported(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    from voms.services import redemption
+    from voms.services.redemption import RedemptionRequest
+
+    add_partner(rt, partner_keys.good)
+    factories.subscriber(rt)
+    vouchers = factories.active_batch(rt, count=6)
+    serials = [s for s, _ in vouchers]
+    redeemed = redemption.redeem(
+        rt, CONSOLE, RedemptionRequest(msisdn="254700000001", pin=vouchers[0][1])
+    )
+    assert redeemed["result_code"] == 0
+    reserved = redemption.reserve(
+        rt, CONSOLE, RedemptionRequest(msisdn="254700000001", pin=vouchers[1][1])
+    )
+    assert reserved["result_code"] == 0
+    lifecycle.change_vouchers(rt, CONSOLE, "delete", serials[2])
+    lifecycle.change_vouchers(rt, CONSOLE, "freeze", serials[3], reason="investigation")
+
+    _, ciphertext = export(rt, serial_from=serials[0], serial_to=serials[-1])
+    # Frozen vouchers may go to a print shop (unfrozen on delivery); the rest may not.
+    assert [r["serial"] for r in rows_of(partner_keys, ciphertext)] == serials[3:]
+
+
+@pytest.mark.parametrize("batch_action", ["freeze", None])
+def test_inactive_and_frozen_batches_are_exported(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, batch_action: str | None
+) -> None:
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=3, activate=batch_action is not None)
+    batch_id = _batch_of(rt, vouchers[0][0])
+    if batch_action:
+        lifecycle.change_batch(rt, CONSOLE, batch_id, batch_action)
+    record, _ = export(rt, batch_id=batch_id)
+    assert record["voucher_count"] == 3
+
+
+def test_deleted_failed_and_generating_batches_are_never_exported(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    from voms.services import generation
+
+    add_partner(rt, partner_keys.good)
+    deleted = _batch_of(rt, factories.active_batch(rt, count=2)[0][0])
+    lifecycle.change_batch(rt, CONSOLE, deleted, "delete")
+    generating = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=5)
+    for batch_id in (deleted, generating.batch["batch_id"]):
+        with pytest.raises(Conflict, match="not exported"):
+            export(rt, batch_id=batch_id)
+    with pytest.raises(Invalid, match="no exportable vouchers"):
+        export(rt, voucher_type="TOPUP10")
+
+
+def test_expired_vouchers_are_not_exported(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    batch_id = _batch_of(rt, factories.active_batch(rt, count=2)[0][0])
+    lifecycle.amend_batch(rt, CONSOLE, batch_id, utcnow() - timedelta(days=1))
+    with pytest.raises(Invalid, match="no exportable vouchers"):
+        export(rt, batch_id=batch_id)
+
+
+def test_exporting_vouchers_again_needs_reissue_and_is_recorded(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    add_partner(rt, partner_keys.other, name="retail")
+    vouchers = factories.active_batch(rt, count=6)
+    batch_id = _batch_of(rt, vouchers[0][0])
+    first, _ = export(rt, serial_from=vouchers[0][0], serial_to=vouchers[2][0])
+
+    with pytest.raises(Conflict, match="3 of the 6 matching vouchers were exported before"):
+        export(rt, partner="retail", batch_id=batch_id)
+    again, ciphertext = export(rt, partner="retail", batch_id=batch_id, reissue=True)
+
+    assert again["voucher_count"] == 6
+    assert again["reissued_count"] == 3
+    assert again["reissue"] is True
+    retail_rows = rows_of(partner_keys, ciphertext)
+    assert [(r["serial"], r["pin"]) for r in retail_rows] == vouchers
+    marks = exported(rt)
+    assert {marks[int(s)] for s, _ in vouchers} == {(_partner_id(rt, "retail"), again["export_id"])}
+    listed = distribution.list_exports(rt, CONSOLE)
+    assert [e["export_id"] for e in listed] == [again["export_id"], first["export_id"]]
+    with rt.engine.connect() as conn:
+        actions = conn.execute(
+            select(t.audit_log.c.action).where(t.audit_log.c.object_type == "export")
+        ).scalars()
+        assert sorted(actions) == ["export.create", "export.reissue"]
+
+
+def test_the_export_is_in_the_vouchers_history(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=2)
+    export(rt, serial_from=vouchers[0][0], serial_to=vouchers[1][0])
+    with rt.engine.connect() as conn:
+        history = lifecycle.history(conn, int(vouchers[1][0]), rt.settings.serial_width)
+    assert [event["action"] for event in history][-1] == "export"
+
+
+def test_no_pin_reaches_the_audit_log_or_the_export_record(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=5)
+    record, _ = export(rt, voucher_type="TOPUP10")
+    with rt.engine.connect() as conn:
+        audit_rows = [str(tuple(row)) for row in conn.execute(select(t.audit_log))]
+        export_rows = [str(tuple(row)) for row in conn.execute(select(t.exports))]
+        events = [str(tuple(row)) for row in conn.execute(select(t.voucher_events))]
+    for _, pin in vouchers:
+        for text in [str(record), *audit_rows, *export_rows, *events]:
+            assert pin not in text
+
+
+def test_an_xlsx_export_opens_in_a_spreadsheet_library_after_gpg(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=12)
+    record, ciphertext = export(rt, voucher_type="TOPUP10", format="xlsx")
+    assert record["file_name"].endswith(".xlsx.gpg")
+    workbook = openpyxl.load_workbook(io.BytesIO(partner_keys.decrypt(ciphertext)), read_only=True)
+    rows = list(workbook.active.iter_rows(values_only=True))
+    assert rows[0][:4] == ("serial", "pin", "voucher_type", "expires_at")
+    assert [(r[0], r[1]) for r in rows[1:]] == vouchers
+    assert {(r[2], r[4], r[5]) for r in rows[1:]} == {("TOPUP10", 1000, "KES")}
+
+
+def test_a_failure_while_writing_rolls_the_whole_export_back(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    from dataclasses import replace
+
+    from voms.crypto import Keyring, KeyringError
+
+    add_partner(rt, partner_keys.good)
+    factories.active_batch(rt, count=7)
+    # A server started with the wrong key file cannot decrypt the PINs: the export
+    # fails part-way through the file.
+    wrong_keys = replace(rt, keyring=Keyring.new().with_new_encryption_key())
+    wrong_keys = replace(wrong_keys, keyring=_without_key(wrong_keys.keyring, 1))
+    with pytest.raises(KeyringError):
+        export(wrong_keys, voucher_type="TOPUP10")
+    assert set(exported(rt).values()) == {(None, None)}
+    assert distribution.list_exports(rt, CONSOLE) == []
+
+
+def _without_key(keyring: Any, key_id: int) -> Any:
+    from voms.crypto import Keyring
+
+    return Keyring(
+        lookup_keys=keyring.lookup_keys,
+        encryption_keys={k: v for k, v in keyring.encryption_keys.items() if k != key_id},
+        active_lookup_key_id=keyring.active_lookup_key_id,
+        active_encryption_key_id=keyring.active_encryption_key_id,
+    )
+
+
+# --- scope ---------------------------------------------------------------------------
+
+
+def test_a_distributor_of_another_provider_cannot_export_or_see_the_partner(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    factories.standard_catalog(rt, "BETA")
+    add_partner(rt, partner_keys.good, service_provider="ACME")
+    batch_id = _batch_of(rt, factories.active_batch(rt, count=2)[0][0])
+    beta = Principal(name="beta-distributor", role=Role.DISTRIBUTOR, service_provider_id=2)
+    with pytest.raises(Forbidden):
+        export(rt, beta, batch_id=batch_id)
+    with pytest.raises(Forbidden):
+        distribution.get_partner(rt, beta, "printshop")
+    assert distribution.list_partners(rt, beta) == []
+    operator = Principal(name="operator", role=Role.OPERATOR)
+    with pytest.raises(Forbidden):
+        export(rt, operator, batch_id=batch_id)
+
+
+def test_a_partner_of_one_provider_gets_no_vouchers_of_another(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    factories.standard_catalog(rt, "BETA")
+    add_partner(rt, partner_keys.good, service_provider="BETA")
+    factories.active_batch(rt, count=2)
+    with pytest.raises(Forbidden, match="does not serve"):
+        export(rt, voucher_type="TOPUP10")
+
+
+def test_a_serial_range_over_two_providers_is_refused(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    factories.standard_catalog(rt, "BETA")
+    add_partner(rt, partner_keys.good)
+    a = factories.active_batch(rt, count=2)
+    b = factories.active_batch(rt, "TOPUP10_BETA", count=2)
+    with pytest.raises(Invalid, match="several service providers"):
+        export(rt, serial_from=a[0][0], serial_to=b[1][0])
+
+
+def test_unknown_references_are_not_found(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    with pytest.raises(NotFound, match="partner 'nobody'"):
+        export(rt, partner="nobody", voucher_type="TOPUP10")
+    with pytest.raises(NotFound, match="voucher type 'NOPE'"):
+        export(rt, voucher_type="NOPE")
+    with pytest.raises(NotFound, match="batch 99"):
+        export(rt, batch_id=99)
+
+
+def test_an_export_needs_a_filter_and_a_whole_serial_range() -> None:
+    with pytest.raises(ValueError, match="give batch_id"):
+        ExportIn(partner="printshop")
+    with pytest.raises(ValueError, match="go together"):
+        ExportIn(partner="printshop", serial_from="100000000001")

@@ -18,24 +18,22 @@ from voms.domain.scenarios import extended_expiry
 
 _s, _b = t.subscribers, t.balances
 
-_ACCOUNT = (
-    select(
-        _s.c.id,
-        _s.c.msisdn,
-        _s.c.service_provider_id,
-        _s.c.product_type_id,
-        _s.c.state,
-        _s.c.account_expires_at,
-        _b.c.balance_type_id,
-        _b.c.amount,
-        _b.c.expires_at,
-    )
-    .select_from(_s.outerjoin(_b, _b.c.subscriber_id == _s.c.id))
-    .where(_s.c.msisdn == bindparam("msisdn"))
-)
+_SUBSCRIBER = select(
+    _s.c.id,
+    _s.c.msisdn,
+    _s.c.service_provider_id,
+    _s.c.product_type_id,
+    _s.c.state,
+    _s.c.account_expires_at,
+).where(_s.c.msisdn == bindparam("msisdn"))
 # PostgreSQL locks the subscriber row; SQLite needs no row lock (writers are serialized by
 # BEGIN IMMEDIATE) and SQLAlchemy leaves the clause out there.
-_ACCOUNT_LOCKED = _ACCOUNT.with_for_update(of=_s)
+_SUBSCRIBER_LOCKED = _SUBSCRIBER.with_for_update()
+# Read after the lock is granted, in a statement of its own: under READ COMMITTED a
+# join in the locking statement would return the balances as they were before the wait.
+_BALANCES = select(_b.c.balance_type_id, _b.c.amount, _b.c.expires_at).where(
+    _b.c.subscriber_id == bindparam("sid")
+)
 
 _INSERT_BALANCE = insert(_b)
 _UPDATE_BALANCE = (
@@ -53,21 +51,19 @@ class BuiltinWallet:
     """The default :class:`~voms.billing.engine.BillingEngine`: wallets in our database."""
 
     def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
-        rows = conn.execute(_ACCOUNT_LOCKED if lock else _ACCOUNT, {"msisdn": msisdn}).all()
-        if not rows:
+        row = conn.execute(_SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, {"msisdn": msisdn}).first()
+        if row is None:
             return None
-        first = rows[0]
         return Account(
-            id=first.id,
-            msisdn=first.msisdn,
-            service_provider_id=first.service_provider_id,
-            product_type_id=first.product_type_id,
-            state=first.state,
-            account_expires_at=first.account_expires_at,
+            id=row.id,
+            msisdn=row.msisdn,
+            service_provider_id=row.service_provider_id,
+            product_type_id=row.product_type_id,
+            state=row.state,
+            account_expires_at=row.account_expires_at,
             balances={
-                row.balance_type_id: Balance(row.amount, row.expires_at)
-                for row in rows
-                if row.balance_type_id is not None
+                b.balance_type_id: Balance(b.amount, b.expires_at)
+                for b in conn.execute(_BALANCES, {"sid": row.id})
             },
         )
 

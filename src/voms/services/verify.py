@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, text
 
 from voms.db import tables as t
+from voms.db.engine import reading
 from voms.runtime import Runtime
 
 EXAMPLES = 5
@@ -122,7 +123,7 @@ def _credit_checks(rt: Runtime, report: Report) -> None:
     mismatched: list[str] = []
     unmatched: list[str] = []
     value = {"credited": 0, "ledger": 0}
-    with rt.engine.connect() as tx_conn, rt.engine.connect() as lg_conn:
+    with reading(rt.engine) as tx_conn, reading(rt.engine) as lg_conn:
         ledger = groupby(_stream(lg_conn, ledger_rows), key=lambda row: row.transaction_id)
         pending = next(ledger, None)
         for row in _stream(tx_conn, credited):
@@ -161,7 +162,7 @@ def _credit_checks(rt: Runtime, report: Report) -> None:
 def verify(rt: Runtime) -> Report:
     """Check every invariant; the report names what is broken, with examples."""
     report = Report()
-    with rt.engine.connect() as conn:
+    with reading(rt.engine) as conn:
         _voucher_checks(conn, report)
         _balance_checks(conn, report)
         v, tx = t.vouchers, t.transactions

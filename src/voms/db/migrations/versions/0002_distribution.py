@@ -9,6 +9,11 @@ vouchers' existing partner_id/export_id columns point at these rows; they get no
 foreign key, because a set-based UPDATE of millions of vouchers should not pay for a
 constraint check per row.
 
+Also: a batch's serial range may now hold more serials than vouchers (count <= range).
+Vouchers imported from a legacy system keep the serials printed on their cards, and a
+legacy file of the vouchers still unused has gaps where vouchers were sold and used.
+Generated batches still fill their range exactly.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-24
@@ -100,9 +105,40 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("export_id", "seq", name=op.f("pk_export_file_chunks")),
     )
+    _serial_range(GAP_FREE, GAPS_ALLOWED)
+
+
+GAP_FREE = "serial_last - serial_first + 1 = count"
+GAPS_ALLOWED = "count <= serial_last - serial_first + 1"
+
+
+def _serial_range(old: str, new: str) -> None:
+    name = "ck_batches_serial_range"
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_constraint(op.f(name), "batches", type_="check")
+        op.create_check_constraint(op.f(name), "batches", new)
+        return
+    # SQLite cannot alter a constraint, and rebuilding the batches table would break
+    # its vouchers' foreign keys (PRAGMA foreign_keys cannot be turned off inside the
+    # migration's transaction). SQLite documents this edit of the stored table
+    # definition for changing CHECK constraints ("ALTER TABLE", section 7); every
+    # existing row satisfies the new condition.
+    bind = op.get_bind()
+    version = bind.exec_driver_sql("PRAGMA schema_version").scalar_one()
+    bind.exec_driver_sql("PRAGMA writable_schema = ON")
+    changed = bind.exec_driver_sql(
+        "UPDATE sqlite_master SET sql = replace(sql, ?, ?) "
+        "WHERE type = 'table' AND name = 'batches' AND instr(sql, ?) > 0",
+        (f"CONSTRAINT {name} CHECK ({old})", f"CONSTRAINT {name} CHECK ({new})", old),
+    ).rowcount
+    bind.exec_driver_sql(f"PRAGMA schema_version = {int(version) + 1}")
+    bind.exec_driver_sql("PRAGMA writable_schema = OFF")
+    if changed != 1:
+        raise RuntimeError(f"batches.{name} is not CHECK ({old}) as expected")
 
 
 def downgrade() -> None:
+    _serial_range(GAPS_ALLOWED, GAP_FREE)
     op.drop_table("export_file_chunks")
     op.drop_index("ix_exports_partner", table_name="exports")
     op.drop_index("ix_exports_created_at", table_name="exports")

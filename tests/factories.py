@@ -125,5 +125,7 @@ def subscriber(
     return wallet.create_subscriber(
         rt,
         CONSOLE,
-        wallet.SubscriberIn(msisdn=msisdn, service_provider=sp, product_type=product_type, **fields),
+        wallet.SubscriberIn(
+            msisdn=msisdn, service_provider=sp, product_type=product_type, **fields
+        ),
     )

@@ -16,6 +16,7 @@ from voms.api import (
 from voms.api.deps import TokenBuckets
 from voms.api.errors import install_error_handlers
 from voms.api.metrics import observe
+from voms.channels import soap
 from voms.config import get_settings
 from voms.logs import configure_logging
 from voms.runtime import Runtime, build_runtime
@@ -47,6 +48,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         transactions.router,
         batches.router,
         vouchers.router,
+        soap.router,
     ):
         app.include_router(router)
     return app

@@ -1,0 +1,1 @@
+"""Channels: protocol adapters (SOAP, USSD, SMS, IVR, mobile web) over the services."""

@@ -470,6 +470,20 @@ def batch_amend(
         echo_json(lifecycle.amend_batch(runtime(), _operator(), batch_id, expiry))
 
 
+@batch_app.command("fail-stalled")
+def batch_fail_stalled(
+    minutes: Annotated[int, typer.Option(min=1, help="No progress for this long")] = 30,
+) -> None:
+    """Mark failed the batches left generating by a crashed or killed process."""
+    from datetime import timedelta
+
+    from voms.services import generation
+
+    with handled():
+        failed = generation.fail_stalled_batches(runtime(), _operator(), timedelta(minutes=minutes))
+        typer.echo(f"marked failed: {', '.join(map(str, failed)) or 'none'}")
+
+
 @voucher_app.command("show")
 def voucher_show(serial: Annotated[str, typer.Argument(help="Serial number")]) -> None:
     """Show a voucher's effective state and history (never its PIN)."""

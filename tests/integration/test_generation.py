@@ -1,16 +1,28 @@
 """Generation against SQLite and PostgreSQL: serial ranges, secret PINs, failure."""
 
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from tests import factories
+from voms.db import bulk
 from voms.db import tables as t
+from voms.domain.errors import Conflict, ResultError
 from voms.domain.pins import luhn_valid
+from voms.domain.results import Result
 from voms.runtime import Runtime
-from voms.services import generation, lifecycle
+from voms.services import care, generation, lifecycle, redemption
 from voms.services.auth import CONSOLE
+from voms.services.redemption import RedemptionRequest
 
 
 @pytest.fixture
@@ -71,3 +83,165 @@ def test_a_large_batch_is_made_by_worker_processes_in_chunks(rt: Runtime) -> Non
             select(func.count(), func.count(t.vouchers.c.pin_hash.distinct()))
         ).one()
     assert count == distinct == 4500
+
+
+def _replayed_entropy(seed: bytes) -> generation.RandomBytes:
+    """The same random words every time it is created: the seed, then the OS CSPRNG."""
+    queue = bytearray(seed)
+
+    def randbytes(n: int) -> bytes:
+        head = bytes(queue[:n])
+        del queue[:n]
+        return head + os.urandom(n - len(head))
+
+    return randbytes
+
+
+def _pins(rt: Runtime, batch_id: int) -> list[str]:
+    return [
+        rt.keyring.decrypt(r.encryption_key_id, r.pin_ciphertext) for r in _vouchers(rt, batch_id)
+    ]
+
+
+@pytest.mark.usefixtures("catalog")
+def test_pins_that_collide_with_earlier_vouchers_are_drawn_again(rt: Runtime) -> None:
+    seed = os.urandom(8 * 400)
+    first = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=20).batch
+    generation.fill_batch(
+        rt, CONSOLE, first["batch_id"], workers=0, randbytes=_replayed_entropy(seed)
+    )
+    # The second batch draws exactly the first batch's PINs first: all twenty collide
+    # on the UNIQUE lookup hash and must be drawn again, transparently.
+    assert [p.decode() for p in generation.draw_pins(20, 14, _replayed_entropy(seed))] == _pins(
+        rt, first["batch_id"]
+    )
+    second = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=20).batch
+    done = generation.fill_batch(
+        rt, CONSOLE, second["batch_id"], workers=0, randbytes=_replayed_entropy(seed)
+    )
+    assert done["state"] == "generated"
+    assert done["generated_count"] == 20
+    assert not set(_pins(rt, first["batch_id"])) & set(_pins(rt, second["batch_id"]))
+    with rt.engine.connect() as conn:
+        assert conn.execute(select(func.count(t.vouchers.c.pin_hash.distinct()))).scalar_one() == 40
+
+
+@pytest.mark.usefixtures("catalog")
+def test_a_failure_midway_leaves_a_failed_batch_whose_vouchers_are_never_usable(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"generation_chunk_size": 100})
+    monkeypatch.setattr(bulk, "SQLITE_ROWS_PER_TRANSACTION", 200)
+    real_load, loads = bulk.load, []
+
+    def load_that_breaks_on_the_fourth_chunk(*args: Any) -> None:
+        loads.append(1)
+        if len(loads) == 4:
+            raise OSError("disk full")
+        real_load(*args)
+
+    monkeypatch.setattr(bulk, "load", load_that_breaks_on_the_fourth_chunk)
+    factories.subscriber(rt, "254700000001")
+    batch = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=1000).batch
+    with pytest.raises(OSError, match="disk full"):
+        generation.fill_batch(rt, CONSOLE, batch["batch_id"], workers=0)
+    monkeypatch.setattr(bulk, "load", real_load)
+
+    failed = lifecycle.get_batch(rt, CONSOLE, batch["batch_id"])
+    assert failed["state"] == "failed"
+    assert failed["error"] == "OSError"
+    written = _vouchers(rt, batch["batch_id"])
+    # Progress is committed with the vouchers it counts: whole transactions only.
+    assert failed["generated_count"] == len(written) in (200, 300)
+    for action in ("activate", "freeze", "unfreeze"):
+        with pytest.raises(Conflict):
+            lifecycle.change_batch(rt, CONSOLE, batch["batch_id"], action)
+    pin = rt.keyring.decrypt(written[0].encryption_key_id, written[0].pin_ciphertext)
+    with pytest.raises(ResultError) as refused:
+        redemption.redeem(rt, CONSOLE, RedemptionRequest(msisdn="254700000001", pin=pin))
+    assert refused.value.result is Result.BATCH_NOT_ACTIVE
+    assert lifecycle.change_batch(rt, CONSOLE, batch["batch_id"], "delete")["state"] == "deleted"
+    # The next batch is unaffected and gets serials after the failed batch's range.
+    after = generation.generate_batch(rt, CONSOLE, voucher_type="TOPUP10", count=5)
+    assert int(after["serial_first"]) == int(batch["serial_last"]) + 1
+
+
+@pytest.mark.usefixtures("catalog")
+def test_a_batch_left_generating_by_a_dead_process_is_marked_failed(rt: Runtime) -> None:
+    orphan = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=50).batch
+    assert generation.fail_stalled_batches(rt, CONSOLE, timedelta(minutes=5)) == []
+    assert generation.fail_stalled_batches(rt, CONSOLE, timedelta(0)) == [orphan["batch_id"]]
+    assert lifecycle.get_batch(rt, CONSOLE, orphan["batch_id"])["state"] == "failed"
+    with pytest.raises(Conflict):
+        generation.fill_batch(rt, CONSOLE, orphan["batch_id"])
+
+
+def test_a_killed_generation_leaves_no_usable_voucher(rt: Runtime, tmp_path: Path) -> None:
+    """A real crash: the CLI generating a large batch is killed with SIGKILL."""
+    factories.standard_catalog(rt)
+    env = {
+        **os.environ,
+        "VOMS_DATABASE_URL": rt.settings.database_url,
+        "VOMS_KEYS_FILE": str(rt.settings.keys_file),
+        "VOMS_GENERATION_CHUNK_SIZE": "1000",
+    }
+    voms = Path(sys.executable).with_name("voms")
+    process = subprocess.Popen(
+        [str(voms), "batch", "generate", "--type", "TOPUP10", "--count", "5000000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            page = lifecycle.list_batches(rt, CONSOLE)["items"]
+            if page and page[0]["generated_count"] > 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("generation made no progress")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    batch = lifecycle.list_batches(rt, CONSOLE)["items"][0]
+    assert batch["state"] == "generating"
+    assert 0 < batch["generated_count"] < batch["count"]
+    with pytest.raises(Conflict):
+        lifecycle.change_batch(rt, CONSOLE, batch["batch_id"], "activate")
+    assert generation.fail_stalled_batches(rt, CONSOLE, timedelta(0)) == [batch["batch_id"]]
+    assert lifecycle.get_batch(rt, CONSOLE, batch["batch_id"])["state"] == "failed"
+
+
+@pytest.mark.usefixtures("catalog")
+def test_no_pin_is_stored_in_clear_anywhere_in_the_database(rt: Runtime) -> None:
+    pairs = factories.active_batch(rt, count=300)
+    lifecycle.change_vouchers(rt, CONSOLE, "freeze", pairs[0][0], pairs[9][0], "stolen")
+    pins = {pin for _, pin in pairs}
+    dump = []
+    with rt.engine.connect() as conn:
+        for table in t.metadata.sorted_tables:
+            for row in conn.execute(select(table)):
+                dump.extend(repr(value) for value in row)
+                dump.extend(value.hex() for value in row if isinstance(value, bytes))
+    text = "\n".join(dump)
+    assert not [pin for pin in pins if pin in text]
+    path = rt.settings.sqlite_path()
+    if path is not None:  # and not in the file's bytes (pages, WAL), whatever the encoding
+        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        assert not [pin for pin in pins if pin.encode() in raw]
+
+
+@pytest.mark.usefixtures("catalog")
+def test_no_pin_reaches_the_logs(rt: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    rt.settings = rt.settings.model_copy(update={"generation_chunk_size": 100})
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # every statement
+        try:
+            pairs = factories.active_batch(rt, count=450)
+            care.voucher_by_pin(rt, CONSOLE, pairs[3][1])
+        finally:
+            logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    assert "FROM vouchers" in caplog.text  # the statements were logged, with parameters
+    assert not [pin for _, pin in pairs if pin in caplog.text]

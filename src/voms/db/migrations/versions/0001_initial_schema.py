@@ -458,7 +458,8 @@ def upgrade() -> None:
         sa.Column("partner_id", sa.Integer(), nullable=True),
         sa.Column("export_id", sa.Integer(), nullable=True),
         sa.CheckConstraint(
-            "state IN ('available', 'reserved', 'redeemed', 'frozen', 'deleted')",
+            "state = 'available' OR state = 'reserved' OR state = 'redeemed' "
+            "OR state = 'frozen' OR state = 'deleted'",
             name=op.f("ck_vouchers_state"),
         ),
         sa.ForeignKeyConstraint(

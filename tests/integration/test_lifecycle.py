@@ -183,3 +183,32 @@ def test_the_creator_is_remembered_for_four_eyes(rt: Runtime) -> None:
         lifecycle.change_batch(rt, maker, batch["batch_id"], "activate")
     checker = replace(maker, name="checker")
     assert lifecycle.change_batch(rt, checker, batch["batch_id"], "activate")["state"] == "active"
+
+
+@pytest.mark.usefixtures("catalog")
+def test_concurrent_orders_with_one_request_id_make_one_batch(rt: Runtime) -> None:
+    operator = Principal(name="ordering-key", role=CONSOLE.role, api_key_id=77)
+    results: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def order() -> None:
+        start.wait()
+        try:
+            batch = generation.generate_batch(
+                rt, operator, voucher_type="TOPUP10", count=30, request_id="same-order"
+            )
+            results.append(int(batch["batch_id"]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=order) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(results)) == 1
+    with rt.engine.connect() as conn:
+        assert len(conn.execute(select(t.batches.c.id)).all()) == 1
+        assert len(conn.execute(select(t.vouchers.c.serial)).all()) == 30

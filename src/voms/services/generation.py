@@ -30,6 +30,7 @@ from sqlalchemy import Connection, insert, select, text, update
 from voms.crypto import NONCE_BYTES, Keyring
 from voms.db import bulk
 from voms.db import tables as t
+from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, VomsError
 from voms.domain.roles import Permission
@@ -364,6 +365,24 @@ def create_batch(
     fingerprint = idempotency.fingerprint(
         rt.keyring, "batch.create", body.model_dump(exclude={"request_id"}, mode="json")
     )
+    try:
+        return _create(rt, actor, body, scope, fingerprint)
+    except _RequestIdTaken:
+        # A concurrent request with this id won; everything of ours was rolled back.
+        assert body.request_id is not None
+        with reading(rt.engine) as conn:
+            stored = idempotency.find(conn, scope, body.request_id)
+            assert stored is not None
+            return Created(
+                _replay(conn, stored, fingerprint, rt.settings.serial_width), is_new=False
+            )
+
+
+class _RequestIdTaken(Exception):
+    pass
+
+
+def _create(rt: Runtime, actor: Principal, body: BatchIn, scope: str, fingerprint: str) -> Created:
     now = utcnow()
     with rt.engine.begin() as conn:
         if body.request_id is not None:
@@ -425,7 +444,7 @@ def create_batch(
         if body.request_id is not None and not idempotency.remember(
             conn, scope, body.request_id, fingerprint, {"batch_id": batch_id}, 201, now
         ):
-            raise Conflict("request id is being used by a concurrent request; retry")
+            raise _RequestIdTaken
     log.info("batch %s created: %d vouchers of %s", batch_id, body.count, vt["code"])
     return Created(view, is_new=True)
 

@@ -4,6 +4,7 @@ Every response zeep receives is also validated against the schema embedded in th
 so the server can never answer something its own contract does not allow.
 """
 
+import contextlib
 import logging
 import socket
 import threading
@@ -15,6 +16,7 @@ import pytest
 import requests
 import uvicorn
 import zeep
+from fastapi import FastAPI
 from lxml import etree
 from zeep.exceptions import Fault
 from zeep.plugins import HistoryPlugin
@@ -23,6 +25,7 @@ from zeep.wsse.username import UsernameToken
 
 from tests import factories
 from voms.api.app import create_app
+from voms.api.deps import TokenBuckets
 from voms.channels import soap
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
@@ -48,13 +51,13 @@ OPERATIONS = {
 # --- a real server on a real socket, and zeep clients of it ------------------------------------
 
 
-@pytest.fixture
-def server(rt: Runtime) -> Iterator[str]:
-    """``voms serve`` in a thread: uvicorn serving create_app(rt) on a free loopback port."""
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``voms serve`` in a thread: uvicorn serving ``app`` on a free loopback port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(rt), log_config=None, lifespan="off", access_log=False)
+    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -63,10 +66,18 @@ def server(rt: Runtime) -> Iterator[str]:
             break
         thread.join(0.01)
     assert uv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def server(rt: Runtime) -> Iterator[str]:
+    with serving(create_app(rt)) as url:
+        yield url
 
 
 class SchemaCheck(HistoryPlugin):  # type: ignore[misc]
@@ -454,6 +465,25 @@ def test_the_bearer_header_authenticates_as_in_the_rest_api(
     assert partner.service.Redeem(Msisdn=MSISDN, Pin=pins[0][1]).ResultCode == 0
     partner.close()
     assert [tx["actor"] for tx in _soap_transactions(rt)] == ["soap-channel"]
+
+
+def test_the_rest_api_rate_limit_applies_per_key_with_5007(
+    rt: Runtime, keys: dict[str, str], pins: list[tuple[str, str]]
+) -> None:
+    app = create_app(rt)
+    app.state.rate_limits = TokenBuckets(rate=0.001, burst=2)
+    with serving(app) as url:
+        partner = Client(url, bearer=keys["channel"])
+        first = partner.service.Redeem(Msisdn=MSISDN, Pin=pins[0][1])
+        second = partner.service.Redeem(Msisdn=MSISDN, Pin=pins[1][1])
+        third = partner.service.Redeem(Msisdn=MSISDN, Pin=pins[2][1])
+        care = Client(url, bearer=keys["care"])  # another key has its own bucket
+        voucher = care.service.GetVoucher(Serial=pins[2][0])
+        partner.close()
+        care.close()
+    assert [first.ResultCode, second.ResultCode] == [0, 0]
+    assert (third.ResultCode, third.ResultText) == (5007, "Too many requests")
+    assert (voucher.ResultCode, voucher.State) == (0, "active")
 
 
 def test_roles_apply_as_in_the_rest_api(

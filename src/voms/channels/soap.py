@@ -27,6 +27,7 @@ from fastapi.responses import PlainTextResponse, Response
 from lxml import etree
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voms.api.deps import TokenBuckets
 from voms.domain.errors import Forbidden, Invalid, NotFound, ResultError, VomsError
 from voms.domain.results import Result
 from voms.runtime import Runtime
@@ -288,12 +289,16 @@ def _answer(element: str, fields: tuple[_Field, ...], values: Mapping[str, Any])
 
 _NAMESPACE = re.compile(r"\{[^}]*\}|\b\w+:(?=\w)")
 
-# Long digit runs in a fault text could be a PIN the client sent: never echo them.
+# A fault text never echoes a PIN the client sent: neither the PINs of the request nor
+# any long digit run (a PIN in a malformed message that could not be read as one).
 _DIGIT_RUN = re.compile(r"\d{6,}")
 
 
-def _fault(fault: SoapFault) -> Response:
-    text = _DIGIT_RUN.sub("…", fault.text)
+def _fault(fault: SoapFault, secrets: Iterable[str] = ()) -> Response:
+    text = fault.text
+    for secret in secrets:
+        text = text.replace(secret, "…")
+    text = _DIGIT_RUN.sub("…", text)
     body = etree.Element(f"{{{SOAP_ENV}}}Fault")
     # SOAP 1.1: faultcode and faultstring are unqualified; the code is a QName.
     etree.SubElement(body, "faultcode").text = f"soap:{fault.code}"
@@ -568,33 +573,44 @@ async def wsdl(request: Request) -> Response:
 
 @router.post("/soap")
 async def call(request: Request) -> Response:
-    """One SOAP 1.1 call: envelope → authentication → schema → service → response."""
-    rt: Runtime = request.app.state.runtime
+    """One SOAP 1.1 call (parsing, validation and the service run in a worker thread)."""
+    try:
+        body = await _read_body(request)
+    except SoapFault as fault:
+        return _fault(fault)
+    return await run_in_threadpool(
+        handle,
+        request.app.state.runtime,
+        request.app.state.rate_limits,
+        body,
+        request.headers.get("authorization"),
+    )
+
+
+def handle(rt: Runtime, buckets: TokenBuckets, body: bytes, authorization: str | None) -> Response:
+    """Envelope → authentication → rate limit → schema → service → response or fault."""
     secrets: list[str] = []
     try:
-        envelope = _parse(await _read_body(request))
-        header, element = _split(envelope)
+        header, element = _split(_parse(body))
         secrets = _secrets(element)
         _check_must_understand(header)
-        principal = await run_in_threadpool(
-            _principal, rt, header, request.headers.get("authorization")
-        )
+        principal = _principal(rt, header, authorization)
         tag = _tag(element) or ""
         operation = OPERATIONS.get(tag)
         if operation is None:
             raise SoapFault("Client", f"Unknown operation {tag}; see /soap?wsdl")
-        buckets = request.app.state.rate_limits
         if principal.api_key_id is not None and not buckets.allow(principal.api_key_id):
             return _answer(operation.response, operation.fields, _result(Result.TOO_MANY_REQUESTS))
         _validate(element)
-        answer = await run_in_threadpool(operation.call, rt, principal, _values(element))
-        return _answer(operation.response, operation.fields, answer)
+        return _answer(
+            operation.response, operation.fields, operation.call(rt, principal, _values(element))
+        )
     except SoapFault as fault:
-        return _fault(_scrubbed(fault, secrets))
+        return _fault(fault, secrets)
     except Forbidden as error:
         return _fault(SoapFault("Client", f"Forbidden: {error.detail}"))
     except VomsError as error:
-        return _fault(_scrubbed(SoapFault("Client", error.detail), secrets))
+        return _fault(SoapFault("Client", error.detail), secrets)
     except Exception as error:
         # The exception type only: the request may carry a PIN.
         log.error(
@@ -603,10 +619,3 @@ async def call(request: Request) -> Response:
             exc_info=(type(error), error, None),
         )
         return _fault(SoapFault("Server", "Internal error"))
-
-
-def _scrubbed(fault: SoapFault, secrets: list[str]) -> SoapFault:
-    text = fault.text
-    for secret in secrets:
-        text = text.replace(secret, "…")
-    return SoapFault(fault.code, text)

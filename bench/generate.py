@@ -156,7 +156,8 @@ def run(kind: str, count: int, pg_url: str, workers: int | None, raw: bool) -> N
                 rt, CONSOLE, created.batch["batch_id"], workers=workers
             )
             generate_s = time.perf_counter() - began
-            assert batch["state"] == "generated" and batch["generated_count"] == count
+            assert batch["state"] == "generated"
+            assert batch["generated_count"] == count
             own, children = _peak_rss_mb()
             print(
                 f"{kind:10} generate {count:>10,} vouchers: {generate_s:7.2f} s "

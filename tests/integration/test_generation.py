@@ -134,11 +134,11 @@ def test_a_failure_midway_leaves_a_failed_batch_whose_vouchers_are_never_usable(
     monkeypatch.setattr(bulk, "SQLITE_ROWS_PER_TRANSACTION", 200)
     real_load, loads = bulk.load, []
 
-    def load_that_breaks_on_the_fourth_chunk(*args: Any) -> None:
+    def load_that_breaks_on_the_fourth_chunk(*args: Any, **kwargs: Any) -> list[Any]:
         loads.append(1)
         if len(loads) == 4:
             raise OSError("disk full")
-        real_load(*args)
+        return real_load(*args, **kwargs)
 
     monkeypatch.setattr(bulk, "load", load_that_breaks_on_the_fourth_chunk)
     factories.subscriber(rt, "254700000001")

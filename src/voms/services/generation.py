@@ -285,38 +285,24 @@ def _chunks(
 # --- writing ------------------------------------------------------------------------
 
 
-def _taken(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
-    """Which of ``hashes`` already belong to a voucher (only asked after a collision)."""
-    column = t.vouchers.c.pin_hash
-    taken: set[bytes] = set()
-    for start in range(0, len(hashes), 500):
-        part = list(hashes[start : start + 500])
-        taken.update(conn.execute(select(column).where(column.in_(part))).scalars())
-    return taken
-
-
 def write_chunk(
     conn: Connection, sealer: Sealer, rows: list[VoucherRow], randbytes: RandomBytes = os.urandom
 ) -> None:
     """Write one chunk; PINs that collide with earlier vouchers are drawn again.
 
     The UNIQUE lookup hash is the arbiter, also against other batches generated at the
-    same moment. Collisions are rare (several per ten million), so the optimistic load
-    is retried rather than every hash checked up front.
+    same moment. Collisions are rare (several per ten million), so the load is
+    optimistic and only the rows it had to leave out are sealed again.
     """
+    avoid = {row[2] for row in rows}
     for _ in range(MAX_WRITE_ATTEMPTS):
-        try:
-            bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows)
+        left_out = bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows, skip_taken="pin_hash")
+        if not left_out:
             return
-        except bulk.DuplicateKey:
-            taken = _taken(conn, [row[2] for row in rows])
-            if not taken:
-                raise  # not a PIN collision: a serial clash is a bug, never retried
-            keep = [row for row in rows if row[2] not in taken]
-            redo = [row[0] for row in rows if row[2] in taken]
-            log.info("batch %s: %d PIN collisions, drawn again", sealer.batch_id, len(redo))
-            fresh = sealer.seal(redo, avoid={row[2] for row in rows} | taken, randbytes=randbytes)
-            rows = sorted(keep + fresh)
+        log.info("batch %s: %d PIN collisions, drawn again", sealer.batch_id, len(left_out))
+        avoid.update(row[2] for row in left_out)
+        rows = sealer.seal([row[0] for row in left_out], avoid=avoid, randbytes=randbytes)
+        avoid.update(row[2] for row in rows)
     raise Conflict("could not draw unique PINs: the PIN space of this voucher type is full")
 
 

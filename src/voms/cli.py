@@ -518,5 +518,224 @@ for _action in ("freeze", "unfreeze", "delete"):
     _voucher_action(_action)
 
 
+# --- partners, exports and legacy import (distribution) ---------------------------
+
+partner_app = typer.Typer(
+    help="Partners (print shops, distributors) that receive encrypted voucher files.",
+    no_args_is_help=True,
+)
+export_app = typer.Typer(
+    help="Export vouchers encrypted to a partner's OpenPGP key (or list past exports)."
+)
+app.add_typer(partner_app, name="partner")
+app.add_typer(export_app, name="export")
+
+
+@partner_app.command("add")
+def partner_add(
+    name: Annotated[str, typer.Option(help="Unique partner name")],
+    public_key: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="ASCII-armored OpenPGP public key file"),
+    ],
+    contact: Annotated[str | None, typer.Option(help="Who to call: e-mail, phone")] = None,
+    service_provider: Annotated[
+        str | None, typer.Option(help="Only this provider's vouchers [default: any]")
+    ] = None,
+) -> None:
+    """Add a partner; its key must be valid and encryption-capable (not expired/revoked)."""
+    from voms.services import distribution
+
+    try:
+        armored = public_key.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {public_key}: {exc}")
+    with handled():
+        body = distribution.PartnerIn(
+            name=name, public_key=armored, contact=contact, service_provider=service_provider
+        )
+        echo_json(distribution.create_partner(runtime(), _operator(), body))
+
+
+@partner_app.command("list")
+def partner_list() -> None:
+    """List partners with their key fingerprints."""
+    from voms.services import distribution
+
+    with handled():
+        echo_json(distribution.list_partners(runtime(), _operator()))
+
+
+@partner_app.command("show")
+def partner_show(name: Annotated[str, typer.Argument(help="Partner name")]) -> None:
+    """Show one partner."""
+    from voms.services import distribution
+
+    with handled():
+        echo_json(distribution.get_partner(runtime(), _operator(), name))
+
+
+@partner_app.command("disable")
+def partner_disable(name: Annotated[str, typer.Argument(help="Partner name")]) -> None:
+    """Stop all further exports to a partner (past exports stay recorded)."""
+    from voms.services import distribution
+
+    with handled():
+        echo_json(distribution.disable_partner(runtime(), _operator(), name))
+
+
+@export_app.callback(invoke_without_command=True)
+def export(
+    ctx: typer.Context,
+    partner: Annotated[str | None, typer.Option(help="Partner name")] = None,
+    batch: Annotated[int | None, typer.Option(help="Only this batch")] = None,
+    serial_from: Annotated[str | None, typer.Option(help="First serial of a range")] = None,
+    serial_to: Annotated[str | None, typer.Option(help="Last serial of a range")] = None,
+    voucher_type: Annotated[str | None, typer.Option(help="Only this voucher type")] = None,
+    file_format: Annotated[str, typer.Option("--format", help="csv or xlsx")] = "csv",
+    reissue: Annotated[
+        bool, typer.Option(help="Export again vouchers that were exported before")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Encrypted file to write (.gpg)")
+    ] = None,
+) -> None:
+    """Write the matching vouchers (not redeemed, deleted or expired) to an OpenPGP file
+    only the partner's key opens; prints the export record (count, SHA-256)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if partner is None or output is None:
+        fail("give --partner NAME and --output FILE (or a command: list, show, purge)")
+        return
+    if file_format not in ("csv", "xlsx"):
+        fail("--format is csv or xlsx")
+    from voms.services import distribution
+
+    if output.exists():
+        fail(f"{output} exists; choose another file name")
+    partial = output.with_name(output.name + ".partial")
+    rt = runtime()
+    with handled():
+        body = distribution.ExportIn(
+            partner=partner,
+            batch_id=batch,
+            serial_from=serial_from,
+            serial_to=serial_to,
+            voucher_type=voucher_type,
+            format=file_format,
+            reissue=reissue,
+        )
+        bar: Any = None
+        try:
+            with partial.open("xb") as handle:
+                shown = [0]
+
+                def advance(done: int, total: int) -> None:
+                    nonlocal bar
+                    if bar is None:
+                        bar = typer.progressbar(length=total, label="exporting", file=sys.stderr)
+                        bar.__enter__()
+                    bar.update(done - shown[0])
+                    shown[0] = done
+
+                record = distribution.create_export(
+                    rt, _operator(), body, output=handle, progress=advance
+                )
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        partial.replace(output)
+        record.pop("download_token", None)
+        typer.echo(f"wrote {record['voucher_count']} vouchers to {output}", err=True)
+        echo_json(record)
+
+
+@export_app.command("list")
+def export_list(
+    partner: Annotated[str | None, typer.Option(help="Only exports to this partner")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+) -> None:
+    """List exports: who, when, partner, filters, count, SHA-256 of the encrypted file."""
+    from voms.services import distribution
+
+    with handled():
+        echo_json(distribution.list_exports(runtime(), _operator(), partner=partner, limit=limit))
+
+
+@export_app.command("show")
+def export_show(export_id: Annotated[int, typer.Argument(help="Export id")]) -> None:
+    """Show one export record."""
+    from voms.services import distribution
+
+    with handled():
+        echo_json(distribution.get_export(runtime(), _operator(), export_id))
+
+
+@export_app.command("purge")
+def export_purge() -> None:
+    """Delete the kept encrypted files of exports whose download link has expired."""
+    from voms.services import distribution
+
+    with handled():
+        chunks = distribution.purge_export_files(runtime())
+        typer.echo(f"deleted {chunks} file chunk(s) of expired download links")
+
+
+@app.command("import")
+def import_legacy(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="CSV: serial,pin,voucher_type,expires_at (header line optional)",
+        ),
+    ],
+    request_id: Annotated[
+        str | None, typer.Option(help="Makes a retried command import nothing more")
+    ] = None,
+) -> None:
+    """Import vouchers made by another system into one new, inactive batch. Every bad
+    line is reported with its number; if there is one, nothing is imported."""
+    from voms.services import voucher_import
+
+    def read() -> Iterator[str]:
+        with file.open(encoding="utf-8-sig", newline="") as handle:
+            yield from handle
+
+    rt = runtime()
+    with handled():
+        bar: Any = None
+        try:
+            shown = [0]
+
+            def advance(done: int, total: int) -> None:
+                nonlocal bar
+                if bar is None:
+                    bar = typer.progressbar(length=total, label="importing", file=sys.stderr)
+                    bar.__enter__()
+                bar.update(done - shown[0])
+                shown[0] = done
+
+            batch = voucher_import.import_vouchers(
+                rt, _operator(), read, request_id=request_id, progress=advance
+            )
+        except voucher_import.ImportRefused as refused:
+            for bad in refused.bad_lines:
+                typer.echo(f"{file}:{bad.line}: {bad.reason}", err=True)
+            fail(refused.detail)
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {file}: {exc}")
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        echo_json(batch)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="voms")

@@ -43,11 +43,16 @@ def rows_of(keys: PartnerKeys, ciphertext: bytes) -> list[dict[str, str]]:
 
 
 def exported(rt: Runtime) -> dict[int, tuple[int | None, int | None]]:
-    v = t.vouchers
+    """Every voucher's (partner id, export id), (None, None) if never exported."""
+    v, e = t.vouchers, t.voucher_exports
     with rt.engine.connect() as conn:
         return {
             row.serial: (row.partner_id, row.export_id)
-            for row in conn.execute(select(v.c.serial, v.c.partner_id, v.c.export_id))
+            for row in conn.execute(
+                select(v.c.serial, e.c.partner_id, e.c.export_id).select_from(
+                    v.outerjoin(e, e.c.serial == v.c.serial)
+                )
+            )
         }
 
 

@@ -7,6 +7,7 @@ from voms.api import (
     admin,
     batches,
     catalog,
+    distribution,
     health,
     redemptions,
     subscribers,
@@ -49,6 +50,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         batches.router,
         vouchers.router,
         soap.router,
+        distribution.router,
     ):
         app.include_router(router)
     return app

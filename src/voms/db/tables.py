@@ -218,8 +218,6 @@ vouchers = Table(
     Column("state_changed_at", UTCDateTime()),
     Column("redeemed_at", UTCDateTime()),
     Column("redeemed_by", String(15)),
-    Column("partner_id", Integer),
-    Column("export_id", Integer),
     # Written with OR, not IN (…): SQLite builds the IN list anew for every inserted row,
     # which made bulk generation a quarter slower.
     CheckConstraint(
@@ -432,6 +430,21 @@ exports = Table(
     CheckConstraint("reissued_count BETWEEN 0 AND voucher_count", name="reissued_count_range"),
     Index("ix_exports_partner", "partner_id"),
     Index("ix_exports_created_at", "created_at"),
+)
+
+# Which partner and export each exported voucher went to (the latest, after a reissue).
+# Kept apart from vouchers, which migration 0002 relieved of these two columns: marking a
+# million vouchers would otherwise write a new version of each voucher row and new
+# entries in all its indexes (the 32-byte UNIQUE lookup hash that every redemption
+# probes, too). No foreign keys: a million checks per export, for ids this module
+# writes from rows it has just read.
+voucher_exports = Table(
+    "voucher_exports",
+    metadata,
+    Column("serial", BigId, primary_key=True, autoincrement=False),
+    Column("export_id", Integer, nullable=False),
+    Column("partner_id", Integer, nullable=False),
+    Index("ix_voucher_exports_export", "export_id"),
 )
 
 # The encrypted file of an export, kept in the database so any server behind the load

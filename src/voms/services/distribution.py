@@ -1,30 +1,34 @@
 """Distribution: partners with OpenPGP keys, encrypted voucher exports, their downloads.
 
-An export is one transaction: the matching vouchers are claimed for the export with
-set-based UPDATEs (one per batch, on the serial primary key), then streamed back in
-serial order from a server-side cursor, decrypted in memory and piped through gpg's
-stdin; the ciphertext goes to the caller's file (CLI) or into the database for a
-time-limited download link (API). A failure anywhere rolls everything back, so a
-voucher is never marked as exported without a complete file, and no plaintext PIN is
-ever written to disk.
+An export is one transaction. The matching vouchers are read in serial order, a chunk
+at a time (a primary-key range), and each chunk is marked as the export's in
+voucher_exports with one bulk statement; the PINs are decrypted in memory and piped
+through gpg's stdin. Reading and marking run on their own thread, so the database works
+on the next chunk while gpg encrypts the last. The ciphertext goes to the caller's file
+(CLI) or into the database for a time-limited download link (API). A failure anywhere
+rolls everything back, so a voucher is never marked as exported without a complete
+file, and no plaintext PIN is ever written to disk.
 """
 
 import hashlib
 import hmac
+import queue
 import secrets
 import tempfile
+import threading
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Integer, Row, and_, delete, func, insert, literal, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from voms import openpgp, xlsx
 from voms.db import tables as t
-from voms.db.engine import reading
+from voms.db.engine import is_postgres, reading
 from voms.db.types import utcnow
 from voms.domain.distribution import (
     EXPORT_COLUMNS,
@@ -37,7 +41,7 @@ from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial, parse_serial_range
 from voms.runtime import Runtime
-from voms.services import audit
+from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.lifecycle import record_event
 
@@ -48,7 +52,8 @@ Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
 SerialText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=18)] | int
 Format = Literal["csv", "xlsx"]
 
-STREAM_ROWS = 5_000  # vouchers fetched, decrypted and formatted per step
+CLAIM_ROWS = 5_000  # vouchers claimed, read back, decrypted and formatted per step
+QUEUE_CHUNKS = 4  # claimed chunks waiting for gpg: bounds the memory
 FILE_CHUNK_BYTES = 1 << 20  # encrypted file kept in the database in pieces of this size
 SPOOL_BYTES = 8 << 20  # ciphertext up to this size stays in memory before the database
 
@@ -76,6 +81,9 @@ class ExportIn(_Input):
     voucher_type: Code | None = None
     format: Format = "csv"
     reissue: bool = Field(False, description="Export vouchers that were exported before, again")
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = Field(
+        None, description="A retry with the same id exports nothing more (a new link)"
+    )
 
     @model_validator(mode="after")
     def _one_filter_at_least(self) -> "ExportIn":
@@ -213,6 +221,7 @@ class _Slice:
     batch_id: int
     serial_from: int
     serial_to: int
+    dense: bool  # one voucher per serial (generated); imported batches may have gaps
     csv_suffix: str  # ",voucher_type,expires_at,value,currency,batch\n"
     xlsx_suffix: str  # the same cells as spreadsheet XML, closing the row
 
@@ -250,6 +259,7 @@ def _select_slices(
             b.c.serial_first,
             b.c.serial_last,
             b.c.expires_at,
+            b.c.count,
             vt.c.code,
         )
         .join(vt, vt.c.id == b.c.voucher_type_id)
@@ -307,6 +317,7 @@ def _select_slices(
                 batch_id=row.id,
                 serial_from=max(low, row.serial_first),
                 serial_to=min(high, row.serial_last),
+                dense=row._mapping["count"] == row.serial_last - row.serial_first + 1,
                 csv_suffix=",".join("" if v is None else str(v) for v in ["", *tail]) + "\n",
                 xlsx_suffix="".join(xlsx.cell(v) for v in tail) + "</row>",
             )
@@ -314,62 +325,45 @@ def _select_slices(
     return providers.pop(), slices
 
 
-def _in_slice(piece: _Slice) -> Any:
+def _in_slice(piece: _Slice, low: int | None = None, high: int | None = None) -> Any:
     v = t.vouchers
     return and_(
-        v.c.serial.between(piece.serial_from, piece.serial_to),
-        v.c.batch_id == piece.batch_id,
+        v.c.serial.between(
+            piece.serial_from if low is None else low, piece.serial_to if high is None else high
+        ),
+        # "+ 0": a check, not an access path. Given the batch index, both databases
+        # would scan the whole batch for every chunk; the serial range (primary key) is
+        # the way in, as batches' serial ranges never overlap.
+        v.c.batch_id + 0 == piece.batch_id,
         v.c.state.in_([s.value for s in EXPORTABLE_VOUCHER_STATES]),
     )
 
 
-def _count(conn: Connection, slices: list[_Slice]) -> tuple[int, int]:
+def _with_marks() -> Any:
+    """Vouchers with the export each went to, if any."""
+    v, e = t.vouchers, t.voucher_exports
+    return v.outerjoin(e, e.c.serial == v.c.serial)
+
+
+def _totals(conn: Connection, slices: list[_Slice]) -> tuple[int, int]:
     """How many vouchers match, and how many of them were exported before."""
-    v = t.vouchers
+    e = t.voucher_exports
     total = exported = 0
     for piece in slices:
-        row = conn.execute(
-            select(func.count(), func.count(v.c.export_id)).where(_in_slice(piece))
-        ).one()
-        total, exported = total + row[0], exported + row[1]
+        total += conn.execute(select(func.count()).where(_in_slice(piece))).scalar_one()
+        # One index probe answers the usual case: nothing in this range went out yet.
+        marked = conn.execute(
+            select(e.c.serial)
+            .where(e.c.serial.between(piece.serial_from, piece.serial_to))
+            .limit(1)
+        ).first()
+        if marked is not None:
+            exported += conn.execute(
+                select(func.count())
+                .select_from(_with_marks())
+                .where(_in_slice(piece), e.c.serial.is_not(None))
+            ).scalar_one()
     return total, exported
-
-
-def _claim(
-    conn: Connection,
-    actor: Principal,
-    slices: list[_Slice],
-    export_id: int,
-    partner: Row[Any],
-    reissue: bool,
-) -> int:
-    """Mark the matching vouchers as this export's, one set-based UPDATE per batch, and
-    record it in each batch's history."""
-    v = t.vouchers
-    claimed = 0
-    for piece in slices:
-        condition = _in_slice(piece)
-        if not reissue:
-            condition = and_(condition, v.c.export_id.is_(None))
-        count = conn.execute(
-            update(v).where(condition).values(partner_id=partner.id, export_id=export_id)
-        ).rowcount
-        if count:
-            record_event(
-                conn,
-                actor,
-                "reissue" if reissue else "export",
-                batch_id=piece.batch_id,
-                serial_from=piece.serial_from,
-                serial_to=piece.serial_to,
-                affected=count,
-                detail={"export_id": export_id, "partner": partner.name},
-            )
-        claimed += count
-    return claimed
-
-
-# --- exports: writing the file ------------------------------------------------------
 
 
 @dataclass
@@ -380,39 +374,168 @@ class _Progress:
     finished: bool = False
 
 
-def _voucher_rows(
-    conn: Connection,
-    rt: Runtime,
-    slices: list[_Slice],
-    export_id: int,
-    state: _Progress,
+_END = object()
+
+
+class _TakenMeanwhile(Exception):
+    """Some vouchers were marked by another export after the export began."""
+
+
+class _Claimer:
+    """Claims the vouchers for the export in chunks, in serial order, on a thread of
+    its own: each chunk is read (with the encrypted PINs) and marked with set-based
+    statements, while this process decrypts the previous chunk and gpg encrypts it. A
+    small queue bounds the memory. The thread alone uses the connection until
+    :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        actor: Principal,
+        slices: list[_Slice],
+        export_id: int,
+        partner: Row[Any],
+        reissue: bool,
+    ) -> None:
+        self._conn = conn
+        self._actor = actor
+        self._slices = slices
+        self._export_id = export_id
+        self._partner = partner
+        self._reissue = reissue
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._stopping = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"export-{export_id}", daemon=True)
+        self.claimed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Wait until the thread has let go of the connection (at once after the end)."""
+        self._stopping.set()
+        self._thread.join()
+
+    def chunks(self) -> Iterator[tuple[_Slice, list[tuple[int, bytes, int]]]]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item  # type: ignore[misc]
+
+    def _put(self, item: object) -> bool:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for piece in self._slices:
+                count = 0
+                for rows in self._claim(piece):
+                    count += len(rows)
+                    if not self._put((piece, rows)):
+                        return
+                if count:
+                    record_event(
+                        self._conn,
+                        self._actor,
+                        "reissue" if self._reissue else "export",
+                        batch_id=piece.batch_id,
+                        serial_from=piece.serial_from,
+                        serial_to=piece.serial_to,
+                        affected=count,
+                        detail={"export_id": self._export_id, "partner": self._partner.name},
+                    )
+                self.claimed += count
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._error = exc
+        finally:
+            self._put(_END)
+
+    def _claim(self, piece: _Slice) -> Iterator[list[tuple[int, bytes, int]]]:
+        """The slice's vouchers, a chunk at a time, each chunk marked as this export's.
+
+        Marking and reading see one snapshot (the export runs in REPEATABLE READ on
+        PostgreSQL; SQLite has one writer), so the marks are exactly the file's rows.
+        """
+        v = t.vouchers
+        low = piece.serial_from
+        while low <= piece.serial_to:
+            if piece.dense:
+                high = min(low + CLAIM_ROWS - 1, piece.serial_to)
+            else:
+                # An imported batch may have gaps: find where CLAIM_ROWS vouchers end.
+                bound = self._conn.execute(
+                    select(v.c.serial)
+                    .where(v.c.serial.between(low, piece.serial_to))
+                    .order_by(v.c.serial)
+                    .offset(CLAIM_ROWS - 1)
+                    .limit(1)
+                ).scalar()
+                high = piece.serial_to if bound is None else int(bound)
+            self._mark(piece, low, high)
+            rows = self._conn.execute(
+                select(v.c.serial, v.c.pin_ciphertext, v.c.encryption_key_id)
+                .where(_in_slice(piece, low, high))
+                .order_by(v.c.serial)
+            ).all()
+            if rows:
+                yield [(row[0], row[1], row[2]) for row in rows]
+            low = high + 1
+
+    def _mark(self, piece: _Slice, low: int, high: int) -> None:
+        """Record this export as the latest of each matching voucher from low to high:
+        set-based statements, nothing travels to this process. The primary key on the
+        serial makes a concurrent export of the same vouchers fail, not hand them out
+        twice."""
+        v, e = t.vouchers, t.voucher_exports
+        matching = select(v.c.serial).where(_in_slice(piece, low, high))
+        if self._reissue:
+            self._conn.execute(
+                delete(e).where(e.c.serial.between(low, high), e.c.serial.in_(matching))
+            )
+        try:
+            self._conn.execute(
+                insert(e).from_select(
+                    ["serial", "export_id", "partner_id"],
+                    select(
+                        v.c.serial,
+                        literal(self._export_id, Integer),
+                        literal(self._partner.id, Integer),
+                    ).where(_in_slice(piece, low, high)),
+                )
+            )
+        except IntegrityError:
+            raise _TakenMeanwhile() from None
+
+
+def _decrypted(
+    chunks: Iterator[tuple[_Slice, list[tuple[int, bytes, int]]]], rt: Runtime, state: _Progress
 ) -> Generator[tuple[_Slice, list[tuple[str, str]]], None, None]:
-    """(slice, [(serial, pin)…]) in serial order, a few thousand at a time."""
-    v = t.vouchers
+    """(slice, [(serial, pin)…]) with the PINs decrypted, in memory only."""
     decrypt = rt.keyring.pin_decryptor()
     width = rt.settings.serial_width
-    for piece in slices:
-        result = conn.execute(
-            select(v.c.serial, v.c.pin_ciphertext, v.c.encryption_key_id)
-            .where(_in_slice(piece), v.c.export_id == export_id)
-            .order_by(v.c.serial),
-            execution_options={"yield_per": STREAM_ROWS},
+    for piece, rows in chunks:
+        if state.serial_first is None:
+            state.serial_first = rows[0][0]
+        state.serial_last = rows[-1][0]
+        state.rows += len(rows)
+        yield (
+            piece,
+            [
+                (format_serial(serial, width), decrypt(key_id, blob))
+                for serial, blob, key_id in rows
+            ],
         )
-        try:
-            for rows in result.partitions():
-                if state.serial_first is None:
-                    state.serial_first = rows[0].serial
-                state.serial_last = rows[-1].serial
-                state.rows += len(rows)
-                yield (
-                    piece,
-                    [
-                        (format_serial(serial, width), decrypt(key_id, blob))
-                        for serial, blob, key_id in rows
-                    ],
-                )
-        finally:
-            result.close()  # a server-side cursor on PostgreSQL
 
 
 def _csv(
@@ -493,15 +616,51 @@ def create_export(
     """
     actor.require(Permission.EXPORT)
     purge_export_files(rt)
+    fingerprint = idempotency.fingerprint(
+        rt.keyring, "export.create", body.model_dump(exclude={"request_id"}, mode="json")
+    )
+    if body.request_id is not None:
+        replayed = _replay(rt, actor, body.request_id, fingerprint)
+        if replayed is not None:
+            return replayed
+    try:
+        return _export(rt, actor, body, output, progress, fingerprint)
+    except _TakenMeanwhile:
+        raise Conflict("another export took some of these vouchers meanwhile; try again") from None
+    except DBAPIError as exc:
+        # REPEATABLE READ on PostgreSQL: a concurrent export changed the same marks.
+        if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
+            raise Conflict("a concurrent export got in the way; try again") from None
+        raise
+
+
+@contextmanager
+def _snapshot(rt: Runtime) -> Iterator[Connection]:
+    """A write transaction whose reads all see one snapshot."""
+    with rt.engine.connect() as conn:
+        if is_postgres(conn):
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
+def _export(
+    rt: Runtime,
+    actor: Principal,
+    body: ExportIn,
+    output: IO[bytes] | None,
+    progress: Callable[[int, int], None] | None,
+    fingerprint: str,
+) -> dict[str, Any]:
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with _snapshot(rt) as conn:
         partner = _load_partner(conn, actor, body.partner)
         if partner.state != "active":
             raise Conflict(f"partner '{body.partner}' is disabled")
         sp_id, slices = _select_slices(conn, actor, body, rt.settings.serial_width, now)
         if partner.service_provider_id not in (None, sp_id):
             raise Forbidden(f"partner '{body.partner}' does not serve this service provider")
-        total, exported_before = _count(conn, slices)
+        total, exported_before = _totals(conn, slices)
         if total == 0:
             raise Invalid("no exportable vouchers match these filters")
         if exported_before and not body.reissue:
@@ -536,17 +695,14 @@ def create_export(
             )
             .returning(t.exports.c.id)
         ).scalar_one()
-        claimed = _claim(conn, actor, slices, export_id, partner, body.reissue)
-        if claimed == 0:
-            raise Conflict("the matching vouchers changed meanwhile; try again")
-
         state = _Progress()
 
         def advance(step: int) -> None:
             if progress is not None:
-                progress(state.rows, claimed)
+                progress(state.rows, total)
 
-        rows = _voucher_rows(conn, rt, slices, export_id, state)
+        claimer = _Claimer(conn, actor, slices, export_id, partner, body.reissue)
+        rows = _decrypted(claimer.chunks(), rt, state)
         plaintext = _csv(rows, advance) if body.format == "csv" else _xlsx(rows, advance)
 
         def completed() -> Iterator[bytes]:
@@ -555,6 +711,7 @@ def create_export(
 
         file_name = f"voms-export-{export_id}.{body.format}"
         sink = _Ciphertext(output)
+        claimer.start()
         try:
             key = openpgp.encrypt_stream(
                 partner.public_key,
@@ -566,8 +723,12 @@ def create_export(
         except openpgp.KeyRefused as exc:
             raise Conflict(f"partner '{body.partner}': {exc}; add a new key") from None
         finally:
+            claimer.stop()
             plaintext.close()
             rows.close()
+        claimed = claimer.claimed
+        if claimed == 0:
+            raise Conflict("the matching vouchers changed meanwhile; nothing was exported")
         if not state.finished or state.rows != claimed:
             raise openpgp.EncryptionFailed(f"wrote {state.rows} of {claimed} vouchers")
 
@@ -610,7 +771,44 @@ def create_export(
                 "sha256": sink.digest.hexdigest(),
             },
         )
+        if body.request_id is not None and not idempotency.remember(
+            conn,
+            idempotency.scope_of(actor),
+            body.request_id,
+            fingerprint,
+            {"export_id": export_id},
+            201,
+            now,
+        ):
+            raise Conflict("request id is being used by a concurrent request; retry")
         record = _export_public(conn, export_id)
+    record["download_token"] = token
+    return record
+
+
+def _replay(
+    rt: Runtime, actor: Principal, request_id: str, fingerprint: str
+) -> dict[str, Any] | None:
+    """The export an earlier request with this id made, with a new download token when
+    its file is still kept (the first answer, and so its token, may have been lost)."""
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        stored = idempotency.find(conn, idempotency.scope_of(actor), request_id)
+        if stored is None:
+            return None
+        if stored.request_hash != fingerprint:
+            raise Conflict("request id reused with different parameters")
+        export_id = int(stored.response["export_id"])
+        row = _load_export(conn, actor, export_id)
+        token = None
+        if row.download_expires_at is not None and row.download_expires_at > now:
+            token = secrets.token_urlsafe(32)
+            conn.execute(
+                update(t.exports)
+                .where(t.exports.c.id == export_id)
+                .values(download_token_hash=_token_hash(token))
+            )
+        record = _export_public_row(row)
     record["download_token"] = token
     return record
 

@@ -1,0 +1,201 @@
+"""Export benchmark: N vouchers to a partner's OpenPGP key through `voms export`.
+
+For each database: a fresh, migrated database with N generated vouchers (not timed) and
+a partner whose key is made by the gpg command line. Then `voms export` runs as its own
+process, as an operator would run it: first for a tenth of the vouchers, then for all of
+them (--reissue), in CSV, and once more in XLSX. Prints wall seconds and the export
+process's peak RSS for each, so constant memory shows as equal RSS for N/10 and N.
+With --verify the full CSV is decrypted with gpg and its lines counted.
+
+    .venv/bin/python bench/export.py [--count 1000000] [--databases sqlite,postgresql]
+        [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres] [--no-xlsx] [--verify]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from voms.config import Settings
+from voms.crypto import Keyring, write_keyring
+from voms.db.engine import make_engine
+from voms.db.migrate import upgrade
+from voms.domain.serials import format_serial
+from voms.runtime import build_runtime
+from voms.services import catalog, distribution, generation
+from voms.services.auth import CONSOLE
+
+VOMS = str(Path(sys.executable).with_name("voms"))
+
+
+def _catalog(settings: Settings) -> None:
+    rt = build_runtime(settings)
+    catalog.create_service_provider(
+        rt, CONSOLE, catalog.ServiceProviderIn(code="BENCH", name="Bench")
+    )
+    catalog.create_balance_type(
+        rt,
+        CONSOLE,
+        catalog.BalanceTypeIn(
+            code="CASH", name="Cash", unit="cent", currency="KES", service_provider="BENCH"
+        ),
+    )
+    catalog.create_voucher_type(
+        rt,
+        CONSOLE,
+        catalog.VoucherTypeIn.model_validate(
+            {
+                "code": "BENCH14",
+                "name": "Bench",
+                "service_provider": "BENCH",
+                "pin_length": 14,
+                "scenarios": [
+                    {
+                        "number": 1,
+                        "name": "10",
+                        "default": True,
+                        "credits": [{"balance_type": "CASH", "amount": 1000}],
+                    }
+                ],
+            }
+        ),
+    )
+    rt.engine.dispose()
+
+
+def _gpg(home: Path, *args: str, data: bytes | None = None) -> bytes:
+    done = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--yes", "--pinentry-mode", "loopback",
+         "--passphrase", "", *args],
+        input=data,
+        capture_output=True,
+        check=True,
+        timeout=600,
+    )  # fmt: skip
+    return done.stdout
+
+
+def _partner_key(home: Path) -> str:
+    home.mkdir(mode=0o700)
+    _gpg(home, "--quick-gen-key", "Bench Print <bench@print.example>", "future-default")
+    return _gpg(home, "--armor", "--export", "bench@print.example").decode()
+
+
+def _export(env: dict[str, str], output: Path, *args: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `voms export` process."""
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        [VOMS, "export", "--partner", "bench", "--output", str(output), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - began
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"voms export failed: {stderr}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def _database(kind: str, folder: Path, pg_url: str) -> tuple[str, str | None]:
+    if kind == "sqlite":
+        return f"sqlite:///{folder / 'bench.db'}", None
+    name = f"voms_bench_export_{os.getpid()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def run(kind: str, count: int, pg_url: str, xlsx: bool, verify: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="voms-bench-") as tmp:
+        folder = Path(tmp)
+        url, pg_name = _database(kind, folder, pg_url)
+        home = folder / "gnupg"
+        try:
+            keys = folder / "keys.json"
+            write_keyring(keys, Keyring.new())
+            settings = Settings(database_url=url, keys_file=keys)
+            engine = make_engine(settings)
+            upgrade(engine)
+            engine.dispose()
+            _catalog(settings)
+            rt = build_runtime(settings)
+            began = time.perf_counter()
+            batch = generation.generate_batch(rt, CONSOLE, voucher_type="BENCH14", count=count)
+            print(
+                f"{kind:10} setup: {count:,} vouchers generated in "
+                f"{time.perf_counter() - began:.1f} s (not part of the figures)",
+                flush=True,
+            )
+            distribution.create_partner(
+                rt,
+                CONSOLE,
+                distribution.PartnerIn(name="bench", public_key=_partner_key(home)),
+            )
+            rt.engine.dispose()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
+            env.update(VOMS_DATABASE_URL=url, VOMS_KEYS_FILE=str(keys), TMPDIR=str(folder))
+            first = int(batch["serial_first"])
+            tenth = format_serial(first + count // 10 - 1, settings.serial_width)
+            runs = [
+                (f"{count // 10:,} csv", ["--serial-from", batch["serial_first"],
+                                          "--serial-to", tenth]),
+                (f"{count:,} csv", ["--batch", str(batch["batch_id"]), "--reissue"]),
+            ]  # fmt: skip
+            if xlsx:
+                runs.append(
+                    (
+                        f"{count:,} xlsx",
+                        ["--batch", str(batch["batch_id"]), "--reissue", "--format", "xlsx"],
+                    )
+                )
+            for index, (label, args) in enumerate(runs):
+                output = folder / f"export-{index}.gpg"
+                seconds, rss = _export(env, output, *args)
+                size = output.stat().st_size / 1e6
+                print(
+                    f"{kind:10} export {label:>15}: {seconds:6.2f} s, peak RSS {rss:5.0f} MB, "
+                    f"file {size:.1f} MB",
+                    flush=True,
+                )
+            if verify:
+                lines = _gpg(home, "--decrypt", str(folder / "export-1.gpg")).count(b"\n")
+                print(f"{kind:10} verified: gpg decrypts {lines - 1:,} voucher lines", flush=True)
+        finally:
+            subprocess.run(
+                ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                capture_output=True,
+                check=False,
+            )
+            if pg_name is not None:
+                with psycopg.connect(pg_url, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "VOMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--no-xlsx", action="store_true", help="skip the XLSX export")
+    parser.add_argument("--verify", action="store_true", help="decrypt the CSV and count")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}", flush=True)
+    for kind in args.databases.split(","):
+        run(kind.strip(), args.count, args.postgres_url, not args.no_xlsx, args.verify)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from tests import factories
 from tests.pgp import GOOD_UID, PartnerKeys
 from voms.db import tables as t
 from voms.db.types import utcnow
+from voms.domain.distribution import LinkExpired
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Role
 from voms.runtime import Runtime
@@ -421,3 +422,38 @@ def test_an_export_needs_a_filter_and_a_whole_serial_range() -> None:
         ExportIn(partner="printshop")
     with pytest.raises(ValueError, match="go together"):
         ExportIn(partner="printshop", serial_from="100000000001")
+
+
+def test_an_imported_batch_with_gaps_exports_in_serial_order(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voms.domain.pins import with_check_digit
+    from voms.services import voucher_import
+
+    # Small chunks, so that the gaps fall across several of them.
+    monkeypatch.setattr(distribution, "CLAIM_ROWS", 3)
+    add_partner(rt, partner_keys.good)
+    serials = [5_000_001, 5_000_002, 5_000_010, 5_000_011, 5_000_500, 5_009_999, 5_010_000]
+    pins = [with_check_digit(f"{9_000_000_000_000 + n:013d}") for n in range(len(serials))]
+    year = (utcnow() + timedelta(days=100)).date().isoformat()
+    lines = [f"{s},{p},TOPUP10,{year}\n" for s, p in zip(serials, pins, strict=True)]
+    batch = voucher_import.import_vouchers(rt, CONSOLE, lambda: lines)
+    record, ciphertext = export(rt, batch_id=batch["batch_id"])
+    assert record["voucher_count"] == 7
+    assert [(int(r["serial"]), r["pin"]) for r in rows_of(partner_keys, ciphertext)] == list(
+        zip(serials, pins, strict=True)
+    )
+
+
+def test_kept_files_are_deleted_once_their_link_has_expired(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    add_partner(rt, partner_keys.good)
+    factories.active_batch(rt, count=3)
+    record = distribution.create_export(rt, CONSOLE, ExportIn(partner="printshop", batch_id=1))
+    assert record["download_token"]
+    assert distribution.purge_export_files(rt) == 0
+    later = utcnow() + timedelta(minutes=rt.settings.export_link_minutes + 1)
+    assert distribution.purge_export_files(rt, now=later) == 1
+    with pytest.raises(LinkExpired):
+        distribution.open_export_file(rt, CONSOLE, record["export_id"], record["download_token"])

@@ -903,6 +903,8 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
         chunk_count = conn.execute(
             select(func.count()).where(t.export_file_chunks.c.export_id == export_id)
         ).scalar_one()
+        if chunk_count == 0:
+            raise LinkExpired(f"the file of export {export_id} is no longer kept")
         audit.record(
             conn, actor, "export.download", "export", export_id, row.service_provider_id, {}
         )

@@ -457,3 +457,33 @@ def test_kept_files_are_deleted_once_their_link_has_expired(
     assert distribution.purge_export_files(rt, now=later) == 1
     with pytest.raises(LinkExpired):
         distribution.open_export_file(rt, CONSOLE, record["export_id"], record["download_token"])
+
+
+def test_two_simultaneous_exports_never_hand_out_the_same_voucher_twice(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    import threading
+
+    add_partner(rt, partner_keys.good)
+    add_partner(rt, partner_keys.other, name="retail")
+    factories.active_batch(rt, count=2_000)
+    start = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def run(partner: str) -> None:
+        start.wait()
+        try:
+            outcomes[partner] = export(rt, partner=partner, batch_id=1)[0]["voucher_count"]
+        except Conflict as exc:
+            outcomes[partner] = exc
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("printshop", "retail")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = [value for value in outcomes.values() if isinstance(value, int)]
+    refused = [value for value in outcomes.values() if isinstance(value, Conflict)]
+    assert (counts, len(refused)) == ([2_000], 1)
+    assert len(distribution.list_exports(rt, CONSOLE)) == 1
+    assert len({marks for marks in exported(rt).values()}) == 1

@@ -16,7 +16,7 @@ from voms.api import (
 )
 from voms.api.deps import TokenBuckets
 from voms.api.errors import install_error_handlers
-from voms.api.metrics import observe
+from voms.api.metrics import Observe
 from voms.channels import soap
 from voms.config import get_settings
 from voms.logs import configure_logging
@@ -39,7 +39,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst
     )
     install_error_handlers(app)
-    app.middleware("http")(observe)
+    app.add_middleware(Observe)
     for router in (
         health.router,
         catalog.router,

@@ -5,12 +5,13 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
 from voms.runtime import Runtime
-from voms.services.auth import Principal, authenticate
+from voms.services.auth import Principal, authenticate, cached_principal
 
 _bearer = HTTPBearer(auto_error=False, description="API key created with `voms apikey create`")
 
@@ -19,7 +20,9 @@ class Unauthorized(VomsError):
     http_status = 401
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies are async (and never block): FastAPI would run a sync one in a worker
+# thread, one thread hop per dependency per request.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
@@ -45,7 +48,7 @@ class TokenBuckets:
             return allowed
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     rt: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -53,7 +56,9 @@ def get_principal(
     """The caller behind the Bearer API key: 401 when missing or invalid, 429 when too fast."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing API key (Authorization: Bearer <key>)")
-    principal = authenticate(rt, credentials.credentials)
+    known, principal = cached_principal(rt, credentials.credentials)
+    if not known:
+        principal = await run_in_threadpool(authenticate, rt, credentials.credentials)
     if principal is None:
         raise Unauthorized("invalid or revoked API key")
     buckets: TokenBuckets = request.app.state.rate_limits

@@ -45,6 +45,11 @@ _UPDATE_BALANCE = (
     .values(amount=bindparam("new_amount"), expires_at=bindparam("new_expires_at"))
 )
 _INSERT_LEDGER = insert(t.ledger)
+_UPDATE_SUBSCRIBER = (
+    update(_s)
+    .where(_s.c.id == bindparam("sid"))
+    .values(account_expires_at=bindparam("expires"), product_type_id=bindparam("product"))
+)
 
 
 class BuiltinWallet:
@@ -123,11 +128,12 @@ class BuiltinWallet:
             account.account_expires_at, change.account_expiry_extension_days, change.at
         )
         product_type_id = change.new_product_type_id or account.product_type_id
-        subscriber_changes: dict[str, Any] = {}
-        if account_expires_at != account.account_expires_at:
-            subscriber_changes["account_expires_at"] = account_expires_at
-        if product_type_id != account.product_type_id:
-            subscriber_changes["product_type_id"] = product_type_id
-        if subscriber_changes:
-            conn.execute(update(_s).where(_s.c.id == account.id).values(**subscriber_changes))
+        if (
+            account_expires_at != account.account_expires_at
+            or product_type_id != account.product_type_id
+        ):
+            conn.execute(
+                _UPDATE_SUBSCRIBER,
+                {"sid": account.id, "expires": account_expires_at, "product": product_type_id},
+            )
         return Applied(tuple(applied), account_expires_at, product_type_id)

@@ -382,6 +382,25 @@ _VOUCHER_BY_SERIAL = (
 )
 
 
+def _move_statement(to_state: VoucherState) -> Any:
+    values: dict[str, Any] = {
+        "state": to_state.value,
+        "state_changed_at": bindparam("now"),
+    }
+    if to_state is VoucherState.REDEEMED:
+        values.update(redeemed_at=bindparam("now"), redeemed_by=bindparam("redeemed_by"))
+    return (
+        update(_v)
+        .where(_v.c.serial == bindparam("move_serial"), _v.c.state == bindparam("from_state"))
+        .values(**values)
+        .returning(_v.c.serial)
+    )
+
+
+# Built once: the hot path then skips building and cache-keying a statement per call.
+_MOVES = {state: _move_statement(state) for state in VoucherState}
+
+
 def _move_voucher(
     conn: Connection,
     serial: int,
@@ -391,16 +410,10 @@ def _move_voucher(
     redeemed_by: str | None = None,
 ) -> bool:
     """The conditional update that decides who wins a voucher; True for the winner."""
-    values: dict[str, Any] = {"state": to_state.value, "state_changed_at": now}
+    params: dict[str, Any] = {"move_serial": serial, "from_state": from_state.value, "now": now}
     if to_state is VoucherState.REDEEMED:
-        values.update(redeemed_at=now, redeemed_by=redeemed_by)
-    won = conn.execute(
-        update(_v)
-        .where(_v.c.serial == serial, _v.c.state == from_state.value)
-        .values(**values)
-        .returning(_v.c.serial)
-    ).first()
-    return won is not None
+        params["redeemed_by"] = redeemed_by
+    return conn.execute(_MOVES[to_state], params).first() is not None
 
 
 def _blocker(conn: Connection, serial: int, now: datetime) -> Result:

@@ -1,0 +1,478 @@
+"""Redemptions over HTTP against the same transaction in raw SQL (pgbench), on PostgreSQL.
+
+    .venv/bin/python bench/redeem.py [--workers 2] [--concurrency 32] [--requests 6000]
+
+Creates a scratch database (``voms_bench`` next to VOMS_TEST_POSTGRES_URL's), a catalog,
+1,000 subscribers and active vouchers; starts ``voms serve --workers N``; drives
+redemptions from a separate process over keep-alive connections, first as fast as it
+can (closed loop), then paced at half that rate (open loop, latency counted from the
+scheduled send time); then runs pgbench with the equivalent SQL transaction on other
+vouchers. Prints requests/s, p50/p99 and the ratio to pgbench. Figures, not a test.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SUBSCRIBERS = 1000
+MSISDN_PREFIX = "2547"
+
+
+def msisdn(index: int) -> str:
+    return f"{MSISDN_PREFIX}{index:08d}"
+
+
+# --- the load driver (runs in its own process) ------------------------------------------
+
+
+async def _client(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
+    """One HTTP/1.1 request on a kept-alive connection; the response body."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return await reader.readexactly(length)
+
+
+def _request(host: str, port: int, key: str, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body).encode()
+    return (
+        f"POST /api/v1/redemptions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
+async def _drive(
+    url: str, key: str, bodies: list[dict[str, Any]], concurrency: int, rate: float | None
+) -> dict[str, Any]:
+    host, port_text = url.removeprefix("http://").split(":")
+    port = int(port_text)
+    requests = [_request(host, port, key, body) for body in bodies]
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    next_index = 0
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal next_index
+        reader, writer = await _client(host, port)
+        while next_index < len(requests):
+            index = next_index
+            next_index += 1
+            scheduled = start + index / rate if rate else time.perf_counter()
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            answer = await _exchange(reader, writer, requests[index])
+            latencies.append(time.perf_counter() - scheduled)
+            code = json.loads(answer)["result_code"]
+            codes[code] = codes.get(code, 0) + 1
+        writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "codes": codes,
+    }
+
+
+def drive_main(args: argparse.Namespace) -> None:
+    bodies = json.loads(Path(args.drive).read_text())
+    result = asyncio.run(_drive(args.url, args.key, bodies, args.concurrency, args.rate))
+    print(json.dumps(result))
+
+
+# --- setup ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _prepare(admin_url: str, workdir: Path, vouchers: int, pgbench_vouchers: int) -> dict[str, Any]:
+    import psycopg
+    from sqlalchemy import select
+    from tests import factories
+
+    from voms.config import Settings
+    from voms.crypto import Keyring, write_keyring
+    from voms.db import tables as t
+    from voms.db.engine import make_engine
+    from voms.db.migrate import upgrade
+    from voms.runtime import build_runtime
+
+    name = "voms_bench"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    keys = workdir / "keys.json"
+    write_keyring(keys, Keyring.new())
+    settings = Settings(database_url=url, keys_file=keys)
+    engine = make_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    rt = build_runtime(settings)
+    factories.standard_catalog(rt)
+    with rt.engine.begin() as conn:
+        gold = conn.execute(
+            select(t.product_types.c.id).where(t.product_types.c.code == "GOLD")
+        ).scalar_one()
+        conn.execute(
+            t.subscribers.insert(),
+            [
+                {
+                    "msisdn": msisdn(i),
+                    "service_provider_id": 1,
+                    "product_type_id": gold,
+                    "state": "active",
+                    "created_at": time_now(),
+                }
+                for i in range(SUBSCRIBERS)
+            ],
+        )
+    print(f"generating {vouchers + pgbench_vouchers} vouchers…", file=sys.stderr)
+    http_pins = factories.active_batch(rt, count=vouchers)
+    raw = factories.active_batch(rt, count=pgbench_vouchers)
+    key = factories.api_key(rt, "channel", name="bench")
+    with rt.engine.connect() as conn:
+        ids = {
+            "balance_type": conn.execute(
+                select(t.balance_types.c.id).where(t.balance_types.c.code == "CASH")
+            ).scalar_one(),
+            "voucher_type": conn.execute(select(t.voucher_types.c.id)).scalar_one(),
+            "api_key": conn.execute(select(t.api_keys.c.id)).scalar_one(),
+            "first_subscriber": conn.execute(
+                select(t.subscribers.c.id).order_by(t.subscribers.c.id)
+            ).first()[0],  # type: ignore[index]
+        }
+    rt.engine.dispose()
+    return {
+        "url": url,
+        "keys": str(keys),
+        "pins": http_pins,
+        "pgbench_first_serial": int(raw[0][0]),
+        "key": key,
+        "ids": ids,
+    }
+
+
+def time_now() -> Any:
+    from voms.db.types import utcnow
+
+    return utcnow()
+
+
+# The transaction a successful redemption with a request id runs (see services/redemption.py),
+# with the voucher found by serial (pgbench cannot compute an HMAC; both are unique-index
+# lookups on the same table).
+PGBENCH_SCRIPT = r"""
+\set k :k + 1
+\set serial :first + :client_id * :per + :k - 1
+\set sub random(0, 999)
+BEGIN;
+SELECT request_hash, status_code, response FROM idempotency_keys
+  WHERE scope = 'key:' || 'bench' AND request_id = 'pgb-' || CAST(:serial AS text);
+SELECT failures, blacklisted_until FROM pin_attempts
+  WHERE msisdn = '2547' || lpad(CAST(:sub AS text), 8, '0');
+SELECT v.serial, v.state, b.state, b.expires_at, b.voucher_type_id, b.service_provider_id
+  FROM vouchers v JOIN batches b ON b.id = v.batch_id WHERE v.serial = :serial;
+SELECT id, msisdn, service_provider_id, product_type_id, state, account_expires_at
+  FROM subscribers WHERE msisdn = '2547' || lpad(CAST(:sub AS text), 8, '0') FOR UPDATE \gset s_
+SELECT balance_type_id, amount, expires_at FROM balances WHERE subscriber_id = :s_id;
+UPDATE vouchers SET state = 'redeemed', state_changed_at = now(), redeemed_at = now(),
+  redeemed_by = :s_msisdn WHERE serial = :serial AND state = 'available' RETURNING serial;
+INSERT INTO balances (subscriber_id, balance_type_id, amount, expires_at)
+  VALUES (:s_id, :bt, 1000, now() + interval '30 days')
+  ON CONFLICT (subscriber_id, balance_type_id)
+  DO UPDATE SET amount = balances.amount + 1000, expires_at = now() + interval '30 days';
+INSERT INTO ledger (at, subscriber_id, balance_type_id, amount, balance_after, cause,
+  transaction_id, serial, reason, actor)
+  VALUES (now(), :s_id, :bt, 1000, 1000, 'redemption', gen_random_uuid()::text, :serial,
+  NULL, 'bench');
+UPDATE subscribers SET account_expires_at = now() + interval '60 days' WHERE id = :s_id;
+INSERT INTO transactions (id, at, kind, channel, msisdn, recipient_msisdn, serial,
+  voucher_type_id, scenario, result_code, credits, reservation_id, service_provider_id,
+  api_key_id, actor)
+  VALUES (gen_random_uuid()::text, now(), 'redemption', 'rest', :s_msisdn, :s_msisdn, :serial,
+  :vt, 1, 0, '[{"balance_type": "CASH", "amount": 1000, "balance": 1000, '
+  '"expires_at": "2027-01-01T00:00:00+00:00"}]',
+  NULL, 1, :key, 'bench');
+INSERT INTO idempotency_keys (scope, request_id, request_hash, status_code, response, created_at)
+  VALUES ('key:' || 'bench', 'pgb-' || CAST(:serial AS text), repeat('a', 64), 200,
+  '{"result_code": 0, "result_text": "Success", "serial": "100000000001", '
+  '"voucher_type": "TOPUP10", "scenario": 1, "msisdn": "254700000001", '
+  '"recipient_msisdn": "254700000001", "credits": [{"balance_type": "CASH", '
+  '"amount": 1000, "balance": 1000, "expires_at": "2027-01-01T00:00:00+00:00"}], '
+  '"account_expires_at": "2027-01-01T00:00:00+00:00", "product_type": "GOLD", '
+  '"rewards": [], "transaction_id": "6f1c2a0e-3c1d-4a51-9c56-0d5f3c0a7e11"}',
+  now()) ON CONFLICT DO NOTHING RETURNING scope;
+END;
+"""
+
+
+def _pgbench(
+    url: str, first_serial: int, clients: int, per_client: int, ids: dict[str, int], work: Path
+) -> dict[str, float]:
+    if shutil.which("pgbench") is None:
+        raise SystemExit("pgbench not found: apt-get install postgresql-client (or -contrib)")
+    script = work / "redeem.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    command = [
+        "pgbench",
+        "--no-vacuum",
+        "--protocol=prepared",
+        f"--client={clients}",
+        "--jobs=2",
+        f"--transactions={per_client}",
+        "-D",
+        "k=0",
+        "-D",
+        f"first={first_serial}",
+        "-D",
+        f"per={per_client}",
+        "-D",
+        f"bt={ids['balance_type']}",
+        "-D",
+        f"vt={ids['voucher_type']}",
+        "-D",
+        f"key={ids['api_key']}",
+        "--log",
+        f"--log-prefix={work / 'pgbench'}",
+        "-f",
+        str(script),
+        url.replace("postgresql+psycopg://", "postgresql://"),
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=work, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
+    latencies: list[float] = []
+    for log in work.glob("pgbench*"):
+        for line in log.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3:
+                latencies.append(int(fields[2]) / 1e6)
+    latencies.sort()
+    tps = next(
+        float(line.split("=")[1].split()[0])
+        for line in done.stdout.splitlines()
+        if line.startswith("tps")
+    )
+    return {
+        "rps": tps,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "seconds": elapsed,
+        "requests": len(latencies),
+    }
+
+
+def _serve(env: dict[str, str], workers: int, port: int) -> subprocess.Popen[bytes]:
+    import httpx
+
+    voms = str(Path(sys.executable).with_name("voms"))
+    server = subprocess.Popen(
+        [voms, "serve", "--workers", str(workers), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+    os.killpg(server.pid, signal.SIGTERM)
+    raise SystemExit("server did not start")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (the uvicorn workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _run_driver(
+    url: str,
+    key: str,
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+    rate: float | None,
+    work: Path,
+) -> dict[str, Any]:
+    path = work / f"bodies-{rate or 'max'}.json"
+    path.write_text(json.dumps(bodies))
+    command = [
+        sys.executable,
+        __file__,
+        "--drive",
+        str(path),
+        "--url",
+        url,
+        "--key",
+        key,
+        "--concurrency",
+        str(concurrency),
+    ]
+    if rate:
+        command += ["--rate", str(rate)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=32, help="16 to 64")
+    parser.add_argument("--requests", type=int, default=6000, help="for the closed-loop run")
+    parser.add_argument("--pgbench-per-client", type=int, default=250)
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "VOMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--profile", help="py-spy the server during the closed-loop run: collapsed stacks here"
+    )
+    parser.add_argument("--drive", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        drive_main(args)
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="voms-bench-"))
+    warmup = 500
+    paced = args.requests // 2
+    total = warmup + args.requests + paced
+    setup = _prepare(args.pg_url, work, total, args.concurrency * args.pgbench_per_client)
+    bodies = [
+        {"msisdn": msisdn(i % SUBSCRIBERS), "pin": pin, "request_id": f"bench-{serial}"}
+        for i, (serial, pin) in enumerate(setup["pins"])
+    ]
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
+    env.update(
+        VOMS_DATABASE_URL=setup["url"],
+        VOMS_KEYS_FILE=setup["keys"],
+        VOMS_LOG_LEVEL="WARNING",  # no access log line per request
+        VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // args.workers + 2)),
+    )
+    server = _serve(env, args.workers, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _run_driver(url, setup["key"], bodies[:warmup], args.concurrency, None, work)
+        profiler = None
+        if args.profile:
+            profiler = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--subprocesses",
+                    "--nonblocking",
+                    "--gil",
+                    "--format",
+                    "raw",
+                    "--output",
+                    args.profile,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            time.sleep(1)
+        cpu_before = _cpu_seconds(server.pid)
+        full = _run_driver(
+            url, setup["key"], bodies[warmup : warmup + args.requests], args.concurrency, None, work
+        )
+        full["cpu_ms"] = 1000 * (_cpu_seconds(server.pid) - cpu_before) / full["requests"]
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
+        half = _run_driver(
+            url,
+            setup["key"],
+            bodies[warmup + args.requests :],
+            args.concurrency,
+            full["rps"] / 2,
+            work,
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    raw = _pgbench(
+        setup["url"],
+        setup["pgbench_first_serial"],
+        args.concurrency,
+        args.pgbench_per_client,
+        setup["ids"],
+        work,
+    )
+    bad = {code: n for code, n in {**full["codes"], **half["codes"]}.items() if code != "0"}
+    print(
+        f"\nPostgreSQL, {args.workers} worker(s), concurrency {args.concurrency}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(f"{'run':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'count':>8}")
+    rows = [
+        ("HTTP redemptions, closed loop", full),
+        (f"HTTP redemptions, paced {full['rps'] / 2:.0f}/s", half),
+        ("pgbench, same SQL transaction", raw),
+    ]
+    for name, figures in rows:
+        print(
+            f"{name:<34}{figures['rps']:>9.0f}{figures['p50_ms']:>9.2f}"
+            f"{figures['p99_ms']:>9.2f}{figures['requests']:>8}"
+        )
+    print(f"ratio HTTP / raw SQL: {full['rps'] / raw['rps']:.0%}")
+    print(f"server CPU per redemption: {full['cpu_ms']:.2f} ms")
+    if bad:
+        print(f"non-zero result codes: {bad}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ Clients retry what got no answer with the same request id, as API.md asks of the
 the restart `voms verify` must find every invariant intact, on SQLite and PostgreSQL.
 """
 
+import json
 import os
 import queue
 import signal
@@ -164,6 +165,15 @@ def test_kill_9_during_redemptions_then_restart_leaves_every_invariant_intact(
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.startswith("OK")
+    swept = subprocess.run(
+        [VOMS, "housekeeping", "run"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["reservations"] == {"hold": 0, "commit": 0, "revoke": 0}
 
     tx, lg = t.transactions, t.ledger
     with rt.engine.connect() as conn:

@@ -5,6 +5,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -58,7 +59,7 @@ def test_32_concurrent_redemptions_of_one_pin_give_exactly_one_success(busy_rt: 
     for msisdn in msisdns:  # one wallet each: only the voucher's update can arbitrate
         factories.subscriber(rt, msisdn)
     for _, pin in factories.active_batch(rt, count=ROUNDS):
-        codes = at_once(THREADS, lambda i, pin=pin: redeem_code(rt, msisdns[i], pin))  # type: ignore[misc]
+        codes = at_once(THREADS, lambda i, pin=pin: redeem_code(rt, msisdns[i], pin))
         assert Counter(codes) == {0: 1, 2009: THREADS - 1}
     with rt.engine.connect() as conn:
         ledger_rows = conn.execute(select(func.count()).select_from(t.ledger)).scalar_one()
@@ -85,3 +86,22 @@ def test_20_concurrent_redemptions_into_one_wallet_are_all_credited(busy_rt: Run
     balance_expires: datetime = account["balances"][0]["expires_at"]
     assert before + timedelta(days=600) <= balance_expires <= after + timedelta(days=600)
     assert verify.verify(rt).problems == []
+
+
+def test_concurrent_retries_with_one_request_id_all_get_the_one_success(busy_rt: Runtime) -> None:
+    rt = busy_rt
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, "254700000001")
+    [(_, pin)] = factories.active_batch(rt, count=1)
+    answers: list[dict[str, Any]] = []
+
+    def retry(_: int) -> int:
+        answer = redemption.redeem(
+            rt, CONSOLE, RedemptionRequest(msisdn="254700000001", pin=pin, request_id="same")
+        )
+        answers.append(answer)
+        return int(answer["result_code"])
+
+    assert at_once(8, retry) == [0] * 8
+    assert len({answer["transaction_id"] for answer in answers}) == 1
+    assert wallet.get_subscriber(rt, CONSOLE, "254700000001")["balances"][0]["amount"] == 1000

@@ -15,7 +15,7 @@ check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch s
 """
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Union
@@ -882,8 +882,3 @@ def expire_reservations(
         if action is not None:
             done[action] += 1
     return done
-
-
-def request_fields(request: Mapping[str, Any]) -> RedemptionRequest:
-    """A :class:`RedemptionRequest` from any mapping (channels build one this way)."""
-    return RedemptionRequest.from_json(dict(request))

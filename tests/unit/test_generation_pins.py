@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from voms.crypto import Keyring
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH, luhn_check_digit, luhn_valid
-from voms.services.generation import Sealer, check_digit, draw_pins
+from voms.services.sealing import Sealer, check_digit, draw_pins
 
 pin_lengths = st.integers(min_value=MIN_PIN_LENGTH, max_value=MAX_PIN_LENGTH)
 
@@ -74,7 +74,7 @@ def test_the_sealer_matches_the_keyring() -> None:
     sealer = Sealer.for_batch(keyring, batch_id=7, pin_length=14)
     rows = sealer.seal(range(1000, 1010))
     assert [row[0] for row in rows] == list(range(1000, 1010))
-    for serial, batch_id, pin_hash, lookup_key_id, ciphertext, key_id, state in rows:
+    for _serial, batch_id, pin_hash, lookup_key_id, ciphertext, key_id, state in rows:
         pin = keyring.decrypt(key_id, ciphertext)
         assert luhn_valid(pin)
         assert pin_hash == keyring.lookup_hash(pin, lookup_key_id)

@@ -1,0 +1,184 @@
+"""Sealing vouchers: PINs drawn from the OS CSPRNG, turned at once into a lookup hash
+and a ciphertext, and dropped.
+
+Pure computation, no database: it runs in the generator's worker processes, which
+import only this module (and the keyring's constants), so they start in a blink.
+"""
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from voms.crypto import NONCE_BYTES, Keyring
+from voms.domain.states import VoucherState
+
+# Rows in the order of generation.VOUCHER_COLUMNS.
+VoucherRow = tuple[int, int, bytes, int, bytes, int, str]
+RandomBytes = Callable[[int], bytes]
+
+
+def _luhn_groups() -> list[int]:
+    """Luhn contribution of every 4-digit group whose rightmost digit is doubled."""
+    table = []
+    for group in range(10_000):
+        total = 0
+        for position in range(4):
+            digit = group // 10**position % 10
+            if position % 2 == 0:
+                digit = digit * 2 - 9 if digit > 4 else digit * 2
+            total += digit
+        table.append(total)
+    return table
+
+
+_LUHN4 = _luhn_groups()
+
+
+def check_digit(body: int) -> int:
+    """The Luhn check digit of ``body`` (same as domain.pins, on an int, 4 digits a step)."""
+    total = 0
+    while body:
+        body, group = divmod(body, 10_000)
+        total += _LUHN4[group]
+    return -total % 10
+
+
+def draw_pins(count: int, pin_length: int, randbytes: RandomBytes = os.urandom) -> list[bytes]:
+    """``count`` PINs (ASCII digits) of ``pin_length`` digits, the last a Luhn check digit.
+
+    The other digits are one uniform number below 10^(pin_length - 1), drawn from 64- or
+    128-bit random words by rejection: words at or above the largest multiple of the
+    space are discarded, so no value is likelier than another (no modulo bias).
+    PINs may repeat; callers that need unique ones use :meth:`Sealer.seal`.
+    """
+    space = 10 ** (pin_length - 1)
+    words = 1 if space < 1 << 60 else 2
+    limit = (1 << (64 * words)) // space * space
+    template = b"%%0%dd" % pin_length
+    pins: list[bytes] = []
+    while len(pins) < count:
+        need = count - len(pins)
+        values = struct.unpack(f">{need * words}Q", randbytes(8 * need * words))
+        if words == 2:
+            values = tuple(
+                (high << 64) | low for high, low in zip(values[::2], values[1::2], strict=True)
+            )
+        for value in values:
+            if value < limit:
+                body = value % space
+                pins.append(template % (body * 10 + check_digit(body)))
+    return pins
+
+
+def _hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 under ``key`` (as Keyring.lookup_hash), with the padded key states made
+    once: for short messages this is twice as fast as hmac.digest."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def digest(message: bytes) -> bytes:
+        hashed = inner.copy()
+        hashed.update(message)
+        result = outer.copy()
+        result.update(hashed.digest())
+        return result.digest()
+
+    return digest
+
+
+@dataclass(frozen=True)
+class Sealer:
+    """Makes voucher rows for one batch: active keys, PIN length, batch id.
+
+    Picklable, so worker processes receive it once when they start.
+    """
+
+    batch_id: int
+    pin_length: int
+    lookup_key_id: int
+    lookup_key: bytes
+    encryption_key_id: int
+    encryption_key: bytes
+
+    @classmethod
+    def for_batch(cls, keyring: Keyring, batch_id: int, pin_length: int) -> "Sealer":
+        return cls(
+            batch_id=batch_id,
+            pin_length=pin_length,
+            lookup_key_id=keyring.active_lookup_key_id,
+            lookup_key=keyring.lookup_keys[keyring.active_lookup_key_id],
+            encryption_key_id=keyring.active_encryption_key_id,
+            encryption_key=keyring.encryption_keys[keyring.active_encryption_key_id],
+        )
+
+    def seal(
+        self,
+        serials: Sequence[int],
+        avoid: set[bytes] | frozenset[bytes] = frozenset(),
+        randbytes: RandomBytes = os.urandom,
+    ) -> list[VoucherRow]:
+        """One row per serial, each PIN's hash different from the others and from ``avoid``.
+
+        Equal to crypto.Keyring.lookup_hash and Keyring.encrypt (nonce-prefixed
+        AES-256-GCM), done in bulk. The clear PIN lives only inside this loop.
+        """
+        encrypt = AESGCM(self.encryption_key).encrypt
+        lookup_hash = _hmac_sha256(self.lookup_key)
+        lookup_key_id, encryption_key_id = self.lookup_key_id, self.encryption_key_id
+        batch_id, available = self.batch_id, VoucherState.AVAILABLE.value
+        seen = set(avoid)
+        rows: list[VoucherRow] = []
+        pending = list(serials)
+        retried = False
+        while pending:
+            pins = draw_pins(len(pending), self.pin_length, randbytes)
+            nonces = os.urandom(NONCE_BYTES * len(pending))
+            again = []
+            for index, (serial, clear) in enumerate(zip(pending, pins, strict=True)):
+                digest = lookup_hash(clear)
+                if digest in seen:
+                    again.append(serial)
+                    continue
+                seen.add(digest)
+                nonce = nonces[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
+                rows.append(
+                    (
+                        serial,
+                        batch_id,
+                        digest,
+                        lookup_key_id,
+                        nonce + encrypt(nonce, clear, None),
+                        encryption_key_id,
+                        available,
+                    )
+                )
+            if again:
+                retried = True
+            pending = again
+        if retried:
+            rows.sort()
+        return rows
+
+
+# --- worker processes -----------------------------------------------------------------
+
+_worker_sealer: Sealer | None = None
+
+
+def start_worker(sealer: Sealer) -> None:
+    """Pool initializer: the worker keeps the batch's sealer."""
+    global _worker_sealer
+    _worker_sealer = sealer
+
+
+def seal_in_worker(first: int, count: int) -> list[VoucherRow]:
+    """The rows of serials ``first`` … ``first + count - 1``."""
+    assert _worker_sealer is not None
+    return _worker_sealer.seal(range(first, first + count))

@@ -176,18 +176,51 @@ def keys_init(keys_file: KeysFileOption = None) -> None:
 
 
 @keys_app.command("show")
-def keys_show(keys_file: KeysFileOption = None) -> None:
-    """List key ids and which are active (never the key material)."""
+def keys_show(
+    keys_file: KeysFileOption = None,
+    counts: Annotated[
+        bool, typer.Option(help="Count the vouchers using each key (reads the database)")
+    ] = True,
+) -> None:
+    """List key ids, which are active, and how many vouchers use each (never key material)."""
     with handled():
         keyring = load_keyring(_keys_file(keys_file))
-        echo_json(
-            {
-                "lookup_keys": sorted(keyring.lookup_keys),
-                "active_lookup_key": keyring.active_lookup_key_id,
-                "encryption_keys": sorted(keyring.encryption_keys),
-                "active_encryption_key": keyring.active_encryption_key_id,
-            }
-        )
+        shown: dict[str, Any] = {
+            "lookup_keys": sorted(keyring.lookup_keys),
+            "active_lookup_key": keyring.active_lookup_key_id,
+            "encryption_keys": sorted(keyring.encryption_keys),
+            "active_encryption_key": keyring.active_encryption_key_id,
+        }
+        if counts:
+            from voms.db.engine import make_engine
+            from voms.jobs.reencryption import key_usage
+
+            engine = make_engine(get_settings())
+            try:
+                shown.update(key_usage(engine))
+            finally:
+                engine.dispose()
+        echo_json(shown)
+
+
+@keys_app.command("rotate")
+def keys_rotate(keys_file: KeysFileOption = None) -> None:
+    """Add a new encryption key (it becomes the active one); the key_reencryption job then
+    re-encrypts every PIN under it. Old keys stay until nothing uses them."""
+    from voms.crypto import KEYS_ENV
+
+    path = _keys_file(keys_file)
+    with handled():
+        if os.environ.get(KEYS_ENV):
+            raise KeyringError(f"keys come from {KEYS_ENV}: rotate them there, not in a file")
+        keyring = load_keyring(path).with_new_encryption_key()
+        write_keyring(path, keyring, overwrite=True)
+    typer.echo(
+        f"{path}: encryption key {keyring.active_encryption_key_id} added and active. "
+        "Servers pick it up within a minute (or on restart); the key_reencryption job "
+        "moves existing PINs to it (`voms housekeeping run --job key_reencryption`). "
+        "Back up the key file again."
+    )
 
 
 # --- API keys ----------------------------------------------------------------------
@@ -291,14 +324,58 @@ def catalog_show(
 # --- housekeeping and verification -------------------------------------------------
 
 
-@housekeeping_app.command("run")
-def housekeeping_run() -> None:
-    """Do all due work now: expired reservations (their voucher type's timeout action),
-    request ids past retention, ended blacklists."""
+@housekeeping_app.command("list")
+def housekeeping_list() -> None:
+    """The jobs: schedule, next run, last run."""
     from voms.services import housekeeping
 
+    rt = runtime()
     with handled():
-        echo_json(housekeeping.run_due(runtime()))
+        for job in housekeeping.list_jobs(rt, _operator()):
+            last = job["last_run"]
+            typer.echo(
+                f"{job['name']:<22} {job['schedule'] or 'off':<14} "
+                f"next {job['next_run_at'] or '-'}  last "
+                + (
+                    f"{last['outcome']} {last['rows_affected']} rows at {last['started_at']}"
+                    if last
+                    else "never"
+                )
+            )
+            typer.echo(f"  {job['description']}")
+
+
+@housekeeping_app.command("run")
+def housekeeping_run(
+    job: Annotated[
+        list[str] | None, typer.Option("--job", help="Run only this job (repeatable)")
+    ] = None,
+) -> None:
+    """Run jobs now (all by default), with progress; exits 1 if any failed or was busy."""
+    from voms.jobs.registry import JOBS
+    from voms.services import housekeeping
+
+    rt = runtime()
+    names = job or list(JOBS)
+    unknown = [name for name in names if name not in JOBS]
+    if unknown:
+        fail(f"unknown job: {', '.join(unknown)} (see `voms housekeeping list`)")
+    failed = False
+    for name in names:
+
+        def progress(rows: int, total: int, name: str = name) -> None:
+            typer.echo(f"{name}: {total} rows", err=True)
+
+        try:
+            result = housekeeping.run_job(rt, _operator(), name, progress=progress)
+        except VomsError as exc:
+            typer.secho(f"{name}: {exc.detail}", err=True, fg=typer.colors.YELLOW)
+            failed = True
+            continue
+        failed = failed or result["outcome"] != "succeeded"
+        echo_json(result)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

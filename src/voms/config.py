@@ -53,6 +53,25 @@ class Settings(BaseSettings):
         60, ge=1, le=10_080, description="How long an export's download link stays valid."
     )
 
+    # --- housekeeping (README "Housekeeping jobs") ---
+    scheduler_enabled: bool = Field(
+        True, description="Run housekeeping jobs on their schedules inside `voms serve`."
+    )
+    job_schedules: dict[str, str] = Field(
+        default_factory=dict,
+        description='Cron schedule per job, JSON: {"voucher_archive": "30 2 * * *"}; "off" '
+        "disables a job.",
+    )
+    housekeeping_chunk_size: int = Field(
+        20_000, ge=100, le=200_000, description="Rows a housekeeping job moves per transaction."
+    )
+    archive_retention_days: int = Field(
+        180, ge=1, description="Redeemed, expired and deleted vouchers archived after this."
+    )
+    job_lease_seconds: int = Field(
+        300, ge=10, description="A job's lease; renewed every chunk, so a dead runner frees it."
+    )
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

@@ -417,12 +417,15 @@ def test_request_ids_are_scoped_to_the_api_key(rt: Runtime, pins: list[tuple[str
 
 def test_request_ids_are_kept_at_least_a_day(rt: Runtime, pins: list[tuple[str, str]]) -> None:
     first = redeem(rt, pin=pins[0][1], request_id="r-4")
-    housekeeping.run_due(rt, utcnow() + timedelta(hours=24))
+    housekeeping.run_job(rt, CONSOLE, "request_id_purge", now=utcnow() + timedelta(hours=24))
     assert redeem(rt, pin=pins[0][1], request_id="r-4") == first
-    done = housekeeping.run_due(
-        rt, utcnow() + timedelta(hours=rt.settings.idempotency_retention_hours, minutes=1)
+    done = housekeeping.run_job(
+        rt,
+        CONSOLE,
+        "request_id_purge",
+        now=utcnow() + timedelta(hours=rt.settings.idempotency_retention_hours, minutes=1),
     )
-    assert done["request_ids_forgotten"] == 1
+    assert done["rows_affected"] == 1
 
 
 # --- bad-PIN blacklist ----------------------------------------------------------------------
@@ -522,9 +525,12 @@ def test_housekeeping_applies_the_timeout_action_of_the_voucher_type(
     factories.voucher_type(rt, "TIMED", reservation_timeout_s=60, timeout_action=action)
     [(serial, pin)] = factories.active_batch(rt, "TIMED", count=1)
     held = reserve(rt, pin)
-    assert housekeeping.run_due(rt)["reservations"][action] == 0  # not due yet
-    done = housekeeping.run_due(rt, utcnow() + timedelta(seconds=61))
-    assert done["reservations"][action] == 1
+    not_due = housekeeping.run_job(rt, CONSOLE, "reservation_timeouts")
+    assert not_due["rows_affected"] == 0
+    done = housekeeping.run_job(
+        rt, CONSOLE, "reservation_timeouts", now=utcnow() + timedelta(seconds=61)
+    )
+    assert done["detail"][action] == 1
     with rt.engine.connect() as conn:
         state = conn.execute(
             select(t.reservations.c.state).where(t.reservations.c.id == held["reservation_id"])

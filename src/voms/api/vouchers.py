@@ -39,6 +39,7 @@ class VoucherPublic(BaseModel):
     expires_at: datetime
     redeemed_at: datetime | None
     redeemed_by: str | None
+    archived: bool = False  # moved to the archive by the voucher_archive job
     history: list[HistoryEntry]
 
 

@@ -456,3 +456,84 @@ export_file_chunks = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("data", LargeBinary, nullable=False),
 )
+
+# --- housekeeping: job runs, leases, cursors, archive, expiry counts (migration 0003) --
+
+# Every run of a housekeeping job: when, by whom (scheduler, CLI, API), what it did.
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("job", String(40), nullable=False),
+    Column("trigger", String(10), nullable=False),
+    Column("runner", String(100), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("outcome", String(10), nullable=False),
+    Column("rows_affected", BigInteger, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("error", Text),
+    CheckConstraint("outcome IN ('running', 'succeeded', 'failed', 'abandoned')", name="outcome"),
+    CheckConstraint("trigger IN ('schedule', 'cli', 'api')", name="trigger"),
+    Index("ix_job_runs_job_started", "job", "started_at"),
+    Index("ix_job_runs_started", "started_at"),
+)
+
+# One row per job: who may run it now (a lease that expires unless renewed, so a
+# crashed runner frees the job), and the last scheduled slot started anywhere, so
+# several `voms serve` processes or hosts run each slot once. A row with an expiry,
+# not an advisory lock: it works the same on SQLite, PostgreSQL and distributed SQL.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("job", String(40), primary_key=True),
+    Column("holder", String(100)),
+    Column("run_id", BigInteger),
+    Column("expires_at", UTCDateTime()),
+    Column("last_slot", UTCDateTime()),
+)
+
+# Where a resumable job stands (e.g. key re-encryption: the last serial done).
+job_cursors = Table(
+    "job_cursors",
+    metadata,
+    Column("job", String(40), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Redeemed, expired and deleted vouchers past retention, moved out of the hot table.
+# No PIN ciphertext (nothing may export them), but the lookup hash stays, UNIQUE, so
+# generation never issues an archived PIN again and care still finds it by PIN.
+voucher_archive = Table(
+    "voucher_archive",
+    metadata,
+    Column("serial", BigInteger, primary_key=True, autoincrement=False),
+    Column("batch_id", Integer, nullable=False),
+    Column("pin_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("lookup_key_id", SmallInteger, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("voucher_state", String(10), nullable=False),
+    Column("state_changed_at", UTCDateTime()),
+    Column("redeemed_at", UTCDateTime()),
+    Column("redeemed_by", String(15)),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("archived_at", UTCDateTime(), nullable=False),
+    CheckConstraint("state IN ('redeemed', 'expired', 'deleted')", name="state"),
+    Index("ix_voucher_archive_batch_id", "batch_id"),
+)
+
+# Expiry made visible to reporting: per expired batch, how many of its vouchers
+# expired unused. Vouchers are expired from expires_at whether or not this is counted.
+batch_expiries = Table(
+    "batch_expiries",
+    metadata,
+    Column("batch_id", Integer, primary_key=True, autoincrement=False),
+    Column("service_provider_id", Integer, nullable=False),
+    Column("voucher_type_id", Integer, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("expired_count", BigInteger, nullable=False),
+    Column("counted_at", UTCDateTime(), nullable=False),
+    Index("ix_batch_expiries_voucher_type", "voucher_type_id", "expires_at"),
+)

@@ -44,6 +44,39 @@ _VOUCHER = select(
 ).select_from(_v.join(_b, _b.c.id == _v.c.batch_id).join(_vt, _vt.c.id == _b.c.voucher_type_id))
 
 
+# Archived vouchers (redeemed, expired or deleted long ago): their state was fixed when
+# they were archived.
+_a = t.voucher_archive
+_ARCHIVED = select(
+    _a.c.serial,
+    _a.c.batch_id,
+    _a.c.state,
+    _a.c.voucher_state,
+    _a.c.redeemed_at,
+    _a.c.redeemed_by,
+    _b.c.state.label("batch_state"),
+    _a.c.expires_at,
+    _b.c.service_provider_id,
+    _vt.c.code.label("voucher_type"),
+).select_from(_a.join(_b, _b.c.id == _a.c.batch_id).join(_vt, _vt.c.id == _b.c.voucher_type_id))
+
+
+def _archived_public(conn: Connection, row: Row[Any], width: int) -> dict[str, Any]:
+    return {
+        "serial": format_serial(row.serial, width),
+        "state": row.state,
+        "voucher_state": row.voucher_state,
+        "batch_id": row.batch_id,
+        "batch_state": row.batch_state,
+        "voucher_type": row.voucher_type,
+        "expires_at": row.expires_at,
+        "redeemed_at": row.redeemed_at,
+        "redeemed_by": row.redeemed_by,
+        "archived": True,
+        "history": _history(conn, row.serial, width),
+    }
+
+
 def _public(conn: Connection, row: Row[Any], width: int) -> dict[str, Any]:
     batch_state, own_state = BatchState(row.batch_state), VoucherState(row.state)
     return {
@@ -58,6 +91,7 @@ def _public(conn: Connection, row: Row[Any], width: int) -> dict[str, Any]:
         "expires_at": row.expires_at,
         "redeemed_at": row.redeemed_at,
         "redeemed_by": row.redeemed_by,
+        "archived": False,
         "history": _history(conn, row.serial, width),
     }
 
@@ -104,12 +138,13 @@ def voucher_by_serial(rt: Runtime, actor: Principal, serial: str) -> dict[str, A
     width = rt.settings.serial_width
     number = parse_serial(serial, width)
     with reading(rt.engine) as conn:
-        row = _found(
-            actor,
-            conn.execute(_VOUCHER.where(_v.c.serial == number)).first(),
-            format_serial(number, width),
-        )
-        return _public(conn, row, width)
+        live = conn.execute(_VOUCHER.where(_v.c.serial == number)).first()
+        if live is None:
+            archived = conn.execute(_ARCHIVED.where(_a.c.serial == number)).first()
+            if archived is not None:
+                found = _found(actor, archived, format_serial(number, width))
+                return _archived_public(conn, found, width)
+        return _public(conn, _found(actor, live, format_serial(number, width)), width)
 
 
 def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
@@ -122,7 +157,9 @@ def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
     hashes = rt.keyring.lookup_hashes(clean)
     width = rt.settings.serial_width
     with reading(rt.engine) as conn:
-        row = _found(
-            actor, conn.execute(_VOUCHER.where(_v.c.pin_hash.in_(hashes))).first(), "with this PIN"
-        )
-        return _public(conn, row, width)
+        live = conn.execute(_VOUCHER.where(_v.c.pin_hash.in_(hashes))).first()
+        if live is None:
+            archived = conn.execute(_ARCHIVED.where(_a.c.pin_hash.in_(hashes))).first()
+            if archived is not None:
+                return _archived_public(conn, _found(actor, archived, "with this PIN"), width)
+        return _public(conn, _found(actor, live, "with this PIN"), width)

@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, delete, insert, select, text, update
 
 from voms.db import bulk
 from voms.db import tables as t
@@ -32,7 +32,7 @@ from voms.domain.errors import Conflict, Invalid, VomsError
 from voms.domain.roles import Permission
 from voms.domain.states import BatchAction, BatchState, next_batch_state
 from voms.runtime import Runtime
-from voms.services import audit, idempotency
+from voms.services import archive, audit, idempotency
 from voms.services.auth import Principal
 from voms.services.catalog import load_voucher_type
 from voms.services.lifecycle import batch_size, batch_view, load_batch, record_event
@@ -146,6 +146,7 @@ def write_chunk(
     avoid = {row[2] for row in rows}
     for _ in range(MAX_WRITE_ATTEMPTS):
         left_out = bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows, skip_taken="pin_hash")
+        left_out += _withdraw_archived(conn, rows, left_out)
         if not left_out:
             return
         log.info("batch %s: %d PIN collisions, drawn again", sealer.batch_id, len(left_out))
@@ -153,6 +154,24 @@ def write_chunk(
         rows = sealer.seal([row[0] for row in left_out], avoid=avoid, randbytes=randbytes)
         avoid.update(row[2] for row in rows)
     raise Conflict("could not draw unique PINs: the PIN space of this voucher type is full")
+
+
+def _withdraw_archived(
+    conn: Connection, rows: list[VoucherRow], left_out: list[VoucherRow]
+) -> list[VoucherRow]:
+    """Written rows whose PIN an archived voucher had: deleted again, to be redrawn.
+
+    Checked after the load, in its transaction: a voucher archived meanwhile is either
+    still in ``vouchers`` (the load left the row out) or already in the archive.
+    """
+    skipped = {row[0] for row in left_out}
+    written = [row for row in rows if row[0] not in skipped]
+    taken = archive.archived_hashes(conn, [row[2] for row in written])
+    if not taken:
+        return []
+    again = [row for row in written if row[2] in taken]
+    conn.execute(delete(t.vouchers).where(t.vouchers.c.serial.in_([row[0] for row in again])))
+    return again
 
 
 # --- the batch --------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Housekeeping jobs (one function each), their registry, runner and scheduler."""

@@ -1,0 +1,31 @@
+"""The voucher archive as the rest of the system sees it: lookups and PIN uniqueness.
+
+The archive job (voms.jobs.archive) moves vouchers in; nothing ever moves them out.
+"""
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, LargeBinary, any_, bindparam, exists, select
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from voms.db import tables as t
+
+_a = t.voucher_archive
+_IN_BATCH = 500
+_ANY = select(_a.c.pin_hash).where(
+    _a.c.pin_hash == any_(bindparam("hashes", type_=ARRAY(LargeBinary)))
+)
+
+
+def archived_hashes(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
+    """Which of ``hashes`` belong to archived vouchers (their PINs are never reissued)."""
+    if not hashes or not conn.execute(select(exists().select_from(_a))).scalar():
+        return set()
+    if conn.dialect.name == "postgresql":
+        # One round trip for a whole chunk: each value is one probe of the UNIQUE index.
+        return set(conn.execute(_ANY, {"hashes": list(hashes)}).scalars())
+    found: set[bytes] = set()
+    for start in range(0, len(hashes), _IN_BATCH):
+        part = list(hashes[start : start + _IN_BATCH])
+        found.update(conn.execute(select(_a.c.pin_hash).where(_a.c.pin_hash.in_(part))).scalars())
+    return found

@@ -9,6 +9,7 @@ from voms.api import (
     catalog,
     distribution,
     health,
+    housekeeping,
     redemptions,
     subscribers,
     transactions,
@@ -19,12 +20,20 @@ from voms.api.errors import install_error_handlers
 from voms.api.metrics import Observe
 from voms.channels import soap
 from voms.config import get_settings
+from voms.jobs.scheduler import lifespan as jobs_lifespan
 from voms.logs import configure_logging
 from voms.runtime import Runtime, build_runtime
 
 
-def create_app(rt: Runtime | None = None) -> FastAPI:
-    """Build the app around ``rt`` (default: from the ``VOMS_`` environment)."""
+def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> FastAPI:
+    """Build the app around ``rt`` (default: from the ``VOMS_`` environment).
+
+    The housekeeping scheduler runs in the app's lifespan when ``scheduler`` is True, or
+    by default when the app serves from the environment (`voms serve`) and
+    VOMS_SCHEDULER_ENABLED is on.
+    """
+    if scheduler is None:
+        scheduler = rt is None
     if rt is None:
         settings = get_settings()
         configure_logging(settings)
@@ -33,6 +42,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         title="OpenVoMS",
         version=voms.__version__,
         description="Open prepaid voucher management: catalog, vouchers, redemption, wallet.",
+        lifespan=jobs_lifespan(rt) if scheduler and rt.settings.scheduler_enabled else None,
     )
     app.state.runtime = rt
     app.state.rate_limits = TokenBuckets(
@@ -51,6 +61,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         vouchers.router,
         soap.router,
         distribution.router,
+        housekeeping.router,
     ):
         app.include_router(router)
     return app

@@ -1,0 +1,75 @@
+"""Housekeeping routes: the jobs, their runs, and starting a job now."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.services import housekeeping
+
+router = APIRouter(prefix="/api/v1/housekeeping", tags=["housekeeping"])
+
+
+class RunPublic(BaseModel):
+    id: int
+    job: str
+    trigger: str
+    runner: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    rows_affected: int
+    detail: dict[str, Any]
+    error: str | None
+
+
+class JobPublic(BaseModel):
+    name: str
+    description: str
+    default_schedule: str
+    schedule: str | None
+    enabled: bool
+    next_run_at: datetime | None
+    running_on: str | None
+    last_run: RunPublic | None
+
+
+class RunPage(BaseModel):
+    runs: list[RunPublic]
+    next_cursor: str | None
+
+
+@router.get("/jobs", response_model=list[JobPublic])
+def list_jobs(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
+    """Every job with its schedule (cron, UTC), next slot, last run and current runner."""
+    return housekeeping.list_jobs(rt, who)
+
+
+@router.get("/runs", response_model=RunPage)
+def list_runs(
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    job: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=housekeeping.MAX_LIMIT)] = 50,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """Runs newest first, filtered by job, outcome and start time; pass ``next_cursor`` on."""
+    return housekeeping.list_runs(
+        rt, who, job=job, outcome=outcome, since=since, until=until, limit=limit, cursor=cursor
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunPublic)
+def get_run(run_id: int, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    return housekeeping.get_run(rt, who, run_id)
+
+
+@router.post("/jobs/{name}/run", response_model=RunPublic, status_code=202)
+def run_job(name: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    """Start the job now in the background (202 with its run); 409 if it is running."""
+    return housekeeping.start_job(rt, who, name)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from voms.config import Settings
 from voms.db.engine import make_engine
-from voms.db.migrate import head_revision, upgrade
+from voms.db.migrate import upgrade
 
 _BATCH = (
     "INSERT INTO batches (id, service_provider_id, voucher_type_id, state, count, "
@@ -77,6 +77,5 @@ def test_upgrading_a_database_with_vouchers_keeps_them_and_allows_gapped_batches
             if conn.dialect.name == "sqlite":
                 assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
                 assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
-        assert head_revision() == "0002"
     finally:
         engine.dispose()

@@ -10,7 +10,14 @@ from fastapi.testclient import TestClient
 from tests import factories
 from tests.api.conftest import bearer
 from voms.domain.pins import with_check_digit
-from voms.domain.states import BATCH_TRANSITIONS, BatchAction, BatchState
+from voms.domain.states import (
+    BATCH_TRANSITIONS,
+    VOUCHER_TRANSITIONS,
+    BatchAction,
+    BatchState,
+    VoucherAction,
+    VoucherState,
+)
 from voms.runtime import Runtime
 from voms.services import generation, lifecycle, redemption
 from voms.services.auth import CONSOLE
@@ -480,3 +487,36 @@ def test_lookups_respect_roles_and_scope(rt: Runtime, client: TestClient) -> Non
         == 404
     )
     assert client.get(f"/api/v1/vouchers/{serial}", headers=channel).status_code == 403
+
+
+def _voucher_in(rt: Runtime, own_state: VoucherState) -> str:
+    """An active voucher brought into its own ``own_state`` the way production does."""
+    ((serial, pin),) = factories.active_batch(rt, count=1)
+    if own_state in (VoucherState.REDEEMED, VoucherState.RESERVED):
+        factories.subscriber(rt, "254700000001")
+        use = redemption.redeem if own_state is VoucherState.REDEEMED else redemption.reserve
+        use(rt, CONSOLE, RedemptionRequest(msisdn="254700000001", pin=pin))
+    elif own_state is not VoucherState.AVAILABLE:
+        action = "freeze" if own_state is VoucherState.FROZEN else "delete"
+        lifecycle.change_vouchers(rt, CONSOLE, action, serial)
+    return serial
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize("own_state", list(VoucherState))
+@pytest.mark.parametrize("action", ["freeze", "unfreeze", "delete"])
+def test_every_voucher_transition_is_applied_or_refused_with_409(
+    rt: Runtime, client: TestClient, admin: Headers, own_state: VoucherState, action: str
+) -> None:
+    serial = _voucher_in(rt, own_state)
+    answer = client.post(f"/api/v1/vouchers/{action}", headers=admin, json={"serial_from": serial})
+    expected = VOUCHER_TRANSITIONS.get((own_state, VoucherAction(action)))
+    shown = client.get(f"/api/v1/vouchers/{serial}", headers=admin).json()
+    if expected is None:
+        assert answer.status_code == 409, answer.text
+        assert own_state.value in answer.json()["detail"]
+        assert shown["voucher_state"] == own_state.value
+    else:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["affected"] == 1
+        assert shown["voucher_state"] == expected.value

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///voms.db"
@@ -70,6 +70,52 @@ class Settings(BaseSettings):
     )
     job_lease_seconds: int = Field(
         300, ge=10, description="A job's lease; renewed every chunk, so a dead runner frees it."
+    )
+
+    # --- subscriber channels: USSD, SMS (Kannel), IVR (FastAGI), mobile web ---
+    texts_file: Path | None = Field(
+        None, description="JSON file of subscriber texts per service provider and language."
+    )
+    channel_language: str = Field(
+        "en", min_length=2, max_length=16, description="Language of texts when none is asked."
+    )
+    channel_pin_retries: int = Field(
+        2, ge=0, le=10, description="Bad PINs a subscriber may re-enter in a session or call."
+    )
+    ussd_secret: SecretStr | None = Field(
+        None, description="Shared secret the USSD gateway sends (?secret=); unset: /ussd off."
+    )
+    ussd_session_timeout_s: int = Field(
+        180, ge=10, le=3600, description="A USSD session forgotten after this much silence."
+    )
+    sms_secret: SecretStr | None = Field(
+        None, description="Shared secret in Kannel's get-url (?secret=); unset: /sms off."
+    )
+    sms_recharge_keywords: str = Field("RCH", description="Comma-separated recharge keywords.")
+    sms_balance_keywords: str = Field("BAL", description="Comma-separated balance keywords.")
+    kannel_sendsms_url: str | None = Field(
+        None, description="Kannel smsbox sendsms URL for notices to recharged numbers."
+    )
+    kannel_sendsms_username: str = Field("voms", description="Kannel sendsms-user username.")
+    kannel_sendsms_password: SecretStr | None = Field(
+        None, description="Kannel sendsms-user password."
+    )
+    kannel_sendsms_from: str | None = Field(None, description="Sender of the notices.")
+    agi_host: str = Field("127.0.0.1", description="Addresses `voms agi` binds, comma-separated.")
+    agi_port: int = Field(4573, ge=1, le=65535, description="Port `voms agi` binds.")
+    agi_allowed_clients: str = Field(
+        "127.0.0.1,::1", description="Asterisk addresses or networks allowed, comma-separated."
+    )
+    agi_prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description='Sound file names replacing the defaults, JSON: {"enter_pin": "my/pin"}.',
+    )
+    agi_digit_timeout_ms: int = Field(
+        6000, ge=1000, le=60_000, description="How long GET DATA waits for digits."
+    )
+    mobile_enabled: bool = Field(True, description="Serve the mobile recharge page at /m.")
+    mobile_rate_limit_per_minute: int = Field(
+        10, ge=1, description="Recharge attempts per minute per client address at /m."
     )
 
     @property

@@ -1,0 +1,178 @@
+"""The mobile recharge page /m, as a feature-phone browser uses it: forms in, HTML out."""
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.channel_support import (
+    MSISDN,
+    OTHER,
+    Shop,
+    assert_never_logged,
+    bad_check_digit,
+    balance,
+    configure,
+    open_shop,
+    transactions,
+)
+from voms.api.app import create_app
+from voms.runtime import Runtime
+
+
+def _client(rt: Runtime, **settings: Any) -> TestClient:
+    configure(rt, **settings)
+    return TestClient(create_app(rt), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def shop(rt: Runtime) -> Shop:
+    return open_shop(rt)
+
+
+@pytest.fixture
+def web(rt: Runtime, shop: Shop) -> Iterator[TestClient]:
+    with _client(rt) as client:
+        yield client
+
+
+def _rid(page: str) -> str:
+    found = re.search(r'name="rid" value="([^"]+)"', page)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_form_is_plain_html_without_javascript(web: TestClient) -> None:
+    page = web.get("/m")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "<script" not in html.lower()
+    assert 'method="post" action="/m"' in html
+    for field in ("msisdn", "recipient", "pin", "rid"):
+        assert f'name="{field}"' in html
+    assert len(html.encode()) < 2000  # small enough for a WAP-era browser
+
+
+def test_a_recharge_credits_the_number_and_is_recorded_as_web(
+    rt: Runtime, web: TestClient, shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    pin = shop.pins[0]
+    page = web.post("/m", data={"msisdn": MSISDN, "pin": pin, "rid": _rid(web.get("/m").text)})
+    assert page.status_code == 200
+    assert f"Recharge of {MSISDN} successful: +1000 CASH" in page.text
+    assert pin not in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert balance(rt) == 1000
+    [row] = transactions(rt)
+    assert (row.channel, row.actor, row.result_code, row.msisdn) == ("web", "web", 0, MSISDN)
+    assert_never_logged(caplog, pin)
+
+
+def test_another_number_can_be_recharged(rt: Runtime, web: TestClient, shop: Shop) -> None:
+    page = web.post("/m", data={"msisdn": MSISDN, "recipient": OTHER, "pin": shop.pins[0]})
+    assert f"Recharge of {OTHER} successful" in page.text
+    assert (balance(rt, MSISDN), balance(rt, OTHER)) == (0, 1000)
+
+
+def test_a_wrong_pin_shows_why_and_keeps_the_number_but_not_the_pin(
+    rt: Runtime, web: TestClient, shop: Shop
+) -> None:
+    wrong = bad_check_digit(shop.pins[0])
+    page = web.post("/m", data={"msisdn": MSISDN, "pin": wrong})
+    assert "Wrong PIN" in page.text
+    assert f'value="{MSISDN}"' in page.text
+    assert wrong not in page.text
+    assert transactions(rt)[0].result_code == 2002
+
+
+def test_a_voucher_with_offers_asks_for_one_and_for_the_pin_again(
+    rt: Runtime, web: TestClient, shop: Shop
+) -> None:
+    pin = shop.bundle_pins[0]
+    choice = web.post("/m", data={"msisdn": MSISDN, "pin": pin})
+    assert "Choose an offer and enter the PIN again" in choice.text
+    assert 'type="radio" name="scenario" value="1"' in choice.text
+    assert "2 50 SMS" in choice.text
+    assert pin not in choice.text
+    done = web.post(
+        "/m",
+        data={
+            "msisdn": MSISDN,
+            "recipient": "",
+            "pin": pin,
+            "scenario": "2",
+            "rid": _rid(choice.text),
+        },
+    )
+    assert "successful: +50 SMS" in done.text
+    assert balance(rt, balance_type="SMS") == 50
+
+
+def test_a_resubmitted_form_gets_the_first_answer_not_already_used(
+    rt: Runtime, web: TestClient, shop: Shop
+) -> None:
+    form = {"msisdn": MSISDN, "pin": shop.pins[0], "rid": _rid(web.get("/m").text)}
+    first = web.post("/m", data=form)
+    again = web.post("/m", data=form)
+    assert "successful" in first.text
+    assert "successful" in again.text
+    assert balance(rt) == 1000
+
+
+def test_attempts_are_limited_per_client_address(rt: Runtime, shop: Shop) -> None:
+    with _client(rt, mobile_rate_limit_per_minute=3) as web:
+        answers = [
+            web.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[0])})
+            for _ in range(4)
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert "Too many attempts" in answers[3].text
+    assert len(transactions(rt)) == 3  # the refused attempt never reached the service
+
+
+def test_the_bad_pin_blacklist_of_the_service_applies(rt: Runtime, shop: Shop) -> None:
+    configure(rt, max_bad_pin_attempts=2)
+    with _client(rt) as web:
+        for _ in range(2):
+            web.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[0])})
+        page = web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]})
+    assert "Too many wrong PINs" in page.text
+    assert balance(rt) == 0
+
+
+def test_the_page_speaks_the_browsers_language_when_texts_exist(
+    rt: Runtime, shop: Shop, tmp_path: Path
+) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(
+        json.dumps({"default": {"texts": {"sw": {"web.title": "Ongeza salio"}}}}),
+        encoding="utf-8",
+    )
+    with _client(rt, texts_file=path) as web:
+        swahili = web.get("/m", headers={"Accept-Language": "sw-KE,sw;q=0.9,en;q=0.5"})
+        french = web.get("/m", headers={"Accept-Language": "fr"})
+    assert "<title>Ongeza salio</title>" in swahili.text
+    assert 'lang="sw"' in swahili.text
+    assert "<title>Recharge</title>" in french.text
+
+
+def test_a_broken_texts_file_stops_the_app_at_start(rt: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text('{"default": {"texts": {"en": {"result.0": "{pin}"}}}}', encoding="utf-8")
+    client = _client(rt, texts_file=path)
+    with pytest.raises(Exception, match="unknown placeholder"), client:
+        pass
+
+
+def test_the_page_can_be_switched_off(rt: Runtime, shop: Shop) -> None:
+    with _client(rt, mobile_enabled=False) as web:
+        assert web.get("/m").status_code == 404
+        assert web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]}).status_code == 404
+    assert balance(rt) == 0

@@ -1,0 +1,160 @@
+"""SMS commands as Kannel's get-url delivers them: query parameters in, reply as the body."""
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx2 import Response
+
+from tests.channel_support import (
+    MSISDN,
+    OTHER,
+    Shop,
+    assert_never_logged,
+    balance,
+    configure,
+    open_shop,
+    transactions,
+)
+from voms.api.app import create_app
+from voms.runtime import Runtime
+
+SECRET = "kannel-shared-secret"
+
+
+@pytest.fixture
+def shop(rt: Runtime) -> Shop:
+    return open_shop(rt)
+
+
+def _client(rt: Runtime, **settings: Any) -> TestClient:
+    configure(rt, **{"sms_secret": SECRET, **settings})
+    return TestClient(create_app(rt), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def kannel(rt: Runtime, shop: Shop) -> Iterator[TestClient]:
+    with _client(rt) as client:
+        yield client
+
+
+def sms(
+    client: TestClient,
+    text: str,
+    sender: str = MSISDN,
+    secret: str = SECRET,
+    message_id: str | None = None,
+) -> Response:
+    params = {"secret": secret, "from": sender, "to": "100", "text": text}
+    if message_id is not None:
+        params["id"] = message_id
+    return client.get("/sms/kannel", params=params)
+
+
+def test_rch_pin_recharges_the_sender_and_replies_in_the_body(
+    rt: Runtime, kannel: TestClient, shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    pin = shop.pins[0]
+    answer = sms(kannel, f"RCH {pin}")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert answer.text == f"Recharge of {MSISDN} successful: +1000 CASH, balance 1000 CASH."
+    [row] = transactions(rt)
+    assert (row.channel, row.actor, row.msisdn) == ("sms", "sms", MSISDN)
+    assert_never_logged(caplog, pin)
+
+
+def test_rch_pin_number_recharges_another_number(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    answer = sms(kannel, f"rch {shop.pins[0]} +{OTHER}")
+    assert answer.text.startswith(f"Recharge of {OTHER} successful")
+    assert (balance(rt, MSISDN), balance(rt, OTHER)) == (0, 1000)
+
+
+def test_a_voucher_with_offers_lists_them_and_a_number_chooses(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    pin = shop.bundle_pins[0]
+    offers = sms(kannel, f"RCH {pin}")
+    assert offers.text == "Offers: 1 10 KES, 2 50 SMS. Send RCH PIN and the offer number."
+    assert pin not in offers.text
+    to_other = sms(kannel, f"RCH {pin} {OTHER}")
+    assert f"Send RCH PIN {OTHER} and the offer number" in to_other.text
+    chosen = sms(kannel, f"RCH {pin} {OTHER} 2")
+    assert "successful: +50 SMS" in chosen.text
+    assert balance(rt, OTHER, "SMS") == 50
+
+
+def test_kannels_message_id_makes_a_redelivery_harmless(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    first = sms(kannel, f"RCH {shop.pins[0]}", message_id="4b5c0b52-6d0c-4ba4-9a7a-1c3b1f2f0c6e")
+    again = sms(kannel, f"RCH {shop.pins[0]}", message_id="4b5c0b52-6d0c-4ba4-9a7a-1c3b1f2f0c6e")
+    assert first.text == again.text
+    assert "successful" in again.text
+    assert balance(rt) == 1000
+
+
+def test_bal_answers_the_senders_balances(rt: Runtime, kannel: TestClient, shop: Shop) -> None:
+    assert sms(kannel, "BAL").text == "You have no balance yet."
+    sms(kannel, f"RCH {shop.pins[0]}")
+    assert sms(kannel, "bal").text == "Your balance: 1000 CASH."
+    assert sms(kannel, "BAL", sender="254799999999").text == "This number has no account."
+
+
+def test_failures_answer_with_the_text_of_their_result_code(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    sms(kannel, f"RCH {shop.pins[0]}")
+    assert sms(kannel, f"RCH {shop.pins[0]}").text == "This voucher has already been used."
+    assert sms(kannel, "RCH").text == "Please enter the PIN of your voucher."
+    assert sms(kannel, "RCH 12").text == "Wrong PIN length. Please check your voucher."
+    assert sms(kannel, f"RCH {shop.pins[1]}", sender="abc").text == "Invalid phone number."
+    assert [row.result_code for row in transactions(rt)] == [0, 2009, 4007, 4001]
+
+
+def test_anything_else_gets_the_help_text(kannel: TestClient, shop: Shop) -> None:
+    help_text = "To recharge send RCH PIN. Another number: RCH PIN NUMBER. Balance: BAL."
+    assert sms(kannel, "hello").text == help_text
+    assert sms(kannel, "").text == help_text
+    assert sms(kannel, f"RCH {shop.pins[0]} {OTHER} 1 2 3").text == help_text
+
+
+def test_keywords_are_configurable(rt: Runtime, shop: Shop) -> None:
+    with _client(rt, sms_recharge_keywords="TOPUP, RCH", sms_balance_keywords="SALIO") as client:
+        assert "successful" in sms(client, f"topup {shop.pins[0]}").text
+        assert sms(client, "salio").text == "Your balance: 1000 CASH."
+        assert sms(client, "BAL").text.startswith("To recharge send TOPUP PIN")
+
+
+def test_without_the_shared_secret_nothing_is_done(rt: Runtime, shop: Shop) -> None:
+    with _client(rt) as client:
+        assert sms(client, f"RCH {shop.pins[0]}", secret="guess").status_code == 403
+        assert client.get("/sms/kannel", params={"from": MSISDN, "text": "BAL"}).status_code == 403
+    with _client(rt, sms_secret=None) as client:
+        assert sms(client, f"RCH {shop.pins[0]}").status_code == 403
+    assert transactions(rt) == []
+
+
+def test_a_notice_kannel_does_not_take_leaves_the_recharge_and_reply_intact(
+    rt: Runtime, shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cgi-bin/sendsms"
+    caplog.set_level(logging.INFO, logger="voms.channels.sms")
+    with _client(rt, kannel_sendsms_url=url, kannel_sendsms_password="pw") as client:
+        answer = sms(client, f"RCH {shop.pins[0]} {OTHER}")
+    assert answer.text.startswith(f"Recharge of {OTHER} successful")
+    deadline = time.monotonic() + 10
+    while "sendsms notice failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "sendsms notice failed: URLError" in caplog.text
+    assert balance(rt, OTHER) == 1000

@@ -1,0 +1,89 @@
+"""What the channel tests share: a rechargeable subscriber, and a watch on the logs."""
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests import factories
+from voms.config import Settings
+from voms.db import tables as t
+from voms.runtime import Runtime
+from voms.services import wallet
+from voms.services.auth import CONSOLE
+
+MSISDN = "254700000001"
+OTHER = "254700000002"
+
+TWO_OFFERS = [
+    {
+        "number": 1,
+        "name": "10 KES",
+        "default": False,
+        "credits": [{"balance_type": "CASH", "amount": 1000, "balance_expiry_extension_days": 30}],
+        "account_expiry_extension_days": 0,
+    },
+    {
+        "number": 2,
+        "name": "50 SMS",
+        "default": False,
+        "credits": [{"balance_type": "SMS", "amount": 50, "balance_expiry_extension_days": 7}],
+        "account_expiry_extension_days": 0,
+    },
+]
+
+
+@dataclass
+class Shop:
+    """Active vouchers of TOPUP10 (10 KES) and BUNDLE (a choice of two offers)."""
+
+    pins: list[str]
+    bundle_pins: list[str]
+    serials: list[str]
+
+
+def open_shop(rt: Runtime, count: int = 5) -> Shop:
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    factories.subscriber(rt, OTHER)
+    factories.voucher_type(rt, "BUNDLE", scenarios=TWO_OFFERS)
+    pairs = factories.active_batch(rt, count=count)
+    bundle = factories.active_batch(rt, "BUNDLE", count=2)
+    return Shop(
+        pins=[pin for _, pin in pairs],
+        bundle_pins=[pin for _, pin in bundle],
+        serials=[serial for serial, _ in pairs],
+    )
+
+
+def configure(rt: Runtime, **changes: Any) -> None:
+    """Change settings of a runtime as the environment would (values are validated)."""
+    rt.settings = Settings(**{**rt.settings.model_dump(), **changes})
+
+
+def bad_check_digit(pin: str) -> str:
+    return pin[:-1] + str((int(pin[-1]) + 1) % 10)
+
+
+def balance(rt: Runtime, msisdn: str = MSISDN, balance_type: str = "CASH") -> int:
+    found = wallet.get_subscriber(rt, CONSOLE, msisdn)["balances"]
+    return sum(b["amount"] for b in found if b["balance_type"] == balance_type)
+
+
+def transactions(rt: Runtime) -> list[Any]:
+    with rt.engine.connect() as conn:
+        return conn.execute(select(t.transactions).order_by(t.transactions.c.at)).all()
+
+
+def assert_never_logged(caplog: pytest.LogCaptureFixture, *secrets: str) -> None:
+    """No record (message, arguments, exception text) holds any of ``secrets``."""
+    assert caplog.records, "the test should have logged something to look at"
+    formatter = logging.Formatter("%(name)s %(message)s")
+    for record in caplog.records:
+        if record.name.startswith("httpx"):
+            continue  # the test's own HTTP client, playing the gateway
+        line = formatter.format(record)
+        for secret in secrets:
+            assert secret not in line, f"logged: {line!r}"

@@ -1,0 +1,134 @@
+"""Subscriber texts: defaults, overrides per provider and language, the file's checks."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from voms.channels import texts
+from voms.channels.subscriber import QueryScrubber
+from voms.channels.texts import DEFAULTS, Texts, TextsError, load, parse
+from voms.domain.results import Result
+
+SUCCESS = {
+    "result_code": 0,
+    "msisdn": "254700000001",
+    "recipient_msisdn": "254700000002",
+    "serial": "100000000001",
+    "credits": [{"balance_type": "CASH", "amount": 1000, "balance": 1550}],
+}
+
+
+def test_every_result_code_has_an_english_text() -> None:
+    for result in Result:
+        assert DEFAULTS[f"result.{result.code}"].strip()
+
+
+def test_no_default_text_offers_a_pin_placeholder() -> None:
+    for key, text in DEFAULTS.items():
+        assert not {"pin", "PIN"} & texts.placeholders(text), key
+
+
+def test_a_success_names_the_recipient_and_each_credit() -> None:
+    said = Texts().messages()
+    assert said.result(SUCCESS) == (
+        "Recharge of 254700000002 successful: +1000 CASH, balance 1550 CASH."
+    )
+
+
+def test_decimals_and_balance_type_names_make_amounts_readable() -> None:
+    said = parse(
+        {
+            "default": {
+                "decimals": {"CASH": 2},
+                "texts": {"en": {"balance_type.CASH": "KES"}},
+            }
+        }
+    ).messages()
+    assert said.credits(SUCCESS["credits"]) == "+10.00 KES, balance 15.50 KES"
+    assert said.amount("CASH", -5) == "-0.05"
+    assert said.major_units("CASH", 1550) == 15
+    assert said.balances([]) == "You have no balance yet."
+
+
+def test_provider_and_language_overrides_are_found_in_that_order() -> None:
+    configured = parse(
+        {
+            "default": {"texts": {"sw": {"result.2009": "Vocha hii imeshatumika."}}},
+            "service_providers": {
+                "ACME": {
+                    "texts": {
+                        "en": {"result.2009": "ACME: already used."},
+                        "sw": {"result.2014": "ACME: imeisha muda."},
+                    }
+                }
+            },
+        }
+    )
+    used = {"result_code": 2009}
+    expired = {"result_code": 2014}
+    assert configured.messages("ACME", "sw").result(used) == "Vocha hii imeshatumika."
+    assert configured.messages("ACME", "sw").result(expired) == "ACME: imeisha muda."
+    assert configured.messages("ACME", "fr").result(used) == "ACME: already used."
+    assert configured.messages("OTHER", "en").result(used) == "This voucher has already been used."
+    assert configured.messages(None, "sw").result(expired) == "This voucher has expired."
+    assert configured.languages() == ["en", "sw"]
+
+
+def test_an_unknown_result_code_reads_as_a_system_error() -> None:
+    assert Texts().messages().result({"result_code": 9999}) == DEFAULTS["result.3000"]
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        ({"default": {"texts": {"en": {"result.2099": "x"}}}}, "unknown text key"),
+        ({"default": {"texts": {"en": {"result.0": "Done {pin}"}}}}, "unknown placeholder"),
+        ({"default": {"texts": {"en": {"ussd.menu": "1 {"}}}}, "malformed placeholder"),
+        ({"default": {"texts": {"english!": {}}}}, "not a language code"),
+        ({"default": {"decimals": {"CASH": 9}}}, "0 to 6"),
+        ({"defaults": {}}, "unknown key"),
+        ({"service_providers": {"ACME": {"text": {}}}}, "unknown key"),
+        ({"default": {"texts": {"en": {"balance_type.CASH": "{x}"}}}}, "no placeholders"),
+        ([], "expected a JSON object"),
+    ],
+)
+def test_a_texts_file_that_could_break_a_reply_is_refused(content: object, complaint: str) -> None:
+    with pytest.raises(TextsError, match=complaint):
+        parse(content)
+
+
+def test_a_texts_file_is_read_and_its_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps({"default": {"texts": {"en": {"result.2014": "Too late."}}}}))
+    assert load(path).messages().result({"result_code": 2014}) == "Too late."
+    path.write_text("{")
+    with pytest.raises(TextsError, match=r"texts\.json: not JSON"):
+        load(path)
+    with pytest.raises(TextsError, match="cannot read"):
+        load(tmp_path / "missing.json")
+
+
+def test_access_log_lines_lose_the_pin_and_the_secret_but_keep_the_rest() -> None:
+    # The arguments uvicorn gives its access log: client, method, path?query, version, status
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        (
+            "127.0.0.1:5000",
+            "GET",
+            "/sms/kannel?secret=s3cr3t&from=2547&text=RCH+12345678901234&id=x",
+            "1.1",
+            200,
+        ),
+        None,
+    )
+    assert QueryScrubber().filter(record)
+    line = record.getMessage()
+    assert "12345678901234" not in line
+    assert "s3cr3t" not in line
+    assert "/sms/kannel?secret=***&from=2547&text=***&id=x" in line

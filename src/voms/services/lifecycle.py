@@ -389,7 +389,7 @@ def change_vouchers(
         matched = conn.execute(select(func.count()).select_from(v).where(*in_range)).scalar_one()
         if not matched:
             raise NotFound(f"no voucher with serial {label}")
-        new_state = next_voucher_state(next(iter(voucher_states_allowing(act))), act)
+        (new_state,) = {next_voucher_state(state, act) for state in voucher_states_allowing(act)}
         affected = conn.execute(
             update(v)
             .where(*in_range, v.c.state.in_(allowed))

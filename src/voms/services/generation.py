@@ -3,9 +3,10 @@
 A batch row (state ``generating``) and its serial range are committed first. Chunks of
 vouchers (PIN → keyed hash + AES-GCM ciphertext; the PIN itself is dropped at once) are
 made in worker processes for large batches and written in large transactions, each
-committing the batch's progress with the vouchers it counts. Only a batch whose every voucher is written becomes
-``generated``; any error marks it ``failed``. Neither a generating nor a failed batch can
-ever be activated, so their vouchers are never redeemable or exportable.
+committing the batch's progress with the vouchers it counts. Only a batch whose every
+voucher is written becomes ``generated``; any error marks it ``failed``. Neither a
+generating nor a failed batch can ever be activated, so their vouchers are never
+redeemable or exportable.
 """
 
 import logging

@@ -39,7 +39,7 @@ from voms.domain.distribution import (
 )
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
-from voms.domain.serials import format_serial, parse_serial_range
+from voms.domain.serials import parse_serial_range
 from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
@@ -518,54 +518,55 @@ class _Claimer:
             raise _TakenMeanwhile() from None
 
 
-def _decrypted(
-    chunks: Iterator[tuple[_Slice, list[tuple[int, bytes, int]]]], rt: Runtime, state: _Progress
-) -> Generator[tuple[_Slice, list[tuple[str, str]]], None, None]:
-    """(slice, [(serial, pin)…]) with the PINs decrypted, in memory only."""
-    decrypt = rt.keyring.pin_decryptor()
-    width = rt.settings.serial_width
+Chunk = tuple[_Slice, list[tuple[int, bytes, int]]]  # (slice, [(serial, ciphertext, key id)])
+
+
+def _tracked(chunks: Iterator[Chunk], state: _Progress) -> Generator[Chunk, None, None]:
     for piece, rows in chunks:
         if state.serial_first is None:
             state.serial_first = rows[0][0]
         state.serial_last = rows[-1][0]
         state.rows += len(rows)
-        yield (
-            piece,
-            [
-                (format_serial(serial, width), decrypt(key_id, blob))
-                for serial, blob, key_id in rows
-            ],
-        )
+        yield piece, rows
+
+
+# The formatters decrypt each PIN inside the one expression that writes its line: one
+# pass per chunk, and the plaintext lives only in that chunk's string.
 
 
 def _csv(
-    rows: Iterator[tuple[_Slice, list[tuple[str, str]]]],
-    progress: Callable[[int], None],
+    chunks: Iterator[Chunk], rt: Runtime, progress: Callable[[int], None]
 ) -> Generator[bytes, None, None]:
+    decrypt = rt.keyring.pin_decryptor()
+    width = rt.settings.serial_width
     yield (",".join(EXPORT_COLUMNS) + "\n").encode()
-    for piece, vouchers in rows:
-        suffix = piece.csv_suffix
-        yield "".join([f"{serial},{pin}{suffix}" for serial, pin in vouchers]).encode()
-        progress(len(vouchers))
+    for piece, rows in chunks:
+        tail = piece.csv_suffix
+        yield "".join(
+            [f"{serial:0{width}d},{decrypt(key, blob)}{tail}" for serial, blob, key in rows]
+        ).encode()
+        progress(len(rows))
 
 
 def _xlsx(
-    rows: Iterator[tuple[_Slice, list[tuple[str, str]]]],
-    progress: Callable[[int], None],
+    chunks: Iterator[Chunk], rt: Runtime, progress: Callable[[int], None]
 ) -> Generator[bytes, None, None]:
+    decrypt = rt.keyring.pin_decryptor()
+    width = rt.settings.serial_width
+
     def sheet_rows() -> Iterator[str]:
         yield xlsx.row(EXPORT_COLUMNS)
-        for piece, vouchers in rows:
-            suffix = piece.xlsx_suffix
+        for piece, rows in chunks:
+            tail = piece.xlsx_suffix
             # Serials and PINs are digits: no XML escaping needed.
             yield "".join(
                 [
-                    f'<row><c t="inlineStr"><is><t>{serial}</t></is></c>'
-                    f'<c t="inlineStr"><is><t>{pin}</t></is></c>{suffix}'
-                    for serial, pin in vouchers
+                    f'<row><c t="inlineStr"><is><t>{serial:0{width}d}</t></is></c>'
+                    f'<c t="inlineStr"><is><t>{decrypt(key, blob)}</t></is></c>{tail}'
+                    for serial, blob, key in rows
                 ]
             )
-            progress(len(vouchers))
+            progress(len(rows))
 
     return xlsx.stream_xlsx(sheet_rows(), sheet_name="vouchers")
 
@@ -702,8 +703,9 @@ def _export(
                 progress(state.rows, total)
 
         claimer = _Claimer(conn, actor, slices, export_id, partner, body.reissue)
-        rows = _decrypted(claimer.chunks(), rt, state)
-        plaintext = _csv(rows, advance) if body.format == "csv" else _xlsx(rows, advance)
+        rows = _tracked(claimer.chunks(), state)
+        formatter = _csv if body.format == "csv" else _xlsx
+        plaintext = formatter(rows, rt, advance)
 
         def completed() -> Iterator[bytes]:
             yield from plaintext
@@ -719,6 +721,7 @@ def _export(
                 sink.write,
                 filename=file_name,
                 gpg_binary=rt.settings.gpg_binary,
+                compress=body.format == "csv",  # an XLSX file is a zip already
             )
         except openpgp.KeyRefused as exc:
             raise Conflict(f"partner '{body.partner}': {exc}; add a new key") from None

@@ -123,6 +123,43 @@ def serve(
     )
 
 
+@app.command()
+def agi(
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="Bind address, repeatable [default: VOMS_AGI_HOST or 127.0.0.1]"),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: VOMS_AGI_PORT or 4573]")] = None,
+) -> None:
+    """Run the FastAGI server for Asterisk (IVR recharges); only the addresses in
+    VOMS_AGI_ALLOWED_CLIENTS may connect."""
+    import asyncio
+
+    from voms.channels import agi as fastagi
+    from voms.db.migrate import is_up_to_date
+    from voms.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    rt = runtime()
+    with handled():
+        if not is_up_to_date(rt.engine):
+            fail("the database schema is not current: run `voms db upgrade` (or `voms serve`)")
+        hosts = host or [h.strip() for h in settings.agi_host.split(",") if h.strip()]
+        try:
+            fastagi.prompts_of(rt)
+            fastagi.allowed_networks(settings.agi_allowed_clients)
+        except ValueError as exc:
+            fail(str(exc))
+        typer.echo(f"FastAGI on {', '.join(hosts)} port {port or settings.agi_port}", err=True)
+        try:
+            asyncio.run(fastagi.serve(rt, hosts, port or settings.agi_port))
+        except KeyboardInterrupt:
+            pass
+        except OSError as exc:
+            fail(f"cannot listen: {exc.strerror or exc}")
+
+
 # --- db ----------------------------------------------------------------------------
 
 

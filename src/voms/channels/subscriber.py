@@ -89,7 +89,7 @@ def failure(result: Result, **extra: Any) -> Response:
     return {"result_code": result.code, "result_text": result.text, **extra}
 
 
-def _unexpected(channel: str, what: str, exc: BaseException) -> None:
+def log_unexpected(channel: str, what: str, exc: BaseException) -> None:
     # Where it broke, without the exception's message or any value: those may hold input.
     frames = "".join(traceback.format_tb(exc.__traceback__))
     log.error("%s: %s failed with %s\n%s", channel, what, exc.__class__.__name__, frames)
@@ -119,7 +119,7 @@ def redeem(
     except ResultError as error:
         response = failure(error.result, **error.extra)
     except Exception as exc:
-        _unexpected(channel, "redemption", exc)
+        log_unexpected(channel, "redemption", exc)
         response = failure(Result.SYSTEM_ERROR)
     log.info("%s: redemption answered %s", channel, response["result_code"])
     return response
@@ -138,7 +138,7 @@ def provider_of(rt: Runtime, channel: str, msisdn: str) -> str | None:
     try:
         found = account(rt, channel, msisdn)
     except Exception as exc:
-        _unexpected(channel, "subscriber lookup", exc)
+        log_unexpected(channel, "subscriber lookup", exc)
         return None
     return None if found is None else str(found["service_provider"])
 
@@ -156,7 +156,7 @@ def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
     try:
         found = account(rt, channel, msisdn)
     except Exception as exc:
-        _unexpected(channel, "balance", exc)
+        log_unexpected(channel, "balance", exc)
         return said.result(failure(Result.SYSTEM_ERROR))
     if found is None:
         return said.text("balance.unknown")

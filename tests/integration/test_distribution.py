@@ -487,3 +487,25 @@ def test_two_simultaneous_exports_never_hand_out_the_same_voucher_twice(
     assert (counts, len(refused)) == ([2_000], 1)
     assert len(distribution.list_exports(rt, CONSOLE)) == 1
     assert len({marks for marks in exported(rt).values()}) == 1
+
+
+def test_no_pin_reaches_the_logs_even_at_debug_level(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from voms.services import voucher_import
+
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=20)
+    legacy_pin = "79927398713"  # a valid Luhn number, of the wrong length for TOPUP10
+    with caplog.at_level(logging.DEBUG):
+        export(rt, voucher_type="TOPUP10", format="xlsx")
+        with pytest.raises(voucher_import.ImportRefused):
+            voucher_import.import_vouchers(
+                rt, CONSOLE, lambda: [f"900001,{legacy_pin},TOPUP10,2099-01-01\n"]
+            )
+    logged = caplog.text + "".join(str(record.args) for record in caplog.records)
+    assert "gnupg" in {record.name for record in caplog.records}  # gpg's chatter was seen
+    for pin in [legacy_pin, *(pin for _, pin in vouchers)]:
+        assert pin not in logged

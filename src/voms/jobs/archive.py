@@ -119,9 +119,12 @@ def move_window(conn: Connection, low: int, high: int, cutoff: datetime, now: da
             moved.c.expires_at,
             literal(now, _a.c.archived_at.type),
         )
-        # RETURNING: psycopg reports no row count for an INSERT fed by a DELETE.
-        statement = insert(_a).from_select(_ARCHIVE_COLUMNS, source).returning(_a.c.serial)
-        return len(conn.execute(statement).all())
+        # Counted in the database: psycopg reports no row count for an INSERT fed by a
+        # DELETE, and returning every serial would ship the chunk back for nothing.
+        inserted = (
+            insert(_a).from_select(_ARCHIVE_COLUMNS, source).returning(_a.c.serial).cte("inserted")
+        )
+        return int(conn.execute(select(func.count()).select_from(inserted)).scalar_one())
     # SQLite: one writer at a time (BEGIN IMMEDIATE), so copy-then-delete is atomic.
     source = select(
         _v.c.serial,

@@ -18,7 +18,7 @@ from voms.api import (
 from voms.api.deps import TokenBuckets
 from voms.api.errors import install_error_handlers
 from voms.api.metrics import Observe
-from voms.channels import mobile, sms, soap
+from voms.channels import mobile, sms, soap, ussd
 from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
 from voms.logs import configure_logging
@@ -60,6 +60,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> Fast
         batches.router,
         vouchers.router,
         soap.router,
+        ussd.router,
         mobile.router,
         sms.router,
         distribution.router,

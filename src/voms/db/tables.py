@@ -537,3 +537,20 @@ batch_expiries = Table(
     Column("counted_at", UTCDateTime(), nullable=False),
     Index("ix_batch_expiries_voucher_type", "voucher_type_id", "expires_at"),
 )
+
+# --- channels: USSD sessions (migration 0004) ------------------------------------------
+# Where a USSD session stands in its menu, so that any `voms serve` process can take the
+# next step. It never holds a PIN: the gateway sends every input again with each step,
+# and the session keeps only how many inputs it has used and which one was the PIN.
+channel_sessions = Table(
+    "channel_sessions",
+    metadata,
+    Column("channel", String(10), primary_key=True),
+    Column("session_id", String(100), primary_key=True),
+    Column("msisdn", String(15), nullable=False),
+    Column("state", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    _created_at(),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_channel_sessions_expires_at", "expires_at"),
+)

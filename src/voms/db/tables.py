@@ -436,15 +436,15 @@ exports = Table(
 # Kept apart from vouchers, which migration 0002 relieved of these two columns: marking a
 # million vouchers would otherwise write a new version of each voucher row and new
 # entries in all its indexes (the 32-byte UNIQUE lookup hash that every redemption
-# probes, too). No foreign keys: a million checks per export, for ids this module
-# writes from rows it has just read.
+# probes, too). No foreign keys (a million checks per export, for ids this module writes
+# from rows it has just read) and no index on export_id (an export's serial range, in
+# exports, finds its vouchers through the primary key).
 voucher_exports = Table(
     "voucher_exports",
     metadata,
     Column("serial", BigId, primary_key=True, autoincrement=False),
     Column("export_id", Integer, nullable=False),
     Column("partner_id", Integer, nullable=False),
-    Index("ix_voucher_exports_export", "export_id"),
 )
 
 # The encrypted file of an export, kept in the database so any server behind the load

@@ -345,12 +345,15 @@ def _with_marks() -> Any:
     return v.outerjoin(e, e.c.serial == v.c.serial)
 
 
-def _totals(conn: Connection, slices: list[_Slice]) -> tuple[int, int]:
-    """How many vouchers match, and how many of them were exported before."""
+def _totals(conn: Connection, slices: list[_Slice], reissue: bool) -> tuple[int, int]:
+    """How many vouchers match, and how many of them were exported before (counted only
+    to refuse an export without reissue; a reissue counts them as it goes)."""
     e = t.voucher_exports
     total = exported = 0
     for piece in slices:
         total += conn.execute(select(func.count()).where(_in_slice(piece))).scalar_one()
+        if reissue:
+            continue
         # One index probe answers the usual case: nothing in this range went out yet.
         marked = conn.execute(
             select(e.c.serial)
@@ -409,6 +412,7 @@ class _Claimer:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"export-{export_id}", daemon=True)
         self.claimed = 0
+        self.reissued = 0  # of the claimed vouchers, those exported before
 
     def start(self) -> None:
         self._thread.start()
@@ -500,9 +504,9 @@ class _Claimer:
         v, e = t.vouchers, t.voucher_exports
         matching = select(v.c.serial).where(_in_slice(piece, low, high))
         if self._reissue:
-            self._conn.execute(
+            self.reissued += self._conn.execute(
                 delete(e).where(e.c.serial.between(low, high), e.c.serial.in_(matching))
-            )
+            ).rowcount
         try:
             self._conn.execute(
                 insert(e).from_select(
@@ -661,7 +665,7 @@ def _export(
         sp_id, slices = _select_slices(conn, actor, body, rt.settings.serial_width, now)
         if partner.service_provider_id not in (None, sp_id):
             raise Forbidden(f"partner '{body.partner}' does not serve this service provider")
-        total, exported_before = _totals(conn, slices)
+        total, exported_before = _totals(conn, slices, body.reissue)
         if total == 0:
             raise Invalid("no exportable vouchers match these filters")
         if exported_before and not body.reissue:
@@ -747,7 +751,7 @@ def _export(
             .where(t.exports.c.id == export_id)
             .values(
                 voucher_count=claimed,
-                reissued_count=min(exported_before, claimed),
+                reissued_count=claimer.reissued,
                 serial_first=state.serial_first,
                 serial_last=state.serial_last,
                 key_fingerprint=key.fingerprint,
@@ -770,7 +774,7 @@ def _export(
                 "filters": filters,
                 "format": body.format,
                 "count": claimed,
-                "reissued_count": min(exported_before, claimed),
+                "reissued_count": claimer.reissued,
                 "sha256": sink.digest.hexdigest(),
             },
         )

@@ -121,7 +121,6 @@ def upgrade() -> None:
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("serial", name=op.f("pk_voucher_exports")),
     )
-    op.create_index("ix_voucher_exports_export", "voucher_exports", ["export_id"], unique=False)
     # Nothing ever wrote them (exports arrive with this revision).
     op.drop_column("vouchers", "partner_id")
     op.drop_column("vouchers", "export_id")
@@ -161,7 +160,6 @@ def downgrade() -> None:
     _serial_range(GAPS_ALLOWED, GAP_FREE)
     op.add_column("vouchers", sa.Column("partner_id", sa.Integer(), nullable=True))
     op.add_column("vouchers", sa.Column("export_id", sa.Integer(), nullable=True))
-    op.drop_index("ix_voucher_exports_export", table_name="voucher_exports")
     op.drop_table("voucher_exports")
     op.drop_table("export_file_chunks")
     op.drop_index("ix_exports_partner", table_name="exports")

@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, select, update
 from tests import factories
 from voms.db import tables as t
 from voms.db.types import utcnow
-from voms.domain.errors import Conflict, Forbidden
+from voms.domain.errors import Conflict, Forbidden, ResultError
 from voms.domain.roles import Role
 from voms.jobs import runner
 from voms.jobs.scheduler import Scheduler
@@ -117,6 +117,40 @@ def test_archiving_moves_old_redeemed_deleted_and_expired_vouchers_and_lookups_s
     assert care.voucher_by_pin(rt, CONSOLE, expired[1][1])["state"] == "expired"
     # A second run finds nothing more to do.
     assert housekeeping.run_job(rt, CONSOLE, "voucher_archive")["rows_affected"] == 0
+
+
+def test_an_archived_pin_answers_its_final_state_and_is_no_bad_pin(
+    rt: Runtime, catalog: None
+) -> None:
+    live = factories.active_batch(rt, count=3)
+    expired = factories.active_batch(rt, count=1)
+    redeem(rt, live[0][1])
+    lifecycle.change_vouchers(rt, CONSOLE, "delete", live[1][0], reason="damaged")
+    expire_batch_long_ago(rt, batch_id_of(rt, expired[0][0]))
+    with rt.engine.begin() as conn:
+        v = t.vouchers
+        conn.execute(update(v).where(v.c.serial == int(live[0][0])).values(redeemed_at=LONG_AGO))
+        conn.execute(
+            update(v).where(v.c.serial == int(live[1][0])).values(state_changed_at=LONG_AGO)
+        )
+    housekeeping.run_job(rt, CONSOLE, "voucher_archive")
+    assert count(rt, t.voucher_archive) == 3
+
+    codes = []
+    for pin in (live[0][1], live[1][1], expired[0][1]):
+        for _ in range(rt.settings.max_bad_pin_attempts):
+            with pytest.raises(ResultError) as refused:
+                redeem(rt, pin)
+            codes.append(refused.value.result.code)
+
+    per_pin = rt.settings.max_bad_pin_attempts
+    assert codes == [2009] * per_pin + [2013] * per_pin + [2014] * per_pin
+    assert redeem(rt, live[2][1])["result_code"] == 0  # never blacklisted
+    with rt.engine.connect() as conn:
+        serials = conn.execute(
+            select(t.transactions.c.serial).where(t.transactions.c.result_code == 2009)
+        ).scalars()
+        assert set(serials) == {int(live[0][0])}
 
 
 def test_an_archive_run_that_fails_midway_resumes_without_loss_or_double_work(

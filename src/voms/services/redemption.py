@@ -438,7 +438,10 @@ def _find_voucher(
     except ResultError as error:
         attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
         raise
-    row = conn.execute(_FIND_VOUCHER, {"hashes": rt.keyring.lookup_hashes(pin)}).first()
+    hashes = rt.keyring.lookup_hashes(pin)
+    row = conn.execute(_FIND_VOUCHER, {"hashes": hashes}).first()
+    if row is None:
+        _refuse_archived(conn, attempt, hashes)
     if row is None or (
         attempt.service_provider_id is not None
         and row.service_provider_id != attempt.service_provider_id
@@ -460,6 +463,36 @@ def _find_voucher(
     if voucher_type is None:  # deleted from the catalog under a live batch
         raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
     return row, voucher_type
+
+
+_ARCHIVED_RESULT = {
+    "redeemed": Result.ALREADY_REDEEMED,
+    "deleted": Result.DELETED,
+    "expired": Result.EXPIRED,
+}
+
+
+def _refuse_archived(conn: Connection, attempt: _Attempt, hashes: list[bytes]) -> None:
+    """An archived voucher's PIN is a real PIN: answer its final state, not 'not found'.
+
+    Otherwise a subscriber typing an old, used voucher would count towards a blacklist.
+    """
+    archive, batches = t.voucher_archive, t.batches
+    row = conn.execute(
+        select(archive.c.serial, archive.c.state, batches.c.service_provider_id)
+        .join(batches, batches.c.id == archive.c.batch_id)
+        .where(archive.c.pin_hash.in_(hashes))
+    ).first()
+    if row is None:
+        return
+    if (
+        attempt.service_provider_id is not None
+        and row.service_provider_id != attempt.service_provider_id
+    ):
+        raise ResultError(Result.VOUCHER_NOT_FOUND)
+    attempt.serial = row.serial
+    attempt.service_provider_id = row.service_provider_id
+    raise ResultError(_ARCHIVED_RESULT[row.state])
 
 
 # --- subscriber, product type, scenario -------------------------------------------------

@@ -173,17 +173,27 @@ def _measure(kind: str, mode: str, count: int, pg_url: str, workers: int | None,
                 with psycopg.connect(pg_url, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
                     conn.execute("CHECKPOINT")  # no checkpoint debt for the next run
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    out.send((seconds, own, children))
+    own, workers = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    out.send(
+        (
+            seconds,
+            own.ru_maxrss / 1024,
+            workers.ru_maxrss / 1024,
+            own.ru_utime + own.ru_stime,
+            workers.ru_utime + workers.ru_stime,
+        )
+    )
 
 
-def _in_child(*args: Any) -> tuple[float, float, float]:
+def _in_child(*args: Any) -> tuple[float, float, float, float, float]:
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_measure, args=(*args, send))
     process.start()
-    result: tuple[float, float, float] = receive.recv()
+    result: tuple[float, float, float, float, float] = receive.recv()
     process.join()
     return result
 
@@ -192,14 +202,21 @@ def run(kind: str, count: int, pg_url: str, workers: int | None, raw: bool) -> N
     """Raw load first (any later slowdown counts against the generator), then generate."""
     raw_s = None
     if raw:
-        raw_s, _, _ = _in_child(kind, "raw", count, pg_url, workers)
-        print(f"{kind:10} raw bulk load {count:>11,} rows:     {raw_s:8.2f} s", flush=True)
-    generate_s, own, children = _in_child(kind, "generate", count, pg_url, workers)
+        raw_s, _, _, raw_cpu, _ = _in_child(kind, "raw", count, pg_url, workers)
+        print(
+            f"{kind:10} raw bulk load {count:>11,} rows:     {raw_s:8.2f} s "
+            f"(CPU of the loading process {raw_cpu:.1f} s)",
+            flush=True,
+        )
+    generate_s, own, children, own_cpu, children_cpu = _in_child(
+        kind, "generate", count, pg_url, workers
+    )
     ratio = f"; ratio generate/raw = {generate_s / raw_s:.2f}" if raw_s else ""
     print(
         f"{kind:10} generate      {count:>11,} vouchers: {generate_s:8.2f} s "
         f"({count / generate_s:,.0f}/s){ratio}\n"
-        f"{'':10} peak RSS: generator process {own:.0f} MB, crypto worker {children:.0f} MB",
+        f"{'':10} peak RSS: generator process {own:.0f} MB, crypto worker {children:.0f} MB; "
+        f"CPU: generator {own_cpu:.1f} s, worker {children_cpu:.1f} s",
         flush=True,
     )
 

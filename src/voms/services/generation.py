@@ -144,14 +144,15 @@ def write_chunk(
     same moment. Collisions are rare (several per ten million), so the load is
     optimistic and only the rows it had to leave out are sealed again.
     """
-    avoid = {row[2] for row in rows}
+    avoid: set[bytes] = set()  # made on the first collision only: the fast path skips it
     for _ in range(MAX_WRITE_ATTEMPTS):
         left_out = bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows, skip_taken="pin_hash")
         left_out += _withdraw_archived(conn, rows, left_out)
         if not left_out:
             return
         log.info("batch %s: %d PIN collisions, drawn again", sealer.batch_id, len(left_out))
-        avoid.update(row[2] for row in left_out)
+        if not avoid:
+            avoid = {row[2] for row in rows}  # the whole chunk, left-out rows included
         rows = sealer.seal([row[0] for row in left_out], avoid=avoid, randbytes=randbytes)
         avoid.update(row[2] for row in rows)
     raise Conflict("could not draw unique PINs: the PIN space of this voucher type is full")

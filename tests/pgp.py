@@ -96,3 +96,13 @@ def stop_agent(home: Path) -> None:
         timeout=30,
         check=False,
     )
+
+
+def make_short_lived_key(home: Path, seconds: int) -> tuple[str, float]:
+    """A valid key that expires ``seconds`` from now: (armored public key, expiry epoch)."""
+    import time
+
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    expires_at = time.time() + seconds
+    fingerprint = _new_key(home, "Brief <brief@print.example>", expire=f"seconds={seconds}")
+    return _export(home, fingerprint), expires_at

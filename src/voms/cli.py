@@ -689,6 +689,26 @@ def partner_show(name: Annotated[str, typer.Argument(help="Partner name")]) -> N
         echo_json(distribution.get_partner(runtime(), _operator(), name))
 
 
+@partner_app.command("set-key")
+def partner_set_key(
+    name: Annotated[str, typer.Argument(help="Partner name")],
+    public_key: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="ASCII-armored OpenPGP public key file"),
+    ],
+) -> None:
+    """Give a partner a new key (checked as when it was added)."""
+    from voms.services import distribution
+
+    try:
+        armored = public_key.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {public_key}: {exc}")
+    with handled():
+        body = distribution.PartnerKeyIn(public_key=armored)
+        echo_json(distribution.replace_partner_key(runtime(), _operator(), name, body))
+
+
 @partner_app.command("disable")
 def partner_disable(name: Annotated[str, typer.Argument(help="Partner name")]) -> None:
     """Stop all further exports to a partner (past exports stay recorded)."""

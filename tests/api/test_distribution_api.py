@@ -199,3 +199,15 @@ def test_an_import_reports_bad_lines_or_creates_a_batch(
     distributor = bearer(factories.api_key(rt, "distributor", "ACME"))
     refused = client.post("/api/v1/imports", json={"csv": ""}, headers=distributor)
     assert refused.status_code == 403
+
+
+def test_a_partner_gets_a_new_key_only_if_it_is_usable(
+    client: TestClient, distributor: dict[str, str], partner_keys: PartnerKeys
+) -> None:
+    add_partner(client, distributor, partner_keys.good)
+    url = "/api/v1/partners/printshop/public-key"
+    refused = client.put(url, json={"public_key": partner_keys.expired}, headers=distributor)
+    assert refused.status_code == 422
+    renewed = client.put(url, json={"public_key": partner_keys.other}, headers=distributor)
+    assert renewed.status_code == 200
+    assert renewed.json()["key_user_ids"] == ["Retail Chain <keys@retail.example>"]

@@ -3,7 +3,9 @@
 import csv
 import hashlib
 import io
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import openpyxl
@@ -11,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from tests import factories
-from tests.pgp import GOOD_UID, PartnerKeys
+from tests.pgp import GOOD_UID, PartnerKeys, make_short_lived_key, stop_agent
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.distribution import LinkExpired
@@ -509,3 +511,30 @@ def test_no_pin_reaches_the_logs_even_at_debug_level(
     assert "gnupg" in {record.name for record in caplog.records}  # gpg's chatter was seen
     for pin in [legacy_pin, *(pin for _, pin in vouchers)]:
         assert pin not in logged
+
+
+def test_a_key_that_expired_since_it_was_added_is_refused_until_the_partner_gets_a_new_one(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, tmp_path: Path
+) -> None:
+    home = tmp_path / "gnupg"
+    armored, expires_at = make_short_lived_key(home, seconds=3)
+    try:
+        add_partner(rt, armored)
+    finally:
+        stop_agent(home)
+    vouchers = factories.active_batch(rt, count=3)
+    time.sleep(max(0.0, expires_at - time.time() + 1))
+    with pytest.raises(Conflict, match="expired"):
+        export(rt, voucher_type="TOPUP10")
+    assert set(exported(rt).values()) == {(None, None)}
+
+    renewed = distribution.replace_partner_key(
+        rt, CONSOLE, "printshop", distribution.PartnerKeyIn(public_key=partner_keys.good)
+    )
+    assert renewed["key_fingerprint"] == partner_keys.good_fingerprint
+    _, ciphertext = export(rt, voucher_type="TOPUP10")
+    assert [(r["serial"], r["pin"]) for r in rows_of(partner_keys, ciphertext)] == vouchers
+    with pytest.raises(Invalid, match="revoked"):
+        distribution.replace_partner_key(
+            rt, CONSOLE, "printshop", distribution.PartnerKeyIn(public_key=partner_keys.revoked)
+        )

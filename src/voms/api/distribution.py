@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from voms.api.batches import BatchPublic
 from voms.api.deps import PrincipalDep, RuntimeDep
 from voms.services import distribution, voucher_import
-from voms.services.distribution import ExportIn, PartnerIn
+from voms.services.distribution import ExportIn, PartnerIn, PartnerKeyIn
 
 router = APIRouter(prefix="/api/v1", tags=["distribution"])
 Json = dict[str, Any]
@@ -84,6 +84,12 @@ def list_partners(rt: RuntimeDep, who: PrincipalDep) -> list[Json]:
 @router.get("/partners/{name}", response_model=PartnerPublic)
 def get_partner(name: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
     return distribution.get_partner(rt, who, name)
+
+
+@router.put("/partners/{name}/public-key", response_model=PartnerPublic)
+def replace_partner_key(name: str, body: PartnerKeyIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+    """Give the partner a new key (checked as when the partner was added)."""
+    return distribution.replace_partner_key(rt, who, name, body)
 
 
 @router.post("/partners/{name}/disable", response_model=PartnerPublic)

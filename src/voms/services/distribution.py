@@ -211,6 +211,43 @@ def disable_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
         return _partner_public(_load_partner(conn, actor, name))
 
 
+class PartnerKeyIn(_Input):
+    public_key: str = Field(
+        max_length=openpgp.MAX_KEY_CHARS, description="ASCII-armored OpenPGP public key"
+    )
+
+
+def replace_partner_key(
+    rt: Runtime, actor: Principal, name: str, body: PartnerKeyIn
+) -> dict[str, Any]:
+    """Give a partner a new key (rotation, or the old one expired); checked as on import."""
+    key = _inspect(rt, body.public_key)
+    with rt.engine.begin() as conn:
+        row = _load_partner(conn, actor, name)
+        if row.service_provider_id is None:
+            actor.require_unscoped()
+        conn.execute(
+            update(t.partners)
+            .where(t.partners.c.id == row.id)
+            .values(
+                public_key=body.public_key.strip() + "\n",
+                key_fingerprint=key.fingerprint,
+                key_user_ids=list(key.user_ids),
+                key_expires_at=key.expires_at,
+            )
+        )
+        audit.record(
+            conn,
+            actor,
+            "partner.key",
+            "partner",
+            row.id,
+            row.service_provider_id,
+            {"from": row.key_fingerprint, "to": key.fingerprint},
+        )
+        return _partner_public(_load_partner(conn, actor, name))
+
+
 # --- exports: what to export --------------------------------------------------------
 
 
@@ -728,7 +765,9 @@ def _export(
                 compress=body.format == "csv",  # an XLSX file is a zip already
             )
         except openpgp.KeyRefused as exc:
-            raise Conflict(f"partner '{body.partner}': {exc}; add a new key") from None
+            raise Conflict(
+                f"partner '{body.partner}': {exc}; give it a new key (voms partner set-key)"
+            ) from None
         finally:
             claimer.stop()
             plaintext.close()

@@ -42,8 +42,8 @@ class ExportPublic(BaseModel):
     reissue: bool
     voucher_count: int
     reissued_count: int
-    serial_first: int | None
-    serial_last: int | None
+    serial_first: str | None
+    serial_last: str | None
     key_fingerprint: str
     file_name: str
     sha256: str = Field(description="SHA-256 of the encrypted file")

@@ -39,7 +39,7 @@ from voms.domain.distribution import (
 )
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
-from voms.domain.serials import parse_serial_range
+from voms.domain.serials import format_serial, parse_serial_range
 from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
@@ -827,7 +827,7 @@ def _export(
             now,
         ):
             raise Conflict("request id is being used by a concurrent request; retry")
-        record = _export_public(conn, export_id)
+        record = _export_public(conn, export_id, rt.settings.serial_width)
     record["download_token"] = token
     return record
 
@@ -854,7 +854,7 @@ def _replay(
                 .where(t.exports.c.id == export_id)
                 .values(download_token_hash=_token_hash(token))
             )
-        record = _export_public_row(row)
+        record = _export_public_row(row, rt.settings.serial_width)
     record["download_token"] = token
     return record
 
@@ -871,7 +871,7 @@ def _export_query() -> Any:
     )
 
 
-def _export_public_row(row: Row[Any]) -> dict[str, Any]:
+def _export_public_row(row: Row[Any], width: int) -> dict[str, Any]:
     return {
         "export_id": row.id,
         "partner": row.partner_name,
@@ -881,8 +881,10 @@ def _export_public_row(row: Row[Any]) -> dict[str, Any]:
         "reissue": row.reissue,
         "voucher_count": row.voucher_count,
         "reissued_count": row.reissued_count,
-        "serial_first": row.serial_first,
-        "serial_last": row.serial_last,
+        "serial_first": None
+        if row.serial_first is None
+        else format_serial(row.serial_first, width),
+        "serial_last": None if row.serial_last is None else format_serial(row.serial_last, width),
         "key_fingerprint": row.key_fingerprint,
         "file_name": row.file_name,
         "sha256": row.sha256,
@@ -893,9 +895,9 @@ def _export_public_row(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-def _export_public(conn: Connection, export_id: int) -> dict[str, Any]:
+def _export_public(conn: Connection, export_id: int, width: int) -> dict[str, Any]:
     return _export_public_row(
-        conn.execute(_export_query().where(t.exports.c.id == export_id)).one()
+        conn.execute(_export_query().where(t.exports.c.id == export_id)).one(), width
     )
 
 
@@ -909,7 +911,7 @@ def _load_export(conn: Connection, actor: Principal, export_id: int) -> Row[Any]
 
 def get_export(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
     with reading(rt.engine) as conn:
-        return _export_public_row(_load_export(conn, actor, export_id))
+        return _export_public_row(_load_export(conn, actor, export_id), rt.settings.serial_width)
 
 
 def list_exports(
@@ -923,7 +925,7 @@ def list_exports(
     if actor.service_provider_id is not None:
         query = query.where(t.exports.c.service_provider_id == actor.service_provider_id)
     with reading(rt.engine) as conn:
-        return [_export_public_row(row) for row in conn.execute(query)]
+        return [_export_public_row(row, rt.settings.serial_width) for row in conn.execute(query)]
 
 
 @dataclass(frozen=True)

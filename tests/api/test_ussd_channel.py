@@ -289,3 +289,13 @@ def test_without_the_shared_secret_nothing_is_done(rt: Runtime, shop: Shop) -> N
 def test_a_missing_phone_number_ends_the_session(gateway: TestClient) -> None:
     answer = gateway.post("/ussd", params={"secret": SECRET}, data={"sessionId": "x", "text": ""})
     assert answer.text == "END Invalid phone number."
+
+
+def test_a_reply_longer_than_182_characters_is_cut(rt: Runtime, shop: Shop, tmp_path: Any) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps({"default": {"texts": {"en": {"ussd.menu": "Menu " * 50}}}}))
+    with _client(rt, texts_file=path) as client:
+        reply = Phone(client).dial()
+    assert len(reply) == 182
+    assert reply.startswith("CON Menu Menu")
+    assert reply.endswith("...")

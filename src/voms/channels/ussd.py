@@ -48,7 +48,8 @@ class Reply:
     def render(self) -> str:
         body = ("END " if self.end else "CON ") + self.text
         if len(body) > MAX_REPLY_CHARS:
-            body = body[: MAX_REPLY_CHARS - 1] + "…"
+            # "..." rather than "…", which is outside the GSM 7-bit alphabet
+            body = body[: MAX_REPLY_CHARS - 3] + "..."
         return body
 
 

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     )
 
     # --- subscriber channels: USSD, SMS (Kannel), IVR (FastAGI), mobile web ---
+    soap_address: str | None = Field(
+        None,
+        description="Public URL of /soap written into the WSDL; default: the URL the client used.",
+    )
     texts_file: Path | None = Field(
         None, description="JSON file of subscriber texts per service provider and language."
     )

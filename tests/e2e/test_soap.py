@@ -192,9 +192,10 @@ def test_the_wsdl_names_every_operation_and_the_address_the_client_reached(serve
 
 
 def test_a_configured_address_goes_into_the_wsdl(
-    server: str, monkeypatch: pytest.MonkeyPatch
+    rt: Runtime, server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VOMS_SOAP_ADDRESS", "https://vouchers.example.net/soap")
+    public = rt.settings.model_copy(update={"soap_address": "https://vouchers.example.net/soap"})
+    monkeypatch.setattr(rt, "settings", public)
     wsdl = etree.fromstring(httpx.get(f"{server}/soap?WSDL").content)
     address = wsdl.find(".//{http://schemas.xmlsoap.org/wsdl/soap/}address")
     assert address is not None

@@ -25,7 +25,6 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from lxml import etree
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voms.api.deps import TokenBuckets
 from voms.domain.errors import Forbidden, Invalid, NotFound, ResultError, VomsError
@@ -53,14 +52,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 XML_MEDIA_TYPE = "text/xml; charset=utf-8"
 
 router = APIRouter(tags=["soap"], include_in_schema=False)
-
-
-class SoapSettings(BaseSettings):
-    """``VOMS_SOAP_ADDRESS``: the public URL of /soap written into the WSDL (behind a proxy)."""
-
-    model_config = SettingsConfigDict(env_prefix="VOMS_SOAP_", extra="ignore")
-
-    address: str | None = None
 
 
 class SoapFault(Exception):
@@ -111,7 +102,7 @@ def wsdl_document(address: str) -> bytes:
 
 
 def _service_address(request: Request) -> str:
-    configured = SoapSettings().address
+    configured: str | None = request.app.state.runtime.settings.soap_address
     if configured:
         return configured
     # The URL the client reached (uvicorn applies X-Forwarded-* from trusted proxies).

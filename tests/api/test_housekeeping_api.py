@@ -61,6 +61,7 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
         "reservation_timeouts",
         "blacklist_release",
         "request_id_purge",
+        "channel_session_purge",
         "expiry_counts",
         "voucher_archive",
         "key_reencryption",

@@ -8,8 +8,8 @@ from voms.db.types import utcnow
 from voms.domain.errors import Forbidden
 from voms.domain.roles import Role
 from voms.runtime import Runtime
-from voms.services import channel_sessions
-from voms.services.auth import Principal
+from voms.services import channel_sessions, housekeeping
+from voms.services.auth import CONSOLE, Principal
 
 USSD = Principal(name="ussd", role=Role.CHANNEL)
 
@@ -53,3 +53,16 @@ def test_a_session_past_its_time_is_expired_and_purged(rt: Runtime) -> None:
 def test_only_redeeming_principals_use_sessions(rt: Runtime) -> None:
     with pytest.raises(Forbidden):
         channel_sessions.load(rt, Principal("x", Role.AUDITOR), "ussd", "s", "2547")
+
+
+def test_the_housekeeping_job_purges_sessions_past_their_time(rt: Runtime) -> None:
+    past = utcnow() - timedelta(minutes=5)
+    old = channel_sessions.load(rt, USSD, "ussd", "old", "2547", now=past)
+    channel_sessions.save(rt, USSD, old, 10, now=past)
+    channel_sessions.save(rt, USSD, channel_sessions.load(rt, USSD, "ussd", "live", "2547"), 600)
+
+    run = housekeeping.run_job(rt, CONSOLE, "channel_session_purge")
+
+    assert (run["outcome"], run["rows_affected"]) == ("succeeded", 1)
+    assert channel_sessions.load(rt, USSD, "ussd", "old", "2547").is_new
+    assert not channel_sessions.load(rt, USSD, "ussd", "live", "2547").is_new

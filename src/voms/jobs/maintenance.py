@@ -1,4 +1,4 @@
-"""Small recurring jobs: reservation timeouts, blacklist release, request-id purge."""
+"""Small recurring jobs: reservation timeouts, blacklists, request ids, channel sessions."""
 
 from datetime import timedelta
 
@@ -6,7 +6,7 @@ from sqlalchemy import delete, or_, select
 
 from voms.db import tables as t
 from voms.jobs.context import JobContext
-from voms.services import redemption
+from voms.services import channel_sessions, redemption
 
 
 def time_out_reservations(ctx: JobContext) -> int:
@@ -66,3 +66,10 @@ def purge_request_ids(ctx: JobContext) -> int:
             ctx.chunk_done(removed)
         if last:
             return total
+
+
+def purge_channel_sessions(ctx: JobContext) -> int:
+    """Forget USSD menu sessions past their timeout (they hold no PIN, only menu state)."""
+    removed = channel_sessions.purge_expired(ctx.rt, redemption.HOUSEKEEPING, ctx.now)
+    ctx.chunk_done(removed)
+    return removed

@@ -52,6 +52,12 @@ JOBS: dict[str, Job] = {
             maintenance.purge_request_ids,
         ),
         Job(
+            "channel_session_purge",
+            "Delete USSD menu sessions past their timeout.",
+            "*/15 * * * *",
+            maintenance.purge_channel_sessions,
+        ),
+        Job(
             "expiry_counts",
             "Count, per expired batch, the vouchers that expired unused (for reports).",
             "7 * * * *",

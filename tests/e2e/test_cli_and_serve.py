@@ -150,3 +150,14 @@ def test_a_server_on_postgresql_without_keys_refuses_to_start(
     assert result.returncode == 1
     assert "voms keys init" in result.stderr
     assert not (tmp_path / "missing.json").exists()
+
+
+def test_the_example_catalog_of_the_readme_imports(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "catalog.json"
+    _voms("keys", "init", cwd=tmp_path)
+    _voms("db", "upgrade", cwd=tmp_path)
+    result = _voms("catalog", "import", str(example), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "created voucher type COMBO50" in result.stdout
+    generated = _voms("batch", "generate", "--type", "TOPUP10", "--count", "5", cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr

@@ -1,6 +1,7 @@
 """Logging: plain text for people, one JSON object a line for machines."""
 
 import logging
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -27,3 +28,32 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+# Query parameters that carry secrets: Kannel's get-url (SMS text with a PIN, shared
+# secret), sendsms credentials, and export download tokens.
+_SECRET_QUERY_VALUE = re.compile(
+    r"(?<=[?&])(secret|text|pin|password|token)=[^&\s]*", re.IGNORECASE
+)
+
+
+class QueryScrubber(logging.Filter):
+    """Masks PINs and secrets in the query strings of uvicorn's access log.
+
+    uvicorn logs the path *with* its query string (its third argument).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            masked = _SECRET_QUERY_VALUE.sub(lambda m: f"{m.group(1)}=***", args[2])
+            record.args = (*args[:2], masked, *args[3:])
+        return True
+
+
+SCRUB_QUERY = QueryScrubber()
+
+
+def scrub_access_log() -> None:
+    """Install the scrubber on uvicorn's access log (idempotent)."""
+    logging.getLogger("uvicorn.access").addFilter(SCRUB_QUERY)

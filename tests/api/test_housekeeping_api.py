@@ -62,6 +62,7 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
         "blacklist_release",
         "request_id_purge",
         "channel_session_purge",
+        "export_file_purge",
         "expiry_counts",
         "voucher_archive",
         "key_reencryption",

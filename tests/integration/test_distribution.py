@@ -461,6 +461,24 @@ def test_kept_files_are_deleted_once_their_link_has_expired(
         distribution.open_export_file(rt, CONSOLE, record["export_id"], record["download_token"])
 
 
+def test_the_housekeeping_job_purges_expired_export_files(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    from voms.services import housekeeping
+
+    add_partner(rt, partner_keys.good)
+    factories.active_batch(rt, count=3)
+    record = distribution.create_export(rt, CONSOLE, ExportIn(partner="printshop", batch_id=1))
+    assert housekeeping.run_job(rt, CONSOLE, "export_file_purge")["rows_affected"] == 0
+    later = utcnow() + timedelta(minutes=rt.settings.export_link_minutes + 1)
+
+    run = housekeeping.run_job(rt, CONSOLE, "export_file_purge", now=later)
+
+    assert (run["outcome"], run["rows_affected"]) == ("succeeded", 1)
+    with pytest.raises(LinkExpired):
+        distribution.open_export_file(rt, CONSOLE, record["export_id"], record["download_token"])
+
+
 def test_two_simultaneous_exports_never_hand_out_the_same_voucher_twice(
     rt: Runtime, catalog: None, partner_keys: PartnerKeys
 ) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from voms.channels import texts
-from voms.channels.subscriber import QueryScrubber
 from voms.channels.texts import DEFAULTS, Texts, TextsError, load, parse
 from voms.domain.results import Result
+from voms.logs import QueryScrubber
 
 SUCCESS = {
     "result_code": 0,
@@ -121,7 +121,7 @@ def test_access_log_lines_lose_the_pin_and_the_secret_but_keep_the_rest() -> Non
         (
             "127.0.0.1:5000",
             "GET",
-            "/sms/kannel?secret=s3cr3t&from=2547&text=RCH+12345678901234&id=x",
+            "/sms/kannel?secret=s3cr3t&from=2547&text=RCH+12345678901234&id=x&token=t0k3n",
             "1.1",
             200,
         ),
@@ -131,4 +131,5 @@ def test_access_log_lines_lose_the_pin_and_the_secret_but_keep_the_rest() -> Non
     line = record.getMessage()
     assert "12345678901234" not in line
     assert "s3cr3t" not in line
-    assert "/sms/kannel?secret=***&from=2547&text=***&id=x" in line
+    assert "t0k3n" not in line
+    assert "/sms/kannel?secret=***&from=2547&text=***&id=x&token=***" in line

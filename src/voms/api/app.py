@@ -21,7 +21,7 @@ from voms.api.metrics import Observe
 from voms.channels import mobile, sms, soap, ussd
 from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
-from voms.logs import configure_logging
+from voms.logs import configure_logging, scrub_access_log
 from voms.runtime import Runtime, build_runtime
 
 
@@ -38,6 +38,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> Fast
         settings = get_settings()
         configure_logging(settings)
         rt = build_runtime(settings)
+    scrub_access_log()
     app = FastAPI(
         title="OpenVoMS",
         version=voms.__version__,

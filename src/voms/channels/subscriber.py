@@ -7,7 +7,6 @@ only result codes and exception types, so no PIN reaches a log line.
 """
 
 import logging
-import re
 import traceback
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -36,28 +35,6 @@ BAD_PIN_RESULTS = frozenset(
         Result.MISSING_VOUCHER_NUMBER.code,
     }
 )
-
-
-_SECRET_QUERY_VALUE = re.compile(r"(?<=[?&])(secret|text|pin|password)=[^&\s]*", re.IGNORECASE)
-
-
-class QueryScrubber(logging.Filter):
-    """Masks PINs and shared secrets in the query strings of uvicorn's access log.
-
-    Kannel's get-url carries the SMS text (a PIN) and the secret in the query string, and
-    uvicorn logs the path *with* its query string.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            masked = _SECRET_QUERY_VALUE.sub(lambda m: f"{m.group(1)}=***", args[2])
-            record.args = (*args[:2], masked, *args[3:])
-        return True
-
-
-SCRUB_QUERY = QueryScrubber()
-logging.getLogger("uvicorn.access").addFilter(SCRUB_QUERY)
 
 
 def principal(channel: str) -> Principal:

@@ -6,7 +6,7 @@ from sqlalchemy import delete, or_, select
 
 from voms.db import tables as t
 from voms.jobs.context import JobContext
-from voms.services import channel_sessions, redemption
+from voms.services import channel_sessions, distribution, redemption
 
 
 def time_out_reservations(ctx: JobContext) -> int:
@@ -71,5 +71,12 @@ def purge_request_ids(ctx: JobContext) -> int:
 def purge_channel_sessions(ctx: JobContext) -> int:
     """Forget USSD menu sessions past their timeout (they hold no PIN, only menu state)."""
     removed = channel_sessions.purge_expired(ctx.rt, redemption.HOUSEKEEPING, ctx.now)
+    ctx.chunk_done(removed)
+    return removed
+
+
+def purge_export_files(ctx: JobContext) -> int:
+    """Delete the kept encrypted files of exports whose download link has expired."""
+    removed = distribution.purge_export_files(ctx.rt, ctx.now)
     ctx.chunk_done(removed)
     return removed

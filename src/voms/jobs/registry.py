@@ -58,6 +58,13 @@ JOBS: dict[str, Job] = {
             maintenance.purge_channel_sessions,
         ),
         Job(
+            "export_file_purge",
+            "Delete the encrypted files of exports whose download link has expired "
+            "(the export records stay).",
+            "40 * * * *",
+            maintenance.purge_export_files,
+        ),
+        Job(
             "expiry_counts",
             "Count, per expired batch, the vouchers that expired unused (for reports).",
             "7 * * * *",

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from tests.agi_client import FakeAsterisk
 from tests.channel_support import balance, open_shop
+from tests.e2e.processes import free_port
 from voms.config import Settings
 from voms.crypto import Keyring, write_keyring
 from voms.db.engine import make_engine
@@ -19,12 +19,6 @@ from voms.db.migrate import upgrade
 from voms.runtime import build_runtime
 
 VOMS = str(Path(sys.executable).with_name("voms"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -53,7 +47,7 @@ def test_voms_agi_serves_a_call_and_stops_on_interrupt(tmp_path: Path, database_
     rt = build_runtime(settings)
     shop = open_shop(rt)
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "agi.log"
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -83,7 +77,7 @@ def test_voms_agi_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     keys = tmp_path / "voms-keys.json"
     write_keyring(keys, Keyring.new())
     result = subprocess.run(
-        [VOMS, "agi", "--port", str(_free_port())],
+        [VOMS, "agi", "--port", str(free_port())],
         env=_env(VOMS_DATABASE_URL=f"sqlite:///{tmp_path}/empty.db", VOMS_KEYS_FILE=str(keys)),
         capture_output=True,
         text=True,
@@ -110,7 +104,7 @@ def test_voms_agi_names_a_bad_setting(
     upgrade(engine)
     engine.dispose()
     result = subprocess.run(
-        [VOMS, "agi", "--port", str(_free_port())],
+        [VOMS, "agi", "--port", str(free_port())],
         env=_env(VOMS_DATABASE_URL=url, VOMS_KEYS_FILE=str(keys), **setting),
         capture_output=True,
         text=True,

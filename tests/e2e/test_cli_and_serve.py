@@ -2,23 +2,17 @@
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.processes import start_http_server
+
 VOMS = str(Path(sys.executable).with_name("voms"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -35,31 +29,19 @@ def _voms(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]
 
 class Server:
     def __init__(self, cwd: Path, **env: str) -> None:
-        self.port = _free_port()
-        self.process = subprocess.Popen(
-            [VOMS, "serve", "--port", str(self.port)],
+        self.process, self.url = start_http_server(
+            lambda port: [VOMS, "serve", "--port", str(port)],
             cwd=cwd,
             env=_env(**env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            log=lambda port: cwd / f"serve-{port}.log",
         )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.process.communicate()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError("server did not start")
+        self.log = cwd / f"serve-{self.url.rsplit(':', 1)[1]}.log"
 
-    def stop(self) -> tuple[str, str]:
+    def stop(self) -> str:
+        """Stop the server; its output (stdout and stderr)."""
         self.process.terminate()
-        out, err = self.process.communicate(timeout=20)
-        return out, err
+        self.process.wait(timeout=20)
+        return self.log.read_text()
 
 
 def test_first_start_creates_database_keys_and_prints_an_admin_key_once(tmp_path: Path) -> None:
@@ -67,7 +49,7 @@ def test_first_start_creates_database_keys_and_prints_an_admin_key_once(tmp_path
     try:
         assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
     finally:
-        out, _ = server.stop()
+        out = server.stop()
     key = out.split("shown only this once:")[1].split()[0]
     assert key.startswith("voms_")
     assert (tmp_path / "voms.db").exists()
@@ -80,18 +62,20 @@ def test_first_start_creates_database_keys_and_prints_an_admin_key_once(tmp_path
         )
         assert listed.status_code == 200
     finally:
-        out, _ = again.stop()
+        out = again.stop()
     assert "voms_" not in out
 
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     server = Server(tmp_path, VOMS_LOG_FORMAT="json")
     httpx.get(f"{server.url}/healthz")
-    _, err = server.stop()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines
-    records = [json.loads(line) for line in lines]
-    assert {"time", "level", "logger", "message"} <= set(records[0])
+    output = server.stop()
+    # The first start also tells a person, on stdout, about the new keys and admin key.
+    logged = [line for line in output.splitlines() if line.startswith("{")]
+    assert len(logged) >= 3
+    records = [json.loads(line) for line in logged]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any('"GET /healthz' in r["message"] for r in records)
 
 
 def test_apikey_create_prints_the_key_as_its_last_line(tmp_path: Path) -> None:

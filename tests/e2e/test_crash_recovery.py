@@ -8,11 +8,9 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests import factories
+from tests.e2e.processes import start_http_server
 from voms.config import Settings
 from voms.db import tables as t
 from voms.runtime import Runtime
@@ -38,34 +37,13 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(settings: Settings, cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    log = cwd / f"serve-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [VOMS, "serve", "--port", str(port)],
-            cwd=cwd,
-            env=_env(settings),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited: {log.read_text()[-2000:]}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("server did not start")
+    return start_http_server(
+        lambda port: [VOMS, "serve", "--port", str(port)],
+        cwd=cwd,
+        env=_env(settings),
+        log=lambda port: cwd / f"serve-{port}.log",
+    )
 
 
 def _redeem(url: str, key: str, serial: str, pin: str, index: int) -> int | None:

@@ -9,7 +9,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from tests.channel_support import MSISDN, OTHER, Shop, open_shop
+from tests.e2e.processes import free_port
 from voms.config import Settings
 from voms.crypto import Keyring, write_keyring
 from voms.db.engine import make_engine
@@ -43,12 +43,6 @@ pytestmark = pytest.mark.skipif(
     reason="Kannel is not installed (Debian packages kannel and kannel-extras; "
     "./scripts/bootstrap installs them when apt-get can run as root)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def readme_kannel_conf() -> str:
@@ -207,7 +201,7 @@ def gateway(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
     shop = open_shop(rt)
     rt.engine.dispose()
 
-    ports = Ports(*(_free_port() for _ in range(5)))
+    ports = Ports(*(free_port() for _ in range(5)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
     env.update(
         VOMS_DATABASE_URL=database_url,

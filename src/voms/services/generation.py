@@ -38,6 +38,7 @@ from voms.services.auth import Principal
 from voms.services.catalog import load_voucher_type
 from voms.services.lifecycle import batch_size, batch_view, load_batch, record_event
 from voms.services.sealing import (
+    VOUCHER_COLUMNS,
     RandomBytes,
     Sealer,
     VoucherRow,
@@ -55,15 +56,6 @@ MAX_WRITE_ATTEMPTS = 50
 # Chunks made ahead of the writer per worker: enough to keep both busy, little memory.
 CHUNKS_AHEAD_PER_WORKER = 2
 
-VOUCHER_COLUMNS = (
-    "serial",
-    "batch_id",
-    "pin_hash",
-    "lookup_key_id",
-    "pin_ciphertext",
-    "encryption_key_id",
-    "state",
-)
 Progress = Callable[[int], None]
 
 

@@ -16,8 +16,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from voms.crypto import NONCE_BYTES, Keyring
 from voms.domain.states import VoucherState
 
-# Rows in the order of generation.VOUCHER_COLUMNS.
+# A voucher row, in the order of VOUCHER_COLUMNS.
 VoucherRow = tuple[int, int, bytes, int, bytes, int, str]
+# The vouchers columns a VoucherRow fills, in its order (generation and legacy import).
+VOUCHER_COLUMNS = (
+    "serial",
+    "batch_id",
+    "pin_hash",
+    "lookup_key_id",
+    "pin_ciphertext",
+    "encryption_key_id",
+    "state",
+)
 RandomBytes = Callable[[int], bytes]
 
 

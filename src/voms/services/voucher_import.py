@@ -37,19 +37,11 @@ from voms.services import audit, idempotency
 from voms.services.auth import Principal
 from voms.services.catalog import load_voucher_type
 from voms.services.lifecycle import batch_view, record_event
+from voms.services.sealing import VOUCHER_COLUMNS
 
 LEGACY_COLUMNS = ("serial", "pin", "voucher_type", "expires_at")
 CHECK_ROWS = 2_000  # lines checked against the database per query
 WRITE_ROWS = 20_000  # vouchers written per bulk load
-VOUCHER_COLUMNS = (
-    "serial",
-    "batch_id",
-    "pin_hash",
-    "lookup_key_id",
-    "pin_ciphertext",
-    "encryption_key_id",
-    "state",
-)
 
 ReadLines = Callable[[], Iterable[str]]
 

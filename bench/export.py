@@ -27,45 +27,14 @@ from voms.crypto import Keyring, write_keyring
 from voms.db.engine import make_engine
 from voms.db.migrate import upgrade
 from voms.runtime import build_runtime
-from voms.services import catalog, distribution, generation
+from voms.services import distribution, generation
 from voms.services.auth import CONSOLE
 
+# The tests' catalog factories build the bench's catalog.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 VOMS = str(Path(sys.executable).with_name("voms"))
-
-
-def _catalog(settings: Settings) -> None:
-    rt = build_runtime(settings)
-    catalog.create_service_provider(
-        rt, CONSOLE, catalog.ServiceProviderIn(code="BENCH", name="Bench")
-    )
-    catalog.create_balance_type(
-        rt,
-        CONSOLE,
-        catalog.BalanceTypeIn(
-            code="CASH", name="Cash", unit="cent", currency="KES", service_provider="BENCH"
-        ),
-    )
-    catalog.create_voucher_type(
-        rt,
-        CONSOLE,
-        catalog.VoucherTypeIn.model_validate(
-            {
-                "code": "BENCH14",
-                "name": "Bench",
-                "service_provider": "BENCH",
-                "pin_length": 14,
-                "scenarios": [
-                    {
-                        "number": 1,
-                        "name": "10",
-                        "default": True,
-                        "credits": [{"balance_type": "CASH", "amount": 1000}],
-                    }
-                ],
-            }
-        ),
-    )
-    rt.engine.dispose()
 
 
 def _gpg(home: Path, *args: str, data: bytes | None = None) -> bytes:
@@ -141,13 +110,17 @@ def run(kind: str, count: int, pg_url: str, xlsx: bool, verify: bool) -> None:
             engine = make_engine(settings)
             upgrade(engine)
             engine.dispose()
-            _catalog(settings)
+            from tests import factories
+
+            setup = build_runtime(settings)
+            factories.standard_catalog(setup)
+            setup.engine.dispose()
             rt = build_runtime(settings)
             began = time.perf_counter()
             small = generation.generate_batch(
-                rt, CONSOLE, voucher_type="BENCH14", count=max(1, count // 10)
+                rt, CONSOLE, voucher_type="TOPUP10", count=max(1, count // 10)
             )
-            batch = generation.generate_batch(rt, CONSOLE, voucher_type="BENCH14", count=count)
+            batch = generation.generate_batch(rt, CONSOLE, voucher_type="TOPUP10", count=count)
             print(
                 f"{kind:10} setup: {small['count'] + batch['count']:,} vouchers generated in "
                 f"{time.perf_counter() - began:.1f} s (not part of the figures)",

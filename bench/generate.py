@@ -33,39 +33,12 @@ from voms.db import tables as t
 from voms.db.engine import make_engine
 from voms.db.migrate import upgrade
 from voms.runtime import Runtime, build_runtime
-from voms.services import catalog, generation
+from voms.services import generation
 from voms.services.auth import CONSOLE
 
-
-def _catalog(rt: Runtime) -> None:
-    catalog.create_service_provider(
-        rt, CONSOLE, catalog.ServiceProviderIn(code="BENCH", name="Bench")
-    )
-    catalog.create_balance_type(
-        rt,
-        CONSOLE,
-        catalog.BalanceTypeIn(code="CASH", name="Cash", unit="cent", service_provider="BENCH"),
-    )
-    catalog.create_voucher_type(
-        rt,
-        CONSOLE,
-        catalog.VoucherTypeIn.model_validate(
-            {
-                "code": "BENCH14",
-                "name": "Bench",
-                "service_provider": "BENCH",
-                "pin_length": 14,
-                "scenarios": [
-                    {
-                        "number": 1,
-                        "name": "10",
-                        "default": True,
-                        "credits": [{"balance_type": "CASH", "amount": 1000}],
-                    }
-                ],
-            }
-        ),
-    )
+# The tests' catalog factories build the bench's catalog.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def _raw_table() -> Table:
@@ -148,7 +121,9 @@ def _fresh_runtime(kind: str, folder: Path, pg_url: str, tag: str) -> tuple[Runt
     upgrade(engine)
     engine.dispose()
     rt = build_runtime(settings)
-    _catalog(rt)
+    from tests import factories
+
+    factories.standard_catalog(rt)
     return rt, pg_name
 
 
@@ -157,7 +132,7 @@ def _measure(kind: str, mode: str, count: int, pg_url: str, workers: int | None,
     with tempfile.TemporaryDirectory(prefix="voms-bench-") as tmp:
         rt, pg_name = _fresh_runtime(kind, Path(tmp), pg_url, mode)
         try:
-            batch = generation.create_batch(rt, CONSOLE, voucher_type="BENCH14", count=count)
+            batch = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=count)
             batch_id = batch.batch["batch_id"]
             if mode == "raw":
                 seconds = _raw_load(rt, count, batch_id)

@@ -163,3 +163,23 @@ def test_every_change_is_in_the_audit_log(client: TestClient, admin: dict[str, s
         "service_provider.create",
     ]
     assert all(e["actor"] == "admin-all" for e in entries[:4])
+
+
+def test_a_scoped_auditor_reads_only_its_providers_audit_entries(
+    client: TestClient, rt: Runtime, admin: dict[str, str]
+) -> None:
+    _base(client, admin)
+    client.post("/api/v1/service-providers", json={"code": "BETA", "name": "Beta"}, headers=admin)
+    beta_type = {"code": "B1", "name": "B1", "service_provider": "BETA"}
+    assert client.post("/api/v1/product-types", json=beta_type, headers=admin).status_code == 201
+    beta = bearer(factories.api_key(rt, "auditor", "BETA"))
+
+    entries = client.get("/api/v1/audit?limit=3", headers=beta).json()
+
+    assert [(e["action"], e["object_id"]) for e in entries] == [
+        ("apikey.create", "2"),
+        ("product_type.create", "BETA/B1"),
+        ("service_provider.create", "BETA"),
+    ]
+    channel = bearer(factories.api_key(rt, "channel"))
+    assert client.get("/api/v1/audit", headers=channel).status_code == 403

@@ -6,8 +6,6 @@ from fastapi import APIRouter, status
 
 from voms.api.deps import PrincipalDep, RuntimeDep
 from voms.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditEntry
-from voms.db.engine import reading
-from voms.domain.roles import Permission
 from voms.services import audit, auth
 
 router = APIRouter(prefix="/api/v1", tags=["administration"])
@@ -39,11 +37,4 @@ def audit_log(
     object_id: str | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    who.require(Permission.AUDIT_READ)
-    with reading(rt.engine) as conn:
-        entries = audit.list_entries(
-            conn, object_type=object_type, object_id=object_id, limit=max(1, min(limit, 1000))
-        )
-    if who.service_provider_id is not None:
-        entries = [e for e in entries if e["service_provider_id"] == who.service_provider_id]
-    return entries
+    return audit.read_audit_log(rt, who, object_type=object_type, object_id=object_id, limit=limit)

@@ -5,9 +5,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, select
 
 from voms.db import tables as t
+from voms.db.engine import reading
 from voms.db.types import utcnow
+from voms.domain.roles import Permission
 
 if TYPE_CHECKING:
+    from voms.runtime import Runtime
     from voms.services.auth import Principal
 
 
@@ -39,12 +42,38 @@ def list_entries(
     *,
     object_type: str | None = None,
     object_id: str | None = None,
+    service_provider_id: int | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Newest audit entries first, optionally for one object."""
+    """Newest audit entries first, optionally for one object or one provider."""
     query = select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)
+    if service_provider_id is not None:
+        query = query.where(t.audit_log.c.service_provider_id == service_provider_id)
     if object_type:
         query = query.where(t.audit_log.c.object_type == object_type)
     if object_id:
         query = query.where(t.audit_log.c.object_id == object_id)
     return [dict(row._mapping) for row in conn.execute(query)]
+
+
+MAX_AUDIT_PAGE = 1000
+
+
+def read_audit_log(
+    rt: "Runtime",
+    actor: "Principal",
+    *,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The audit log as ``actor`` may see it: a scoped key sees its provider's entries."""
+    actor.require(Permission.AUDIT_READ)
+    with reading(rt.engine) as conn:
+        return list_entries(
+            conn,
+            object_type=object_type,
+            object_id=object_id,
+            service_provider_id=actor.service_provider_id,
+            limit=max(1, min(limit, MAX_AUDIT_PAGE)),
+        )

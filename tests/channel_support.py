@@ -1,13 +1,15 @@
-"""What the channel tests share: a rechargeable subscriber, and a watch on the logs."""
+"""What the channel tests share: a rechargeable subscriber, the app, a watch on the logs."""
 
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests import factories
+from voms.api.app import create_app
 from voms.config import Settings
 from voms.db import tables as t
 from voms.runtime import Runtime
@@ -61,6 +63,18 @@ def open_shop(rt: Runtime, count: int = 5) -> Shop:
 def configure(rt: Runtime, **changes: Any) -> None:
     """Change settings of a runtime as the environment would (values are validated)."""
     rt.settings = Settings(**{**rt.settings.model_dump(), **changes})
+
+
+@pytest.fixture(name="shop")
+def shop_fixture(rt: Runtime) -> Shop:
+    """The ``shop`` fixture of the channel tests (import ``shop_fixture`` to use it)."""
+    return open_shop(rt)
+
+
+def app_client(rt: Runtime, **settings: Any) -> TestClient:
+    """A client of the whole app (enter it to run the lifespan), ``settings`` applied."""
+    configure(rt, **settings)
+    return TestClient(create_app(rt), raise_server_exceptions=False)
 
 
 def bad_check_digit(pin: str) -> str:

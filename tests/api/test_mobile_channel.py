@@ -5,7 +5,6 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,30 +13,20 @@ from tests.channel_support import (
     MSISDN,
     OTHER,
     Shop,
+    app_client,
     assert_never_logged,
     bad_check_digit,
     balance,
     configure,
-    open_shop,
+    shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
-from voms.api.app import create_app
 from voms.runtime import Runtime
-
-
-def _client(rt: Runtime, **settings: Any) -> TestClient:
-    configure(rt, **settings)
-    return TestClient(create_app(rt), raise_server_exceptions=False)
-
-
-@pytest.fixture
-def shop(rt: Runtime) -> Shop:
-    return open_shop(rt)
 
 
 @pytest.fixture
 def web(rt: Runtime, shop: Shop) -> Iterator[TestClient]:
-    with _client(rt) as client:
+    with app_client(rt) as client:
         yield client
 
 
@@ -127,7 +116,7 @@ def test_a_resubmitted_form_gets_the_first_answer_not_already_used(
 
 
 def test_attempts_are_limited_per_client_address(rt: Runtime, shop: Shop) -> None:
-    with _client(rt, mobile_rate_limit_per_minute=3) as web:
+    with app_client(rt, mobile_rate_limit_per_minute=3) as web:
         answers = [
             web.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[0])})
             for _ in range(4)
@@ -139,7 +128,7 @@ def test_attempts_are_limited_per_client_address(rt: Runtime, shop: Shop) -> Non
 
 def test_the_bad_pin_blacklist_of_the_service_applies(rt: Runtime, shop: Shop) -> None:
     configure(rt, max_bad_pin_attempts=2)
-    with _client(rt) as web:
+    with app_client(rt) as web:
         for _ in range(2):
             web.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[0])})
         page = web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]})
@@ -155,7 +144,7 @@ def test_the_page_speaks_the_browsers_language_when_texts_exist(
         json.dumps({"default": {"texts": {"sw": {"web.title": "Ongeza salio"}}}}),
         encoding="utf-8",
     )
-    with _client(rt, texts_file=path) as web:
+    with app_client(rt, texts_file=path) as web:
         swahili = web.get("/m", headers={"Accept-Language": "sw-KE,sw;q=0.9,en;q=0.5"})
         french = web.get("/m", headers={"Accept-Language": "fr"})
     assert "<title>Ongeza salio</title>" in swahili.text
@@ -166,13 +155,13 @@ def test_the_page_speaks_the_browsers_language_when_texts_exist(
 def test_a_broken_texts_file_stops_the_app_at_start(rt: Runtime, tmp_path: Path) -> None:
     path = tmp_path / "texts.json"
     path.write_text('{"default": {"texts": {"en": {"result.0": "{pin}"}}}}', encoding="utf-8")
-    client = _client(rt, texts_file=path)
+    client = app_client(rt, texts_file=path)
     with pytest.raises(Exception, match="unknown placeholder"), client:
         pass
 
 
 def test_the_page_can_be_switched_off(rt: Runtime, shop: Shop) -> None:
-    with _client(rt, mobile_enabled=False) as web:
+    with app_client(rt, mobile_enabled=False) as web:
         assert web.get("/m").status_code == 404
         assert web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]}).status_code == 404
     assert balance(rt) == 0

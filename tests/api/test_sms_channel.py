@@ -14,26 +14,19 @@ from tests.channel_support import (
     MSISDN,
     OTHER,
     Shop,
+    app_client,
     assert_never_logged,
     balance,
-    configure,
-    open_shop,
+    shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
-from voms.api.app import create_app
 from voms.runtime import Runtime
 
 SECRET = "kannel-shared-secret"
 
 
-@pytest.fixture
-def shop(rt: Runtime) -> Shop:
-    return open_shop(rt)
-
-
 def _client(rt: Runtime, **settings: Any) -> TestClient:
-    configure(rt, **{"sms_secret": SECRET, **settings})
-    return TestClient(create_app(rt), raise_server_exceptions=False)
+    return app_client(rt, **{"sms_secret": SECRET, **settings})
 
 
 @pytest.fixture

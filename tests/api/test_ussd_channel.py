@@ -15,11 +15,12 @@ from tests.channel_support import (
     MSISDN,
     OTHER,
     Shop,
+    app_client,
     assert_never_logged,
     bad_check_digit,
     balance,
     configure,
-    open_shop,
+    shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
 from voms.api.app import create_app
@@ -69,13 +70,7 @@ class Phone:
 
 
 def _client(rt: Runtime, **settings: Any) -> TestClient:
-    configure(rt, **{"ussd_secret": SECRET, **settings})
-    return TestClient(create_app(rt), raise_server_exceptions=False)
-
-
-@pytest.fixture
-def shop(rt: Runtime) -> Shop:
-    return open_shop(rt)
+    return app_client(rt, **{"ussd_secret": SECRET, **settings})
 
 
 @pytest.fixture

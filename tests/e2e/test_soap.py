@@ -31,6 +31,7 @@ from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
 from voms.services import auth, transactions
 from voms.services.auth import CONSOLE
+from voms.services.redemption import RedemptionRequest
 
 MSISDN = "254700000001"
 OTHER = "254700000002"
@@ -509,6 +510,7 @@ def test_roles_apply_as_in_the_rest_api(
 def test_malformed_xml_is_a_client_fault_that_echoes_no_pin(
     server: str, keys: dict[str, str], pins: list[tuple[str, str]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "voms.soap")  # every fault is logged at INFO
     pin = pins[0][1]
     bearer = {"Authorization": f"Bearer {keys['channel']}"}
     broken = _envelope(f"<v:Redeem><v:Msisdn>{MSISDN}</v:Msisdn><v:Pin>{pin}</v:Pn></v:Redeem>")
@@ -520,6 +522,7 @@ def test_malformed_xml_is_a_client_fault_that_echoes_no_pin(
     assert pin not in text
     code, text = _fault(_post(server, "", **bearer))
     assert text == "Empty request: a SOAP 1.1 envelope was expected"
+    assert "soap fault Client: Malformed XML" in caplog.text
     assert pin not in caplog.text
     assert "Traceback" not in caplog.text
 
@@ -658,8 +661,9 @@ def test_unexpected_errors_are_server_faults_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(*_: object) -> None:
-        raise RuntimeError("database exploded")
+    def broken(rt: object, who: object, request: RedemptionRequest) -> None:
+        # The message quotes the PIN, as a driver's error may quote a statement's values.
+        raise RuntimeError(f"database exploded at pin={request.pin}")
 
     monkeypatch.setattr(soap.redemption, "redeem", broken)
     with caplog.at_level(logging.ERROR, "voms.soap"), pytest.raises(Fault) as fault:

@@ -22,7 +22,7 @@ from tests.channel_support import (
     bad_check_digit,
     balance,
     configure,
-    open_shop,
+    shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
 from voms.channels import agi
@@ -51,11 +51,6 @@ class RunningAgi:
         self.thread.join(timeout=10)
         self.loop.run_until_complete(self.loop.shutdown_default_executor())
         self.loop.close()
-
-
-@pytest.fixture
-def shop(rt: Runtime) -> Shop:
-    return open_shop(rt)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.domain.pins import MAX_PIN_LENGTH
 from voms.domain.results import Result
@@ -77,13 +78,6 @@ class AgiReply:
     result: str = ""
     data: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def number(self) -> int | None:
-        try:
-            return int(self.result)
-        except ValueError:
-            return None
 
 
 def parse_reply(line: str) -> AgiReply:
@@ -249,7 +243,7 @@ class _Call:
                 offers = [str(s["number"]) for s in answer.get("scenarios", [])]
                 choice = await self.choose("choose_offer", offers)
                 if choice is None:
-                    return subscriber.failure(Result.INVALID_SCENARIO_NUMBER)
+                    return result_body(Result.INVALID_SCENARIO_NUMBER)
                 return await self.redeem(requester, recipient, pin, choice)
             if code in subscriber.BAD_PIN_RESULTS and bad_pins < self.settings.channel_pin_retries:
                 bad_pins += 1
@@ -290,7 +284,7 @@ class _Call:
         else:
             recipient = await self.other_number()
         if recipient is None:
-            answer = subscriber.failure(Result.INVALID_SUBSCRIBER)
+            answer = result_body(Result.INVALID_SUBSCRIBER)
             await self.tell(answer, env.get("agi_language"), "")
             return int(answer["result_code"])
         answer = await self.recharge(caller or recipient, recipient)

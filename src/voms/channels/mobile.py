@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
 from voms.api.deps import RuntimeDep
+from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
@@ -181,7 +182,7 @@ async def recharge(
     client = request.client.host if request.client else "unknown"
     if not _limiter(rt).allow(client):
         said = subscriber.texts(rt).messages(None, language)
-        answer = subscriber.failure(Result.TOO_MANY_REQUESTS)
+        answer = result_body(Result.TOO_MANY_REQUESTS)
         return _page(
             said,
             language,

@@ -29,6 +29,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import SecretStr
 
 from voms.api.deps import RuntimeDep
+from voms.api.errors import result_body
 from voms.channels import subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
@@ -122,7 +123,7 @@ async def kannel_inbound(
     msisdn = subscriber.msisdn_or_none(sender)
     if msisdn is None:
         said = subscriber.texts(rt).messages()
-        return PlainTextResponse(said.result(subscriber.failure(Result.INVALID_SUBSCRIBER)))
+        return PlainTextResponse(said.result(result_body(Result.INVALID_SUBSCRIBER)))
     reply = await run_in_threadpool(reply_to, rt, msisdn, text, message_id)
     return PlainTextResponse(reply[:MAX_REPLY_CHARS])
 

@@ -14,6 +14,7 @@ or not allowed. A fault never carries a traceback or a PIN.
 import functools
 import logging
 import re
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from fastapi.responses import PlainTextResponse, Response
 from lxml import etree
 
 from voms.api.deps import TokenBuckets
+from voms.api.errors import result_body
 from voms.domain.errors import Forbidden, Invalid, NotFound, ResultError, VomsError
 from voms.domain.results import Result
 from voms.runtime import Runtime
@@ -172,21 +174,6 @@ _REDEEM_RESPONSE = (
     _REWARDS,
     _SCENARIOS,
 )
-_RESERVE_RESPONSE = (
-    *_OUTCOME,
-    _f("TransactionId", "transaction_id"),
-    _f("ReservationId", "reservation_id"),
-    _f("Serial", "serial"),
-    _f("VoucherType", "voucher_type"),
-    _f("Scenario", "scenario"),
-    _f("Msisdn", "msisdn"),
-    _f("RecipientMsisdn", "recipient_msisdn"),
-    _CREDITS,
-    _f("AccountExpiryExtensionDays", "account_expiry_extension_days"),
-    _f("NewProductType", "new_product_type"),
-    _f("ExpiresAt", "expires_at"),
-    _SCENARIOS,
-)
 _RESERVATION_OUTCOME = (
     *_OUTCOME,
     _f("TransactionId", "transaction_id"),
@@ -197,6 +184,13 @@ _RESERVATION_OUTCOME = (
     _f("Msisdn", "msisdn"),
     _f("RecipientMsisdn", "recipient_msisdn"),
     _CREDITS,
+)
+_RESERVE_RESPONSE = (
+    *_RESERVATION_OUTCOME,
+    _f("AccountExpiryExtensionDays", "account_expiry_extension_days"),
+    _f("NewProductType", "new_product_type"),
+    _f("ExpiresAt", "expires_at"),
+    _SCENARIOS,
 )
 _RECHARGE_RESPONSE = tuple(f for f in _REDEEM_RESPONSE if f.xml != "Serial")
 _VOUCHER_RESPONSE = (
@@ -315,11 +309,7 @@ def _outcome(call: Callable[[], Values]) -> Values:
     try:
         return call()
     except ResultError as error:
-        return {"result_code": error.result.code, "result_text": error.result.text, **error.extra}
-
-
-def _result(result: Result, **extra: Any) -> Values:
-    return {"result_code": result.code, "result_text": result.text, **extra}
+        return result_body(error.result, **error.extra)
 
 
 def _redemption_request(values: Values) -> RedemptionRequest:
@@ -379,22 +369,22 @@ def _get_voucher(rt: Runtime, who: Principal, values: Values) -> Values:
         else:
             voucher = care.voucher_by_pin(rt, who, values.get("Pin") or "")
     except NotFound:
-        return _result(Result.VOUCHER_NOT_FOUND)
+        return result_body(Result.VOUCHER_NOT_FOUND)
     except Invalid as error:
         # care names the malformed field in its detail (never the PIN itself).
         invalid = Result.INVALID_SERIAL_NUMBER if "Serial" in values else Result.INVALID_PARAMETER
-        return _result(invalid, detail=error.detail)
-    return _result(Result.SUCCESS, **voucher)
+        return result_body(invalid, detail=error.detail)
+    return result_body(Result.SUCCESS, **voucher)
 
 
 def _get_subscriber(rt: Runtime, who: Principal, values: Values) -> Values:
     try:
         subscriber = wallet.get_subscriber(rt, who, values.get("Msisdn") or "")
     except NotFound:
-        return _result(Result.SUBSCRIBER_NOT_FOUND)
+        return result_body(Result.SUBSCRIBER_NOT_FOUND)
     except Invalid as error:
-        return _result(Result.INVALID_SUBSCRIBER, detail=error.detail)
-    return _result(Result.SUCCESS, **subscriber)
+        return result_body(Result.INVALID_SUBSCRIBER, detail=error.detail)
+    return result_body(Result.SUCCESS, **subscriber)
 
 
 OPERATIONS: dict[str, _Operation] = {
@@ -591,7 +581,9 @@ def handle(rt: Runtime, buckets: TokenBuckets, body: bytes, authorization: str |
         if operation is None:
             raise SoapFault("Client", f"Unknown operation {tag}; see /soap?wsdl")
         if principal.api_key_id is not None and not buckets.allow(principal.api_key_id):
-            return _answer(operation.response, operation.fields, _result(Result.TOO_MANY_REQUESTS))
+            return _answer(
+                operation.response, operation.fields, result_body(Result.TOO_MANY_REQUESTS)
+            )
         _validate(element)
         return _answer(
             operation.response, operation.fields, operation.call(rt, principal, _values(element))
@@ -599,14 +591,11 @@ def handle(rt: Runtime, buckets: TokenBuckets, body: bytes, authorization: str |
     except SoapFault as fault:
         return _fault(fault, secrets)
     except Forbidden as error:
-        return _fault(SoapFault("Client", f"Forbidden: {error.detail}"))
+        return _fault(SoapFault("Client", f"Forbidden: {error.detail}"), secrets)
     except VomsError as error:
         return _fault(SoapFault("Client", error.detail), secrets)
     except Exception as error:
-        # The exception type only: the request may carry a PIN.
-        log.error(
-            "unhandled error on POST /soap: %s",
-            error.__class__.__name__,
-            exc_info=(type(error), error, None),
-        )
+        # The type and the frames only: the exception's message may quote the request's PIN.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        log.error("unhandled error on POST /soap: %s\n%s", error.__class__.__name__, frames)
         return _fault(SoapFault("Server", "Internal error"))

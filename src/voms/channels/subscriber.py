@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+from voms.api.errors import result_body
 from voms.channels.texts import Messages, Texts, load
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.msisdn import normalize_msisdn
@@ -62,10 +63,6 @@ async def texts_checked(app: Any) -> AsyncIterator[None]:
     yield
 
 
-def failure(result: Result, **extra: Any) -> Response:
-    return {"result_code": result.code, "result_text": result.text, **extra}
-
-
 def log_unexpected(channel: str, what: str, exc: BaseException) -> None:
     # Where it broke, without the exception's message or any value: those may hold input.
     frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -94,10 +91,10 @@ def redeem(
     try:
         response = redemption.redeem(rt, principal(channel), request)
     except ResultError as error:
-        response = failure(error.result, **error.extra)
+        response = result_body(error.result, **error.extra)
     except Exception as exc:
         log_unexpected(channel, "redemption", exc)
-        response = failure(Result.SYSTEM_ERROR)
+        response = result_body(Result.SYSTEM_ERROR)
     log.info("%s: redemption answered %s", channel, response["result_code"])
     return response
 
@@ -134,7 +131,7 @@ def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
         found = account(rt, channel, msisdn)
     except Exception as exc:
         log_unexpected(channel, "balance", exc)
-        return said.result(failure(Result.SYSTEM_ERROR))
+        return said.result(result_body(Result.SYSTEM_ERROR))
     if found is None:
         return said.text("balance.unknown")
     return said.balances(found["balances"])

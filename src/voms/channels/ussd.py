@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from voms.api.deps import RuntimeDep
+from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
@@ -205,7 +206,7 @@ def _step(rt: Runtime, session_id: str, msisdn: str, text: str) -> str:
     if session.expired:
         return Reply(fresh.text("ussd.expired"), end=True).render()
     if session.msisdn != msisdn:  # a session id is the gateway's, for one subscriber
-        return Reply(fresh.result(subscriber.failure(Result.INVALID_SUBSCRIBER)), True).render()
+        return Reply(fresh.result(result_body(Result.INVALID_SUBSCRIBER)), True).render()
     if session.is_new:
         channel_sessions.purge_expired(rt, actor)
         session.state["provider"] = subscriber.provider_of(rt, CHANNEL, msisdn)
@@ -246,7 +247,7 @@ async def ussd_callback(
     msisdn = subscriber.msisdn_or_none(phone_number)
     if msisdn is None or not session_id:
         said = subscriber.texts(rt).messages()
-        answer: dict[str, Any] = subscriber.failure(Result.INVALID_SUBSCRIBER)
+        answer: dict[str, Any] = result_body(Result.INVALID_SUBSCRIBER)
         return PlainTextResponse(Reply(said.result(answer), end=True).render())
     reply = await run_in_threadpool(_step, rt, session_id, msisdn, text)
     return PlainTextResponse(reply)

@@ -87,6 +87,10 @@ def test_agi_reply_lines_are_parsed(line: str, reply: AgiReply) -> None:
 def test_a_line_that_is_not_agi_is_an_error() -> None:
     with pytest.raises(AgiError):
         parse_reply("hello")
+    with pytest.raises(AgiError) as garbled:
+        parse_reply("garbled 12345678901234 line")
+    assert "12345678901234" not in str(garbled.value)
+    assert "garbled" in str(garbled.value)
 
 
 # --- calls ----------------------------------------------------------------------------------

@@ -80,11 +80,16 @@ class AgiReply:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+_DIGIT_RUN = re.compile(r"\d{6,}")
+
+
 def parse_reply(line: str) -> AgiReply:
     """The reply of one AGI response line."""
     matched = _REPLY.match(line.rstrip("\r\n"))
     if matched is None:
-        raise AgiError(f"not an AGI response: {line[:80]!r}")
+        # The line is logged: a run of digits in it could be a PIN the caller keyed.
+        shown = _DIGIT_RUN.sub("…", line[:80])
+        raise AgiError(f"not an AGI response: {shown!r}")
     code, rest = int(matched.group("code")), matched.group("rest") or ""
     found = _RESULT.match(rest)
     if found is None:

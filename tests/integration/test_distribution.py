@@ -4,13 +4,14 @@ import csv
 import hashlib
 import io
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests import factories
 from tests.pgp import GOOD_UID, PartnerKeys, make_short_lived_key, stop_agent
@@ -447,18 +448,39 @@ def test_an_imported_batch_with_gaps_exports_in_serial_order(
     )
 
 
-def test_kept_files_are_deleted_once_their_link_has_expired(
-    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+def _kept_chunks(rt: Runtime, export_id: int) -> int:
+    c = t.export_file_chunks
+    with rt.engine.connect() as conn:
+        return int(
+            conn.execute(select(func.count()).where(c.c.export_id == export_id)).scalar_one()
+        )
+
+
+def _check_expired_files_are_purged(
+    rt: Runtime, partner_keys: PartnerKeys, purge: Callable[[datetime | None], int]
 ) -> None:
+    """A kept file survives ``purge`` while its link is valid and is deleted after."""
     add_partner(rt, partner_keys.good)
     factories.active_batch(rt, count=3)
     record = distribution.create_export(rt, CONSOLE, ExportIn(partner="printshop", batch_id=1))
     assert record["download_token"]
-    assert distribution.purge_export_files(rt) == 0
+    assert purge(None) == 0
+    assert _kept_chunks(rt, record["export_id"]) == 1
     later = utcnow() + timedelta(minutes=rt.settings.export_link_minutes + 1)
-    assert distribution.purge_export_files(rt, now=later) == 1
+
+    assert purge(later) == 1
+
+    assert _kept_chunks(rt, record["export_id"]) == 0
     with pytest.raises(LinkExpired):
         distribution.open_export_file(rt, CONSOLE, record["export_id"], record["download_token"])
+
+
+def test_kept_files_are_deleted_once_their_link_has_expired(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    _check_expired_files_are_purged(
+        rt, partner_keys, lambda now: distribution.purge_export_files(rt, now=now)
+    )
 
 
 def test_the_housekeeping_job_purges_expired_export_files(
@@ -466,17 +488,12 @@ def test_the_housekeeping_job_purges_expired_export_files(
 ) -> None:
     from voms.services import housekeeping
 
-    add_partner(rt, partner_keys.good)
-    factories.active_batch(rt, count=3)
-    record = distribution.create_export(rt, CONSOLE, ExportIn(partner="printshop", batch_id=1))
-    assert housekeeping.run_job(rt, CONSOLE, "export_file_purge")["rows_affected"] == 0
-    later = utcnow() + timedelta(minutes=rt.settings.export_link_minutes + 1)
+    def purge(now: datetime | None) -> int:
+        run = housekeeping.run_job(rt, CONSOLE, "export_file_purge", now=now)
+        assert run["outcome"] == "succeeded"
+        return int(run["rows_affected"])
 
-    run = housekeeping.run_job(rt, CONSOLE, "export_file_purge", now=later)
-
-    assert (run["outcome"], run["rows_affected"]) == ("succeeded", 1)
-    with pytest.raises(LinkExpired):
-        distribution.open_export_file(rt, CONSOLE, record["export_id"], record["download_token"])
+    _check_expired_files_are_purged(rt, partner_keys, purge)
 
 
 def test_two_simultaneous_exports_never_hand_out_the_same_voucher_twice(

@@ -42,26 +42,7 @@ class BatchPage(BaseModel):
 def create_batch(body: BatchIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
     """Order vouchers. Above VOMS_BACKGROUND_GENERATION_THRESHOLD they are generated in the
     background: the answer says `generating` and GET /batches/{id} shows the progress."""
-    if body.count <= rt.settings.background_generation_threshold:
-        return generation.generate_batch(
-            rt,
-            who,
-            voucher_type=body.voucher_type,
-            count=body.count,
-            expires_at=body.expires_at,
-            request_id=body.request_id,
-        )
-    created = generation.create_batch(
-        rt,
-        who,
-        voucher_type=body.voucher_type,
-        count=body.count,
-        expires_at=body.expires_at,
-        request_id=body.request_id,
-    )
-    if created.is_new:
-        generation.fill_in_background(rt, who, created.batch["batch_id"])
-    return created.batch
+    return generation.order_batch(rt, who, body)
 
 
 @router.get("/batches", response_model=BatchPage)

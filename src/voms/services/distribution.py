@@ -576,7 +576,7 @@ def _tracked(chunks: Iterator[Chunk], state: _Progress) -> Generator[Chunk, None
 
 
 def _csv(
-    chunks: Iterator[Chunk], rt: Runtime, progress: Callable[[int], None]
+    chunks: Iterator[Chunk], rt: Runtime, progress: Callable[[], None]
 ) -> Generator[bytes, None, None]:
     decrypt = rt.keyring.pin_decryptor()
     width = rt.settings.serial_width
@@ -586,11 +586,11 @@ def _csv(
         yield "".join(
             [f"{serial:0{width}d},{decrypt(key, blob)}{tail}" for serial, blob, key in rows]
         ).encode()
-        progress(len(rows))
+        progress()
 
 
 def _xlsx(
-    chunks: Iterator[Chunk], rt: Runtime, progress: Callable[[int], None]
+    chunks: Iterator[Chunk], rt: Runtime, progress: Callable[[], None]
 ) -> Generator[bytes, None, None]:
     decrypt = rt.keyring.pin_decryptor()
     width = rt.settings.serial_width
@@ -607,7 +607,7 @@ def _xlsx(
                     for serial, blob, key in rows
                 ]
             )
-            progress(len(rows))
+            progress()
 
     return xlsx.stream_xlsx(sheet_rows(), sheet_name="vouchers")
 
@@ -739,7 +739,7 @@ def _export(
         ).scalar_one()
         state = _Progress()
 
-        def advance(step: int) -> None:
+        def advance() -> None:
             if progress is not None:
                 progress(state.rows, total)
 

@@ -455,6 +455,18 @@ def generate_batch(
     return fill_batch(rt, actor, created.batch["batch_id"], progress=progress)
 
 
+def order_batch(rt: Runtime, actor: Principal, body: BatchIn) -> dict[str, Any]:
+    """POST /batches: generate now up to VOMS_BACKGROUND_GENERATION_THRESHOLD vouchers;
+    above it, create the batch (state generating) and fill it in a daemon thread."""
+    fields = body.model_dump()
+    if body.count <= rt.settings.background_generation_threshold:
+        return generate_batch(rt, actor, **fields)
+    created = create_batch(rt, actor, **fields)
+    if created.is_new:
+        fill_in_background(rt, actor, created.batch["batch_id"])
+    return created.batch
+
+
 def fill_in_background(rt: Runtime, actor: Principal, batch_id: int) -> threading.Thread:
     """Generate a created batch in a daemon thread (the API answers at once)."""
 

@@ -110,12 +110,22 @@ def test_the_pin_never_appears_in_an_answer_or_a_record(
     rt: Runtime, pins: list[tuple[str, str]]
 ) -> None:
     _, pin = pins[0]
-    answer = redeem(rt, pin=pin)
+    answer = redeem(rt, pin=pin, request_id="with-pin")
     with pytest.raises(ResultError) as failed:
         redeem(rt, pin=pin)
+    wrong_check_digit = pin[:-1] + str((int(pin[-1]) + 1) % 10)
+    with pytest.raises(ResultError):
+        redeem(rt, pin=wrong_check_digit, request_id="bad-pin")
     assert pin not in repr(answer)
     assert pin not in repr(failed.value.extra) + str(failed.value)
     assert all(pin not in repr(row) for row in transactions(rt))
+    with rt.engine.connect() as conn:
+        remembered = conn.execute(select(t.idempotency_keys)).all()
+        attempts = conn.execute(select(t.pin_attempts)).all()
+    assert len(remembered) == 2
+    assert len(attempts) == 1
+    stored = repr(remembered) + repr(attempts)
+    assert pin[:-1] not in stored
 
 
 def test_a_recipient_is_credited_on_behalf_of_the_requester(

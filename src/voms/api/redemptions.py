@@ -5,7 +5,8 @@ Bodies are read leniently so that every answer carries ``result_code`` and
 """
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,9 +15,15 @@ from pydantic import BaseModel, Field
 
 from voms.api.deps import PrincipalDep, RuntimeDep
 from voms.services import redemption
-from voms.services.redemption import RechargeRequest, RedemptionRequest, ReservationAction
+from voms.services.redemption import (
+    RechargeRequest,
+    RedemptionRequest,
+    ReservationAction,
+    Response,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["redemption"])
+T = TypeVar("T")
 
 
 class RedemptionBody(BaseModel):
@@ -68,48 +75,54 @@ async def _body(request: Request) -> object:
         return None
 
 
+async def _answer(
+    request: Request, parse: Callable[[object], T], service: Callable[..., Response], *args: object
+) -> JSONResponse:
+    """Parse the body leniently, then run the (blocking) service with it as last argument."""
+    body = parse(await _body(request))
+    return JSONResponse(await run_in_threadpool(service, *args, body))
+
+
 @router.post("/redemptions", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)
 async def redeem(request: Request, rt: RuntimeDep, who: PrincipalDep) -> JSONResponse:
     """Redeem a voucher: consume it and credit the recipient's wallet."""
-    body = RedemptionRequest.from_json(await _body(request))
-    return JSONResponse(await run_in_threadpool(redemption.redeem, rt, who, body))
+    return await _answer(request, RedemptionRequest.from_json, redemption.redeem, rt, who)
 
 
 @router.post("/reservations", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)
 async def reserve(request: Request, rt: RuntimeDep, who: PrincipalDep) -> JSONResponse:
     """Reserve a voucher for an external charging system; commit or revoke it later."""
-    body = RedemptionRequest.from_json(await _body(request))
-    return JSONResponse(await run_in_threadpool(redemption.reserve, rt, who, body))
+    return await _answer(request, RedemptionRequest.from_json, redemption.reserve, rt, who)
+
+
+_OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
 
 
 @router.post(
-    "/reservations/{reservation_id}/commit",
-    openapi_extra=_documented(ReservationActionBody, required=False),
-    responses=_ANSWERS,
+    "/reservations/{reservation_id}/commit", openapi_extra=_OPTIONAL_ACTION_BODY, responses=_ANSWERS
 )
 async def commit(
     reservation_id: str, request: Request, rt: RuntimeDep, who: PrincipalDep
 ) -> JSONResponse:
     """The reserved voucher becomes redeemed (no wallet here changes)."""
-    body = ReservationAction.from_json(await _body(request))
-    return JSONResponse(await run_in_threadpool(redemption.commit, rt, who, reservation_id, body))
+    return await _answer(
+        request, ReservationAction.from_json, redemption.commit, rt, who, reservation_id
+    )
 
 
 @router.post(
-    "/reservations/{reservation_id}/revoke",
-    openapi_extra=_documented(ReservationActionBody, required=False),
-    responses=_ANSWERS,
+    "/reservations/{reservation_id}/revoke", openapi_extra=_OPTIONAL_ACTION_BODY, responses=_ANSWERS
 )
 async def revoke(
     reservation_id: str, request: Request, rt: RuntimeDep, who: PrincipalDep
 ) -> JSONResponse:
     """The reserved voucher becomes available again."""
-    body = ReservationAction.from_json(await _body(request))
-    return JSONResponse(await run_in_threadpool(redemption.revoke, rt, who, reservation_id, body))
+    return await _answer(
+        request, ReservationAction.from_json, redemption.revoke, rt, who, reservation_id
+    )
 
 
 @router.post("/voucher-type-recharges", openapi_extra=_documented(RechargeBody), responses=_ANSWERS)
 async def recharge(request: Request, rt: RuntimeDep, who: PrincipalDep) -> JSONResponse:
     """Credit a wallet as a voucher of the type would, without a voucher."""
-    body = RechargeRequest.from_json(await _body(request))
-    return JSONResponse(await run_in_threadpool(redemption.recharge, rt, who, body))
+    return await _answer(request, RechargeRequest.from_json, redemption.recharge, rt, who)

@@ -29,7 +29,6 @@ class BalanceTypeInfo:
 class Snapshot:
     balance_types: dict[int, BalanceTypeInfo]
     product_types: dict[int, str]
-    product_type_ids: dict[tuple[int, str], int]  # (service provider id, code) → id
     service_providers: dict[str, int]  # code → id
     pin_lengths: frozenset[int]
     expires: float
@@ -41,14 +40,12 @@ def _cache(rt: Runtime) -> dict[Any, Any]:
 
 def _load(conn: Connection) -> Snapshot:
     bt, pt, sp, vt = t.balance_types, t.product_types, t.service_providers, t.voucher_types
-    product_rows = conn.execute(select(pt.c.id, pt.c.code, pt.c.service_provider_id)).all()
     return Snapshot(
         balance_types={
             row.id: BalanceTypeInfo(row.code, row.max_balance)
             for row in conn.execute(select(bt.c.id, bt.c.code, bt.c.max_balance))
         },
-        product_types={row.id: row.code for row in product_rows},
-        product_type_ids={(row.service_provider_id, row.code): row.id for row in product_rows},
+        product_types={row.id: row.code for row in conn.execute(select(pt.c.id, pt.c.code))},
         service_providers={row.code: row.id for row in conn.execute(select(sp.c.id, sp.c.code))},
         pin_lengths=frozenset(conn.execute(select(vt.c.pin_length).distinct()).scalars()),
         expires=time.monotonic() + TTL_SECONDS,

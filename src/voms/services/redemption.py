@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Any, Union
+from typing import Any, Self, Union
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
@@ -28,7 +28,7 @@ from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
 from voms.domain.errors import ResultError
 from voms.domain.msisdn import normalize_msisdn
-from voms.domain.pins import check_pin
+from voms.domain.pins import check_pin, normalize_pin
 from voms.domain.results import Result
 from voms.domain.roles import Permission, Role
 from voms.domain.scenarios import choose_scenario
@@ -50,8 +50,17 @@ AnyRequest = Union["RedemptionRequest", "RechargeRequest", "ReservationAction"]
 # --- requests as channels receive them ------------------------------------------------
 
 
+class _FromJson:
+    @classmethod
+    def from_json(cls, body: object) -> Self:
+        """From a decoded JSON body; anything but an object is an empty request."""
+        if not isinstance(body, dict):
+            return cls()
+        return cls(**{f.name: body.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class RedemptionRequest:
+class RedemptionRequest(_FromJson):
     """A redemption or reservation as received: raw values, checked by the service."""
 
     msisdn: object = None
@@ -63,16 +72,9 @@ class RedemptionRequest:
     request_id: object = None
     service_provider: object = None
 
-    @classmethod
-    def from_json(cls, body: object) -> "RedemptionRequest":
-        """From a decoded JSON body; anything but an object is an empty request."""
-        if not isinstance(body, dict):
-            return cls()
-        return cls(**{f.name: body.get(f.name) for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class RechargeRequest:
+class RechargeRequest(_FromJson):
     """A voucher-type recharge: credit a wallet as a voucher of that type would."""
 
     msisdn: object = None
@@ -83,25 +85,13 @@ class RechargeRequest:
     request_id: object = None
     service_provider: object = None
 
-    @classmethod
-    def from_json(cls, body: object) -> "RechargeRequest":
-        if not isinstance(body, dict):
-            return cls()
-        return cls(**{f.name: body.get(f.name) for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class ReservationAction:
+class ReservationAction(_FromJson):
     """Commit or revoke of a reservation (the body is optional)."""
 
     channel: object = None
     request_id: object = None
-
-    @classmethod
-    def from_json(cls, body: object) -> "ReservationAction":
-        if not isinstance(body, dict):
-            return cls()
-        return cls(**{f.name: body.get(f.name) for f in fields(cls)})
 
 
 # --- what an attempt has revealed so far (recorded whatever the outcome) ---------------
@@ -186,10 +176,15 @@ def _msisdn(raw: object) -> str:
     return normalize_msisdn(_digits(raw))
 
 
-def _pin(raw: object, lengths: frozenset[int]) -> str:
+def _pin(rt: Runtime, conn: Connection, raw: object) -> str:
+    """The PIN without spaces or dashes, checked for format, length and check digit."""
     if raw is not None and _digits(raw) is None:
         raise ResultError(Result.INVALID_VOUCHER_NUMBER)
-    return check_pin(_digits(raw), lengths)
+    pin = normalize_pin(_digits(raw))
+    lengths = catalog_cache.snapshot(rt, conn).pin_lengths
+    if len(pin) not in lengths:  # perhaps of a voucher type created a moment ago
+        lengths = catalog_cache.snapshot(rt, conn, refresh=True).pin_lengths
+    return check_pin(pin, lengths)
 
 
 def _serial(raw: object) -> int | None:
@@ -429,12 +424,8 @@ def _find_voucher(
     rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
 ) -> tuple[Any, dict[str, Any]]:
     """The voucher of the request's PIN, checked up to its state; and its voucher type."""
-    lengths = catalog_cache.snapshot(rt, conn).pin_lengths
-    pin_text = _digits(request.pin)
-    if pin_text is not None and len(pin_text.replace(" ", "").replace("-", "")) not in lengths:
-        lengths = catalog_cache.snapshot(rt, conn, refresh=True).pin_lengths
     try:
-        pin = _pin(request.pin, lengths)
+        pin = _pin(rt, conn, request.pin)
     except ResultError as error:
         attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
         raise
@@ -589,14 +580,20 @@ def _credit_wallet(
     }
 
 
-def _start(
-    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
-) -> tuple[str, str, bool]:
-    """Requester, recipient, provider and blacklist; also whether bad PINs are to be reset."""
+def _parties(attempt: _Attempt, request: RedemptionRequest | RechargeRequest) -> tuple[str, str]:
+    """Requester and recipient (the requester unless one is named), noted on the attempt."""
     msisdn = attempt.msisdn = _msisdn(request.msisdn)
     recipient = attempt.recipient = (
         msisdn if request.recipient_msisdn is None else _msisdn(request.recipient_msisdn)
     )
+    return msisdn, recipient
+
+
+def _start(
+    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
+) -> tuple[str, str, bool]:
+    """Requester, recipient, provider and blacklist; also whether bad PINs are to be reset."""
+    msisdn, recipient = _parties(attempt, request)
     attempt.service_provider_id = _service_provider(
         rt, conn, attempt.actor, request.service_provider
     )
@@ -711,12 +708,7 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
     attempt = _Attempt(kind="recharge", actor=actor)
 
     def work(conn: Connection, now: datetime) -> Response:
-        attempt.msisdn = _msisdn(request.msisdn)
-        attempt.recipient = (
-            attempt.msisdn
-            if request.recipient_msisdn is None
-            else _msisdn(request.recipient_msisdn)
-        )
+        _, recipient = _parties(attempt, request)
         sp_id = _service_provider(rt, conn, actor, request.service_provider)
         code = request.voucher_type
         voucher_type = (
@@ -726,7 +718,7 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
             raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
         attempt.voucher_type_id = voucher_type["id"]
         attempt.service_provider_id = voucher_type["service_provider_id"]
-        account = rt.billing.load_account(conn, attempt.recipient, lock=True)
+        account = rt.billing.load_account(conn, recipient, lock=True)
         _check_account(account, voucher_type)
         assert account is not None
         scenario = _scenario(attempt, voucher_type, request.scenario)

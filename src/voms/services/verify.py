@@ -7,7 +7,7 @@ credit has exactly its ledger rows; every balance equals the sum of its ledger r
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import groupby, islice
 from typing import Any
 
 from sqlalchemy import Connection, func, select, text
@@ -36,9 +36,11 @@ def _examples(values: Sequence[Any]) -> str:
 
 def _check(conn: Connection, report: Report, what: str, sql: str) -> None:
     """``sql`` selects one column naming each broken object."""
-    broken = conn.execute(text(sql)).scalars().all()
-    if broken:
-        report.problems.append(f"{len(broken)} {what}{_examples(broken)}")
+    broken = (row[0] for row in _stream(conn, text(sql)))
+    examples = list(islice(broken, EXAMPLES))  # memory stays flat however many are broken
+    if examples:
+        count = len(examples) + sum(1 for _ in broken)
+        report.problems.append(f"{count} {what}{_examples(examples)}")
 
 
 def _voucher_checks(conn: Connection, report: Report) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy import Connection, bindparam, select
 
 from voms.crypto import Keyring
 from voms.db import tables as t
@@ -85,8 +85,3 @@ def replay(stored: Stored) -> dict[str, Any]:
     if code == 0:
         return stored.response
     raise ResultError(Result.from_code(code), **response)
-
-
-def purge(conn: Connection, older_than: datetime) -> int:
-    """Forget request ids stored before ``older_than`` (housekeeping)."""
-    return conn.execute(delete(_k).where(_k.c.created_at < older_than)).rowcount

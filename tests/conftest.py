@@ -8,6 +8,7 @@ that executed no PostgreSQL test, into a failure instead of a skip.
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,10 +115,23 @@ def settings(database_url: str, keys_file: Path) -> Settings:
     return Settings(database_url=database_url, keys_file=keys_file)
 
 
+# Threads the services start on their own (background jobs, batch generation, exports).
+BACKGROUND_THREADS = ("voms-job-", "generate-batch-", "export-")
+
+
+def _join_background_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith(BACKGROUND_THREADS):
+            thread.join(30)
+
+
 @pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
     runtime = build_runtime(settings)
     yield runtime
+    # A background thread still working would take a connection from the pool that
+    # dispose() makes anew, and leave it open after the test.
+    _join_background_threads()
     runtime.engine.dispose()
 
 

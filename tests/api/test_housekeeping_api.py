@@ -1,12 +1,9 @@
 """Housekeeping over HTTP: jobs, runs with filters and paging, starting a job, roles."""
 
-import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -15,15 +12,6 @@ from tests.api.conftest import bearer
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime
-
-
-@pytest.fixture(autouse=True)
-def jobs_finish() -> Iterator[None]:
-    """Background runs end before the database goes away (their connection with them)."""
-    yield
-    for thread in threading.enumerate():
-        if thread.name.startswith("voms-job-"):
-            thread.join(30)
 
 
 def wait_for(client: TestClient, headers: dict[str, str], run_id: int) -> dict[str, Any]:

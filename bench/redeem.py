@@ -6,14 +6,17 @@ Creates a scratch database (``voms_bench`` next to VOMS_TEST_POSTGRES_URL's), a 
 1,000 subscribers and active vouchers; starts ``voms serve --workers N``; drives
 redemptions from a separate process over keep-alive connections, first as fast as it
 can (closed loop), then paced at half that rate (open loop, latency counted from the
-scheduled send time); then runs pgbench with the equivalent SQL transaction on other
-vouchers. Prints requests/s, p50/p99 and the ratio to pgbench. Figures, not a test.
+scheduled send time); then runs pgbench with the same SQL statements on other vouchers,
+once with a round trip per statement and once with the writes and COMMIT pipelined as
+the service sends them. Prints requests/s, p50/p99, the ratios, and the CPU each
+redemption costs the server, PostgreSQL and the load driver. Figures, not a test.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -194,25 +197,27 @@ def time_now() -> Any:
     return utcnow()
 
 
-# The transaction a successful redemption with a request id runs (see services/redemption.py),
-# with the voucher found by serial (pgbench cannot compute an HMAC; both are unique-index
-# lookups on the same table).
+# The transaction a successful redemption with a request id runs (services/redemption.py),
+# statement for statement, with the voucher found by serial (pgbench cannot compute an
+# HMAC; both are unique-index lookups on the same table). {pipeline} and {end_pipeline}
+# are empty for the one-round-trip-per-statement run; for the pipelined run they send the
+# writes and the COMMIT in one round trip, as the service does (voms.db.pipeline).
 PGBENCH_SCRIPT = r"""
 \set k :k + 1
 \set serial :first + :client_id * :per + :k - 1
 \set sub random(0, 999)
 BEGIN;
-SELECT request_hash, status_code, response FROM idempotency_keys
-  WHERE scope = 'key:' || 'bench' AND request_id = 'pgb-' || CAST(:serial AS text);
-SELECT failures, blacklisted_until FROM pin_attempts
-  WHERE msisdn = '2547' || lpad(CAST(:sub AS text), 8, '0');
-SELECT v.serial, v.state, b.state, b.expires_at, b.voucher_type_id, b.service_provider_id
+SELECT v.serial, v.state, b.state, b.expires_at, b.voucher_type_id, b.service_provider_id,
+  (SELECT failures FROM pin_attempts WHERE msisdn = '2547' || lpad(CAST(:sub AS text), 8, '0')),
+  (SELECT blacklisted_until FROM pin_attempts
+    WHERE msisdn = '2547' || lpad(CAST(:sub AS text), 8, '0'))
   FROM vouchers v JOIN batches b ON b.id = v.batch_id WHERE v.serial = :serial;
 SELECT id, msisdn, service_provider_id, product_type_id, state, account_expires_at
   FROM subscribers WHERE msisdn = '2547' || lpad(CAST(:sub AS text), 8, '0') FOR UPDATE \gset s_
 SELECT balance_type_id, amount, expires_at FROM balances WHERE subscriber_id = :s_id;
 UPDATE vouchers SET state = 'redeemed', state_changed_at = now(), redeemed_at = now(),
   redeemed_by = :s_msisdn WHERE serial = :serial AND state = 'available' RETURNING serial;
+{pipeline}
 INSERT INTO balances (subscriber_id, balance_type_id, amount, expires_at)
   VALUES (:s_id, :bt, 1000, now() + interval '30 days')
   ON CONFLICT (subscriber_id, balance_type_id)
@@ -237,18 +242,31 @@ INSERT INTO idempotency_keys (scope, request_id, request_hash, status_code, resp
   '"amount": 1000, "balance": 1000, "expires_at": "2027-01-01T00:00:00+00:00"}], '
   '"account_expires_at": "2027-01-01T00:00:00+00:00", "product_type": "GOLD", '
   '"rewards": [], "transaction_id": "6f1c2a0e-3c1d-4a51-9c56-0d5f3c0a7e11"}',
-  now()) ON CONFLICT DO NOTHING RETURNING scope;
+  now());
 END;
+{end_pipeline}
 """
 
 
 def _pgbench(
-    url: str, first_serial: int, clients: int, per_client: int, ids: dict[str, int], work: Path
-) -> dict[str, float]:
+    url: str,
+    first_serial: int,
+    clients: int,
+    per_client: int,
+    ids: dict[str, int],
+    work: Path,
+    *,
+    pipelined: bool,
+) -> dict[str, Any]:
     if shutil.which("pgbench") is None:
         raise SystemExit("pgbench not found: apt-get install postgresql-client (or -contrib)")
-    script = work / "redeem.sql"
-    script.write_text(PGBENCH_SCRIPT)
+    name = "pipelined" if pipelined else "plain"
+    script = work / f"redeem-{name}.sql"
+    script.write_text(
+        PGBENCH_SCRIPT.replace("{pipeline}", r"\startpipeline" if pipelined else "").replace(
+            "{end_pipeline}", r"\endpipeline" if pipelined else ""
+        )
+    )
     command = [
         "pgbench",
         "--no-vacuum",
@@ -269,18 +287,20 @@ def _pgbench(
         "-D",
         f"key={ids['api_key']}",
         "--log",
-        f"--log-prefix={work / 'pgbench'}",
+        f"--log-prefix={work / name}",
         "-f",
         str(script),
         url.replace("postgresql+psycopg://", "postgresql://"),
     ]
     started = time.perf_counter()
+    cpu_before = _postgres_cpu_seconds(), _children_cpu_seconds()
     done = subprocess.run(command, capture_output=True, text=True, cwd=work, check=False)
+    cpu_after = _postgres_cpu_seconds(), _children_cpu_seconds()
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
     latencies: list[float] = []
-    for log in work.glob("pgbench*"):
+    for log in work.glob(f"{name}.*"):
         for line in log.read_text().splitlines():
             fields = line.split()
             if len(fields) >= 3:
@@ -297,6 +317,9 @@ def _pgbench(
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "seconds": elapsed,
         "requests": len(latencies),
+        "cpu_ms": [
+            1000 * (b - a) / len(latencies) for a, b in zip(cpu_before, cpu_after, strict=True)
+        ],
     }
 
 
@@ -330,6 +353,28 @@ def _cpu_seconds(pid: int) -> float:
         fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def _postgres_cpu_seconds() -> float:
+    """User + system CPU of every PostgreSQL server process, ended backends included."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or (proc / "comm").read_text().strip() != "postgres":
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        # utime, stime, and cutime, cstime: backends that ended count in the postmaster's
+        total += sum(int(value) for value in fields[11:15]) / tick
+    return total
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of the finished child processes (the load driver, pgbench)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_driver(
@@ -388,7 +433,7 @@ def main() -> None:
     warmup = 500
     paced = args.requests // 2
     total = warmup + args.requests + paced
-    setup = _prepare(args.pg_url, work, total, args.concurrency * args.pgbench_per_client)
+    setup = _prepare(args.pg_url, work, total, 2 * args.concurrency * args.pgbench_per_client)
     bodies = [
         {"msisdn": msisdn(i % SUBSCRIBERS), "pin": pin, "request_id": f"bench-{serial}"}
         for i, (serial, pin) in enumerate(setup["pins"])
@@ -424,11 +469,14 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )
             time.sleep(1)
-        cpu_before = _cpu_seconds(server.pid)
+        cpu_before = _cpu_seconds(server.pid), _postgres_cpu_seconds(), _children_cpu_seconds()
         full = _run_driver(
             url, setup["key"], bodies[warmup : warmup + args.requests], args.concurrency, None, work
         )
-        full["cpu_ms"] = 1000 * (_cpu_seconds(server.pid) - cpu_before) / full["requests"]
+        cpu_after = _cpu_seconds(server.pid), _postgres_cpu_seconds(), _children_cpu_seconds()
+        full["cpu_ms"] = [
+            1000 * (b - a) / full["requests"] for a, b in zip(cpu_before, cpu_after, strict=True)
+        ]
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=60)
@@ -443,6 +491,7 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    per_run = args.concurrency * args.pgbench_per_client
     raw = _pgbench(
         setup["url"],
         setup["pgbench_first_serial"],
@@ -450,25 +499,49 @@ def main() -> None:
         args.pgbench_per_client,
         setup["ids"],
         work,
+        pipelined=False,
+    )
+    piped = _pgbench(
+        setup["url"],
+        setup["pgbench_first_serial"] + per_run,
+        args.concurrency,
+        args.pgbench_per_client,
+        setup["ids"],
+        work,
+        pipelined=True,
     )
     bad = {code: n for code, n in {**full["codes"], **half["codes"]}.items() if code != "0"}
     print(
         f"\nPostgreSQL, {args.workers} worker(s), concurrency {args.concurrency}, "
         f"{os.cpu_count()} CPUs"
     )
-    print(f"{'run':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'count':>8}")
+    print(f"{'run':<40}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'count':>8}")
     rows = [
         ("HTTP redemptions, closed loop", full),
         (f"HTTP redemptions, paced {full['rps'] / 2:.0f}/s", half),
-        ("pgbench, same SQL transaction", raw),
+        ("pgbench, same SQL, a round trip each", raw),
+        ("pgbench, same SQL, writes pipelined", piped),
     ]
     for name, figures in rows:
         print(
-            f"{name:<34}{figures['rps']:>9.0f}{figures['p50_ms']:>9.2f}"
+            f"{name:<40}{figures['rps']:>9.0f}{figures['p50_ms']:>9.2f}"
             f"{figures['p99_ms']:>9.2f}{figures['requests']:>8}"
         )
-    print(f"ratio HTTP / raw SQL: {full['rps'] / raw['rps']:.0%}")
-    print(f"server CPU per redemption: {full['cpu_ms']:.2f} ms")
+    print(
+        f"ratio HTTP / raw SQL: {full['rps'] / raw['rps']:.0%} "
+        f"(pipelined as the service: {full['rps'] / piped['rps']:.0%})"
+    )
+    server_ms, postgres_ms, driver_ms = full["cpu_ms"]
+    print(
+        f"CPU per redemption over HTTP: server {server_ms:.2f} ms, PostgreSQL {postgres_ms:.2f} ms,"
+        f" load driver {driver_ms:.2f} ms"
+    )
+    for name, figures in (("a round trip each", raw), ("pipelined", piped)):
+        postgres_ms, pgbench_ms = figures["cpu_ms"]
+        print(
+            f"CPU per pgbench transaction, {name}: PostgreSQL {postgres_ms:.2f} ms,"
+            f" pgbench {pgbench_ms:.2f} ms"
+        )
     if bad:
         print(f"non-zero result codes: {bad}")
     shutil.rmtree(work, ignore_errors=True)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(5, ge=1, description="Connections kept open per process.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections under load.")
     db_pool_timeout_s: float = Field(10.0, gt=0, description="Wait for a free connection.")
+    redemption_threads: int = Field(
+        4, ge=1, le=64, description="Redemption-family calls run at once per worker process."
+    )
     serial_width: int = Field(12, ge=6, le=18, description="Digits of a voucher serial.")
     require_approval: bool = Field(
         False, description="Four-eyes: who generated a batch cannot activate it."

@@ -1,9 +1,12 @@
 """Request dependencies: the runtime, the authenticated principal, rate limits."""
 
+import functools
 import threading
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,6 +21,25 @@ _bearer = HTTPBearer(auto_error=False, description="API key created with `voms a
 
 class Unauthorized(VomsError):
     http_status = 401
+
+
+T = TypeVar("T")
+
+
+async def run_redemption_work(request: Request, func: Callable[..., T], *args: object) -> T:
+    """Run blocking redemption-family work on the process's few redemption threads.
+
+    Starlette's thread pool runs up to 40 threads; 40 redemptions at once fight over the
+    GIL and each takes longer. ``VOMS_REDEMPTION_THREADS`` of them run, the rest wait
+    their turn in the event loop, where waiting costs nothing.
+    """
+    state = request.app.state
+    limiter: anyio.CapacityLimiter | None = getattr(state, "redemption_limiter", None)
+    if limiter is None:  # made on first use: it belongs to the running event loop
+        limiter = state.redemption_limiter = anyio.CapacityLimiter(
+            state.runtime.settings.redemption_threads
+        )
+    return await anyio.to_thread.run_sync(functools.partial(func, *args), limiter=limiter)
 
 
 # Dependencies are async (and never block): FastAPI would run a sync one in a worker

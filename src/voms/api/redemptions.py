@@ -9,11 +9,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import PrincipalDep, RuntimeDep, run_redemption_work
 from voms.services import redemption
 from voms.services.redemption import (
     RechargeRequest,
@@ -80,7 +79,7 @@ async def _answer(
 ) -> JSONResponse:
     """Parse the body leniently, then run the (blocking) service with it as last argument."""
     body = parse(await _body(request))
-    return JSONResponse(await run_in_threadpool(service, *args, body))
+    return JSONResponse(await run_redemption_work(request, service, *args, body))
 
 
 @router.post("/redemptions", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)

@@ -35,7 +35,8 @@ _BALANCES = select(_b.c.balance_type_id, _b.c.amount, _b.c.expires_at).where(
     _b.c.subscriber_id == bindparam("sid")
 )
 
-_INSERT_BALANCE = insert(_b)
+# inline(): no RETURNING of generated keys, so that the inserts can be pipelined.
+_INSERT_BALANCE = insert(_b).inline()
 _UPDATE_BALANCE = (
     update(_b)
     .where(
@@ -44,7 +45,7 @@ _UPDATE_BALANCE = (
     )
     .values(amount=bindparam("new_amount"), expires_at=bindparam("new_expires_at"))
 )
-_INSERT_LEDGER = insert(t.ledger)
+_INSERT_LEDGER = insert(t.ledger).inline()
 _UPDATE_SUBSCRIBER = (
     update(_s)
     .where(_s.c.id == bindparam("sid"))
@@ -73,7 +74,11 @@ class BuiltinWallet:
         )
 
     def apply(self, conn: Connection, account: Account, change: Change) -> Applied:
+        # Every check first, then the writes: they return nothing, so the redemption
+        # service can send them with its COMMIT in one round trip.
         applied: list[AppliedCredit] = []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         ledger_rows: list[dict[str, Any]] = []
         for credit in sorted(change.credits, key=lambda c: c.balance_type_id):
             current = account.balances.get(credit.balance_type_id)
@@ -88,24 +93,22 @@ class BuiltinWallet:
                 change.at,
             )
             if current is None:
-                conn.execute(
-                    _INSERT_BALANCE,
+                inserts.append(
                     {
                         "subscriber_id": account.id,
                         "balance_type_id": credit.balance_type_id,
                         "amount": amount,
                         "expires_at": expires_at,
-                    },
+                    }
                 )
             else:
-                conn.execute(
-                    _UPDATE_BALANCE,
+                updates.append(
                     {
                         "sid": account.id,
                         "btid": credit.balance_type_id,
                         "new_amount": amount,
                         "new_expires_at": expires_at,
-                    },
+                    }
                 )
             ledger_rows.append(
                 {
@@ -122,12 +125,17 @@ class BuiltinWallet:
                 }
             )
             applied.append(AppliedCredit(credit.balance_type, credit.amount, amount, expires_at))
-        if ledger_rows:
-            conn.execute(_INSERT_LEDGER, ledger_rows)
         account_expires_at = extended_expiry(
             account.account_expires_at, change.account_expiry_extension_days, change.at
         )
         product_type_id = change.new_product_type_id or account.product_type_id
+        for statement, rows in (
+            (_INSERT_BALANCE, inserts),
+            (_UPDATE_BALANCE, updates),
+            (_INSERT_LEDGER, ledger_rows),
+        ):
+            if rows:
+                conn.execute(statement, rows)
         if (
             account_expires_at != account.account_expires_at
             or product_type_id != account.product_type_id

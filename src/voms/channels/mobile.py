@@ -13,11 +13,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
-from voms.api.deps import RuntimeDep
+from voms.api.deps import RuntimeDep, run_redemption_work
 from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import Messages
@@ -191,6 +190,14 @@ async def recharge(
             msisdn=msisdn,
             recipient=recipient,
         )
-    return await run_in_threadpool(
-        _recharge, rt, language, msisdn.strip(), pin, recipient.strip(), scenario.strip(), rid
+    return await run_redemption_work(
+        request,
+        _recharge,
+        rt,
+        language,
+        msisdn.strip(),
+        pin,
+        recipient.strip(),
+        scenario.strip(),
+        rid,
     )

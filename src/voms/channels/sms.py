@@ -23,12 +23,11 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import SecretStr
 
-from voms.api.deps import RuntimeDep
+from voms.api.deps import RuntimeDep, run_redemption_work
 from voms.api.errors import result_body
 from voms.channels import subscriber
 from voms.channels.texts import Messages
@@ -110,6 +109,7 @@ def reply_to(rt: Runtime, sender: str, text: str, message_id: str | None = None)
 
 @router.get("/sms/kannel", response_class=PlainTextResponse)
 async def kannel_inbound(
+    request: Request,
     rt: RuntimeDep,
     secret: Annotated[str | None, Query(description="VOMS_SMS_SECRET")] = None,
     sender: Annotated[str, Query(alias="from", max_length=40, description="%p")] = "",
@@ -124,7 +124,7 @@ async def kannel_inbound(
     if msisdn is None:
         said = subscriber.texts(rt).messages()
         return PlainTextResponse(said.result(result_body(Result.INVALID_SUBSCRIBER)))
-    reply = await run_in_threadpool(reply_to, rt, msisdn, text, message_id)
+    reply = await run_redemption_work(request, reply_to, rt, msisdn, text, message_id)
     return PlainTextResponse(reply[:MAX_REPLY_CHARS])
 
 

@@ -23,11 +23,10 @@ from typing import Any, cast
 
 import xmlschema
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from lxml import etree
 
-from voms.api.deps import TokenBuckets
+from voms.api.deps import TokenBuckets, run_redemption_work
 from voms.api.errors import result_body
 from voms.domain.errors import Forbidden, Invalid, NotFound, ResultError, VomsError
 from voms.domain.results import Result
@@ -559,7 +558,8 @@ async def call(request: Request) -> Response:
         body = await _read_body(request)
     except SoapFault as fault:
         return _fault(fault)
-    return await run_in_threadpool(
+    return await run_redemption_work(
+        request,
         handle,
         request.app.state.runtime,
         request.app.state.rate_limits,

@@ -22,11 +22,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from voms.api.deps import RuntimeDep
+from voms.api.deps import RuntimeDep, run_redemption_work
 from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import Messages
@@ -234,6 +233,7 @@ def _step(rt: Runtime, session_id: str, msisdn: str, text: str) -> str:
 
 @router.post("/ussd", response_class=PlainTextResponse)
 async def ussd_callback(
+    request: Request,
     rt: RuntimeDep,
     secret: Annotated[str | None, Query(description="VOMS_USSD_SECRET")] = None,
     session_id: Annotated[str, Form(alias="sessionId", max_length=MAX_SESSION_ID_LENGTH)] = "",
@@ -249,5 +249,5 @@ async def ussd_callback(
         said = subscriber.texts(rt).messages()
         answer: dict[str, Any] = result_body(Result.INVALID_SUBSCRIBER)
         return PlainTextResponse(Reply(said.result(answer), end=True).render())
-    reply = await run_in_threadpool(_step, rt, session_id, msisdn, text)
+    reply = await run_redemption_work(request, _step, rt, session_id, msisdn, text)
     return PlainTextResponse(reply)

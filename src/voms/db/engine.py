@@ -1,15 +1,18 @@
 """Engines: SQLite (embedded default, WAL) and PostgreSQL (psycopg 3, pooled)."""
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 from voms.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_S = 5.0
 
 
 def normalize_url(url: str) -> str:
@@ -34,15 +37,43 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=True,
         pool_recycle=1800,
         **overrides,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use, but only when it has been idle a while.
+
+    ``pool_pre_ping`` would cost a round trip on every checkout, several per cent of a
+    redemption. A connection in steady use has just proved alive; one that sat idle may
+    have been cut (server restart, firewall) and is replaced before anyone sees it. A
+    connection that breaks between two quick uses fails its statement once, and
+    SQLAlchemy then discards every pooled connection made before the failure.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(str(error)) from error
+        if not alive:
+            raise exc.DisconnectionError("the connection did not answer a ping")
 
 
 def _configure_sqlite(engine: Engine) -> None:

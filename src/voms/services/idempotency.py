@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from voms.crypto import Keyring
 from voms.db import tables as t
@@ -64,17 +64,46 @@ def remember(
 ) -> bool:
     """Store the answer in the caller's transaction; False if the id was taken meanwhile."""
     return insert_if_absent(
-        conn,
-        _k,
-        {
-            "scope": scope,
-            "request_id": request_id,
-            "request_hash": request_hash,
-            "status_code": status_code,
-            "response": response,
-            "created_at": now,
-        },
+        conn, _k, _row(scope, request_id, request_hash, response, status_code, now)
     )
+
+
+_STORE = insert(_k)
+
+
+def store(
+    conn: Connection,
+    scope: str,
+    request_id: str,
+    request_hash: str,
+    response: dict[str, Any],
+    status_code: int,
+    now: datetime,
+) -> None:
+    """Store the answer with a plain INSERT, which returns nothing and can be pipelined.
+
+    A taken id raises SQLAlchemy's IntegrityError (at the COMMIT when pipelined) and
+    spoils the transaction: the caller rolls back and looks up the first answer.
+    """
+    conn.execute(_STORE, _row(scope, request_id, request_hash, response, status_code, now))
+
+
+def _row(
+    scope: str,
+    request_id: str,
+    request_hash: str,
+    response: dict[str, Any],
+    status_code: int,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "scope": scope,
+        "request_id": request_id,
+        "request_hash": request_hash,
+        "status_code": status_code,
+        "response": response,
+        "created_at": now,
+    }
 
 
 def replay(stored: Stored) -> dict[str, Any]:

@@ -21,9 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any, Self, Union
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from voms.billing.engine import Account, Change, Credit
 from voms.db import tables as t
+from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
 from voms.domain.errors import ResultError
@@ -44,6 +46,9 @@ SYSTEM_CHANNEL = "system"  # housekeeping acting on its own
 HOUSEKEEPING = Principal(name="housekeeping", role=Role.ADMIN)
 
 Response = dict[str, Any]
+# What a call's checks hand back: its writes, run with the COMMIT (statements returning
+# nothing only; see voms.db.pipeline), and the answer they make.
+Writes = Callable[[], Response]
 AnyRequest = Union["RedemptionRequest", "RechargeRequest", "ReservationAction"]
 
 
@@ -241,9 +246,16 @@ def _execute(
     rt: Runtime,
     attempt: _Attempt,
     request: "AnyRequest",
-    work: Callable[[Connection, datetime], Response],
+    work: Callable[[Connection, datetime], Writes],
 ) -> Response:
-    """Run ``work`` in one transaction, with idempotency and the record of the attempt."""
+    """Run ``work`` in one transaction, with idempotency and the record of the attempt.
+
+    ``work`` reads and checks; the writes it returns, the record of the attempt and the
+    stored answer then go out with the COMMIT, in one round trip on PostgreSQL. A request
+    id is not looked up first: storing it fails if it was used before, and so does a
+    repeated call's work (its voucher is taken); either way the first answer is then
+    looked up and given again.
+    """
     now = utcnow()
     request_id: str | None = None
     scope = idempotency.scope_of(attempt.actor)
@@ -257,24 +269,20 @@ def _execute(
                 params["reservation_id"] = attempt.reservation_id
             request_hash = idempotency.fingerprint(rt.keyring, attempt.kind, params)
         with rt.engine.begin() as conn:
-            stored = idempotency.find(conn, scope, request_id) if request_id else None
-            if stored is None:
-                response = work(conn, now)
+            writes = work(conn, now)
+            with commit_together(conn):
+                response = writes()
                 _record(conn, attempt, Result.SUCCESS, response.get("credits", []), now)
                 response["transaction_id"] = attempt.id
-                if request_id is not None and not idempotency.remember(
-                    conn, scope, request_id, request_hash, response, 200, now
-                ):
-                    raise _TakenMeanwhile
-                return response
-        if stored.request_hash != request_hash:
-            raise ResultError(Result.REQUEST_ID_REUSED)
-    except _TakenMeanwhile:
-        return _replay_after_race(rt, scope, request_id, request_hash)
+                if request_id is not None:
+                    idempotency.store(conn, scope, request_id, request_hash, response, 200, now)
+        return response
+    except IntegrityError:
+        if request_id is None:
+            raise
+        return _fail(rt, attempt, None, now, scope, request_id, request_hash)
     except ResultError as error:
         return _fail(rt, attempt, error, now, scope, request_id, request_hash)
-    # The first answer again, success or failure; it was recorded when it happened.
-    return idempotency.replay(stored)
 
 
 def _replay_after_race(
@@ -293,27 +301,48 @@ def _replay_after_race(
 def _fail(
     rt: Runtime,
     attempt: _Attempt,
-    error: ResultError,
+    error: ResultError | None,
     now: datetime,
     scope: str,
     request_id: str | None,
     request_hash: str,
 ) -> Response:
-    """Record a failed attempt (and a bad PIN) in a transaction of its own, then raise."""
-    extra = {**error.extra, "transaction_id": attempt.id}
-    body = {"result_code": error.result.code, "result_text": error.result.text, **extra}
+    """Answer a call that failed (``error``), or whose request id was taken (None).
+
+    A request id used before gets its first answer again, or 5006 when it came with
+    another body. Otherwise the failed attempt (and a bad PIN) is recorded in a
+    transaction of its own, and the error raised.
+    """
     remembered = True
     with rt.engine.begin() as conn:
-        if attempt.bad_pin and attempt.msisdn is not None:
-            _count_bad_pin(rt, conn, attempt.msisdn, now)
-        _record(conn, attempt, error.result, [], now)
-        if request_id is not None and error.result is not Result.REQUEST_ID_REUSED:
-            remembered = idempotency.remember(
-                conn, scope, request_id, request_hash, body, error.result.http_status, now
-            )
+        stored = idempotency.find(conn, scope, request_id) if request_id is not None else None
+        again = stored is not None and stored.request_hash == request_hash
+        if stored is not None and not again:
+            error = ResultError(Result.REQUEST_ID_REUSED)
+            _record(conn, attempt, error.result, [], now)
+        elif stored is None:
+            if error is None:
+                raise RuntimeError("a write failed on a unique key other than the request id")
+            if attempt.bad_pin and attempt.msisdn is not None:
+                _count_bad_pin(rt, conn, attempt.msisdn, now)
+            _record(conn, attempt, error.result, [], now)
+            if request_id is not None:
+                body = {
+                    "result_code": error.result.code,
+                    "result_text": error.result.text,
+                    **{**error.extra, "transaction_id": attempt.id},
+                }
+                remembered = idempotency.remember(
+                    conn, scope, request_id, request_hash, body, error.result.http_status, now
+                )
+    if again:
+        # The first answer again, success or failure; it was recorded when it happened.
+        assert stored is not None
+        return idempotency.replay(stored)
     if not remembered:  # a concurrent call with this request id answered first
         return _replay_after_race(rt, scope, request_id, request_hash)
-    raise ResultError(error.result, **extra)
+    assert error is not None
+    raise ResultError(error.result, **{**error.extra, "transaction_id": attempt.id})
 
 
 # --- bad-PIN blacklist ------------------------------------------------------------------
@@ -327,7 +356,12 @@ _BLACKLIST = select(_pa.c.failures, _pa.c.blacklisted_until).where(
 def _check_blacklist(conn: Connection, msisdn: str, now: datetime) -> bool:
     """Raise 5003 while ``msisdn`` is blacklisted; True when it has failures to reset."""
     row = conn.execute(_BLACKLIST, {"msisdn": msisdn}).first()
-    if row is None:
+    return _blacklist_verdict(row, now)
+
+
+def _blacklist_verdict(row: Any, now: datetime) -> bool:
+    """From a row with the requester's ``failures`` and ``blacklisted_until`` (or None)."""
+    if row is None or row.failures is None:
         return False
     if row.blacklisted_until is not None and row.blacklisted_until > now:
         raise ResultError(Result.SUBSCRIBER_BLACKLISTED)
@@ -366,6 +400,11 @@ _FIND_VOUCHER = (
         _bt.c.expires_at,
         _bt.c.voucher_type_id,
         _bt.c.service_provider_id,
+        # The requester's bad-PIN record, in the same round trip.
+        _BLACKLIST.with_only_columns(_pa.c.failures).scalar_subquery().label("failures"),
+        _BLACKLIST.with_only_columns(_pa.c.blacklisted_until)
+        .scalar_subquery()
+        .label("blacklisted_until"),
     )
     .join(_bt, _bt.c.id == _v.c.batch_id)
     .where(_v.c.pin_hash.in_(bindparam("hashes", expanding=True)))
@@ -421,18 +460,30 @@ def _blocker(conn: Connection, serial: int, now: datetime) -> Result:
 
 
 def _find_voucher(
-    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
-) -> tuple[Any, dict[str, Any]]:
-    """The voucher of the request's PIN, checked up to its state; and its voucher type."""
+    rt: Runtime,
+    conn: Connection,
+    attempt: _Attempt,
+    request: RedemptionRequest,
+    msisdn: str,
+    now: datetime,
+) -> tuple[Any, dict[str, Any], bool]:
+    """The voucher of the request's PIN, checked up to its state; and its voucher type.
+
+    The requester's blacklist is checked first (5003 comes before any PIN check); the
+    third value says whether the requester has bad PINs to forget after a success.
+    """
     try:
         pin = _pin(rt, conn, request.pin)
     except ResultError as error:
+        _check_blacklist(conn, msisdn, now)
         attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
         raise
     hashes = rt.keyring.lookup_hashes(pin)
-    row = conn.execute(_FIND_VOUCHER, {"hashes": hashes}).first()
+    row = conn.execute(_FIND_VOUCHER, {"hashes": hashes, "msisdn": msisdn}).first()
     if row is None:
+        _check_blacklist(conn, msisdn, now)
         _refuse_archived(conn, attempt, hashes)
+    had_failures = _blacklist_verdict(row, now)
     if row is None or (
         attempt.service_provider_id is not None
         and row.service_provider_id != attempt.service_provider_id
@@ -453,7 +504,7 @@ def _find_voucher(
     voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=row.voucher_type_id)
     if voucher_type is None:  # deleted from the catalog under a live batch
         raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
-    return row, voucher_type
+    return row, voucher_type, had_failures
 
 
 _ARCHIVED_RESULT = {
@@ -551,7 +602,7 @@ def _change(
     )
 
 
-def _credit_wallet(
+def _crediting(
     rt: Runtime,
     conn: Connection,
     attempt: _Attempt,
@@ -559,25 +610,31 @@ def _credit_wallet(
     scenario: dict[str, Any],
     cause: str,
     now: datetime,
-) -> Response:
-    applied = rt.billing.apply(conn, account, _change(rt, conn, attempt, scenario, cause, now))
+) -> Callable[[], dict[str, Any]]:
+    """Read all a credit needs now; the call returned applies it (writes only)."""
+    change = _change(rt, conn, attempt, scenario, cause, now)
     product_types = catalog_cache.snapshot(rt, conn).product_types
-    if applied.product_type_id not in product_types:
+    if (change.new_product_type_id or account.product_type_id) not in product_types:
         product_types = catalog_cache.snapshot(rt, conn, refresh=True).product_types
-    return {
-        "credits": [
-            {
-                "balance_type": c.balance_type,
-                "amount": c.amount,
-                "balance": c.balance,
-                "expires_at": _iso(c.expires_at),
-            }
-            for c in applied.credits
-        ],
-        "account_expires_at": _iso(applied.account_expires_at),
-        "product_type": product_types.get(applied.product_type_id),
-        "rewards": [],
-    }
+
+    def apply() -> dict[str, Any]:
+        applied = rt.billing.apply(conn, account, change)
+        return {
+            "credits": [
+                {
+                    "balance_type": c.balance_type,
+                    "amount": c.amount,
+                    "balance": c.balance,
+                    "expires_at": _iso(c.expires_at),
+                }
+                for c in applied.credits
+            ],
+            "account_expires_at": _iso(applied.account_expires_at),
+            "product_type": product_types.get(applied.product_type_id),
+            "rewards": [],
+        }
+
+    return apply
 
 
 def _parties(attempt: _Attempt, request: RedemptionRequest | RechargeRequest) -> tuple[str, str]:
@@ -590,14 +647,14 @@ def _parties(attempt: _Attempt, request: RedemptionRequest | RechargeRequest) ->
 
 
 def _start(
-    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest, now: datetime
-) -> tuple[str, str, bool]:
-    """Requester, recipient, provider and blacklist; also whether bad PINs are to be reset."""
+    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest
+) -> tuple[str, str]:
+    """Requester and recipient; the provider the call is limited to."""
     msisdn, recipient = _parties(attempt, request)
     attempt.service_provider_id = _service_provider(
         rt, conn, attempt.actor, request.service_provider
     )
-    return msisdn, recipient, _check_blacklist(conn, msisdn, now)
+    return msisdn, recipient
 
 
 def _reset_bad_pins(conn: Connection, msisdn: str) -> None:
@@ -612,9 +669,9 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
     actor.require(Permission.REDEEM)
     attempt = _Attempt(kind="redemption", actor=actor)
 
-    def work(conn: Connection, now: datetime) -> Response:
-        msisdn, recipient, had_failures = _start(rt, conn, attempt, request, now)
-        voucher, voucher_type = _find_voucher(rt, conn, attempt, request, now)
+    def work(conn: Connection, now: datetime) -> Writes:
+        msisdn, recipient = _start(rt, conn, attempt, request)
+        voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
         account = rt.billing.load_account(conn, recipient, lock=True)
         _check_account(account, voucher_type)
         assert account is not None
@@ -623,17 +680,22 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
             conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, account.msisdn
         ):
             raise ResultError(_blocker(conn, voucher.serial, now))
-        credited = _credit_wallet(rt, conn, attempt, account, scenario, "redemption", now)
-        if had_failures:
-            _reset_bad_pins(conn, msisdn)
-        return _success(
-            serial=format_serial(voucher.serial, rt.settings.serial_width),
-            voucher_type=voucher_type["code"],
-            scenario=scenario["number"],
-            msisdn=attempt.msisdn,
-            recipient_msisdn=attempt.recipient,
-            **credited,
-        )
+        credit = _crediting(rt, conn, attempt, account, scenario, "redemption", now)
+
+        def writes() -> Response:
+            credited = credit()
+            if had_failures:
+                _reset_bad_pins(conn, msisdn)
+            return _success(
+                serial=format_serial(voucher.serial, rt.settings.serial_width),
+                voucher_type=voucher_type["code"],
+                scenario=scenario["number"],
+                msisdn=attempt.msisdn,
+                recipient_msisdn=attempt.recipient,
+                **credited,
+            )
+
+        return writes
 
     return _execute(rt, attempt, request, work)
 
@@ -648,9 +710,9 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
     attempt = _Attempt(kind="reservation", actor=actor)
     attempt.reservation_id = str(uuid.uuid4())
 
-    def work(conn: Connection, now: datetime) -> Response:
-        msisdn, recipient, had_failures = _start(rt, conn, attempt, request, now)
-        voucher, voucher_type = _find_voucher(rt, conn, attempt, request, now)
+    def work(conn: Connection, now: datetime) -> Writes:
+        msisdn, recipient = _start(rt, conn, attempt, request)
+        voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
         account = rt.billing.load_account(conn, recipient, lock=False)
         _check_account(account, voucher_type, required=False)
         scenario = _scenario(attempt, voucher_type, request.scenario)
@@ -668,36 +730,40 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
             for c in scenario["credits"]
         ]
         expires_at = now + timedelta(seconds=voucher_type["reservation_timeout_s"])
-        conn.execute(
-            insert(t.reservations).values(
-                id=attempt.reservation_id,
-                serial=voucher.serial,
-                voucher_type_id=voucher_type["id"],
-                channel=attempt.channel,
-                msisdn=msisdn,
-                recipient_msisdn=recipient,
-                scenario=scenario["number"],
-                state="open",
-                credits=credits,
-                created_at=now,
-                expires_at=expires_at,
-                api_key_id=actor.api_key_id,
+
+        def writes() -> Response:
+            conn.execute(
+                insert(t.reservations).values(
+                    id=attempt.reservation_id,
+                    serial=voucher.serial,
+                    voucher_type_id=voucher_type["id"],
+                    channel=attempt.channel,
+                    msisdn=msisdn,
+                    recipient_msisdn=recipient,
+                    scenario=scenario["number"],
+                    state="open",
+                    credits=credits,
+                    created_at=now,
+                    expires_at=expires_at,
+                    api_key_id=actor.api_key_id,
+                )
             )
-        )
-        if had_failures:
-            _reset_bad_pins(conn, msisdn)
-        return _success(
-            reservation_id=attempt.reservation_id,
-            serial=format_serial(voucher.serial, rt.settings.serial_width),
-            voucher_type=voucher_type["code"],
-            scenario=scenario["number"],
-            msisdn=attempt.msisdn,
-            recipient_msisdn=attempt.recipient,
-            credits=credits,
-            account_expiry_extension_days=scenario["account_expiry_extension_days"],
-            new_product_type=scenario["new_product_type"],
-            expires_at=_iso(expires_at),
-        )
+            if had_failures:
+                _reset_bad_pins(conn, msisdn)
+            return _success(
+                reservation_id=attempt.reservation_id,
+                serial=format_serial(voucher.serial, rt.settings.serial_width),
+                voucher_type=voucher_type["code"],
+                scenario=scenario["number"],
+                msisdn=attempt.msisdn,
+                recipient_msisdn=attempt.recipient,
+                credits=credits,
+                account_expiry_extension_days=scenario["account_expiry_extension_days"],
+                new_product_type=scenario["new_product_type"],
+                expires_at=_iso(expires_at),
+            )
+
+        return writes
 
     return _execute(rt, attempt, request, work)
 
@@ -707,7 +773,7 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
     actor.require(Permission.REDEEM)
     attempt = _Attempt(kind="recharge", actor=actor)
 
-    def work(conn: Connection, now: datetime) -> Response:
+    def work(conn: Connection, now: datetime) -> Writes:
         _, recipient = _parties(attempt, request)
         sp_id = _service_provider(rt, conn, actor, request.service_provider)
         code = request.voucher_type
@@ -722,14 +788,18 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
         _check_account(account, voucher_type)
         assert account is not None
         scenario = _scenario(attempt, voucher_type, request.scenario)
-        credited = _credit_wallet(rt, conn, attempt, account, scenario, "recharge", now)
-        return _success(
-            voucher_type=voucher_type["code"],
-            scenario=scenario["number"],
-            msisdn=attempt.msisdn,
-            recipient_msisdn=attempt.recipient,
-            **credited,
-        )
+        credit = _crediting(rt, conn, attempt, account, scenario, "recharge", now)
+
+        def writes() -> Response:
+            return _success(
+                voucher_type=voucher_type["code"],
+                scenario=scenario["number"],
+                msisdn=attempt.msisdn,
+                recipient_msisdn=attempt.recipient,
+                **credit(),
+            )
+
+        return writes
 
     return _execute(rt, attempt, request, work)
 
@@ -803,7 +873,7 @@ def _finish(
     actor.require(Permission.REDEEM)
     attempt = _Attempt(kind=action, actor=actor, reservation_id=reservation_id[:36])
 
-    def work(conn: Connection, now: datetime) -> Response:
+    def work(conn: Connection, now: datetime) -> Writes:
         row = _finish_reservation(
             conn,
             reservation_id,
@@ -823,7 +893,7 @@ def _finish(
             raise ResultError(Result.RESERVATION_NOT_FOUND)
         response = _settle_voucher(rt, conn, attempt, row, action, now)
         response["voucher_type"] = voucher_type["code"] if voucher_type else None
-        return response
+        return lambda: response
 
     _time_out_if_due(rt, reservation_id)
     return _execute(rt, attempt, request, work)

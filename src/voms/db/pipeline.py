@@ -1,0 +1,41 @@
+"""The last writes of a transaction and its COMMIT in one round trip (PostgreSQL).
+
+A redemption ends with half a dozen INSERTs and UPDATEs whose results nobody reads.
+Sent one by one, each costs a network round trip, and on the hot path those round trips
+cost more CPU than the statements themselves. In psycopg's pipeline mode they and the
+COMMIT go out together and the client waits once. SQLite runs them as usual.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from psycopg.pq import TransactionStatus
+from sqlalchemy import Connection
+
+from voms.db.engine import is_postgres
+
+
+@contextmanager
+def commit_together(conn: Connection) -> Iterator[None]:
+    """Run the block's statements, then commit the transaction; one round trip on PostgreSQL.
+
+    Only statements that return no rows may run in the block (no SELECT, no RETURNING):
+    their results arrive at the COMMIT. A statement that fails there (a unique key taken,
+    say) raises from the COMMIT as SQLAlchemy's usual error, and the transaction is
+    rolled back.
+    """
+    if not is_postgres(conn):
+        yield
+        conn.commit()
+        return
+    raw = conn.connection.driver_connection
+    try:
+        with raw.pipeline():  # type: ignore[union-attr]
+            yield
+            conn.commit()
+    except BaseException:
+        # A statement failed in the pipeline: PostgreSQL skipped the queued COMMIT and
+        # the transaction is left aborted, where SQLAlchemy believes it already ended.
+        if raw.info.transaction_status != TransactionStatus.IDLE:  # type: ignore[union-attr]
+            raw.rollback()  # type: ignore[union-attr]
+        raise

@@ -408,6 +408,9 @@ def _run_driver(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=4, help="VOMS_REDEMPTION_THREADS of each worker"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="16 to 64")
     parser.add_argument("--requests", type=int, default=6000, help="for the closed-loop run")
     parser.add_argument("--pgbench-per-client", type=int, default=250)
@@ -444,6 +447,7 @@ def main() -> None:
         VOMS_DATABASE_URL=setup["url"],
         VOMS_KEYS_FILE=setup["keys"],
         VOMS_LOG_LEVEL="WARNING",  # no access log line per request
+        VOMS_REDEMPTION_THREADS=str(args.threads),
         VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // args.workers + 2)),
     )
     server = _serve(env, args.workers, port)
@@ -512,8 +516,8 @@ def main() -> None:
     )
     bad = {code: n for code, n in {**full["codes"], **half["codes"]}.items() if code != "0"}
     print(
-        f"\nPostgreSQL, {args.workers} worker(s), concurrency {args.concurrency}, "
-        f"{os.cpu_count()} CPUs"
+        f"\nPostgreSQL, {args.workers} worker(s) of {args.threads} redemption threads, "
+        f"concurrency {args.concurrency}, {os.cpu_count()} CPUs"
     )
     print(f"{'run':<40}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'count':>8}")
     rows = [

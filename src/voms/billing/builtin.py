@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from voms.billing.engine import Account, Applied, AppliedCredit, Balance, Change
+from voms.db import hot
 from voms.db import tables as t
 from voms.domain.errors import Conflict, ResultError
 from voms.domain.results import Result
@@ -57,9 +58,10 @@ class BuiltinWallet:
     """The default :class:`~voms.billing.engine.BillingEngine`: wallets in our database."""
 
     def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
-        row = conn.execute(_SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, {"msisdn": msisdn}).first()
-        if row is None:
+        rows = hot.fetch(conn, _SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, {"msisdn": msisdn})
+        if not rows:
             return None
+        row = rows[0]
         return Account(
             id=row.id,
             msisdn=row.msisdn,
@@ -69,7 +71,7 @@ class BuiltinWallet:
             account_expires_at=row.account_expires_at,
             balances={
                 b.balance_type_id: Balance(b.amount, b.expires_at)
-                for b in conn.execute(_BALANCES, {"sid": row.id})
+                for b in hot.fetch(conn, _BALANCES, {"sid": row.id})
             },
         )
 
@@ -135,12 +137,13 @@ class BuiltinWallet:
             (_INSERT_LEDGER, ledger_rows),
         ):
             if rows:
-                conn.execute(statement, rows)
+                hot.run(conn, statement, rows)
         if (
             account_expires_at != account.account_expires_at
             or product_type_id != account.product_type_id
         ):
-            conn.execute(
+            hot.run(
+                conn,
                 _UPDATE_SUBSCRIBER,
                 {"sid": account.id, "expires": account_expires_at, "product": product_type_id},
             )

@@ -46,7 +46,23 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
         **overrides,
     )
     _ping_when_idle(engine)
+    _utc_sessions(engine)
     return engine
+
+
+def _utc_sessions(engine: Engine) -> None:
+    """Every PostgreSQL session in UTC: datetimes read come back as aware UTC datetimes.
+
+    SQLAlchemy's UTCDateTime converts anyway; the hot path (voms.db.hot) reads through
+    psycopg directly and relies on this.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SET TIME ZONE 'UTC'")
+        dbapi_connection.autocommit = autocommit
 
 
 def _ping_when_idle(engine: Engine) -> None:

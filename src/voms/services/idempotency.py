@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select
 
 from voms.crypto import Keyring
+from voms.db import hot
 from voms.db import tables as t
 from voms.db.upsert import insert_if_absent
 from voms.domain.errors import ResultError
@@ -85,7 +86,7 @@ def store(
     A taken id raises SQLAlchemy's IntegrityError (at the COMMIT when pipelined) and
     spoils the transaction: the caller rolls back and looks up the first answer.
     """
-    conn.execute(_STORE, _row(scope, request_id, request_hash, response, status_code, now))
+    hot.run(conn, _STORE, _row(scope, request_id, request_hash, response, status_code, now))
 
 
 def _row(

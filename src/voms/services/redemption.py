@@ -20,11 +20,23 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Self, Union
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    LargeBinary,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from voms.billing.engine import Account, Change, Credit
+from voms.db import hot
 from voms.db import tables as t
+from voms.db.engine import is_postgres
 from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
@@ -124,7 +136,8 @@ _INSERT_TRANSACTION = insert(t.transactions)
 def _record(
     conn: Connection, attempt: _Attempt, result: Result, credits: list[Any], at: datetime
 ) -> None:
-    conn.execute(
+    hot.run(
+        conn,
         _INSERT_TRANSACTION,
         {
             "id": attempt.id,
@@ -392,22 +405,23 @@ def _count_bad_pin(rt: Runtime, conn: Connection, msisdn: str, now: datetime) ->
 # --- vouchers -----------------------------------------------------------------------------
 
 _v, _bt = t.vouchers, t.batches
-_FIND_VOUCHER = (
-    select(
-        _v.c.serial,
-        _v.c.state,
-        _bt.c.state.label("batch_state"),
-        _bt.c.expires_at,
-        _bt.c.voucher_type_id,
-        _bt.c.service_provider_id,
-        # The requester's bad-PIN record, in the same round trip.
-        _BLACKLIST.with_only_columns(_pa.c.failures).scalar_subquery().label("failures"),
-        _BLACKLIST.with_only_columns(_pa.c.blacklisted_until)
-        .scalar_subquery()
-        .label("blacklisted_until"),
-    )
-    .join(_bt, _bt.c.id == _v.c.batch_id)
-    .where(_v.c.pin_hash.in_(bindparam("hashes", expanding=True)))
+_FIND_VOUCHERS = select(
+    _v.c.serial,
+    _v.c.state,
+    _bt.c.state.label("batch_state"),
+    _bt.c.expires_at,
+    _bt.c.voucher_type_id,
+    _bt.c.service_provider_id,
+    # The requester's bad-PIN record, in the same round trip.
+    _BLACKLIST.with_only_columns(_pa.c.failures).scalar_subquery().label("failures"),
+    _BLACKLIST.with_only_columns(_pa.c.blacklisted_until)
+    .scalar_subquery()
+    .label("blacklisted_until"),
+).join(_bt, _bt.c.id == _v.c.batch_id)
+# The PIN's lookup hashes, one per lookup key (see Keyring.lookup_hashes).
+_FIND_VOUCHER = _FIND_VOUCHERS.where(_v.c.pin_hash.in_(bindparam("hashes", expanding=True)))
+_FIND_VOUCHER_PG = _FIND_VOUCHERS.where(
+    _v.c.pin_hash == any_(bindparam("hashes", type_=ARRAY(LargeBinary)))
 )
 _VOUCHER_BY_SERIAL = (
     select(_v.c.state, _bt.c.state.label("batch_state"), _bt.c.expires_at)
@@ -447,7 +461,7 @@ def _move_voucher(
     params: dict[str, Any] = {"move_serial": serial, "from_state": from_state.value, "now": now}
     if to_state is VoucherState.REDEEMED:
         params["redeemed_by"] = redeemed_by
-    return conn.execute(_MOVES[to_state], params).first() is not None
+    return bool(hot.fetch(conn, _MOVES[to_state], params))
 
 
 def _blocker(conn: Connection, serial: int, now: datetime) -> Result:
@@ -479,7 +493,9 @@ def _find_voucher(
         attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
         raise
     hashes = rt.keyring.lookup_hashes(pin)
-    row = conn.execute(_FIND_VOUCHER, {"hashes": hashes, "msisdn": msisdn}).first()
+    lookup = _FIND_VOUCHER_PG if is_postgres(conn) else _FIND_VOUCHER
+    found = hot.fetch(conn, lookup, {"hashes": hashes, "msisdn": msisdn})
+    row = found[0] if found else None
     if row is None:
         _check_blacklist(conn, msisdn, now)
         _refuse_archived(conn, attempt, hashes)
@@ -657,8 +673,11 @@ def _start(
     return msisdn, recipient
 
 
+_RESET_BAD_PINS = delete(_pa).where(_pa.c.msisdn == bindparam("msisdn"))
+
+
 def _reset_bad_pins(conn: Connection, msisdn: str) -> None:
-    conn.execute(delete(_pa).where(_pa.c.msisdn == msisdn))
+    hot.run(conn, _RESET_BAD_PINS, {"msisdn": msisdn})
 
 
 # --- the calls ----------------------------------------------------------------------------

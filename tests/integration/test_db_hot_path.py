@@ -1,0 +1,94 @@
+"""The redemption hot path's database plumbing: pipelined commit, direct statements, pings."""
+
+from datetime import UTC
+
+import pytest
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from voms.db import engine as db_engine
+from voms.db import hot
+from voms.db import tables as t
+from voms.db.pipeline import commit_together
+from voms.db.types import utcnow
+from voms.runtime import Runtime
+
+_k = t.idempotency_keys
+
+
+def _key(request_id: str, response: object) -> dict[str, object]:
+    return {
+        "scope": "test",
+        "request_id": request_id,
+        "request_hash": "h" * 64,
+        "status_code": 200,
+        "response": response,
+        "created_at": utcnow(),
+    }
+
+
+def _stored(rt: Runtime) -> dict[str, object]:
+    with rt.engine.connect() as conn:
+        return {row.request_id: row.response for row in conn.execute(select(_k))}
+
+
+def test_writes_in_commit_together_are_committed(rt: Runtime) -> None:
+    with rt.engine.begin() as conn, commit_together(conn):
+        hot.run(conn, insert(_k), _key("a", {"result_code": 0, "credits": [1, 2]}))
+        hot.run(conn, insert(_k), [_key("b", None), _key("c", "text")])
+    assert _stored(rt) == {"a": {"result_code": 0, "credits": [1, 2]}, "b": None, "c": "text"}
+
+
+def test_a_failed_write_rolls_everything_back_and_the_connection_stays_usable(
+    rt: Runtime,
+) -> None:
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), _key("taken", {}))
+
+    def write_both() -> None:
+        with rt.engine.begin() as conn, commit_together(conn):
+            hot.run(conn, insert(_k), _key("new", {}))
+            hot.run(conn, insert(_k), _key("taken", {}))  # the primary key is taken
+
+    with pytest.raises(IntegrityError):
+        write_both()
+    assert _stored(rt) == {"taken": {}}
+    # Every pooled connection is back in a clean state: a pipeline failure once left
+    # its transaction aborted while SQLAlchemy believed it had ended.
+    for _ in range(rt.settings.db_pool_size + 1):
+        with rt.engine.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(_k)).scalar_one() == 1
+
+
+def test_hot_reads_give_named_rows_and_utc_datetimes(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), _key("a", {"x": 1}))
+        rows = hot.fetch(
+            conn,
+            select(_k.c.request_id, _k.c.response, _k.c.created_at).where(
+                _k.c.scope == bindparam("scope")
+            ),
+            {"scope": "test"},
+        )
+    assert [(row.request_id, row.response) for row in rows] == [("a", {"x": 1})]
+    assert rows[0].created_at.utcoffset() == UTC.utcoffset(None)
+
+
+def test_a_connection_cut_while_idle_is_replaced_before_use(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
+    engine = db_engine.make_engine(
+        rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    )
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
+        with rt.engine.connect() as other:  # as a server restart or a firewall would
+            other.execute(select(func.pg_terminate_backend(pid)))
+        monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_S", 0.0)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.pg_backend_pid())).scalar_one() != pid
+    finally:
+        engine.dispose()

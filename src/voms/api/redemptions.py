@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from voms.api.deps import PrincipalDep, RuntimeDep, run_redemption_work
+from voms.api.deps import principal_of, run_redemption_work
 from voms.services import redemption
 from voms.services.redemption import (
     RechargeRequest,
@@ -56,7 +56,9 @@ class ReservationActionBody(BaseModel):
 def _documented(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     schema = model.model_json_schema()
     return {
-        "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}
+        "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}},
+        # The routes check the API key themselves (deps.principal_of), not via Depends.
+        "security": [{"HTTPBearer": []}],
     }
 
 
@@ -77,21 +79,24 @@ async def _body(request: Request) -> object:
 async def _answer(
     request: Request, parse: Callable[[object], T], service: Callable[..., Response], *args: object
 ) -> JSONResponse:
-    """Parse the body leniently, then run the (blocking) service with it as last argument."""
+    """Authenticate, parse the body leniently, then run the (blocking) service with the
+    runtime, the caller, ``args`` and the body."""
+    who = await principal_of(request)
     body = parse(await _body(request))
-    return JSONResponse(await run_redemption_work(request, service, *args, body))
+    rt = request.app.state.runtime
+    return JSONResponse(await run_redemption_work(request, service, rt, who, *args, body))
 
 
 @router.post("/redemptions", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)
-async def redeem(request: Request, rt: RuntimeDep, who: PrincipalDep) -> JSONResponse:
+async def redeem(request: Request) -> JSONResponse:
     """Redeem a voucher: consume it and credit the recipient's wallet."""
-    return await _answer(request, RedemptionRequest.from_json, redemption.redeem, rt, who)
+    return await _answer(request, RedemptionRequest.from_json, redemption.redeem)
 
 
 @router.post("/reservations", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)
-async def reserve(request: Request, rt: RuntimeDep, who: PrincipalDep) -> JSONResponse:
+async def reserve(request: Request) -> JSONResponse:
     """Reserve a voucher for an external charging system; commit or revoke it later."""
-    return await _answer(request, RedemptionRequest.from_json, redemption.reserve, rt, who)
+    return await _answer(request, RedemptionRequest.from_json, redemption.reserve)
 
 
 _OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
@@ -100,28 +105,20 @@ _OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
 @router.post(
     "/reservations/{reservation_id}/commit", openapi_extra=_OPTIONAL_ACTION_BODY, responses=_ANSWERS
 )
-async def commit(
-    reservation_id: str, request: Request, rt: RuntimeDep, who: PrincipalDep
-) -> JSONResponse:
+async def commit(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes redeemed (no wallet here changes)."""
-    return await _answer(
-        request, ReservationAction.from_json, redemption.commit, rt, who, reservation_id
-    )
+    return await _answer(request, ReservationAction.from_json, redemption.commit, reservation_id)
 
 
 @router.post(
     "/reservations/{reservation_id}/revoke", openapi_extra=_OPTIONAL_ACTION_BODY, responses=_ANSWERS
 )
-async def revoke(
-    reservation_id: str, request: Request, rt: RuntimeDep, who: PrincipalDep
-) -> JSONResponse:
+async def revoke(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes available again."""
-    return await _answer(
-        request, ReservationAction.from_json, redemption.revoke, rt, who, reservation_id
-    )
+    return await _answer(request, ReservationAction.from_json, redemption.revoke, reservation_id)
 
 
 @router.post("/voucher-type-recharges", openapi_extra=_documented(RechargeBody), responses=_ANSWERS)
-async def recharge(request: Request, rt: RuntimeDep, who: PrincipalDep) -> JSONResponse:
+async def recharge(request: Request) -> JSONResponse:
     """Credit a wallet as a voucher of the type would, without a voucher."""
-    return await _answer(request, RechargeRequest.from_json, redemption.recharge, rt, who)
+    return await _answer(request, RechargeRequest.from_json, redemption.recharge)

@@ -1,6 +1,7 @@
 """Redemptions over HTTP against the same transaction in raw SQL (pgbench), on PostgreSQL.
 
-    .venv/bin/python bench/redeem.py [--workers 2] [--concurrency 32] [--requests 6000]
+    .venv/bin/python bench/redeem.py [--workers 2] [--threads 4] [--concurrency 32]
+                                     [--requests 6000] [--profile stacks.txt]
 
 Creates a scratch database (``voms_bench`` next to VOMS_TEST_POSTGRES_URL's), a catalog,
 1,000 subscribers and active vouchers; starts ``voms serve --workers N``; drives

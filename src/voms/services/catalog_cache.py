@@ -6,6 +6,7 @@ type created a moment ago) is read from the database at once.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,16 @@ def snapshot(rt: Runtime, conn: Connection, *, refresh: bool = False) -> Snapsho
         current = _load(conn)
         cache["snapshot"] = current
     return current
+
+
+def snapshot_knowing(rt: Runtime, conn: Connection, knows: Callable[[Snapshot], bool]) -> Snapshot:
+    """The cached snapshot, or a fresh one when the cached one fails ``knows``.
+
+    What the cache does not know may have been created a moment ago: it is read again at
+    once rather than refused until the cache expires.
+    """
+    current = snapshot(rt, conn)
+    return current if knows(current) else snapshot(rt, conn, refresh=True)
 
 
 def voucher_type(

@@ -199,10 +199,8 @@ def _pin(rt: Runtime, conn: Connection, raw: object) -> str:
     if raw is not None and _digits(raw) is None:
         raise ResultError(Result.INVALID_VOUCHER_NUMBER)
     pin = normalize_pin(_digits(raw))
-    lengths = catalog_cache.snapshot(rt, conn).pin_lengths
-    if len(pin) not in lengths:  # perhaps of a voucher type created a moment ago
-        lengths = catalog_cache.snapshot(rt, conn, refresh=True).pin_lengths
-    return check_pin(pin, lengths)
+    known = catalog_cache.snapshot_knowing(rt, conn, lambda s: len(pin) in s.pin_lengths)
+    return check_pin(pin, known.pin_lengths)
 
 
 def _serial(raw: object) -> int | None:
@@ -229,10 +227,8 @@ def _service_provider(rt: Runtime, conn: Connection, actor: Principal, raw: obje
         return actor.service_provider_id
     if not isinstance(raw, str):
         raise ResultError(Result.SERVICE_PROVIDER_NOT_FOUND)
-    providers = catalog_cache.snapshot(rt, conn).service_providers
-    sp_id = providers.get(raw)
-    if sp_id is None:
-        sp_id = catalog_cache.snapshot(rt, conn, refresh=True).service_providers.get(raw)
+    known = catalog_cache.snapshot_knowing(rt, conn, lambda s: raw in s.service_providers)
+    sp_id = known.service_providers.get(raw)
     if sp_id is None or (
         actor.service_provider_id is not None and sp_id != actor.service_provider_id
     ):
@@ -594,9 +590,10 @@ def _change(
     cause: str,
     now: datetime,
 ) -> Change:
-    balance_types = catalog_cache.snapshot(rt, conn).balance_types
-    if any(c["balance_type_id"] not in balance_types for c in scenario["credits"]):
-        balance_types = catalog_cache.snapshot(rt, conn, refresh=True).balance_types
+    wanted = {c["balance_type_id"] for c in scenario["credits"]}
+    balance_types = catalog_cache.snapshot_knowing(
+        rt, conn, lambda s: wanted <= s.balance_types.keys()
+    ).balance_types
     return Change(
         credits=tuple(
             Credit(
@@ -629,9 +626,10 @@ def _crediting(
 ) -> Callable[[], dict[str, Any]]:
     """Read all a credit needs now; the call returned applies it (writes only)."""
     change = _change(rt, conn, attempt, scenario, cause, now)
-    product_types = catalog_cache.snapshot(rt, conn).product_types
-    if (change.new_product_type_id or account.product_type_id) not in product_types:
-        product_types = catalog_cache.snapshot(rt, conn, refresh=True).product_types
+    product_type_id = change.new_product_type_id or account.product_type_id
+    product_types = catalog_cache.snapshot_knowing(
+        rt, conn, lambda s: product_type_id in s.product_types
+    ).product_types
 
     def apply() -> dict[str, Any]:
         applied = rt.billing.apply(conn, account, change)

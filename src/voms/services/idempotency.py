@@ -54,6 +54,9 @@ def find(conn: Connection, scope: str, request_id: str) -> Stored | None:
     return Stored(row.request_hash, row.status_code, row.response) if row is not None else None
 
 
+_INSERT = insert(_k)
+
+
 def remember(
     conn: Connection,
     scope: str,
@@ -62,42 +65,16 @@ def remember(
     response: dict[str, Any],
     status_code: int,
     now: datetime,
+    *,
+    plain: bool = False,
 ) -> bool:
-    """Store the answer in the caller's transaction; False if the id was taken meanwhile."""
-    return insert_if_absent(
-        conn, _k, _row(scope, request_id, request_hash, response, status_code, now)
-    )
+    """Store the answer in the caller's transaction; False if the id was taken meanwhile.
 
-
-_STORE = insert(_k)
-
-
-def store(
-    conn: Connection,
-    scope: str,
-    request_id: str,
-    request_hash: str,
-    response: dict[str, Any],
-    status_code: int,
-    now: datetime,
-) -> None:
-    """Store the answer with a plain INSERT, which returns nothing and can be pipelined.
-
-    A taken id raises SQLAlchemy's IntegrityError (at the COMMIT when pipelined) and
-    spoils the transaction: the caller rolls back and looks up the first answer.
+    ``plain``: a plain INSERT, which returns nothing and so can go out pipelined with the
+    COMMIT (voms.db.pipeline). A taken id then raises SQLAlchemy's IntegrityError (at the
+    COMMIT) and spoils the transaction: the caller rolls back and looks up the first answer.
     """
-    hot.run(conn, _STORE, _row(scope, request_id, request_hash, response, status_code, now))
-
-
-def _row(
-    scope: str,
-    request_id: str,
-    request_hash: str,
-    response: dict[str, Any],
-    status_code: int,
-    now: datetime,
-) -> dict[str, Any]:
-    return {
+    row = {
         "scope": scope,
         "request_id": request_id,
         "request_hash": request_hash,
@@ -105,6 +82,10 @@ def _row(
         "response": response,
         "created_at": now,
     }
+    if plain:
+        hot.run(conn, _INSERT, row)
+        return True
+    return insert_if_absent(conn, _k, row)
 
 
 def replay(stored: Stored) -> dict[str, Any]:

@@ -284,7 +284,9 @@ def _execute(
                 _record(conn, attempt, Result.SUCCESS, response.get("credits", []), now)
                 response["transaction_id"] = attempt.id
                 if request_id is not None:
-                    idempotency.store(conn, scope, request_id, request_hash, response, 200, now)
+                    idempotency.remember(
+                        conn, scope, request_id, request_hash, response, 200, now, plain=True
+                    )
         return response
     except IntegrityError:
         if request_id is None:

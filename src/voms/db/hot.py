@@ -12,6 +12,7 @@ datetimes, as :class:`~voms.db.types.UTCDateTime` gives them.
 """
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,13 @@ Params = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class _Compiled:
-    sql: str
+    sql: str  # with positional %s placeholders: psycopg binds a tuple faster than a dict
+    names: tuple[str, ...]  # the parameter of each placeholder, in order
     defaults: dict[str, Any]  # values written into the statement itself
-    json: tuple[str, ...]  # parameters bound to JSON columns: sent as JSON text
+    json: frozenset[str]  # parameters bound to JSON columns: sent as JSON text
+
+
+_PLACEHOLDER = re.compile(r"%\(([^)]+)\)s")
 
 
 _COMPILED: dict[tuple[int, tuple[str, ...]], tuple[Executable, _Compiled]] = {}
@@ -62,11 +67,13 @@ def run(conn: Connection, statement: Executable, params: Params | Sequence[Param
         cursor.executemany(compiled.sql, [_bind(compiled, p) for p in many])
 
 
-def _bind(compiled: _Compiled, params: Params) -> dict[str, Any]:
-    values = {**compiled.defaults, **params}
-    for name in compiled.json:
-        values[name] = json.dumps(values[name])
-    return values
+def _bind(compiled: _Compiled, params: Params) -> tuple[Any, ...]:
+    values = {**compiled.defaults, **params} if compiled.defaults else params
+    if not compiled.json:
+        return tuple([values[name] for name in compiled.names])
+    return tuple(
+        [json.dumps(values[n]) if n in compiled.json else values[n] for n in compiled.names]
+    )
 
 
 def _compile(conn: Connection, statement: Executable, params: Params) -> _Compiled:
@@ -80,9 +87,10 @@ def _compile(conn: Connection, statement: Executable, params: Params) -> _Compil
         raise ValueError("expected a named parameter style (psycopg's %(name)s)")
     binds = compiled.bind_names  # BindParameter → its name in the SQL
     result = _Compiled(
-        sql=compiled.string,
+        sql=_PLACEHOLDER.sub("%s", compiled.string),
+        names=tuple(_PLACEHOLDER.findall(compiled.string)),
         defaults={name: bind.value for bind, name in binds.items() if not bind.required},
-        json=tuple(sorted({name for bind, name in binds.items() if isinstance(bind.type, JSON)})),
+        json=frozenset(name for bind, name in binds.items() if isinstance(bind.type, JSON)),
     )
     if any(bind.expanding for bind in binds):
         raise ValueError("expanding IN parameters are not supported here; use = ANY()")

@@ -16,7 +16,7 @@ check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch s
 
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Self, Union
 
@@ -273,7 +273,8 @@ def _execute(
         attempt.channel = _channel(request.channel)
         request_id = _request_id(request.request_id)
         if request_id is not None:
-            params = {k: v for k, v in asdict(request).items() if k != "request_id"}
+            # vars(), not asdict(): the fields are JSON values, asdict() deep-copies them.
+            params = {k: v for k, v in vars(request).items() if k != "request_id"}
             if attempt.kind in ("commit", "revoke"):
                 params["reservation_id"] = attempt.reservation_id
             request_hash = idempotency.fingerprint(rt.keyring, attempt.kind, params)

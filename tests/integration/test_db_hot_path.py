@@ -4,7 +4,7 @@ from datetime import UTC
 
 import pytest
 from sqlalchemy import bindparam, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from voms.db import engine as db_engine
 from voms.db import hot
@@ -92,3 +92,23 @@ def test_a_connection_cut_while_idle_is_replaced_before_use(
             assert conn.execute(select(func.pg_backend_pid())).scalar_one() != pid
     finally:
         engine.dispose()
+
+
+def test_a_connection_lost_before_the_commit_raises_the_database_error(rt: Runtime) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
+
+    def write_after_the_server_went() -> None:
+        with rt.engine.begin() as conn:
+            pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
+            with rt.engine.connect() as other:
+                other.execute(select(func.pg_terminate_backend(pid)))
+            with commit_together(conn):
+                hot.run(conn, insert(_k), _key("lost", {}))
+
+    # SQLAlchemy's error, which tells the pool to drop the connection; not a second
+    # error from rolling back on a closed connection.
+    with pytest.raises(OperationalError):
+        write_after_the_server_went()
+    with rt.engine.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(_k)).scalar_one() == 0

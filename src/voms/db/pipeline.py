@@ -36,6 +36,10 @@ def commit_together(conn: Connection) -> Iterator[None]:
     except BaseException:
         # A statement failed in the pipeline: PostgreSQL skipped the queued COMMIT and
         # the transaction is left aborted, where SQLAlchemy believes it already ended.
-        if raw.info.transaction_status != TransactionStatus.IDLE:  # type: ignore[union-attr]
+        # (A connection that broke has no transaction to end: SQLAlchemy discards it.)
+        if raw.info.transaction_status in _OPEN:  # type: ignore[union-attr]
             raw.rollback()  # type: ignore[union-attr]
         raise
+
+
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)

@@ -112,3 +112,42 @@ def test_a_connection_lost_before_the_commit_raises_the_database_error(rt: Runti
         write_after_the_server_went()
     with rt.engine.begin() as conn:
         assert conn.execute(select(func.count()).select_from(_k)).scalar_one() == 0
+
+
+def test_hot_statements_raise_sqlalchemy_errors(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), _key("taken", {}))
+
+    def insert_again() -> None:
+        with rt.engine.begin() as conn:
+            hot.run(conn, insert(_k), _key("taken", {}))
+
+    with pytest.raises(IntegrityError):
+        insert_again()
+    assert _stored(rt) == {"taken": {}}
+
+
+def test_a_lost_connection_on_a_hot_read_is_dropped_from_the_pool(rt: Runtime) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
+    engine = db_engine.make_engine(
+        rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    )
+    query = select(func.pg_backend_pid().label("pid")).where(_k.c.scope == bindparam("scope"))
+
+    def read_after_the_server_went() -> int:
+        with engine.begin() as conn:
+            pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
+            with rt.engine.connect() as other:
+                other.execute(select(func.pg_terminate_backend(pid)))
+            hot.fetch(conn, query, {"scope": "none"})
+            return int(pid)
+
+    try:
+        with pytest.raises(OperationalError) as lost:
+            read_after_the_server_went()
+        assert lost.value.connection_invalidated
+        with engine.begin() as conn:  # a new connection, not the broken one again
+            assert hot.fetch(conn, query, {"scope": "none"}) == []
+    finally:
+        engine.dispose()

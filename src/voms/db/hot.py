@@ -13,12 +13,15 @@ datetimes, as :class:`~voms.db.types.UTCDateTime` gives them.
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import JSON, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 
 from voms.db.engine import is_postgres
@@ -46,8 +49,9 @@ def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
         return list(conn.execute(statement, params))
     compiled = _compile(conn, statement, params)
     cursor = conn.connection.driver_connection.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
-    cursor.execute(compiled.sql, _bind(compiled, params), prepare=True)
-    rows: list[Any] = cursor.fetchall()
+    with _as_sqlalchemy_errors(conn, compiled):
+        cursor.execute(compiled.sql, _bind(compiled, params), prepare=True)
+        rows: list[Any] = cursor.fetchall()
     return rows
 
 
@@ -61,10 +65,29 @@ def run(conn: Connection, statement: Executable, params: Params | Sequence[Param
         return
     compiled = _compile(conn, statement, many[0])
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    if len(many) == 1:
-        cursor.execute(compiled.sql, _bind(compiled, many[0]), prepare=True)
-    else:
-        cursor.executemany(compiled.sql, [_bind(compiled, p) for p in many])
+    with _as_sqlalchemy_errors(conn, compiled):
+        if len(many) == 1:
+            cursor.execute(compiled.sql, _bind(compiled, many[0]), prepare=True)
+        else:
+            cursor.executemany(compiled.sql, [_bind(compiled, p) for p in many])
+
+
+@contextmanager
+def _as_sqlalchemy_errors(conn: Connection, compiled: "_Compiled") -> Iterator[None]:
+    """psycopg's errors raised as SQLAlchemy raises them (IntegrityError, …).
+
+    A lost connection is also invalidated, as SQLAlchemy would: the pool then opens a
+    new one instead of handing the broken one out again.
+    """
+    try:
+        yield
+    except psycopg.Error as error:
+        lost = conn.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if lost:
+            conn.invalidate()
+        raise DBAPIError.instance(
+            compiled.sql, None, error, psycopg.Error, connection_invalidated=lost
+        ) from error
 
 
 def _bind(compiled: _Compiled, params: Params) -> tuple[Any, ...]:

@@ -22,10 +22,6 @@ from pathlib import Path
 
 import psycopg
 
-from voms.config import Settings
-from voms.crypto import Keyring, write_keyring
-from voms.db.engine import make_engine
-from voms.db.migrate import upgrade
 from voms.runtime import build_runtime
 from voms.services import distribution, generation
 from voms.services.auth import CONSOLE
@@ -104,18 +100,13 @@ def run(kind: str, count: int, pg_url: str, xlsx: bool, verify: bool) -> None:
         url, pg_name = _database(kind, folder, pg_url)
         home = folder / "gnupg"
         try:
-            keys = folder / "keys.json"
-            write_keyring(keys, Keyring.new())
-            settings = Settings(database_url=url, keys_file=keys)
-            engine = make_engine(settings)
-            upgrade(engine)
-            engine.dispose()
             from tests import factories
 
-            setup = build_runtime(settings)
+            keys = folder / "keys.json"
+            setup = factories.new_installation(url, keys)
             factories.standard_catalog(setup)
             setup.engine.dispose()
-            rt = build_runtime(settings)
+            rt = build_runtime(setup.settings)
             began = time.perf_counter()
             small = generation.generate_batch(
                 rt, CONSOLE, voucher_type="TOPUP10", count=max(1, count // 10)

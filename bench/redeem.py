@@ -129,12 +129,7 @@ def _prepare(admin_url: str, workdir: Path, vouchers: int, pgbench_vouchers: int
     from sqlalchemy import select
     from tests import factories
 
-    from voms.config import Settings
-    from voms.crypto import Keyring, write_keyring
     from voms.db import tables as t
-    from voms.db.engine import make_engine
-    from voms.db.migrate import upgrade
-    from voms.runtime import build_runtime
 
     name = "voms_bench"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -142,12 +137,7 @@ def _prepare(admin_url: str, workdir: Path, vouchers: int, pgbench_vouchers: int
         conn.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     keys = workdir / "keys.json"
-    write_keyring(keys, Keyring.new())
-    settings = Settings(database_url=url, keys_file=keys)
-    engine = make_engine(settings)
-    upgrade(engine)
-    engine.dispose()
-    rt = build_runtime(settings)
+    rt = factories.new_installation(url, keys)
     factories.standard_catalog(rt)
     with rt.engine.begin() as conn:
         gold = conn.execute(

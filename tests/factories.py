@@ -1,10 +1,25 @@
 """One-line builders of catalog objects for tests."""
 
+from pathlib import Path
 from typing import Any
 
-from voms.runtime import Runtime
+from voms.config import Settings
+from voms.crypto import Keyring, write_keyring
+from voms.db.engine import make_engine
+from voms.db.migrate import upgrade
+from voms.runtime import Runtime, build_runtime
 from voms.services import auth, catalog
 from voms.services.auth import CONSOLE
+
+
+def new_installation(database_url: str, keys_file: Path) -> Runtime:
+    """A new key file and the migrated schema: what a process started on them will find."""
+    write_keyring(keys_file, Keyring.new())
+    settings = Settings(database_url=database_url, keys_file=keys_file)
+    engine = make_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    return build_runtime(settings)
 
 
 def service_provider(rt: Runtime, code: str = "ACME") -> dict[str, Any]:

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import factories
 from tests.agi_client import FakeAsterisk
 from tests.channel_support import balance, open_shop
 from tests.e2e.processes import free_port
-from voms.config import Settings
 from voms.crypto import Keyring, write_keyring
-from voms.db.engine import make_engine
-from voms.db.migrate import upgrade
-from voms.runtime import build_runtime
 
 VOMS = str(Path(sys.executable).with_name("voms"))
 
@@ -39,12 +36,7 @@ def _listening(port: int, process: subprocess.Popen[str], log: Path) -> None:
 
 def test_voms_agi_serves_a_call_and_stops_on_interrupt(tmp_path: Path, database_url: str) -> None:
     keys = tmp_path / "voms-keys.json"
-    write_keyring(keys, Keyring.new())
-    settings = Settings(database_url=database_url, keys_file=keys)
-    engine = make_engine(settings)
-    upgrade(engine)
-    engine.dispose()
-    rt = build_runtime(settings)
+    rt = factories.new_installation(database_url, keys)
     shop = open_shop(rt)
 
     port = free_port()
@@ -98,11 +90,8 @@ def test_voms_agi_names_a_bad_setting(
     tmp_path: Path, setting: dict[str, str], complaint: str
 ) -> None:
     keys = tmp_path / "voms-keys.json"
-    write_keyring(keys, Keyring.new())
     url = f"sqlite:///{tmp_path}/voms.db"
-    engine = make_engine(Settings(database_url=url, keys_file=keys))
-    upgrade(engine)
-    engine.dispose()
+    factories.new_installation(url, keys).engine.dispose()
     result = subprocess.run(
         [VOMS, "agi", "--port", str(free_port())],
         env=_env(VOMS_DATABASE_URL=url, VOMS_KEYS_FILE=str(keys), **setting),

@@ -21,13 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import factories
 from tests.channel_support import MSISDN, OTHER, Shop, open_shop
 from tests.e2e.processes import free_port
-from voms.config import Settings
-from voms.crypto import Keyring, write_keyring
-from voms.db.engine import make_engine
-from voms.db.migrate import upgrade
-from voms.runtime import build_runtime
 
 BEARERBOX = Path("/usr/sbin/bearerbox")
 SMSBOX = Path("/usr/sbin/smsbox")
@@ -192,12 +188,7 @@ def _wait_for_http(url: str, process: Process) -> None:
 @pytest.fixture
 def gateway(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
     keys = tmp_path / "voms-keys.json"
-    write_keyring(keys, Keyring.new())
-    settings = Settings(database_url=database_url, keys_file=keys)
-    engine = make_engine(settings)
-    upgrade(engine)
-    engine.dispose()
-    rt = build_runtime(settings)
+    rt = factories.new_installation(database_url, keys)
     shop = open_shop(rt)
     rt.engine.dispose()
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -40,7 +40,7 @@ housekeeping_app = typer.Typer(help="Scheduled jobs, run at once.", no_args_is_h
 app.add_typer(housekeeping_app, name="housekeeping")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
@@ -660,15 +660,20 @@ def partner_add(
     """Add a partner; its key must be valid and encryption-capable (not expired/revoked)."""
     from voms.services import distribution
 
-    try:
-        armored = public_key.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {public_key}: {exc}")
+    armored = _read_public_key(public_key)
     with handled():
         body = distribution.PartnerIn(
             name=name, public_key=armored, contact=contact, service_provider=service_provider
         )
         echo_json(distribution.create_partner(runtime(), _operator(), body))
+
+
+def _read_public_key(path: Path) -> str:
+    """An ASCII-armored key file's text; exits with the reason when it cannot be read."""
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}")
 
 
 @partner_app.command("list")
@@ -700,10 +705,7 @@ def partner_set_key(
     """Give a partner a new key (checked as when it was added)."""
     from voms.services import distribution
 
-    try:
-        armored = public_key.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {public_key}: {exc}")
+    armored = _read_public_key(public_key)
     with handled():
         body = distribution.PartnerKeyIn(public_key=armored)
         echo_json(distribution.replace_partner_key(runtime(), _operator(), name, body))

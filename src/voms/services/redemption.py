@@ -247,10 +247,6 @@ def _success(**extra: Any) -> Response:
 # --- the transaction frame shared by every call ----------------------------------------
 
 
-class _TakenMeanwhile(Exception):
-    """A concurrent call with the same request id stored its answer first."""
-
-
 def _execute(
     rt: Runtime,
     attempt: _Attempt,

@@ -645,13 +645,15 @@ app.add_typer(partner_app, name="partner")
 app.add_typer(export_app, name="export")
 
 
+PublicKeyFile = Annotated[
+    Path, typer.Option(exists=True, dir_okay=False, help="ASCII-armored OpenPGP public key file")
+]
+
+
 @partner_app.command("add")
 def partner_add(
     name: Annotated[str, typer.Option(help="Unique partner name")],
-    public_key: Annotated[
-        Path,
-        typer.Option(exists=True, dir_okay=False, help="ASCII-armored OpenPGP public key file"),
-    ],
+    public_key: PublicKeyFile,
     contact: Annotated[str | None, typer.Option(help="Who to call: e-mail, phone")] = None,
     service_provider: Annotated[
         str | None, typer.Option(help="Only this provider's vouchers [default: any]")
@@ -697,10 +699,7 @@ def partner_show(name: Annotated[str, typer.Argument(help="Partner name")]) -> N
 @partner_app.command("set-key")
 def partner_set_key(
     name: Annotated[str, typer.Argument(help="Partner name")],
-    public_key: Annotated[
-        Path,
-        typer.Option(exists=True, dir_okay=False, help="ASCII-armored OpenPGP public key file"),
-    ],
+    public_key: PublicKeyFile,
 ) -> None:
     """Give a partner a new key (checked as when it was added)."""
     from voms.services import distribution

@@ -76,6 +76,14 @@ def redeem(rt: Runtime, pin: str) -> dict[str, Any]:
     return redemption.redeem(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=pin))
 
 
+def redeemed_and_deleted_long_ago(rt: Runtime, *, redeemed: str, deleted: str) -> None:
+    """Back-date a redeemed and a deleted voucher past the archive retention."""
+    v = t.vouchers
+    with rt.engine.begin() as conn:
+        conn.execute(update(v).where(v.c.serial == int(redeemed)).values(redeemed_at=LONG_AGO))
+        conn.execute(update(v).where(v.c.serial == int(deleted)).values(state_changed_at=LONG_AGO))
+
+
 # --- archive -----------------------------------------------------------------------------
 
 
@@ -90,12 +98,7 @@ def test_archiving_moves_old_redeemed_deleted_and_expired_vouchers_and_lookups_s
     redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=live[3][1]))
     expire_batch_long_ago(rt, batch_id_of(rt, expired[0][0]))
     # Only live[0] was redeemed long ago; live[1] is recent and stays.
-    with rt.engine.begin() as conn:
-        v = t.vouchers
-        conn.execute(update(v).where(v.c.serial == int(live[0][0])).values(redeemed_at=LONG_AGO))
-        conn.execute(
-            update(v).where(v.c.serial == int(live[2][0])).values(state_changed_at=LONG_AGO)
-        )
+    redeemed_and_deleted_long_ago(rt, redeemed=live[0][0], deleted=live[2][0])
 
     result = housekeeping.run_job(rt, CONSOLE, "voucher_archive")
 
@@ -128,12 +131,7 @@ def test_an_archived_pin_answers_its_final_state_and_is_no_bad_pin(
     redeem(rt, live[0][1])
     lifecycle.change_vouchers(rt, CONSOLE, "delete", live[1][0], reason="damaged")
     expire_batch_long_ago(rt, batch_id_of(rt, expired[0][0]))
-    with rt.engine.begin() as conn:
-        v = t.vouchers
-        conn.execute(update(v).where(v.c.serial == int(live[0][0])).values(redeemed_at=LONG_AGO))
-        conn.execute(
-            update(v).where(v.c.serial == int(live[1][0])).values(state_changed_at=LONG_AGO)
-        )
+    redeemed_and_deleted_long_ago(rt, redeemed=live[0][0], deleted=live[1][0])
     housekeeping.run_job(rt, CONSOLE, "voucher_archive")
     assert count(rt, t.voucher_archive) == 3
 

@@ -151,3 +151,16 @@ def test_a_lost_connection_on_a_hot_read_is_dropped_from_the_pool(rt: Runtime) -
             assert hot.fetch(conn, query, {"scope": "none"}) == []
     finally:
         engine.dispose()
+
+
+def test_hot_reads_are_utc_whatever_the_server_time_zone(rt: Runtime) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite stores no time zone")
+    tokyo = db_engine.make_engine(rt.settings, connect_args={"options": "-c TimeZone=Asia/Tokyo"})
+    try:
+        with tokyo.begin() as conn:
+            hot.run(conn, insert(_k), _key("a", {}))
+            rows = hot.fetch(conn, select(_k.c.created_at), {})
+        assert rows[0].created_at.utcoffset() == UTC.utcoffset(None)
+    finally:
+        tokyo.dispose()

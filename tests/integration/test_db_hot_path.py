@@ -4,7 +4,7 @@ from datetime import UTC
 
 import pytest
 from sqlalchemy import bindparam, func, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from voms.db import engine as db_engine
 from voms.db import hot
@@ -164,3 +164,56 @@ def test_hot_reads_are_utc_whatever_the_server_time_zone(rt: Runtime) -> None:
         assert rows[0].created_at.utcoffset() == UTC.utcoffset(None)
     finally:
         tokyo.dispose()
+
+
+def test_writes_held_for_the_commit_go_out_before_any_other_statement(rt: Runtime) -> None:
+    scope_count = select(func.count()).select_from(_k).where(_k.c.scope == bindparam("scope"))
+    with rt.engine.begin() as conn, commit_together(conn):
+        hot.run(conn, insert(_k), _key("first", {}))
+        # SQLAlchemy's own statement, then a hot read: each sees the writes before it.
+        assert conn.execute(scope_count, {"scope": "test"}).scalar_one() == 1
+        hot.run(conn, insert(_k), _key("second", {}))
+        assert hot.fetch(conn, scope_count, {"scope": "test"})[0][0] == 2
+        hot.run(conn, insert(_k), _key("third", {}))
+    assert set(_stored(rt)) == {"first", "second", "third"}
+
+
+def test_a_hot_statement_that_opens_the_transaction_is_inside_it(rt: Runtime) -> None:
+    # On PostgreSQL the first statement goes out in one round trip with its BEGIN.
+    with rt.engine.connect() as conn:
+        hot.run(conn, insert(_k), _key("undone", {}))
+        conn.rollback()
+        hot.fetch(conn, select(_k.c.request_id), {})
+        hot.run(conn, insert(_k), _key("kept", {}))
+        conn.commit()
+    assert set(_stored(rt)) == {"kept"}
+
+
+def test_one_statement_takes_values_of_different_postgresql_types(rt: Runtime) -> None:
+    # psycopg sends a small int as int2 and a large one as int8: prepared once for each.
+    query = select(bindparam("n", type_=t.vouchers.c.serial.type).label("n"))
+    with rt.engine.begin() as conn:
+        got = [hot.fetch(conn, query, {"n": n})[0].n for n in (1, 70_000, 10**12, None, 2)]
+    assert got == [1, 70_000, 10**12, None, 2]
+
+
+def test_hot_statements_are_prepared_again_after_the_server_forgot_them(rt: Runtime) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no prepared statements to forget")
+    engine = db_engine.make_engine(
+        rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    )
+    query = select(_k.c.request_id).where(_k.c.scope == bindparam("scope"))
+    try:
+        with engine.begin() as conn:
+            assert hot.fetch(conn, query, {"scope": "none"}) == []
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DEALLOCATE ALL")  # as DISCARD ALL or a pooler would
+            conn.commit()
+        # The first use after that fails (its transaction is spoiled), the next prepares.
+        with pytest.raises(ProgrammingError), engine.begin() as conn:
+            hot.fetch(conn, query, {"scope": "none"})
+        with engine.begin() as conn:
+            assert hot.fetch(conn, query, {"scope": "none"}) == []
+    finally:
+        engine.dispose()

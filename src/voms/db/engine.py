@@ -9,6 +9,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 from voms.config import Settings
+from voms.db import hot
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A pooled PostgreSQL connection idle longer than this is pinged before use.
@@ -47,7 +48,16 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
     )
     _ping_when_idle(engine)
     _utc_sessions(engine)
+    _hot_writes_first(engine)
     return engine
+
+
+def _hot_writes_first(engine: Engine) -> None:
+    """Writes held back for the COMMIT (voms.db.hot) go out before any other statement."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _send_held_back(conn: Connection, *_args: Any) -> None:
+        hot.send_before_other_statements(conn)
 
 
 def _utc_sessions(engine: Engine) -> None:

@@ -3,7 +3,7 @@
 from datetime import UTC
 
 import pytest
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from voms.db import engine as db_engine
@@ -217,3 +217,21 @@ def test_hot_statements_are_prepared_again_after_the_server_forgot_them(rt: Runt
             assert hot.fetch(conn, query, {"scope": "none"}) == []
     finally:
         engine.dispose()
+
+
+def test_statements_fetched_together_run_in_order(rt: Runtime) -> None:
+    by_id = _k.c.request_id == bindparam("rid")
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), _key("a", {}))
+        changed, read = hot.fetch_together(
+            conn,
+            [
+                (
+                    update(_k).where(by_id).values(status_code=201).returning(_k.c.request_id),
+                    {"rid": "a"},
+                ),
+                (select(_k.c.status_code).where(by_id), {"rid": "a"}),
+            ],
+        )
+    assert [row.request_id for row in changed] == ["a"]
+    assert [row.status_code for row in read] == [201]

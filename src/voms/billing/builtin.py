@@ -32,8 +32,11 @@ _SUBSCRIBER = select(
 _SUBSCRIBER_LOCKED = _SUBSCRIBER.with_for_update()
 # Read after the lock is granted, in a statement of its own: under READ COMMITTED a
 # join in the locking statement would return the balances as they were before the wait.
-_BALANCES = select(_b.c.balance_type_id, _b.c.amount, _b.c.expires_at).where(
-    _b.c.subscriber_id == bindparam("sid")
+# Sent together with the locking statement (voms.db.hot.fetch_together), it runs after it.
+_BALANCES = (
+    select(_b.c.balance_type_id, _b.c.amount, _b.c.expires_at)
+    .join(_s, _s.c.id == _b.c.subscriber_id)
+    .where(_s.c.msisdn == bindparam("msisdn"))
 )
 
 # inline(): no RETURNING of generated keys, so that the inserts can be pipelined.
@@ -58,7 +61,10 @@ class BuiltinWallet:
     """The default :class:`~voms.billing.engine.BillingEngine`: wallets in our database."""
 
     def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
-        rows = hot.fetch(conn, _SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, {"msisdn": msisdn})
+        key = {"msisdn": msisdn}
+        rows, balances = hot.fetch_together(
+            conn, [(_SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, key), (_BALANCES, key)]
+        )
         if not rows:
             return None
         row = rows[0]
@@ -69,10 +75,7 @@ class BuiltinWallet:
             product_type_id=row.product_type_id,
             state=row.state,
             account_expires_at=row.account_expires_at,
-            balances={
-                b.balance_type_id: Balance(b.amount, b.expires_at)
-                for b in hot.fetch(conn, _BALANCES, {"sid": row.id})
-            },
+            balances={b.balance_type_id: Balance(b.amount, b.expires_at) for b in balances},
         )
 
     def apply(self, conn: Connection, account: Account, change: Change) -> Applied:

@@ -84,14 +84,37 @@ def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
     with _as_sqlalchemy_errors(conn, compiled.sql):
         if session.deferred:
             _send(conn, session, session.deferred, commit=False)
-        result = _execute(conn, session, compiled, params)
-        tx = session.transformer
-        tx.set_pgresult(result)
-        if compiled.row is None:
-            columns = [result.fname(i).decode() for i in range(result.nfields)]  # type: ignore[union-attr]
-            compiled.row = namedtuple("Row", columns, rename=True)  # type: ignore[misc]
-        rows: list[Any] = tx.load_rows(0, result.ntuples, compiled.row._make)
-        return rows
+        return _rows(session, compiled, _execute(conn, session, compiled, params))
+
+
+def fetch_together(
+    conn: Connection, statements: Sequence[tuple[Executable, Params]]
+) -> list[list[Any]]:
+    """The rows of each statement, run in order and sent in one round trip on PostgreSQL.
+
+    Each statement runs after the one before it has finished: one that locks a row is
+    followed by one that reads what the lock protects, as it is once the lock is held.
+    """
+    if conn.dialect.name != "postgresql":
+        return [list(conn.execute(statement, params)) for statement, params in statements]
+    session = _session(conn)
+    compiled = [(_compile(conn, statement, params), params) for statement, params in statements]
+    with _as_sqlalchemy_errors(conn, compiled[0][0].sql):
+        if session.deferred:
+            _send(conn, session, session.deferred, commit=False)
+        begin = _pgconn(conn).transaction_status == pq.TransactionStatus.IDLE
+        results = _pipeline(conn, session, compiled, begin=begin, commit=False)
+        return [_rows(session, c, result) for (c, _), result in zip(compiled, results, strict=True)]
+
+
+def _rows(session: _Session, compiled: _Compiled, result: pq.abc.PGresult) -> list[Any]:
+    tx = session.transformer
+    tx.set_pgresult(result)
+    if compiled.row is None:
+        columns = [result.fname(i).decode() for i in range(result.nfields)]  # type: ignore[union-attr]
+        compiled.row = namedtuple("Row", columns, rename=True)  # type: ignore[misc]
+    rows: list[Any] = tx.load_rows(0, result.ntuples, compiled.row._make)
+    return rows
 
 
 def run(conn: Connection, statement: Executable, params: Params | Sequence[Params]) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import time
+from typing import Any
 
 from fastapi import Response
 from prometheus_client import (
@@ -34,6 +35,10 @@ class Observe:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled series met so far: looking one up through labels() costs more
+        # than the observation itself.
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,10 +56,16 @@ class Observe:
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            template = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            LATENCY.labels(method, template).observe(time.perf_counter() - started)
-            REQUESTS.labels(method, template, str(status)).inc()
+            route = (scope["method"], getattr(scope.get("route"), "path", "unmatched"))
+            latency = self._latency.get(route)
+            if latency is None:
+                latency = self._latency[route] = LATENCY.labels(*route)
+            latency.observe(time.perf_counter() - started)
+            answered = (*route, status)
+            requests = self._requests.get(answered)
+            if requests is None:
+                requests = self._requests[answered] = REQUESTS.labels(*route, str(status))
+            requests.inc()
 
 
 def render() -> Response:

@@ -427,6 +427,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000, help="for the closed-loop run")
     parser.add_argument("--pgbench-per-client", type=int, default=250)
     parser.add_argument(
+        "--paced-rate",
+        type=float,
+        help="requests/s of the paced run (default: half the closed loop)",
+    )
+    parser.add_argument(
         "--pg-url",
         default=os.environ.get(
             "VOMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -511,7 +516,7 @@ def main() -> None:
             setup["key"],
             bodies[warmup + args.requests :],
             args.concurrency,
-            full["rps"] / 2,
+            args.paced_rate or full["rps"] / 2,
             work,
         )
     finally:
@@ -544,7 +549,7 @@ def main() -> None:
     print(f"{'run':<40}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'count':>8}")
     rows = [
         ("HTTP redemptions, closed loop", full),
-        (f"HTTP redemptions, paced {full['rps'] / 2:.0f}/s", half),
+        (f"HTTP redemptions, paced {args.paced_rate or full['rps'] / 2:.0f}/s", half),
         ("pgbench, same SQL, a round trip each", raw),
         ("pgbench, pipelined as the service", piped),
     ]

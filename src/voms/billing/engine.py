@@ -90,10 +90,10 @@ class BillingEngine(Protocol):
     def apply(self, conn: Connection, account: Account, change: Change) -> Applied:
         """Apply ``change`` to a locked account.
 
-        Only writes, and only statements that return no rows, may run on ``conn`` here:
-        the redemption service sends them with its COMMIT in one round trip
-        (:func:`voms.db.pipeline.commit_together`). Read what is needed in
-        :meth:`load_account`.
+        Only writes, statements that return no rows, belong here: the redemption service
+        sends them with its COMMIT in one round trip
+        (:func:`voms.db.pipeline.commit_together`); a read would first send what waits,
+        a round trip more. Read what is needed in :meth:`load_account`.
 
         Raises ``ResultError(BALANCE_LIMIT_EXCEEDED)`` when a balance would pass its
         type's maximum, and ``Conflict`` when one would fall below zero; the caller's

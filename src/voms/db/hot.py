@@ -83,7 +83,7 @@ def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
     session = _session(conn)
     with _as_sqlalchemy_errors(conn, compiled.sql):
         if session.deferred:
-            _send(conn, session, session.deferred, commit=False)
+            _send(conn, session, commit=False)
         return _rows(session, compiled, _execute(conn, session, compiled, params))
 
 
@@ -101,9 +101,8 @@ def fetch_together(
     compiled = [(_compile(conn, statement, params), params) for statement, params in statements]
     with _as_sqlalchemy_errors(conn, compiled[0][0].sql):
         if session.deferred:
-            _send(conn, session, session.deferred, commit=False)
-        begin = _pgconn(conn).transaction_status == pq.TransactionStatus.IDLE
-        results = _pipeline(conn, session, compiled, begin=begin, commit=False)
+            _send(conn, session, commit=False)
+        results = _pipeline(conn, session, compiled, commit=False)
         return [_rows(session, c, result) for (c, _), result in zip(compiled, results, strict=True)]
 
 
@@ -152,11 +151,10 @@ def deferring(conn: Connection) -> Iterator[None]:
 def send_deferred(conn: Connection, *, commit: bool) -> None:
     """Send the writes held back, and the COMMIT if asked: one round trip."""
     session = _session(conn)
-    waiting = session.deferred or []
-    if not waiting and not commit:
+    if not session.deferred and not commit:
         return
-    with _as_sqlalchemy_errors(conn, waiting[0][0].sql if waiting else b"COMMIT"):
-        _send(conn, session, waiting, commit=commit)
+    with _as_sqlalchemy_errors(conn, session.deferred[0][0].sql if session.deferred else b"COMMIT"):
+        _send(conn, session, commit=commit)
 
 
 def send_before_other_statements(conn: Connection) -> None:
@@ -191,29 +189,22 @@ def _execute(
 ) -> pq.abc.PGresult:
     """Run one statement; in the same round trip as its BEGIN when it opens the transaction."""
     pgconn = _pgconn(conn)
-    if pgconn.transaction_status == pq.TransactionStatus.IDLE:
-        return _pipeline(conn, session, [(compiled, params)], begin=True, commit=False)[0]
+    if pgconn.transaction_status == pq.TransactionStatus.IDLE:  # it goes with a BEGIN
+        return _pipeline(conn, session, [(compiled, params)], commit=False)[0]
     name, values, formats = _bound(pgconn, session, compiled, params)
     result = pgconn.exec_prepared(name, values, formats)
     _check(conn, session, result)
     return result
 
 
-def _send(
-    conn: Connection,
-    session: _Session,
-    statements: list[tuple[_Compiled, Params]],
-    *,
-    commit: bool,
-) -> None:
-    """Statements whose rows nobody reads, and perhaps the COMMIT, in one round trip."""
-    begin = _pgconn(conn).transaction_status == pq.TransactionStatus.IDLE
-    if begin and not statements:
-        return  # nothing was run: nothing to commit
-    statements = list(statements)
-    if session.deferred:
-        session.deferred.clear()
-    _pipeline(conn, session, statements, begin=begin, commit=commit)
+def _send(conn: Connection, session: _Session, *, commit: bool) -> None:
+    """The writes held back (the queue emptied), and perhaps the COMMIT, in one round trip."""
+    waiting = session.deferred or []
+    if session.deferred is not None:
+        session.deferred = []
+    # No writes and no transaction open: nothing ran, so there is nothing to commit.
+    if waiting or _pgconn(conn).transaction_status != pq.TransactionStatus.IDLE:
+        _pipeline(conn, session, waiting, commit=commit)
 
 
 def _pipeline(
@@ -221,15 +212,17 @@ def _pipeline(
     session: _Session,
     statements: list[tuple[_Compiled, Params]],
     *,
-    begin: bool,
     commit: bool,
 ) -> list[pq.abc.PGresult]:
     """Send everything, then wait once and read the results (libpq pipeline mode).
+
+    A BEGIN goes first when no transaction is open yet.
 
     A statement that fails makes PostgreSQL skip the rest, the COMMIT too; the
     transaction is then left aborted and its owner rolls it back. The first error raised.
     """
     pgconn = _pgconn(conn)
+    begin = pgconn.transaction_status == pq.TransactionStatus.IDLE
     bound = [_bound(pgconn, session, compiled, params) for compiled, params in statements]
     pgconn.enter_pipeline_mode()
     try:
@@ -268,9 +261,7 @@ def _bound(
     # psycopg picks the type from the value (an int as int2, int4 or int8): one prepared
     # statement for each combination met.
     name = session.prepared.get((compiled.name, types))
-    if name is None:
-        if pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            raise psycopg.ProgrammingError("cannot prepare a statement inside a pipeline")
+    if name is None:  # (prepared before any pipeline is entered)
         name = f"voms_hot_{next(_NAMES)}".encode()
         result = pgconn.prepare(name, compiled.sql, types)
         if result.status != pq.ExecStatus.COMMAND_OK:

@@ -3,6 +3,7 @@
 import logging
 import re
 import sys
+import traceback
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -54,6 +55,33 @@ class QueryScrubber(logging.Filter):
 SCRUB_QUERY = QueryScrubber()
 
 
-def scrub_access_log() -> None:
-    """Install the scrubber on uvicorn's access log (idempotent)."""
+def traceback_without_message(exc: BaseException) -> str:
+    """Where an exception happened, and its type, but not its message: the message of an
+    unexpected error may quote a request, and so a PIN."""
+    return "".join(
+        [
+            "Traceback (most recent call last):\n",
+            *traceback.format_tb(exc.__traceback__),
+            f"{type(exc).__module__}.{type(exc).__qualname__} (message not logged)",
+        ]
+    )
+
+
+class TracebackScrubber(logging.Filter):
+    """Logs an exception's traceback without its message (uvicorn logs the errors an app
+    raises to it with both)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = traceback_without_message(record.exc_info[1])
+            record.exc_info = None
+        return True
+
+
+SCRUB_TRACEBACKS = TracebackScrubber()
+
+
+def scrub_server_logs() -> None:
+    """Install the scrubbers on uvicorn's logs (idempotent)."""
     logging.getLogger("uvicorn.access").addFilter(SCRUB_QUERY)
+    logging.getLogger("uvicorn.error").addFilter(SCRUB_TRACEBACKS)

@@ -250,3 +250,75 @@ def test_a_scoped_key_sees_only_its_providers_transactions(
     acme = bearer(factories.api_key(rt, "care", sp="ACME"))
     assert client.get("/api/v1/transactions", headers=other).json()["transactions"] == []
     assert len(client.get("/api/v1/transactions", headers=acme).json()["transactions"]) == 1
+
+
+def test_the_busiest_calls_skip_routing_and_answer_the_same(
+    rt: Runtime,
+    client: TestClient,
+    channel: dict[str, str],
+    pins: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /redemptions, /reservations and /voucher-type-recharges go straight to their
+    endpoints (voms.api.app.App): with FastAPI's own stack broken they still answer, with
+    their metrics and error handlers; every other call goes through that stack."""
+    app: Any = client.app
+    counted = (
+        ("/api/v1/redemptions", "200"),
+        ("/api/v1/redemptions", "409"),
+        ("/api/v1/reservations", "200"),
+    )
+    before = [_requests_counted(client, *each) for each in counted]
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("went through FastAPI's routing")
+
+    monkeypatch.setattr(app, "middleware_stack", broken)
+    body = {"msisdn": MSISDN, "pin": pins[0][1]}
+    assert client.post("/api/v1/redemptions", headers=channel, json=body).json()["result_code"] == 0
+    held = client.post("/api/v1/reservations", headers=channel, json={**body, "pin": pins[1][1]})
+    assert held.json()["result_code"] == 0
+    recharge = {"msisdn": MSISDN, "voucher_type": "TOPUP10"}
+    answer = client.post("/api/v1/voucher-type-recharges", headers=channel, json=recharge)
+    assert answer.json()["result_code"] == 0
+    # The exception handlers: 401 with its challenge, result codes, 413 for a huge body.
+    anonymous = client.post("/api/v1/redemptions", json=body)
+    assert (anonymous.status_code, anonymous.headers["www-authenticate"]) == (401, "Bearer")
+    taken = client.post("/api/v1/redemptions", headers=channel, json=body)
+    assert (taken.status_code, taken.json()["result_code"]) == (409, 2009)
+    huge = client.post("/api/v1/redemptions", headers=channel, content=b" " * (65 * 1024))
+    assert (huge.status_code, huge.json()) == (413, {"detail": "request body larger than 64 KiB"})
+    assert client.get("/healthz").status_code == 500  # the client does not raise
+    monkeypatch.undo()
+    after = [_requests_counted(client, *each) for each in counted]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+
+
+def _requests_counted(client: TestClient, route: str, status: str) -> float:
+    series = f'voms_http_requests_total{{method="POST",route="{route}",status="{status}"}} '
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series):
+            return float(line.removeprefix(series))
+    return 0.0
+
+
+def test_an_unexpected_error_in_a_busy_call_is_a_clean_500(
+    client: TestClient,
+    channel: dict[str, str],
+    pins: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from voms.services import redemption
+
+    def failing(*args: object) -> None:
+        raise RuntimeError(f"boom with {pins[0][1]}")
+
+    monkeypatch.setattr(redemption, "redeem", failing)
+    answer = client.post(
+        "/api/v1/redemptions", headers=channel, json={"msisdn": MSISDN, "pin": pins[0][1]}
+    )
+    assert (answer.status_code, answer.json()["result_code"]) == (500, 3000)
+    assert pins[0][1] not in answer.text
+    assert pins[0][1] not in caplog.text
+    assert "unhandled error on POST /api/v1/redemptions: RuntimeError" in caplog.text

@@ -1,8 +1,13 @@
 """The FastAPI application factory."""
 
 import gc
+import inspect
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 import voms
 from voms.api import (
@@ -23,11 +28,72 @@ from voms.api.metrics import Observe
 from voms.channels import mobile, sms, soap, ussd
 from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
-from voms.logs import configure_logging, scrub_access_log
+from voms.logs import configure_logging, scrub_server_logs
 from voms.runtime import Runtime, build_runtime
 
 
-def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> FastAPI:
+class App(FastAPI):
+    """FastAPI, with a short way in for the busiest calls.
+
+    A POST to the exact path of a route given to :meth:`shortcut` goes straight to that
+    route's endpoint: FastAPI's routing and its middleware stack cost a sixth of the
+    server's work on a redemption. The route still serves everything else (OpenAPI, a
+    path under a root path) and answers the same way, since it is the same endpoint with
+    the same error handlers and metrics.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shortcuts: dict[str, Observe] = {}
+
+    def shortcut(self, router: APIRouter) -> None:
+        """Take ``router``'s POST routes without path parameters the short way; their
+        endpoints must take the request alone."""
+        for route in router.routes:
+            if (
+                isinstance(route, APIRoute)
+                and route.methods == {"POST"}
+                and not route.param_convertors
+            ):
+                self._shortcuts[route.path] = Observe(_Direct(self, route))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            direct = self._shortcuts.get(scope["path"])
+            if direct is not None:
+                scope["app"] = self
+                await direct(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def handle(self, request: Request, exc: Exception) -> Response:
+        """The answer of the exception handler registered for ``exc``'s class."""
+        for cls in type(exc).__mro__:
+            handler = self.exception_handlers.get(cls)
+            if handler is not None:
+                answer = handler(request, exc)
+                return await answer if inspect.isawaitable(answer) else answer
+        raise exc
+
+
+class _Direct:
+    """One route's endpoint as an ASGI app: see :class:`App`."""
+
+    def __init__(self, app: App, route: APIRoute) -> None:
+        self.app = app
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route  # what the metrics are labelled with
+        request = Request(scope, receive)
+        try:
+            response = await self.route.endpoint(request)
+        except Exception as exc:
+            response = await self.app.handle(request, exc)
+        await response(scope, receive, send)
+
+
+def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
     """Build the app around ``rt`` (default: from the ``VOMS_`` environment).
 
     The housekeeping scheduler runs in the app's lifespan when ``scheduler`` is True, or
@@ -41,8 +107,8 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> Fast
         settings = get_settings()
         configure_logging(settings)
         rt = build_runtime(settings)
-    scrub_access_log()
-    app = FastAPI(
+    scrub_server_logs()
+    app = App(
         title="OpenVoMS",
         version=voms.__version__,
         description="Open prepaid voucher management: catalog, vouchers, redemption, wallet.",
@@ -72,6 +138,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> Fast
         housekeeping.router,
     ):
         app.include_router(router)
+    app.shortcut(redemptions.router)
     if served:
         # What start-up built lives as long as the worker: out of the garbage collector's
         # sight, a full collection no longer walks it, which cost tens of milliseconds

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
+from voms.logs import traceback_without_message
 
 log = logging.getLogger("voms.api")
 
@@ -42,13 +43,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # The exception type and route only: request bodies may carry PINs.
+        # The route, the exception's type and where it happened, not its message: it may
+        # quote the request, and so a PIN.
         log.error(
-            "unhandled error on %s %s: %s",
+            "unhandled error on %s %s: %s\n%s",
             request.method,
             request.url.path,
             exc.__class__.__name__,
-            exc_info=(type(exc), exc, None),
+            traceback_without_message(exc),
         )
         return JSONResponse(
             result_body(Result.SYSTEM_ERROR, detail="internal error"), status_code=500

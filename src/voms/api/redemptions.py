@@ -11,8 +11,10 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from voms.api.deps import principal_of, run_redemption_work
+from voms.domain.errors import VomsError
 from voms.services import redemption
 from voms.services.redemption import (
     RechargeRequest,
@@ -68,8 +70,26 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAX_BODY = 64 * 1024
+
+
+class BodyTooLarge(VomsError):
+    http_status = 413
+
+
 async def _body(request: Request) -> object:
-    raw = await request.body()
+    """The JSON body; None when it is not JSON. A body above MAX_BODY is refused (413)
+    before more of it is read."""
+    raw = b""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        raw += message.get("body", b"")
+        if len(raw) > MAX_BODY:
+            raise BodyTooLarge(f"request body larger than {MAX_BODY // 1024} KiB")
+        if not message.get("more_body", False):
+            break
     try:
         return json.loads(raw) if raw else None
     except ValueError:

@@ -472,7 +472,10 @@ def main() -> None:
     try:
         _run_driver(url, setup["key"], bodies[:warmup], args.concurrency, None, work)
         profiler = None
-        if args.profile:
+        if os.environ.get("EXP_PERF"):
+            profiler = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-a", "-o", "/tmp/perf.data"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        elif args.profile:
             profiler = subprocess.Popen(
                 [
                     str(Path(sys.executable).with_name("py-spy")),
@@ -481,7 +484,7 @@ def main() -> None:
                     str(server.pid),
                     "--subprocesses",
                     "--nonblocking",
-                    "--gil",
+                    *os.environ.get("EXP_PYSPY", "--gil").split(),
                     "--format",
                     "raw",
                     "--output",

@@ -1,6 +1,7 @@
 """The redemption hot path's database plumbing: pipelined commit, direct statements, pings."""
 
 from datetime import UTC
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, func, insert, select, update
@@ -235,3 +236,81 @@ def test_statements_fetched_together_run_in_order(rt: Runtime) -> None:
         )
     assert [row.request_id for row in changed] == ["a"]
     assert [row.status_code for row in read] == [201]
+
+
+_SET_STATUS = (
+    update(_k)
+    .where(_k.c.request_id == bindparam("rid"))
+    .values(status_code=bindparam("status"))
+    .returning(_k.c.request_id)
+)
+_STATUS = select(_k.c.status_code).where(_k.c.request_id == bindparam("rid"))
+
+
+def test_a_statement_sent_ahead_goes_with_the_next_round_trip_before_its_statements(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), [_key("a", {}), _key("b", {})])
+    round_trips: list[int] = []
+    pipeline = hot._pipeline
+    monkeypatch.setattr(
+        hot,
+        "_pipeline",
+        lambda conn, session, statements, **kw: (
+            round_trips.append(len(statements)) or pipeline(conn, session, statements, **kw)
+        ),
+    )
+    with rt.engine.begin() as conn:
+        conn.execute(select(1))
+        changed = hot.ahead(conn, _SET_STATUS, {"rid": "a", "status": 201})
+        missed = hot.ahead(conn, _SET_STATUS, {"rid": "nope", "status": 201})
+        # The read after them sees what they changed, in the same round trip.
+        assert [row.status_code for row in hot.fetch(conn, _STATUS, {"rid": "a"})] == [201]
+        assert [row.request_id for row in changed.rows()] == ["a"]
+        assert missed.rows() == []
+        # Alone, it goes when its rows are wanted.
+        alone = hot.ahead(conn, _SET_STATUS, {"rid": "b", "status": 202})
+        assert [row.request_id for row in alone.rows()] == ["b"]
+    if rt.engine.dialect.name == "postgresql":
+        assert round_trips == [3, 1]
+    assert {row.request_id: row.status_code for row in _all(rt)} == {"a": 201, "b": 202}
+
+
+def test_a_statement_sent_ahead_never_outlives_its_transaction(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), _key("a", {}))
+    with rt.engine.connect() as conn:
+        conn.begin()
+        dropped = hot.ahead(conn, _SET_STATUS, {"rid": "a", "status": 500})
+        conn.rollback()
+        # The next transaction on this connection does not run it.
+        conn.execute(select(1))
+        assert hot.fetch(conn, _STATUS, {"rid": "a"})[0].status_code == 200
+        conn.commit()
+    if rt.engine.dialect.name == "postgresql":  # SQLite ran it at once (and rolled it back)
+        with pytest.raises(RuntimeError, match="failed"):
+            dropped.rows()
+    assert [row.status_code for row in _all(rt)] == [200]
+
+
+def test_the_error_of_a_statement_sent_ahead_is_raised_by_the_call_that_sends_it(
+    rt: Runtime,
+) -> None:
+    with rt.engine.begin() as conn:
+        hot.run(conn, insert(_k), [_key("a", {}), _key("b", {})])
+    renamed = update(_k).where(_k.c.request_id == "b").values(request_id="a").returning(_k.c.scope)
+
+    def rename_then_read() -> None:
+        with rt.engine.begin() as conn:
+            hot.ahead(conn, renamed, {})  # (SQLite: raises here)
+            hot.fetch(conn, _STATUS, {"rid": "a"})
+
+    with pytest.raises(IntegrityError):
+        rename_then_read()
+    assert sorted(row.request_id for row in _all(rt)) == ["a", "b"]
+
+
+def _all(rt: Runtime) -> list[Any]:
+    with rt.engine.connect() as conn:
+        return list(conn.execute(select(_k.c.request_id, _k.c.status_code)))

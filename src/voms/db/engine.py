@@ -53,11 +53,16 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
 
 
 def _hot_writes_first(engine: Engine) -> None:
-    """Writes held back for the COMMIT (voms.db.hot) go out before any other statement."""
+    """Statements held back by voms.db.hot go out before any other statement, and never
+    outlive their transaction."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def _send_held_back(conn: Connection, *_args: Any) -> None:
-        hot.send_before_other_statements(conn)
+        hot.send_queued(conn)
+
+    @event.listens_for(engine, "begin")
+    def _forget_held_back(conn: Connection) -> None:
+        hot.forget_queued(conn)
 
 
 def _utc_sessions(engine: Engine) -> None:

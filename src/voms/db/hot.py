@@ -64,15 +64,34 @@ _SESSION = "voms.hot"  # the key of a connection's _Session in SQLAlchemy's conn
 
 
 @dataclass(eq=False)
+class Later:
+    """The rows of a statement sent with a later round trip (:func:`ahead`)."""
+
+    _conn: Connection | None  # until its round trip has been sent
+    _rows: list[Any] | None = None
+
+    def rows(self) -> list[Any]:
+        """Its rows; sent now, in a round trip of its own, if it has not gone yet."""
+        if self._conn is not None:
+            send_queued(self._conn)
+        if self._rows is None:
+            raise RuntimeError("the round trip that carried this statement failed")
+        return self._rows
+
+
+@dataclass(eq=False)
 class _Session:
-    """What one database connection has prepared, and the writes it holds back."""
+    """What one database connection has prepared, and the statements it holds back."""
 
     transformer: psycopg.abc.Transformer
     encoding: str  # the connection's, for error messages
     readable: "select.poll"  # waits for the server's answer
     # (statement, parameter types) → the name it is prepared under on this connection
     prepared: dict[tuple[str, tuple[int, ...]], bytes] = field(default_factory=dict)
-    deferred: list[tuple[_Compiled, Params]] | None = None  # None: not deferring
+    # Statements waiting for the next round trip, in the order they were run: writes
+    # (no Later) and reads whose rows a Later receives.
+    queue: list[tuple[_Compiled, Params, Later | None]] = field(default_factory=list)
+    deferring: bool = False  # run()'s writes wait for the COMMIT
 
 
 def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
@@ -82,9 +101,11 @@ def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
     compiled = _compile(conn, statement, params)
     session = _session(conn)
     with _as_sqlalchemy_errors(conn, compiled.sql):
-        if session.deferred:
-            _send(conn, session, commit=False)
-        return _rows(session, compiled, _execute(conn, session, compiled, params))
+        if session.queue:
+            result = _send(conn, session, [(compiled, params)], commit=False)[0]
+        else:
+            result = _execute(conn, session, compiled, params)
+        return _rows(session, compiled, result)
 
 
 def fetch_together(
@@ -100,10 +121,25 @@ def fetch_together(
     session = _session(conn)
     compiled = [(_compile(conn, statement, params), params) for statement, params in statements]
     with _as_sqlalchemy_errors(conn, compiled[0][0].sql):
-        if session.deferred:
-            _send(conn, session, commit=False)
-        results = _pipeline(conn, session, compiled, commit=False)
+        results = _send(conn, session, compiled, commit=False)
         return [_rows(session, c, result) for (c, _), result in zip(compiled, results, strict=True)]
+
+
+def ahead(conn: Connection, statement: Executable, params: Params) -> Later:
+    """A statement whose rows are needed later: it waits and goes out with the next round
+    trip on the connection, ahead of that round trip's own statements, saving one of its
+    own. SQLite runs it at once.
+
+    What it changes or locks is thus changed or locked before the statements run after
+    it, as if it had run at once; its errors are raised by the call that sends it. A
+    transaction that ends first drops it unsent.
+    """
+    if conn.dialect.name != "postgresql":
+        return Later(None, list(conn.execute(statement, params)))
+    compiled = _compile(conn, statement, params)
+    later = Later(conn)
+    _session(conn).queue.append((compiled, params, later))
+    return later
 
 
 def _rows(session: _Session, compiled: _Compiled, result: pq.abc.PGresult) -> list[Any]:
@@ -129,39 +165,63 @@ def run(conn: Connection, statement: Executable, params: Params | Sequence[Param
         return
     session = _session(conn)
     compiled = _compile(conn, statement, many[0])
-    if session.deferred is not None:
-        session.deferred.extend((compiled, p) for p in many)
+    if session.deferring:
+        session.queue.extend((compiled, p, None) for p in many)
         return
     with _as_sqlalchemy_errors(conn, compiled.sql):
-        for each in many:
-            _execute(conn, session, compiled, each)
+        if session.queue or len(many) > 1:
+            _send(conn, session, [(compiled, p) for p in many], commit=False)
+        else:
+            _execute(conn, session, compiled, many[0])
 
 
 @contextmanager
 def deferring(conn: Connection) -> Iterator[None]:
     """Hold back :func:`run`'s writes until :func:`send_deferred` (PostgreSQL only)."""
     session = _session(conn)
-    session.deferred = []
+    session.deferring = True
     try:
         yield
+    except BaseException:
+        _drop(session)  # the transaction is rolled back: what waits is void
+        raise
     finally:
-        session.deferred = None
+        session.deferring = False
 
 
 def send_deferred(conn: Connection, *, commit: bool) -> None:
-    """Send the writes held back, and the COMMIT if asked: one round trip."""
+    """Send the statements held back, and the COMMIT if asked: one round trip."""
     session = _session(conn)
-    if not session.deferred and not commit:
+    if not session.queue and not commit:
         return
-    with _as_sqlalchemy_errors(conn, session.deferred[0][0].sql if session.deferred else b"COMMIT"):
-        _send(conn, session, commit=commit)
+    # No statement waits and no transaction is open: nothing ran, nothing to commit.
+    if not session.queue and _pgconn(conn).transaction_status == pq.TransactionStatus.IDLE:
+        return
+    with _as_sqlalchemy_errors(conn, session.queue[0][0].sql if session.queue else b"COMMIT"):
+        _send(conn, session, [], commit=commit)
 
 
-def send_before_other_statements(conn: Connection) -> None:
-    """Send held-back writes before a statement not run here (an engine event calls this)."""
+def send_queued(conn: Connection) -> None:
+    """Send the statements held back, before a statement not run here (an engine event
+    calls this) or when a :class:`Later`'s rows are wanted."""
     session: _Session | None = conn.connection.info.get(_SESSION)
-    if session is not None and session.deferred:
+    if session is not None and session.queue:
         send_deferred(conn, commit=False)
+
+
+def forget_queued(conn: Connection) -> None:
+    """Drop what waits from an earlier transaction (an engine event calls this when a
+    transaction begins): it must never run in another one."""
+    session: _Session | None = conn.connection.info.get(_SESSION)
+    if session is not None:
+        _drop(session)
+
+
+def _drop(session: _Session) -> None:
+    for _, _, later in session.queue:
+        if later is not None:
+            later._conn = None  # its rows never come
+    session.queue.clear()
 
 
 # --- libpq --------------------------------------------------------------------------------
@@ -197,14 +257,24 @@ def _execute(
     return result
 
 
-def _send(conn: Connection, session: _Session, *, commit: bool) -> None:
-    """The writes held back (the queue emptied), and perhaps the COMMIT, in one round trip."""
-    waiting = session.deferred or []
-    if session.deferred is not None:
-        session.deferred = []
-    # No writes and no transaction open: nothing ran, so there is nothing to commit.
-    if waiting or _pgconn(conn).transaction_status != pq.TransactionStatus.IDLE:
-        _pipeline(conn, session, waiting, commit=commit)
+def _send(
+    conn: Connection,
+    session: _Session,
+    statements: list[tuple[_Compiled, Params]],
+    *,
+    commit: bool,
+) -> list[pq.abc.PGresult]:
+    """The statements waiting, then ``statements``, and perhaps the COMMIT, in one round
+    trip; the results of ``statements``."""
+    waiting, session.queue = session.queue, []
+    for _, _, later in waiting:
+        if later is not None:
+            later._conn = None  # sent: its rows come with this round trip, or never
+    results = _pipeline(conn, session, [(c, p) for c, p, _ in waiting] + statements, commit=commit)
+    for (compiled, _, later), result in zip(waiting, results, strict=False):
+        if later is not None:
+            later._rows = _rows(session, compiled, result)
+    return results[len(waiting) :]
 
 
 def _pipeline(

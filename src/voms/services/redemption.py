@@ -444,6 +444,22 @@ def _move_statement(to_state: VoucherState) -> Any:
 _MOVES = {state: _move_statement(state) for state in VoucherState}
 
 
+def _taking(
+    conn: Connection,
+    serial: int,
+    from_state: VoucherState,
+    to_state: VoucherState,
+    now: datetime,
+    redeemed_by: str | None = None,
+) -> hot.Later:
+    """The conditional update that decides who wins a voucher, sent with the next round
+    trip; a row for the winner."""
+    params: dict[str, Any] = {"move_serial": serial, "from_state": from_state.value, "now": now}
+    if to_state is VoucherState.REDEEMED:
+        params["redeemed_by"] = redeemed_by
+    return hot.ahead(conn, _MOVES[to_state], params)
+
+
 def _move_voucher(
     conn: Connection,
     serial: int,
@@ -453,10 +469,7 @@ def _move_voucher(
     redeemed_by: str | None = None,
 ) -> bool:
     """The conditional update that decides who wins a voucher; True for the winner."""
-    params: dict[str, Any] = {"move_serial": serial, "from_state": from_state.value, "now": now}
-    if to_state is VoucherState.REDEEMED:
-        params["redeemed_by"] = redeemed_by
-    return bool(hot.fetch(conn, _MOVES[to_state], params))
+    return bool(_taking(conn, serial, from_state, to_state, now, redeemed_by).rows())
 
 
 def _blocker(conn: Connection, serial: int, now: datetime) -> Result:
@@ -688,13 +701,16 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
     def work(conn: Connection, now: datetime) -> Writes:
         msisdn, recipient = _start(rt, conn, attempt, request)
         voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
+        # The voucher is taken in the round trip that locks the account. So a redemption
+        # locks the voucher, then the subscriber: no other transaction locks both.
+        taken = _taking(
+            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, recipient
+        )
         account = rt.billing.load_account(conn, recipient, lock=True)
         _check_account(account, voucher_type)
         assert account is not None
         scenario = _scenario(attempt, voucher_type, request.scenario)
-        if not _move_voucher(
-            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, account.msisdn
-        ):
+        if not taken.rows():
             raise ResultError(_blocker(conn, voucher.serial, now))
         credit = _crediting(rt, conn, attempt, account, scenario, "redemption", now)
 
@@ -729,12 +745,11 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
     def work(conn: Connection, now: datetime) -> Writes:
         msisdn, recipient = _start(rt, conn, attempt, request)
         voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
-        account = rt.billing.load_account(conn, recipient, lock=False)
+        taken = _taking(conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now)
+        account = rt.billing.load_account(conn, recipient, lock=False)  # (sends it)
         _check_account(account, voucher_type, required=False)
         scenario = _scenario(attempt, voucher_type, request.scenario)
-        if not _move_voucher(
-            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now
-        ):
+        if not taken.rows():
             raise ResultError(_blocker(conn, voucher.serial, now))
         credits = [
             {

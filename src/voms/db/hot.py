@@ -11,13 +11,17 @@ with one libpq call that waits with the GIL released. psycopg's own adapters tur
 parameters into PostgreSQL values and the results back into Python ones. On SQLite the
 statements go through SQLAlchemy as everywhere else.
 
-Round trips are saved twice:
+Round trips are saved three ways (libpq pipeline mode):
 
-- A transaction's first statement goes out with its ``BEGIN`` (libpq pipeline mode).
-- Inside :func:`voms.db.pipeline.commit_together`, writes wait in a queue and go out
-  with the ``COMMIT`` in one round trip (:func:`deferring`, :func:`send_deferred`).
-  Any other statement on the connection (SQLAlchemy's, or :func:`fetch`) first sends
-  what waits, so statements always reach the server in the order they were run.
+- A transaction's first statement goes out with its ``BEGIN``.
+- A statement whose rows are needed later (:func:`ahead`) waits and goes out with the
+  next round trip, ahead of that round trip's statements.
+- Inside :func:`voms.db.pipeline.commit_together`, writes wait and go out with the
+  ``COMMIT`` in one round trip (:func:`deferring`, :func:`send_deferred`).
+
+Any other statement on the connection (SQLAlchemy's, or one run here) first sends what
+waits, so statements always reach the server in the order they were run. What waits
+when its transaction ends is dropped unsent.
 
 Rows come back as named tuples (``row.serial``), as SQLAlchemy's rows do. The session
 time zone is UTC (see :mod:`voms.db.engine`), so datetimes read are aware UTC

@@ -1,16 +1,19 @@
 """Redemptions over HTTP against the same transaction in raw SQL (pgbench), on PostgreSQL.
 
     .venv/bin/python bench/redeem.py [--workers 2] [--threads 4] [--concurrency 32]
-                                     [--requests 6000] [--profile stacks.txt]
+                                     [--rounds 3] [--requests 6000] [--profile stacks.txt]
 
 Creates a scratch database (``voms_bench`` next to VOMS_TEST_POSTGRES_URL's), a catalog,
-1,000 subscribers and active vouchers; starts ``voms serve --workers N``; drives
-redemptions from a separate process over keep-alive connections, first as fast as it
-can (closed loop), then paced at half that rate (open loop, latency counted from the
-scheduled send time); then runs pgbench with the same SQL statements on other vouchers,
-once with a round trip per statement and once with statements pipelined as
-the service sends them. Prints requests/s, p50/p99, the ratios, and the CPU each
-redemption costs the server, PostgreSQL and the load driver. Figures, not a test.
+1,000 subscribers and active vouchers; starts ``voms serve --workers N``. Then, in each
+round, drives redemptions from a separate process over keep-alive connections as fast as
+it can (closed loop), and right after runs pgbench with the same SQL statements on other
+vouchers, once with a round trip per statement and once with statements pipelined as the
+service sends them. Run back to back, each round's ratio is measured under the same
+conditions: on a shared machine the speed drifts between runs far more than the changes
+measured here. Last comes a paced run at half the closed loop's median rate (open loop,
+latency counted from the scheduled send time). Prints each round, the medians, the
+ratios, and the CPU each redemption costs the server, PostgreSQL and the load driver.
+Figures, not a test.
 """
 
 import argparse
@@ -277,6 +280,8 @@ def _pgbench(
             "{end_pipeline}", r"\endpipeline" if pipelined else ""
         )
     )
+    for old in work.glob(f"{name}.*"):  # an earlier round's log
+        old.unlink()
     command = [
         "pgbench",
         "--no-vacuum",
@@ -424,12 +429,20 @@ def main() -> None:
         "--threads", type=int, default=4, help="VOMS_REDEMPTION_THREADS of each worker"
     )
     parser.add_argument("--concurrency", type=int, default=32, help="16 to 64")
-    parser.add_argument("--requests", type=int, default=6000, help="for the closed-loop run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="closed-loop HTTP runs, each followed by its pgbench runs (medians are printed)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=6000, help="of each closed-loop run and of the paced run"
+    )
     parser.add_argument("--pgbench-per-client", type=int, default=250)
     parser.add_argument(
         "--paced-rate",
         type=float,
-        help="requests/s of the paced run (default: half the closed loop)",
+        help="requests/s of the paced run (default: half the closed loop's median)",
     )
     parser.add_argument(
         "--pg-url",
@@ -438,7 +451,8 @@ def main() -> None:
         ),
     )
     parser.add_argument(
-        "--profile", help="py-spy the server during the closed-loop run: collapsed stacks here"
+        "--profile",
+        help="py-spy the server during the first closed-loop run: collapsed stacks here",
     )
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -451,9 +465,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="voms-bench-"))
     warmup = 500
-    paced = args.requests // 2
-    total = warmup + args.requests + paced
-    setup = _prepare(args.pg_url, work, total, 2 * args.concurrency * args.pgbench_per_client)
+    paced = args.requests
+    total = warmup + args.rounds * args.requests + paced
+    per_run = args.concurrency * args.pgbench_per_client
+    setup = _prepare(args.pg_url, work, total, 2 * args.rounds * per_run)
     bodies = [
         {"msisdn": msisdn(i % SUBSCRIBERS), "pin": pin, "request_id": f"bench-{serial}"}
         for i, (serial, pin) in enumerate(setup["pins"])
@@ -469,116 +484,145 @@ def main() -> None:
     )
     server = _serve(env, args.workers, port)
     url = f"http://127.0.0.1:{port}"
+    rounds: list[dict[str, Any]] = []
+    next_body = warmup
+    next_serial = setup["pgbench_first_serial"]
+
+    def pgbench(pipelined: bool) -> dict[str, Any]:
+        nonlocal next_serial
+        figures = _pgbench(
+            setup["url"],
+            next_serial,
+            args.concurrency,
+            args.pgbench_per_client,
+            setup["ids"],
+            work,
+            pipelined=pipelined,
+        )
+        next_serial += per_run
+        return figures
+
     try:
         _run_driver(url, setup["key"], bodies[:warmup], args.concurrency, None, work)
-        profiler = None
-        if os.environ.get("EXP_PERF"):
-            profiler = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-a", "-o", "/tmp/perf.data"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)
-        elif args.profile:
-            profiler = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    "record",
-                    "--pid",
-                    str(server.pid),
-                    "--subprocesses",
-                    "--nonblocking",
-                    *os.environ.get("EXP_PYSPY", "--gil").split(),
-                    "--format",
-                    "raw",
-                    "--output",
-                    args.profile,
-                ],
-                stdout=subprocess.DEVNULL,
+        for number in range(args.rounds):
+            print(f"round {number + 1} of {args.rounds}…", file=sys.stderr)
+            profiler = _profile(server.pid, args.profile) if args.profile and not number else None
+            cpu_before = _cpu(server.pid)
+            http = _run_driver(
+                url,
+                setup["key"],
+                bodies[next_body : next_body + args.requests],
+                args.concurrency,
+                None,
+                work,
             )
-            time.sleep(1)
-        cpu_before = (
-            _cpu_seconds(server.pid),
-            _postgres_cpu_seconds(),
-            _children_cpu_seconds(),
-            _cpu_seconds(server.pid, slice(12, 13)),
-        )
-        full = _run_driver(
-            url, setup["key"], bodies[warmup : warmup + args.requests], args.concurrency, None, work
-        )
-        cpu_after = (
-            _cpu_seconds(server.pid),
-            _postgres_cpu_seconds(),
-            _children_cpu_seconds(),
-            _cpu_seconds(server.pid, slice(12, 13)),
-        )
-        full["cpu_ms"] = [
-            1000 * (b - a) / full["requests"] for a, b in zip(cpu_before, cpu_after, strict=True)
-        ]
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(timeout=60)
-        half = _run_driver(
-            url,
-            setup["key"],
-            bodies[warmup + args.requests :],
-            args.concurrency,
-            args.paced_rate or full["rps"] / 2,
-            work,
-        )
+            next_body += args.requests
+            http["cpu_ms"] = [
+                1000 * (b - a) / http["requests"]
+                for a, b in zip(cpu_before, _cpu(server.pid), strict=True)
+            ]
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(timeout=60)
+            rounds.append({"http": http, "raw": pgbench(False), "piped": pgbench(True)})
+        rate = args.paced_rate or statistics.median(r["http"]["rps"] for r in rounds) / 2
+        half = _run_driver(url, setup["key"], bodies[next_body:], args.concurrency, rate, work)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    per_run = args.concurrency * args.pgbench_per_client
-    raw = _pgbench(
-        setup["url"],
-        setup["pgbench_first_serial"],
-        args.concurrency,
-        args.pgbench_per_client,
-        setup["ids"],
-        work,
-        pipelined=False,
+    _report(args, rounds, rate, half)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _profile(pid: int, output: str) -> subprocess.Popen[bytes]:
+    profiler = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--gil",
+            "--format",
+            "raw",
+            "--output",
+            output,
+        ],
+        stdout=subprocess.DEVNULL,
     )
-    piped = _pgbench(
-        setup["url"],
-        setup["pgbench_first_serial"] + per_run,
-        args.concurrency,
-        args.pgbench_per_client,
-        setup["ids"],
-        work,
-        pipelined=True,
+    time.sleep(1)
+    return profiler
+
+
+def _cpu(server_pid: int) -> tuple[float, float, float, float]:
+    """CPU seconds so far: the server, PostgreSQL, the load driver, the server's kernel."""
+    return (
+        _cpu_seconds(server_pid),
+        _postgres_cpu_seconds(),
+        _children_cpu_seconds(),
+        _cpu_seconds(server_pid, slice(12, 13)),
     )
-    bad = {code: n for code, n in {**full["codes"], **half["codes"]}.items() if code != "0"}
+
+
+def _report(
+    args: argparse.Namespace, rounds: list[dict[str, Any]], rate: float, half: dict[str, Any]
+) -> None:
+    def median(run: str, key: str, index: int | None = None) -> float:
+        values = [r[run][key] if index is None else r[run][key][index] for r in rounds]
+        return statistics.median(values)
+
     print(
         f"\nPostgreSQL, {args.workers} worker(s) of {args.threads} redemption threads, "
-        f"concurrency {args.concurrency}, {os.cpu_count()} CPUs"
+        f"concurrency {args.concurrency}, {os.cpu_count()} CPUs; {len(rounds)} rounds of"
+        " HTTP then pgbench, back to back"
     )
-    print(f"{'run':<40}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'count':>8}")
-    rows = [
-        ("HTTP redemptions, closed loop", full),
-        (f"HTTP redemptions, paced {args.paced_rate or full['rps'] / 2:.0f}/s", half),
-        ("pgbench, same SQL, a round trip each", raw),
-        ("pgbench, pipelined as the service", piped),
-    ]
-    for name, figures in rows:
+    print(f"{'round':<7}{'HTTP req/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'pgbench':>9}", end="")
+    print(f"{'pipelined':>10}{'ratio':>7}{'ratio pipelined':>17}")
+    for number, r in enumerate(rounds, 1):
+        http, raw, piped = r["http"], r["raw"], r["piped"]
         print(
-            f"{name:<40}{figures['rps']:>9.0f}{figures['p50_ms']:>9.2f}"
-            f"{figures['p99_ms']:>9.2f}{figures['requests']:>8}"
+            f"{number:<7}{http['rps']:>11.0f}{http['p50_ms']:>8.2f}{http['p99_ms']:>8.2f}"
+            f"{raw['rps']:>9.0f}{piped['rps']:>10.0f}{http['rps'] / raw['rps']:>7.0%}"
+            f"{http['rps'] / piped['rps']:>17.0%}"
+        )
+    ratios = [r["http"]["rps"] / r["raw"]["rps"] for r in rounds]
+    print(f"\n{'run (median of the rounds)':<40}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, run in (
+        ("HTTP redemptions, closed loop", "http"),
+        ("pgbench, same SQL, a round trip each", "raw"),
+        ("pgbench, pipelined as the service", "piped"),
+    ):
+        print(
+            f"{name:<40}{median(run, 'rps'):>9.0f}{median(run, 'p50_ms'):>9.2f}"
+            f"{median(run, 'p99_ms'):>9.2f}"
         )
     print(
-        f"ratio HTTP / raw SQL: {full['rps'] / raw['rps']:.0%} "
-        f"(pipelined as the service: {full['rps'] / piped['rps']:.0%})"
+        f"{f'HTTP redemptions, paced {rate:.0f}/s':<40}{half['rps']:>9.0f}"
+        f"{half['p50_ms']:>9.2f}{half['p99_ms']:>9.2f}   ({half['requests']} requests)"
     )
-    server_ms, postgres_ms, driver_ms, server_system_ms = full["cpu_ms"]
     print(
-        f"CPU per redemption over HTTP: server {server_ms:.2f} ms (in the kernel"
-        f" {server_system_ms:.2f}), PostgreSQL {postgres_ms:.2f} ms, load driver {driver_ms:.2f} ms"
+        f"ratio HTTP / raw SQL: {statistics.median(ratios):.0%} (median; rounds"
+        f" {min(ratios):.0%} to {max(ratios):.0%}); pipelined as the service: "
+        f"{statistics.median(r['http']['rps'] / r['piped']['rps'] for r in rounds):.0%}"
     )
-    for name, figures in (("a round trip each", raw), ("pipelined", piped)):
-        postgres_ms, pgbench_ms = figures["cpu_ms"]
+    print(
+        f"CPU per redemption over HTTP: server {median('http', 'cpu_ms', 0):.2f} ms (in the"
+        f" kernel {median('http', 'cpu_ms', 3):.2f}), PostgreSQL"
+        f" {median('http', 'cpu_ms', 1):.2f} ms, load driver {median('http', 'cpu_ms', 2):.2f} ms"
+    )
+    for name, run in (("a round trip each", "raw"), ("pipelined", "piped")):
         print(
-            f"CPU per pgbench transaction, {name}: PostgreSQL {postgres_ms:.2f} ms,"
-            f" pgbench {pgbench_ms:.2f} ms"
+            f"CPU per pgbench transaction, {name}: PostgreSQL {median(run, 'cpu_ms', 0):.2f} ms,"
+            f" pgbench {median(run, 'cpu_ms', 1):.2f} ms"
         )
+    codes: dict[str, int] = {}
+    for figures in [r["http"] for r in rounds] + [half]:
+        for code, n in figures["codes"].items():
+            codes[code] = codes.get(code, 0) + n
+    bad = {code: n for code, n in codes.items() if code != "0"}
     if bad:
         print(f"non-zero result codes: {bad}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

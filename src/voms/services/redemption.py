@@ -444,7 +444,7 @@ def _move_statement(to_state: VoucherState) -> Any:
 _MOVES = {state: _move_statement(state) for state in VoucherState}
 
 
-def _taking(
+def _take_voucher(
     conn: Connection,
     serial: int,
     from_state: VoucherState,
@@ -453,23 +453,11 @@ def _taking(
     redeemed_by: str | None = None,
 ) -> hot.Later:
     """The conditional update that decides who wins a voucher, sent with the next round
-    trip; a row for the winner."""
+    trip (or when its rows are asked for); a row for the winner."""
     params: dict[str, Any] = {"move_serial": serial, "from_state": from_state.value, "now": now}
     if to_state is VoucherState.REDEEMED:
         params["redeemed_by"] = redeemed_by
     return hot.ahead(conn, _MOVES[to_state], params)
-
-
-def _move_voucher(
-    conn: Connection,
-    serial: int,
-    from_state: VoucherState,
-    to_state: VoucherState,
-    now: datetime,
-    redeemed_by: str | None = None,
-) -> bool:
-    """The conditional update that decides who wins a voucher; True for the winner."""
-    return bool(_taking(conn, serial, from_state, to_state, now, redeemed_by).rows())
 
 
 def _blocker(conn: Connection, serial: int, now: datetime) -> Result:
@@ -703,7 +691,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
         # The voucher is taken in the round trip that locks the account. So a redemption
         # locks the voucher, then the subscriber: no other transaction locks both.
-        taken = _taking(
+        taken = _take_voucher(
             conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, recipient
         )
         account = rt.billing.load_account(conn, recipient, lock=True)
@@ -745,7 +733,9 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
     def work(conn: Connection, now: datetime) -> Writes:
         msisdn, recipient = _start(rt, conn, attempt, request)
         voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
-        taken = _taking(conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now)
+        taken = _take_voucher(
+            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now
+        )
         account = rt.billing.load_account(conn, recipient, lock=False)  # (sends it)
         _check_account(account, voucher_type, required=False)
         scenario = _scenario(attempt, voucher_type, request.scenario)
@@ -876,17 +866,11 @@ def _settle_voucher(
     """Apply a commit or revoke to the reserved voucher and describe it."""
     attempt.serial = row.serial
     if action == "commit":
-        moved = _move_voucher(
-            conn,
-            row.serial,
-            VoucherState.RESERVED,
-            VoucherState.REDEEMED,
-            now,
-            row.recipient_msisdn,
-        )
+        to_state, redeemed_by = VoucherState.REDEEMED, row.recipient_msisdn
     else:
-        moved = _move_voucher(conn, row.serial, VoucherState.RESERVED, VoucherState.AVAILABLE, now)
-    if not moved:
+        to_state, redeemed_by = VoucherState.AVAILABLE, None
+    moved = _take_voucher(conn, row.serial, VoucherState.RESERVED, to_state, now, redeemed_by)
+    if not moved.rows():
         raise RuntimeError(f"voucher {row.serial} of an open reservation is not reserved")
     return _success(
         reservation_id=attempt.reservation_id,

@@ -14,6 +14,7 @@ check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch s
 (2007) · scenario (4005, 2008) · balance limit (5004).
 """
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -21,10 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, Self, Union
 
 from sqlalchemy import (
-    ARRAY,
     Connection,
-    LargeBinary,
-    any_,
     bindparam,
     delete,
     insert,
@@ -36,7 +34,6 @@ from sqlalchemy.exc import IntegrityError
 from voms.billing.engine import Account, Change, Credit
 from voms.db import hot
 from voms.db import tables as t
-from voms.db.engine import is_postgres
 from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
@@ -413,11 +410,19 @@ _FIND_VOUCHERS = select(
     .scalar_subquery()
     .label("blacklisted_until"),
 ).join(_bt, _bt.c.id == _v.c.batch_id)
-# The PIN's lookup hashes, one per lookup key (see Keyring.lookup_hashes).
-_FIND_VOUCHER = _FIND_VOUCHERS.where(_v.c.pin_hash.in_(bindparam("hashes", expanding=True)))
-_FIND_VOUCHER_PG = _FIND_VOUCHERS.where(
-    _v.c.pin_hash == any_(bindparam("hashes", type_=ARRAY(LargeBinary)))
-)
+
+
+@functools.cache
+def _find_voucher_by(hashes: int) -> Any:
+    """The voucher lookup for a PIN's ``hashes`` lookup hashes (one per lookup key, see
+    Keyring.lookup_hashes), each its own parameter.
+
+    Not ``= ANY(array)``: PostgreSQL then planned the prepared statement anew on every
+    call, its generic plan for an array of unknown length looking dearer.
+    """
+    return _FIND_VOUCHERS.where(_v.c.pin_hash.in_([bindparam(f"hash{i}") for i in range(hashes)]))
+
+
 _VOUCHER_BY_SERIAL = (
     select(_v.c.state, _bt.c.state.label("batch_state"), _bt.c.expires_at)
     .join(_bt, _bt.c.id == _v.c.batch_id)
@@ -489,8 +494,8 @@ def _find_voucher(
         attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
         raise
     hashes = rt.keyring.lookup_hashes(pin)
-    lookup = _FIND_VOUCHER_PG if is_postgres(conn) else _FIND_VOUCHER
-    found = hot.fetch(conn, lookup, {"hashes": hashes, "msisdn": msisdn})
+    params = {f"hash{i}": each for i, each in enumerate(hashes)}
+    found = hot.fetch(conn, _find_voucher_by(len(hashes)), {**params, "msisdn": msisdn})
     row = found[0] if found else None
     if row is None:
         _check_blacklist(conn, msisdn, now)

@@ -60,6 +60,10 @@ class _Compiled:
     row: Any = None  # the named-tuple class of its rows, made on first use
 
 
+# Prepared too, as every statement here: PostgreSQL then parses them once per connection.
+_BEGIN = _Compiled(b"BEGIN", (), {}, frozenset(), "BEGIN")
+_COMMIT = _Compiled(b"COMMIT", (), {}, frozenset(), "COMMIT")
+
 # A parameter in psycopg's named style, or an escaped percent sign.
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
 _NAMES = itertools.count(1)
@@ -297,18 +301,18 @@ def _pipeline(
     """
     pgconn = _pgconn(conn)
     begin = pgconn.transaction_status == pq.TransactionStatus.IDLE
+    if begin:
+        statements = [(_BEGIN, {}), *statements]
+    if commit:
+        statements = [*statements, (_COMMIT, {})]
     bound = [_bound(pgconn, session, compiled, params) for compiled, params in statements]
     pgconn.enter_pipeline_mode()
     try:
-        if begin:
-            pgconn.send_query_params(b"BEGIN", None)
         for name, values, formats in bound:
             pgconn.send_query_prepared(name, values, formats)
-        if commit:
-            pgconn.send_query_params(b"COMMIT", None)
         pgconn.pipeline_sync()
         _flush(pgconn)
-        results = [_next_result(session, pgconn) for _ in range(begin + len(bound) + commit)]
+        results = [_next_result(session, pgconn) for _ in bound]
         sync = _wait_result(session, pgconn)
         if sync is None or sync.status != pq.ExecStatus.PIPELINE_SYNC:
             raise psycopg.OperationalError("the pipeline's results ended unexpectedly")
@@ -322,7 +326,7 @@ def _pipeline(
                 pgconn.finish()
     for result in results:
         _check(conn, session, result)
-    return results[begin : begin + len(bound)]
+    return results[begin : len(results) - commit]
 
 
 def _bound(

@@ -68,11 +68,15 @@ def traceback_without_message(exc: BaseException) -> str:
 
 
 class TracebackScrubber(logging.Filter):
-    """Logs an exception's traceback without its message (uvicorn logs the errors an app
-    raises to it with both)."""
+    """Logs the traceback of an error a request raised without its message (uvicorn logs
+    the errors an app raises to it with both). Start-up errors keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
+        if (
+            record.exc_info
+            and record.exc_info[1] is not None
+            and str(record.msg).startswith("Exception in ASGI application")
+        ):
             record.exc_text = traceback_without_message(record.exc_info[1])
             record.exc_info = None
         return True

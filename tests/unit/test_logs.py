@@ -35,3 +35,15 @@ def test_a_logged_exception_keeps_its_traceback_but_not_its_message(
     assert "Exception in ASGI application" in text
     assert "_fails" in text
     assert "builtins.ValueError (message not logged)" in text
+
+
+def test_a_start_up_error_keeps_its_message() -> None:
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1, "Application startup failed.", None, None
+    )
+    try:
+        raise RuntimeError("database unreachable")
+    except RuntimeError as error:
+        record.exc_info = (RuntimeError, error, error.__traceback__)
+    assert TracebackScrubber().filter(record)
+    assert "database unreachable" in logging.Formatter().format(record)

@@ -584,3 +584,34 @@ def test_a_voucher_type_recharge_credits_like_its_vouchers(
     with pytest.raises(ResultError) as unknown:
         redemption.recharge(rt, CONSOLE, RechargeRequest(msisdn=MSISDN, voucher_type="NOPE"))
     assert unknown.value.result.code == 5005
+
+
+def test_a_redemption_s_statements_are_parsed_and_planned_once_per_connection(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite prepares nothing")
+    from sqlalchemy import text
+
+    from voms.db.engine import make_engine
+
+    one = make_engine(rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    monkeypatch.setattr(rt, "engine", one)
+    try:
+        factories.standard_catalog(rt)
+        factories.subscriber(rt, MSISDN)
+        for _, pin in factories.active_batch(rt, count=8):
+            assert redeem(rt, pin=pin)["result_code"] == 0
+        with one.connect() as conn:  # the same connection: what it has prepared
+            prepared = conn.execute(
+                text("SELECT statement, generic_plans FROM pg_prepared_statements")
+            ).all()
+    finally:
+        one.dispose()
+    assert {"BEGIN", "COMMIT"} <= {row.statement for row in prepared}
+    # The voucher lookup takes each lookup hash as a parameter of its own: given an
+    # array, PostgreSQL planned it anew every time on a full-size table (a table this
+    # small gets a generic plan either way, so the plans themselves prove nothing here).
+    lookup = [row for row in prepared if "FROM vouchers JOIN batches" in row.statement]
+    assert len(lookup) == 1
+    assert "vouchers.pin_hash IN ($" in lookup[0].statement

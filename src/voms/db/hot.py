@@ -109,11 +109,7 @@ def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
     compiled = _compile(conn, statement, params)
     session = _session(conn)
     with _as_sqlalchemy_errors(conn, compiled.sql):
-        if session.queue:
-            result = _send(conn, session, [(compiled, params)], commit=False)[0]
-        else:
-            result = _execute(conn, session, compiled, params)
-        return _rows(session, compiled, result)
+        return _rows(session, compiled, _send(conn, session, [(compiled, params)])[0])
 
 
 def fetch_together(
@@ -129,7 +125,7 @@ def fetch_together(
     session = _session(conn)
     compiled = [(_compile(conn, statement, params), params) for statement, params in statements]
     with _as_sqlalchemy_errors(conn, compiled[0][0].sql):
-        results = _send(conn, session, compiled, commit=False)
+        results = _send(conn, session, compiled)
         return [_rows(session, c, result) for (c, _), result in zip(compiled, results, strict=True)]
 
 
@@ -177,10 +173,7 @@ def run(conn: Connection, statement: Executable, params: Params | Sequence[Param
         session.queue.extend((compiled, p, None) for p in many)
         return
     with _as_sqlalchemy_errors(conn, compiled.sql):
-        if session.queue or len(many) > 1:
-            _send(conn, session, [(compiled, p) for p in many], commit=False)
-        else:
-            _execute(conn, session, compiled, many[0])
+        _send(conn, session, [(compiled, p) for p in many])
 
 
 @contextmanager
@@ -200,10 +193,9 @@ def deferring(conn: Connection) -> Iterator[None]:
 def send_deferred(conn: Connection, *, commit: bool) -> None:
     """Send the statements held back, and the COMMIT if asked: one round trip."""
     session = _session(conn)
-    if not session.queue and not commit:
-        return
-    # No statement waits and no transaction is open: nothing ran, nothing to commit.
-    if not session.queue and _pgconn(conn).transaction_status == pq.TransactionStatus.IDLE:
+    # Nothing waits, and no COMMIT is asked for or no transaction is open (nothing ran).
+    idle = _pgconn(conn).transaction_status == pq.TransactionStatus.IDLE
+    if not session.queue and (not commit or idle):
         return
     with _as_sqlalchemy_errors(conn, session.queue[0][0].sql if session.queue else b"COMMIT"):
         _send(conn, session, [], commit=commit)
@@ -252,29 +244,24 @@ def _pgconn(conn: Connection) -> pq.abc.PGconn:
     return conn.connection.driver_connection.pgconn  # type: ignore[union-attr,no-any-return]
 
 
-def _execute(
-    conn: Connection, session: _Session, compiled: _Compiled, params: Params
-) -> pq.abc.PGresult:
-    """Run one statement; in the same round trip as its BEGIN when it opens the transaction."""
-    pgconn = _pgconn(conn)
-    if pgconn.transaction_status == pq.TransactionStatus.IDLE:  # it goes with a BEGIN
-        return _pipeline(conn, session, [(compiled, params)], commit=False)[0]
-    name, values, formats = _bound(pgconn, session, compiled, params)
-    result = pgconn.exec_prepared(name, values, formats)
-    _check(conn, session, result)
-    return result
-
-
 def _send(
     conn: Connection,
     session: _Session,
     statements: list[tuple[_Compiled, Params]],
     *,
-    commit: bool,
+    commit: bool = False,
 ) -> list[pq.abc.PGresult]:
     """The statements waiting, then ``statements``, and perhaps the COMMIT, in one round
     trip; the results of ``statements``."""
+    pgconn = _pgconn(conn)
     waiting, session.queue = session.queue, []
+    alone = not waiting and not commit and len(statements) == 1
+    if alone and pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        # No BEGIN to go with it: one libpq call, without pipeline mode.
+        name, values, formats = _bound(pgconn, session, *statements[0])
+        result = pgconn.exec_prepared(name, values, formats)
+        _check(conn, session, result)
+        return [result]
     for _, _, later in waiting:
         if later is not None:
             later._conn = None  # sent: its rows come with this round trip, or never

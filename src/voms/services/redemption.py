@@ -449,7 +449,7 @@ def _move_statement(to_state: VoucherState) -> Any:
 _MOVES = {state: _move_statement(state) for state in VoucherState}
 
 
-def _take_voucher(
+def _move_voucher(
     conn: Connection,
     serial: int,
     from_state: VoucherState,
@@ -696,7 +696,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
         # The voucher is taken in the round trip that locks the account. So a redemption
         # locks the voucher, then the subscriber: no other transaction locks both.
-        taken = _take_voucher(
+        taken = _move_voucher(
             conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, recipient
         )
         account = rt.billing.load_account(conn, recipient, lock=True)
@@ -738,7 +738,7 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
     def work(conn: Connection, now: datetime) -> Writes:
         msisdn, recipient = _start(rt, conn, attempt, request)
         voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
-        taken = _take_voucher(
+        taken = _move_voucher(
             conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now
         )
         account = rt.billing.load_account(conn, recipient, lock=False)  # (sends it)
@@ -874,7 +874,7 @@ def _settle_voucher(
         to_state, redeemed_by = VoucherState.REDEEMED, row.recipient_msisdn
     else:
         to_state, redeemed_by = VoucherState.AVAILABLE, None
-    moved = _take_voucher(conn, row.serial, VoucherState.RESERVED, to_state, now, redeemed_by)
+    moved = _move_voucher(conn, row.serial, VoucherState.RESERVED, to_state, now, redeemed_by)
     if not moved.rows():
         raise RuntimeError(f"voucher {row.serial} of an open reservation is not reserved")
     return _success(

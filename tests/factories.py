@@ -144,3 +144,13 @@ def subscriber(
             msisdn=msisdn, service_provider=sp, product_type=product_type, **fields
         ),
     )
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (``clock.now += 5``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

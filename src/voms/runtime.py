@@ -1,11 +1,13 @@
 """What a process needs to serve: settings, the database engine, the keyring."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
 from voms.billing.builtin import BuiltinWallet
 from voms.billing.engine import BillingEngine
+from voms.caching import ReadCache
 from voms.config import Settings
 from voms.crypto import Keyring, load_keyring
 from voms.db.engine import make_engine
@@ -20,6 +22,14 @@ class Runtime:
     billing: BillingEngine = field(default_factory=BuiltinWallet)
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)
+
+    def read_cache(self, name: str, ttl: float) -> ReadCache[Any]:
+        """The process's :class:`ReadCache` called ``name``, made on first use."""
+        cache = self.caches.get(name)
+        if cache is None:
+            cache = self.caches.setdefault(name, ReadCache[Any](ttl))
+        assert isinstance(cache, ReadCache)
+        return cache
 
 
 def build_runtime(settings: Settings) -> Runtime:

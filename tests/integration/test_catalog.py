@@ -1,6 +1,12 @@
+import threading
+
 import pytest
+from sqlalchemy import update
 
 from tests import factories
+from voms.caching import ReadCache
+from voms.db import tables as t
+from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Role
 from voms.runtime import Runtime
@@ -149,3 +155,27 @@ def test_api_keys_are_stored_hashed_and_can_be_revoked(rt: Runtime) -> None:
         auth.create_api_key(rt, CONSOLE, name="x", role="root")
     with pytest.raises(Conflict):
         factories.api_key(rt, "channel", "ACME", name="ussd")
+
+
+def test_a_cached_key_is_checked_again_in_the_background_before_its_entry_expires(
+    rt: Runtime,
+) -> None:
+    """The event loop answers from the cache; from half the entry's life a thread of its
+    own reads the key again, so a key revoked by another process stops working without
+    any request waiting for the database."""
+    clock = factories.Clock()
+    rt.caches["api_keys"] = ReadCache[Principal | None](auth.KEY_CACHE_SECONDS, clock=clock)
+    factories.service_provider(rt)
+    secret = factories.api_key(rt, "channel", "ACME", name="ussd")
+    assert auth.cached_principal(rt, secret) == (False, None)
+    assert auth.authenticate(rt, secret) is not None
+    with rt.engine.begin() as conn:  # as another process would: this cache is not cleared
+        conn.execute(update(t.api_keys).values(revoked_at=utcnow()))
+    clock.now += auth.KEY_CACHE_SECONDS * 0.6
+    known, principal = auth.cached_principal(rt, secret)
+    assert known
+    assert principal is not None  # answered at once, from the cache
+    for thread in threading.enumerate():
+        if thread.name == "voms-key-refresh":
+            thread.join(10)
+    assert auth.cached_principal(rt, secret) == (True, None)

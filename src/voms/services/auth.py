@@ -1,12 +1,14 @@
 """API keys, roles and service-provider scope."""
 
-import time
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from voms.caching import ReadCache
 from voms.crypto import hash_api_key, new_api_key
 from voms.db import tables as t
 from voms.db.engine import reading
@@ -15,6 +17,8 @@ from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission, Role, allows
 from voms.runtime import Runtime
 from voms.services import audit
+
+log = logging.getLogger(__name__)
 
 KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this time
 
@@ -158,29 +162,41 @@ def has_any_api_key(rt: Runtime) -> bool:
         return conn.execute(select(t.api_keys.c.id).limit(1)).first() is not None
 
 
-def _cache(rt: Runtime) -> dict[str, tuple[float, Principal | None]]:
-    return rt.caches.setdefault("api_keys", {})  # type: ignore[return-value]
+def _cache(rt: Runtime) -> ReadCache[Principal | None]:
+    return rt.read_cache("api_keys", KEY_CACHE_SECONDS)
 
 
 def cached_principal(rt: Runtime, secret: str) -> tuple[bool, Principal | None]:
     """(True, principal-or-None) when the key's answer is cached; (False, None) otherwise.
 
-    Lets an event loop answer most requests without a thread for the database.
+    Lets an event loop answer most requests without a thread for the database. An answer
+    due for a refresh is refreshed on a thread of its own while the caller goes on.
     """
-    hit = _cache(rt).get(hash_api_key(secret))
-    if hit is not None and hit[0] > time.monotonic():
-        return True, hit[1]
-    return False, None
+    digest = hash_api_key(secret)
+    entry, refresh = _cache(rt).lookup(digest)
+    if refresh:
+        threading.Thread(
+            target=_refresh, args=(rt, digest), name="voms-key-refresh", daemon=True
+        ).start()
+    return (False, None) if entry is None else (True, entry.value)
+
+
+def _refresh(rt: Runtime, digest: str) -> None:
+    try:
+        _cache(rt).refresh(digest, lambda: _lookup(rt, digest))
+    except Exception:  # the entry expires as it would have; the next request retries
+        log.warning("refreshing a cached API key failed", exc_info=True)
+    finally:
+        _cache(rt).end_refresh(digest)
 
 
 def authenticate(rt: Runtime, secret: str) -> Principal | None:
     """The principal of a valid, unrevoked key, or None. Cached a few seconds."""
-    known, principal = cached_principal(rt, secret)
-    if known:
-        return principal
     digest = hash_api_key(secret)
-    cache = _cache(rt)
-    now = time.monotonic()
+    return _cache(rt).get(digest, lambda: _lookup(rt, digest))
+
+
+def _lookup(rt: Runtime, digest: str) -> Principal | None:
     with reading(rt.engine) as conn:
         row = conn.execute(
             select(
@@ -190,17 +206,11 @@ def authenticate(rt: Runtime, secret: str) -> Principal | None:
                 t.api_keys.c.service_provider_id,
             ).where(t.api_keys.c.key_hash == digest, t.api_keys.c.revoked_at.is_(None))
         ).first()
-    principal = (
-        Principal(
-            name=row.name,
-            role=Role(row.role),
-            service_provider_id=row.service_provider_id,
-            api_key_id=row.id,
-        )
-        if row is not None
-        else None
+    if row is None:
+        return None
+    return Principal(
+        name=row.name,
+        role=Role(row.role),
+        service_provider_id=row.service_provider_id,
+        api_key_id=row.id,
     )
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[digest] = (now + KEY_CACHE_SECONDS, principal)
-    return principal

@@ -2,16 +2,17 @@
 
 The catalog is small and changes rarely; a redemption reads it on every call. A change
 reaches every process within ``TTL_SECONDS``; anything unknown to the cache (a voucher
-type created a moment ago) is read from the database at once.
+type created a moment ago) is read from the database at once. The cache reloads ahead of
+expiry, one request at a time (:class:`voms.caching.ReadCache`).
 """
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select
 
+from voms.caching import ReadCache
 from voms.db import tables as t
 from voms.domain.errors import NotFound
 from voms.runtime import Runtime
@@ -32,11 +33,14 @@ class Snapshot:
     product_types: dict[int, str]
     service_providers: dict[str, int]  # code → id
     pin_lengths: frozenset[int]
-    expires: float
 
 
-def _cache(rt: Runtime) -> dict[Any, Any]:
-    return rt.caches.setdefault("catalog", {})  # type: ignore[return-value]
+def _snapshots(rt: Runtime) -> ReadCache[Snapshot]:
+    return rt.read_cache("catalog", TTL_SECONDS)
+
+
+def _voucher_types(rt: Runtime) -> ReadCache[dict[str, Any]]:
+    return rt.read_cache("voucher_types", TTL_SECONDS)
 
 
 def _load(conn: Connection) -> Snapshot:
@@ -49,18 +53,13 @@ def _load(conn: Connection) -> Snapshot:
         product_types={row.id: row.code for row in conn.execute(select(pt.c.id, pt.c.code))},
         service_providers={row.code: row.id for row in conn.execute(select(sp.c.id, sp.c.code))},
         pin_lengths=frozenset(conn.execute(select(vt.c.pin_length).distinct()).scalars()),
-        expires=time.monotonic() + TTL_SECONDS,
     )
 
 
 def snapshot(rt: Runtime, conn: Connection, *, refresh: bool = False) -> Snapshot:
     """Balance/product types, providers and PIN lengths; ``refresh`` re-reads them now."""
-    cache = _cache(rt)
-    current: Snapshot | None = cache.get("snapshot")
-    if refresh or current is None or current.expires < time.monotonic():
-        current = _load(conn)
-        cache["snapshot"] = current
-    return current
+    cache, load = _snapshots(rt), lambda: _load(conn)
+    return cache.refresh("snapshot", load) if refresh else cache.get("snapshot", load)
 
 
 def snapshot_knowing(rt: Runtime, conn: Connection, knows: Callable[[Snapshot], bool]) -> Snapshot:
@@ -78,19 +77,15 @@ def voucher_type(
 ) -> dict[str, Any] | None:
     """A voucher type as :func:`load_voucher_type` gives it, or None when it does not exist."""
     key = ("vt", voucher_type_id) if voucher_type_id is not None else ("vt_code", code)
-    cache = _cache(rt)
-    hit = cache.get(key)
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return hit[1]  # type: ignore[no-any-return]
     try:
-        loaded = load_voucher_type(conn, voucher_type_id=voucher_type_id, code=code)
+        return _voucher_types(rt).get(
+            key, lambda: load_voucher_type(conn, voucher_type_id=voucher_type_id, code=code)
+        )
     except NotFound:
         return None
-    cache[("vt", loaded["id"])] = cache[("vt_code", loaded["code"])] = (now + TTL_SECONDS, loaded)
-    return loaded
 
 
 def clear(rt: Runtime) -> None:
     """Forget everything (tests, and a process that just changed the catalog)."""
-    _cache(rt).clear()
+    _snapshots(rt).clear()
+    _voucher_types(rt).clear()

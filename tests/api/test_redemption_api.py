@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from tests import factories
 from tests.api.conftest import bearer
+from voms.api.app import create_app
 from voms.runtime import Runtime
 
 MSISDN = "254700000001"
@@ -322,3 +323,18 @@ def test_an_unexpected_error_in_a_busy_call_is_a_clean_500(
     assert pins[0][1] not in answer.text
     assert pins[0][1] not in caplog.text
     assert "unhandled error on POST /api/v1/redemptions: RuntimeError" in caplog.text
+
+
+def test_the_redemption_threads_keep_their_connections_until_the_app_stops(
+    rt: Runtime, channel: dict[str, str], pins: list[tuple[str, str]]
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"redemption_threads": 1})
+    pool: Any = rt.engine.pool
+    with TestClient(create_app(rt)) as client:
+        for _, pin in pins[:3]:
+            answer = client.post(
+                "/api/v1/redemptions", headers=channel, json={"msisdn": MSISDN, "pin": pin}
+            )
+            assert answer.json()["result_code"] == 0
+            assert pool.checkedout() == 1  # kept by the one redemption thread
+    assert pool.checkedout() == 0

@@ -1,5 +1,6 @@
 """The redemption hot path's database plumbing: pipelined commit, direct statements, pings."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import Any
 
@@ -93,6 +94,83 @@ def test_a_connection_cut_while_idle_is_replaced_before_use(
             assert conn.execute(select(func.pg_backend_pid())).scalar_one() != pid
     finally:
         engine.dispose()
+
+
+def _on_a_keeping_thread(work: Any) -> Any:
+    """``work()`` on a new thread that keeps its connection between transactions; the
+    connection goes back to the pool afterwards."""
+    keeper = db_engine.ConnectionKeeper()
+    with ThreadPoolExecutor(1, initializer=keeper.keep_on_this_thread) as pool:
+        answer = pool.submit(work).result()
+    keeper.release()
+    return answer
+
+
+def _backend(conn: Any) -> int:
+    return int(conn.execute(select(func.pg_backend_pid())).scalar_one())
+
+
+def test_a_keeping_thread_runs_its_transactions_on_one_connection_other_threads_do_not(
+    rt: Runtime,
+) -> None:
+    def three_transactions() -> list[int]:
+        seen = []
+        for _ in range(3):
+            with db_engine.transaction(rt.engine) as conn:
+                seen.append(id(conn.connection.dbapi_connection))
+                conn.execute(insert(_k), _key(f"k{len(seen)}", {}))
+        return seen
+
+    kept = _on_a_keeping_thread(three_transactions)
+    assert len(set(kept)) == 1
+    assert set(_stored(rt)) == {"k1", "k2", "k3"}  # each transaction committed
+    assert rt.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with db_engine.transaction(rt.engine):  # on a thread that keeps nothing
+        assert rt.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert rt.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_kept_connection_cut_while_idle_is_replaced_before_use(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
+
+    def cut_then_use() -> tuple[int, int]:
+        with db_engine.transaction(rt.engine) as conn:
+            first = _backend(conn)
+        with rt.engine.connect() as other:  # as a server restart or a firewall would
+            other.execute(select(func.pg_terminate_backend(first)))
+        monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_S", 0.0)
+        with db_engine.transaction(rt.engine) as conn:
+            return first, _backend(conn)
+
+    first, then = _on_a_keeping_thread(cut_then_use)
+    assert first != then
+
+
+def test_a_kept_connection_lost_in_a_transaction_is_replaced_for_the_next(rt: Runtime) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
+
+    first = 0
+
+    def lose() -> None:
+        nonlocal first
+        with db_engine.transaction(rt.engine) as conn:
+            first = _backend(conn)
+            with rt.engine.connect() as other:
+                other.execute(select(func.pg_terminate_backend(first)))
+            _backend(conn)
+
+    def lose_then_use() -> tuple[int, int]:
+        with pytest.raises(OperationalError):
+            lose()
+        with db_engine.transaction(rt.engine) as conn:
+            return first, _backend(conn)
+
+    first, then = _on_a_keeping_thread(lose_then_use)
+    assert first != then
 
 
 def test_a_connection_lost_before_the_commit_raises_the_database_error(rt: Runtime) -> None:

@@ -2,6 +2,8 @@
 
 import gc
 import inspect
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -22,7 +24,7 @@ from voms.api import (
     transactions,
     vouchers,
 )
-from voms.api.deps import TokenBuckets
+from voms.api.deps import TokenBuckets, stop_redemption_threads
 from voms.api.errors import install_error_handlers
 from voms.api.metrics import Observe
 from voms.channels import mobile, sms, soap, ussd
@@ -93,6 +95,24 @@ class _Direct:
         await response(scope, receive, send)
 
 
+Lifespan = Callable[[Any], AbstractAsyncContextManager[None]]
+
+
+def _lifespan(rt: Runtime, *, scheduler: bool) -> Lifespan:
+    """While the app serves: the housekeeping scheduler if asked for; when it stops, the
+    redemption threads finish and give their connections back."""
+
+    @asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if scheduler:
+                await stack.enter_async_context(jobs_lifespan(rt)(app))
+            stack.callback(stop_redemption_threads, app.state)
+            yield
+
+    return run
+
+
 def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
     """Build the app around ``rt`` (default: from the ``VOMS_`` environment).
 
@@ -112,7 +132,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         title="OpenVoMS",
         version=voms.__version__,
         description="Open prepaid voucher management: catalog, vouchers, redemption, wallet.",
-        lifespan=jobs_lifespan(rt) if scheduler and rt.settings.scheduler_enabled else None,
+        lifespan=_lifespan(rt, scheduler=scheduler and rt.settings.scheduler_enabled),
     )
     app.state.runtime = rt
     app.state.rate_limits = TokenBuckets(

@@ -6,12 +6,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from voms.db.engine import ConnectionKeeper
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
 from voms.runtime import Runtime
@@ -34,17 +35,31 @@ async def run_redemption_work(request: Request, func: Callable[..., T], *args: o
     GIL and each takes longer. ``VOMS_REDEMPTION_THREADS`` of them run, the rest wait
     their turn in the queue, where waiting costs nothing. A plain executor, not anyio's
     ``to_thread``: handing work to a thread and back costs half the CPU that way, and
-    nothing here needs its context variables or cancel scopes.
+    nothing here needs its context variables or cancel scopes. Each thread keeps its
+    database connection between calls (:class:`voms.db.engine.ConnectionKeeper`).
     """
     state = request.app.state
     executor: ThreadPoolExecutor | None = getattr(state, "redemption_executor", None)
     if executor is None:  # made on first use, per app
+        state.connection_keeper = keeper = ConnectionKeeper()
         executor = state.redemption_executor = ThreadPoolExecutor(
-            state.runtime.settings.redemption_threads, thread_name_prefix="voms-redemption"
+            state.runtime.settings.redemption_threads,
+            thread_name_prefix="voms-redemption",
+            initializer=keeper.keep_on_this_thread,
         )
     return await asyncio.get_running_loop().run_in_executor(
         executor, functools.partial(func, *args)
     )
+
+
+def stop_redemption_threads(state: Any) -> None:
+    """Let the redemption threads finish their work, then give their connections back
+    (when the app stops)."""
+    executor: ThreadPoolExecutor | None = getattr(state, "redemption_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+        state.connection_keeper.release()
+        del state.redemption_executor
 
 
 # Dependencies are async (and never block): FastAPI would run a sync one in a worker

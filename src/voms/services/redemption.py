@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from voms.billing.engine import Account, Change, Credit
 from voms.db import hot
 from voms.db import tables as t
+from voms.db.engine import transaction
 from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
@@ -271,7 +272,7 @@ def _execute(
             if attempt.kind in ("commit", "revoke"):
                 params["reservation_id"] = attempt.reservation_id
             request_hash = idempotency.fingerprint(rt.keyring, attempt.kind, params)
-        with rt.engine.begin() as conn:
+        with transaction(rt.engine) as conn:
             writes = work(conn, now)
             with commit_together(conn):
                 response = writes()
@@ -319,7 +320,7 @@ def _fail(
     transaction of its own, and the error raised.
     """
     remembered = True
-    with rt.engine.begin() as conn:
+    with transaction(rt.engine) as conn:
         stored = idempotency.find(conn, scope, request_id) if request_id is not None else None
         again = stored is not None and stored.request_hash == request_hash
         if stored is not None and not again:

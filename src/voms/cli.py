@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from voms.config import get_settings
+from voms.config import Settings, get_settings
 from voms.crypto import Keyring, KeyringError, load_keyring, write_keyring
 from voms.domain.errors import VomsError
 from voms.runtime import Runtime, build_runtime
@@ -56,12 +56,23 @@ def handled() -> Iterator[None]:
         hint = " (a new installation creates keys with `voms keys init`)"
         fail(f"{exc}{hint if 'not found' in str(exc) else ''}")
     except ValidationError as exc:
-        fail(
-            "invalid input: "
-            + "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        )
+        fail("invalid input: " + "; ".join(_problem(e) for e in exc.errors()))
     except SQLAlchemyError as exc:
         fail(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}")
+
+
+def _problem(error: Any) -> str:
+    """One validation error: where (when it is a field), then what."""
+    where = ".".join(str(part) for part in error["loc"])
+    what = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {what}" if where else what
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a bad value ends the command with one line."""
+    with handled():
+        return get_settings()
+    raise AssertionError("unreachable")
 
 
 def runtime() -> Runtime:
@@ -93,7 +104,7 @@ def serve(
     from voms.bootstrap import StartupError, prepare
     from voms.logs import configure_logging
 
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(settings)
     try:
         prepared = prepare(settings)
@@ -139,7 +150,7 @@ def agi(
     from voms.db.migrate import is_up_to_date
     from voms.logs import configure_logging
 
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(settings)
     rt = runtime()
     with handled():
@@ -170,7 +181,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] 
     from voms.db.migrate import current_revision, upgrade
 
     with handled():
-        engine = make_engine(get_settings())
+        engine = make_engine(load_settings())
         upgrade(engine, revision)
         typer.echo(f"database at revision {current_revision(engine)}")
 
@@ -182,7 +193,7 @@ def db_current() -> None:
     from voms.db.migrate import current_revision, head_revision
 
     with handled():
-        engine = make_engine(get_settings())
+        engine = make_engine(load_settings())
         typer.echo(f"database: {current_revision(engine) or 'empty'}; newest: {head_revision()}")
 
 
@@ -197,7 +208,7 @@ KeysFileOption = Annotated[
 
 
 def _keys_file(option: Path | None) -> Path:
-    return option or get_settings().resolved_keys_file()
+    return option or load_settings().resolved_keys_file()
 
 
 @keys_app.command("init")
@@ -232,7 +243,7 @@ def keys_show(
             from voms.db.engine import make_engine
             from voms.jobs.reencryption import key_usage
 
-            engine = make_engine(get_settings())
+            engine = make_engine(load_settings())
             try:
                 shown.update(key_usage(engine))
             finally:

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///voms.db"
@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(10, ge=0, description="Extra connections under load.")
     db_pool_timeout_s: float = Field(10.0, gt=0, description="Wait for a free connection.")
     redemption_threads: int = Field(
-        4, ge=1, le=64, description="Redemption-family calls run at once per worker process."
+        4,
+        ge=1,
+        le=64,
+        description="Redemption-family calls run at once per worker process; each of these"
+        " threads keeps one of the pool's connections.",
     )
     serial_width: int = Field(12, ge=6, le=18, description="Digits of a voucher serial.")
     require_approval: bool = Field(
@@ -128,6 +132,16 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _connections_left_for_the_rest(self) -> "Settings":
+        if self.redemption_threads >= self.db_pool_size + self.db_max_overflow:
+            raise ValueError(
+                "VOMS_REDEMPTION_THREADS must be below VOMS_DB_POOL_SIZE + VOMS_DB_MAX_OVERFLOW:"
+                " each redemption thread keeps a connection, and API keys and every other"
+                " call need one too"
+            )
+        return self
 
     def sqlite_path(self) -> Path | None:
         """The SQLite database file, or None for an in-memory or non-SQLite database."""

@@ -136,6 +136,25 @@ def test_a_server_on_postgresql_without_keys_refuses_to_start(
     assert not (tmp_path / "missing.json").exists()
 
 
+def test_a_server_whose_threads_would_take_every_connection_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    result = _voms(
+        "serve",
+        cwd=tmp_path,
+        VOMS_REDEMPTION_THREADS="8",
+        VOMS_DB_POOL_SIZE="4",
+        VOMS_DB_MAX_OVERFLOW="4",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: invalid input: VOMS_REDEMPTION_THREADS must be below VOMS_DB_POOL_SIZE +"
+        " VOMS_DB_MAX_OVERFLOW: each redemption thread keeps a connection, and API keys and"
+        " every other call need one too"
+    )
+    assert not (tmp_path / "voms.db").exists()
+
+
 def test_the_example_catalog_of_the_readme_imports(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "catalog.json"
     _voms("keys", "init", cwd=tmp_path)

@@ -54,11 +54,12 @@ OPERATIONS = {
 
 @contextlib.contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
-    """``voms serve`` in a thread: uvicorn serving ``app`` on a free loopback port."""
+    """``voms serve`` in a thread: uvicorn serving ``app`` (its lifespan too) on a free
+    loopback port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
+    config = uvicorn.Config(app, log_config=None, access_log=False)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

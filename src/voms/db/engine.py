@@ -147,7 +147,7 @@ def reading(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-_thread = threading.local()
+_this_thread = threading.local()  # a kept connection per engine, on keeping threads
 
 
 class ConnectionKeeper:
@@ -165,8 +165,8 @@ class ConnectionKeeper:
 
     def keep_on_this_thread(self) -> None:
         """Run by each thread as it starts (a ThreadPoolExecutor's initializer)."""
-        _thread.kept = {}
-        self._kept.append(_thread.kept)
+        _this_thread.kept = {}
+        self._kept.append(_this_thread.kept)
 
     def release(self) -> None:
         """Give every kept connection back to its pool, once the threads have stopped."""
@@ -182,9 +182,10 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     (:class:`ConnectionKeeper`).
 
     A kept connection is checked as a pooled one is: pinged when it sat idle for
-    ``PING_AFTER_IDLE_S`` or more, replaced when lost.
+    ``PING_AFTER_IDLE_S`` or more, replaced when lost. One whose transaction failed goes
+    back to the pool: the error may have left it unusable.
     """
-    held: dict[Engine, tuple[Connection, float]] | None = getattr(_thread, "kept", None)
+    held: dict[Engine, tuple[Connection, float]] | None = getattr(_this_thread, "kept", None)
     if held is None:
         with engine.begin() as conn:
             yield conn
@@ -201,8 +202,10 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     try:
         with conn.begin():
             yield conn
-    finally:
-        held[engine] = (conn, time.monotonic())
+    except BaseException:
+        conn.close()  # back to the pool, whose reset finds it broken if it is
+        raise
+    held[engine] = (conn, time.monotonic())
 
 
 def is_postgres(conn: Connection | Engine) -> bool:

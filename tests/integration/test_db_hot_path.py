@@ -34,6 +34,12 @@ def _stored(rt: Runtime) -> dict[str, object]:
         return {row.request_id: row.response for row in conn.execute(select(_k))}
 
 
+def _cut(rt: Runtime, pid: int) -> None:
+    """End a PostgreSQL backend from outside, as a server restart or a firewall would."""
+    with rt.engine.connect() as other:
+        other.execute(select(func.pg_terminate_backend(pid)))
+
+
 def test_writes_in_commit_together_are_committed(rt: Runtime) -> None:
     with rt.engine.begin() as conn, commit_together(conn):
         hot.run(conn, insert(_k), _key("a", {"result_code": 0, "credits": [1, 2]}))
@@ -87,8 +93,7 @@ def test_a_connection_cut_while_idle_is_replaced_before_use(
     try:
         with engine.connect() as conn:
             pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
-        with rt.engine.connect() as other:  # as a server restart or a firewall would
-            other.execute(select(func.pg_terminate_backend(pid)))
+        _cut(rt, pid)
         monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_S", 0.0)
         with engine.connect() as conn:
             assert conn.execute(select(func.pg_backend_pid())).scalar_one() != pid
@@ -139,8 +144,7 @@ def test_a_kept_connection_cut_while_idle_is_replaced_before_use(
     def cut_then_use() -> tuple[int, int]:
         with db_engine.transaction(rt.engine) as conn:
             first = _backend(conn)
-        with rt.engine.connect() as other:  # as a server restart or a firewall would
-            other.execute(select(func.pg_terminate_backend(first)))
+        _cut(rt, first)
         monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_S", 0.0)
         with db_engine.transaction(rt.engine) as conn:
             return first, _backend(conn)
@@ -159,8 +163,7 @@ def test_a_kept_connection_lost_in_a_transaction_is_replaced_for_the_next(rt: Ru
         nonlocal first
         with db_engine.transaction(rt.engine) as conn:
             first = _backend(conn)
-            with rt.engine.connect() as other:
-                other.execute(select(func.pg_terminate_backend(first)))
+            _cut(rt, first)
             _backend(conn)
 
     def lose_then_use() -> tuple[int, int]:
@@ -180,8 +183,7 @@ def test_a_connection_lost_before_the_commit_raises_the_database_error(rt: Runti
     def write_after_the_server_went() -> None:
         with rt.engine.begin() as conn:
             pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
-            with rt.engine.connect() as other:
-                other.execute(select(func.pg_terminate_backend(pid)))
+            _cut(rt, pid)
             with commit_together(conn):
                 hot.run(conn, insert(_k), _key("lost", {}))
 
@@ -217,8 +219,7 @@ def test_a_lost_connection_on_a_hot_read_is_dropped_from_the_pool(rt: Runtime) -
     def read_after_the_server_went() -> int:
         with engine.begin() as conn:
             pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
-            with rt.engine.connect() as other:
-                other.execute(select(func.pg_terminate_backend(pid)))
+            _cut(rt, pid)
             hot.fetch(conn, query, {"scope": "none"})
             return int(pid)
 

@@ -203,6 +203,17 @@ def test_an_unknown_pin_gives_2004(rt: Runtime, pins: list[tuple[str, str]]) -> 
     assert code_of(rt, pin=unknown) == 2004
 
 
+def test_a_voucher_type_created_a_moment_ago_is_redeemable_at_once(
+    rt: Runtime, pins: list[tuple[str, str]]
+) -> None:
+    """The catalog cache, filled by a first redemption, does not know a new PIN length:
+    it reads the catalog again rather than refuse the PIN until it expires."""
+    assert redeem(rt, pin=pins[0][1])["result_code"] == 0
+    factories.voucher_type(rt, "TOPUP10_SHORT", pin_length=10)
+    (_, short_pin), *_ = factories.active_batch(rt, "TOPUP10_SHORT", count=1)
+    assert redeem(rt, pin=short_pin)["voucher_type"] == "TOPUP10_SHORT"
+
+
 @pytest.mark.parametrize(("msisdn", "recipient"), [(None, None), ("12ab", None), (MSISDN, "x")])
 def test_a_missing_or_invalid_subscriber_number_gives_4006(
     rt: Runtime, pins: list[tuple[str, str]], msisdn: str | None, recipient: str | None
@@ -615,3 +626,30 @@ def test_a_redemption_s_statements_are_parsed_and_planned_once_per_connection(
     lookup = [row for row in prepared if "FROM vouchers JOIN batches" in row.statement]
     assert len(lookup) == 1
     assert "vouchers.pin_hash IN ($" in lookup[0].statement
+
+
+def test_refused_redemptions_do_not_take_the_prepared_statements_of_the_next(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg prepares what a connection runs often, and after a ROLLBACK it then
+    deallocated every prepared statement, the hot path's too: the next redemption on
+    that connection failed (InvalidSqlStatementName)."""
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite prepares nothing")
+    from voms.db.engine import make_engine
+
+    one = make_engine(rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    monkeypatch.setattr(rt, "engine", one)
+    try:
+        factories.standard_catalog(rt)
+        factories.subscriber(rt, MSISDN)
+        pins = factories.active_batch(rt, count=3)
+        assert redeem(rt, pin=pins[0][1])["result_code"] == 0
+        for _ in range(6):  # often enough for psycopg to prepare it
+            wallet.get_subscriber(rt, CONSOLE, MSISDN)
+        assert code_of(rt, pin=pins[0][1]) == 2009  # refused: rolled back
+        assert redeem(rt, pin=pins[1][1])["result_code"] == 0
+        assert code_of(rt, pin=pins[1][1]) == 2009
+        assert redeem(rt, pin=pins[2][1])["result_code"] == 0
+    finally:
+        one.dispose()

@@ -39,12 +39,18 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
+    # psycopg prepares a statement it has run 5 times on a connection, and after any
+    # ROLLBACK (a refused redemption's, say) it then runs DEALLOCATE ALL: that took the
+    # hot path's own prepared statements (voms.db.hot) with it, and the next redemption
+    # on that connection failed. Only the hot path prepares statements.
+    connect_args = {"prepare_threshold": None, **overrides.pop("connect_args", {})}
     engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
         pool_recycle=1800,
+        connect_args=connect_args,
         **overrides,
     )
     _ping_when_idle(engine)

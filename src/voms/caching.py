@@ -17,7 +17,8 @@ key stops working within five seconds) holds as before.
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -27,6 +28,7 @@ V = TypeVar("V")
 @dataclass(frozen=True)
 class Entry(Generic[V]):
     value: V
+    loaded: float  # when its load began
     expires: float
     refresh_at: float
 
@@ -77,12 +79,23 @@ class ReadCache(Generic[V]):
 
     def refresh(self, key: Hashable, load: Callable[[], V]) -> V:
         """Load ``key`` now and keep the result."""
+        began = self._clock()
         value = load()
-        now = self._clock()
         if len(self._entries) >= self.max_entries and key not in self._entries:
             self._entries.clear()
-        self._entries[key] = Entry(value, now + self.ttl, now + self.ttl / 2)
+        self._entries[key] = Entry(value, began, began + self.ttl, began + self.ttl / 2)
         return value
+
+    def reload(self, key: Hashable, load: Callable[[], V]) -> V:
+        """A value read after this call began: callers that ask at the same time share
+        one load (what one caller misses, say a voucher type created a moment ago, is
+        then read once for all of them, not once each)."""
+        asked = self._clock()
+        with self._load_lock(key):
+            entry = self._entries.get(key)
+            if entry is not None and entry.loaded >= asked:
+                return entry.value
+            return self.refresh(key, load)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -92,14 +105,21 @@ class ReadCache(Generic[V]):
         return entry if entry is not None and entry.expires > now else None
 
     def _load_once(self, key: Hashable, load: Callable[[], V]) -> V:
-        with self._mutex:
-            lock = self._loads.setdefault(key, threading.Lock())
-        with lock:
+        with self._load_lock(key):
             entry = self._valid(key, self._clock())
             if entry is not None:  # loaded while this caller waited
                 return entry.value
+            return self.refresh(key, load)
+
+    @contextmanager
+    def _load_lock(self, key: Hashable) -> Iterator[None]:
+        """Held while ``key`` loads: one load of a key at a time. The lock is forgotten
+        once free (whoever still waits for it finds the entry loaded)."""
+        with self._mutex:
+            lock = self._loads.setdefault(key, threading.Lock())
+        with lock:
             try:
-                return self.refresh(key, load)
+                yield
             finally:
                 with self._mutex:
                     if self._loads.get(key) is lock:

@@ -136,3 +136,48 @@ def test_the_cache_holds_at_most_max_entries() -> None:
         cache.get(number, lambda number=number: number)  # type: ignore[misc]
     assert len(cache._entries) <= 3
     assert cache.get(9, lambda: pytest.fail("the newest entry was dropped")) == 9
+
+
+def test_callers_asking_for_a_fresh_value_at_once_share_the_loads() -> None:
+    clock = Clock()
+    cache = ReadCache[int](10, clock=clock)
+    cache.get("k", lambda: 0)
+    loads = 0
+    first_load_running = threading.Event()
+    release = threading.Event()
+
+    def load() -> int:
+        nonlocal loads
+        loads += 1
+        first_load_running.set()
+        release.wait(5)
+        return loads
+
+    clock.now += 1
+    first = threading.Thread(target=cache.reload, args=("k", load))
+    first.start()
+    assert first_load_running.wait(5)
+    clock.now += 1
+    # These ask while the first load runs: it began before them, so one more load is
+    # needed, and one is enough for all of them.
+    answers: list[int] = []
+    askers = [
+        threading.Thread(target=lambda: answers.append(cache.reload("k", load))) for _ in range(8)
+    ]
+    for asker in askers:
+        asker.start()
+    time.sleep(0.2)  # they wait for the first load
+    release.set()
+    first.join(5)
+    for asker in askers:
+        asker.join(5)
+    assert loads == 2
+    assert answers == [2] * 8
+
+
+def test_a_fresh_value_is_loaded_anew_when_the_last_load_began_before_the_call() -> None:
+    clock = Clock()
+    cache = ReadCache[str](10, clock=clock)
+    cache.get("k", lambda: "before")
+    clock.now += 0.001
+    assert cache.reload("k", lambda: "after") == "after"

@@ -57,9 +57,10 @@ def _load(conn: Connection) -> Snapshot:
 
 
 def snapshot(rt: Runtime, conn: Connection, *, refresh: bool = False) -> Snapshot:
-    """Balance/product types, providers and PIN lengths; ``refresh`` re-reads them now."""
+    """Balance/product types, providers and PIN lengths; ``refresh`` re-reads them now
+    (once for all the callers asking at the same time)."""
     cache, load = _snapshots(rt), lambda: _load(conn)
-    return cache.refresh("snapshot", load) if refresh else cache.get("snapshot", load)
+    return cache.reload("snapshot", load) if refresh else cache.get("snapshot", load)
 
 
 def snapshot_knowing(rt: Runtime, conn: Connection, knows: Callable[[Snapshot], bool]) -> Snapshot:

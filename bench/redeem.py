@@ -14,7 +14,9 @@ measured here. Last comes a paced run at half the closed loop's median rate (ope
 latency counted from the scheduled send time). Its first LEAD_IN requests are a lead-in,
 reported on their own: the server has sat idle through pgbench, so its caches have
 expired and the first requests find them cold; the run itself measures the steady
-state. Every driver opens its connections before its clock starts. Prints each round,
+state. pgbench then runs the pipelined transaction at the same pace: its tail is the
+host's own (a stall of the machine, a slow fsync), which the service cannot beat. Every
+driver opens its connections before its clock starts. Prints each round,
 the medians, the ratios, and the CPU each redemption costs the server, PostgreSQL and
 the load driver. Figures, not a test.
 """
@@ -294,10 +296,13 @@ def _pgbench(
     work: Path,
     *,
     pipelined: bool,
+    rate: float | None = None,
 ) -> dict[str, Any]:
+    """pgbench's figures; with ``rate``, paced (latency counted from the scheduled
+    start, as pgbench does with --rate)."""
     if shutil.which("pgbench") is None:
         raise SystemExit("pgbench not found: apt-get install postgresql-client (or -contrib)")
-    name = "pipelined" if pipelined else "plain"
+    name = ("pipelined" if pipelined else "plain") + ("-paced" if rate else "")
     script = work / f"redeem-{name}.sql"
     script.write_text(
         PGBENCH_SCRIPT.replace("{pipeline}", r"\startpipeline" if pipelined else "").replace(
@@ -313,6 +318,7 @@ def _pgbench(
         f"--client={clients}",
         "--jobs=2",
         f"--transactions={per_client}",
+        *([f"--rate={rate}"] if rate else []),
         "-D",
         "k=0",
         "-D",
@@ -494,7 +500,13 @@ def main() -> None:
     paced = args.requests
     total = warmup + args.rounds * args.requests + LEAD_IN + paced
     per_run = args.concurrency * args.pgbench_per_client
-    setup = _prepare(args.pg_url, work, total, 2 * args.rounds * per_run)
+    paced_per_client = -(-paced // args.concurrency)
+    setup = _prepare(
+        args.pg_url,
+        work,
+        total,
+        2 * args.rounds * per_run + args.concurrency * paced_per_client,
+    )
     bodies = [
         {"msisdn": msisdn(i % SUBSCRIBERS), "pin": pin, "request_id": f"bench-{serial}"}
         for i, (serial, pin) in enumerate(setup["pins"])
@@ -514,18 +526,20 @@ def main() -> None:
     next_body = warmup
     next_serial = setup["pgbench_first_serial"]
 
-    def pgbench(pipelined: bool) -> dict[str, Any]:
+    def pgbench(pipelined: bool, rate: float | None = None) -> dict[str, Any]:
         nonlocal next_serial
+        per_client = paced_per_client if rate else args.pgbench_per_client
         figures = _pgbench(
             setup["url"],
             next_serial,
             args.concurrency,
-            args.pgbench_per_client,
+            per_client,
             setup["ids"],
             work,
             pipelined=pipelined,
+            rate=rate,
         )
-        next_serial += per_run
+        next_serial += args.concurrency * per_client
         return figures
 
     try:
@@ -555,6 +569,7 @@ def main() -> None:
         half = _run_driver(
             url, setup["key"], bodies[next_body:], args.concurrency, rate, work, LEAD_IN
         )
+        half["raw"] = pgbench(True, rate)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -633,6 +648,11 @@ def _report(
     print(
         f"{'  its lead-in, the server cold':<40}{'':>9}{lead_in['p50_ms']:>9.2f}"
         f"{lead_in['p99_ms']:>9.2f}   ({lead_in['requests']} requests before those)"
+    )
+    raw = half["raw"]
+    print(
+        f"{f'pgbench, pipelined, paced {rate:.0f}/s':<40}{raw['rps']:>9.0f}"
+        f"{raw['p50_ms']:>9.2f}{raw['p99_ms']:>9.2f}   (the host's own tail, for comparison)"
     )
     print(
         f"ratio HTTP / raw SQL: {statistics.median(ratios):.0%} (median; rounds"

@@ -1,5 +1,3 @@
-import threading
-
 import pytest
 from sqlalchemy import update
 
@@ -175,7 +173,5 @@ def test_a_cached_key_is_checked_again_in_the_background_before_its_entry_expire
     known, principal = auth.cached_principal(rt, secret)
     assert known
     assert principal is not None  # answered at once, from the cache
-    for thread in threading.enumerate():
-        if thread.name == "voms-key-refresh":
-            thread.join(10)
+    auth.wait_for_refreshes()
     assert auth.cached_principal(rt, secret) == (True, None)

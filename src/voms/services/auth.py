@@ -1,7 +1,7 @@
 """API keys, roles and service-provider scope."""
 
 import logging
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,10 +175,18 @@ def cached_principal(rt: Runtime, secret: str) -> tuple[bool, Principal | None]:
     digest = hash_api_key(secret)
     entry, refresh = _cache(rt).lookup(digest)
     if refresh:
-        threading.Thread(
-            target=_refresh, args=(rt, digest), name="voms-key-refresh", daemon=True
-        ).start()
+        # One long-lived thread: starting a thread blocks its caller (the event loop)
+        # until the new thread runs, milliseconds on a busy machine.
+        _refresher.submit(_refresh, rt, digest)
     return (False, None) if entry is None else (True, entry.value)
+
+
+_refresher = ThreadPoolExecutor(1, thread_name_prefix="voms-key-refresh")
+
+
+def wait_for_refreshes() -> None:
+    """Return once the refreshes asked for so far are done (tests)."""
+    _refresher.submit(lambda: None).result()
 
 
 def _refresh(rt: Runtime, digest: str) -> None:

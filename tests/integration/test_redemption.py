@@ -1,10 +1,11 @@
 """The redemption service: every result code, their precedence, and what a success does."""
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, func, select, update
 
 from tests import factories
 from voms.db import tables as t
@@ -597,28 +598,33 @@ def test_a_voucher_type_recharge_credits_like_its_vouchers(
     assert unknown.value.result.code == 5005
 
 
-def test_a_redemption_s_statements_are_parsed_and_planned_once_per_connection(
-    rt: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def one_connection(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """PostgreSQL only: ``rt`` on a pool of one connection, with the standard catalog
+    and MSISDN's subscriber."""
     if rt.engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL only: SQLite prepares nothing")
-    from sqlalchemy import text
-
     from voms.db.engine import make_engine
 
     one = make_engine(rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
     monkeypatch.setattr(rt, "engine", one)
-    try:
-        factories.standard_catalog(rt)
-        factories.subscriber(rt, MSISDN)
-        for _, pin in factories.active_batch(rt, count=8):
-            assert redeem(rt, pin=pin)["result_code"] == 0
-        with one.connect() as conn:  # the same connection: what it has prepared
-            prepared = conn.execute(
-                text("SELECT statement, generic_plans FROM pg_prepared_statements")
-            ).all()
-    finally:
-        one.dispose()
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    yield one
+    one.dispose()
+
+
+def test_a_redemption_s_statements_are_parsed_and_planned_once_per_connection(
+    rt: Runtime, one_connection: Engine
+) -> None:
+    from sqlalchemy import text
+
+    for _, pin in factories.active_batch(rt, count=8):
+        assert redeem(rt, pin=pin)["result_code"] == 0
+    with one_connection.connect() as conn:  # the same connection: what it has prepared
+        prepared = conn.execute(
+            text("SELECT statement, generic_plans FROM pg_prepared_statements")
+        ).all()
     assert {"BEGIN", "COMMIT"} <= {row.statement for row in prepared}
     # The voucher lookup takes each lookup hash as a parameter of its own: given an
     # array, PostgreSQL planned it anew every time on a full-size table (a table this
@@ -629,27 +635,16 @@ def test_a_redemption_s_statements_are_parsed_and_planned_once_per_connection(
 
 
 def test_refused_redemptions_do_not_take_the_prepared_statements_of_the_next(
-    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+    rt: Runtime, one_connection: Engine
 ) -> None:
     """psycopg prepares what a connection runs often, and after a ROLLBACK it then
     deallocated every prepared statement, the hot path's too: the next redemption on
     that connection failed (InvalidSqlStatementName)."""
-    if rt.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL only: SQLite prepares nothing")
-    from voms.db.engine import make_engine
-
-    one = make_engine(rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    monkeypatch.setattr(rt, "engine", one)
-    try:
-        factories.standard_catalog(rt)
-        factories.subscriber(rt, MSISDN)
-        pins = factories.active_batch(rt, count=3)
-        assert redeem(rt, pin=pins[0][1])["result_code"] == 0
-        for _ in range(6):  # often enough for psycopg to prepare it
-            wallet.get_subscriber(rt, CONSOLE, MSISDN)
-        assert code_of(rt, pin=pins[0][1]) == 2009  # refused: rolled back
-        assert redeem(rt, pin=pins[1][1])["result_code"] == 0
-        assert code_of(rt, pin=pins[1][1]) == 2009
-        assert redeem(rt, pin=pins[2][1])["result_code"] == 0
-    finally:
-        one.dispose()
+    pins = factories.active_batch(rt, count=3)
+    assert redeem(rt, pin=pins[0][1])["result_code"] == 0
+    for _ in range(6):  # often enough for psycopg to prepare it
+        wallet.get_subscriber(rt, CONSOLE, MSISDN)
+    assert code_of(rt, pin=pins[0][1]) == 2009  # refused: rolled back
+    assert redeem(rt, pin=pins[1][1])["result_code"] == 0
+    assert code_of(rt, pin=pins[1][1]) == 2009
+    assert redeem(rt, pin=pins[2][1])["result_code"] == 0

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this time
 
+# Where cached keys are read again: one long-lived thread. Starting a thread per refresh
+# blocked its caller (the event loop) until the new thread ran, milliseconds when busy.
+_refresher = ThreadPoolExecutor(1, thread_name_prefix="voms-key-refresh")
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -170,18 +174,13 @@ def cached_principal(rt: Runtime, secret: str) -> tuple[bool, Principal | None]:
     """(True, principal-or-None) when the key's answer is cached; (False, None) otherwise.
 
     Lets an event loop answer most requests without a thread for the database. An answer
-    due for a refresh is refreshed on a thread of its own while the caller goes on.
+    due for a refresh is read again on the refresh thread while the caller goes on.
     """
     digest = hash_api_key(secret)
     entry, refresh = _cache(rt).lookup(digest)
     if refresh:
-        # One long-lived thread: starting a thread blocks its caller (the event loop)
-        # until the new thread runs, milliseconds on a busy machine.
         _refresher.submit(_refresh, rt, digest)
     return (False, None) if entry is None else (True, entry.value)
-
-
-_refresher = ThreadPoolExecutor(1, thread_name_prefix="voms-key-refresh")
 
 
 def wait_for_refreshes() -> None:

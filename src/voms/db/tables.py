@@ -146,6 +146,9 @@ api_keys = Table(
     Column("created_by", String(100), nullable=False),
     _created_at(),
     Column("revoked_at", UTCDateTime()),
+    # A distributor key of one reseller sees that reseller's subtree only (migration
+    # 0005). No foreign key: SQLite cannot add one to an existing table in place.
+    Column("reseller_id", Integer),
 )
 
 # Append-only: triggers created by the migration refuse UPDATE and DELETE.
@@ -553,4 +556,123 @@ channel_sessions = Table(
     _created_at(),
     Column("expires_at", UTCDateTime(), nullable=False),
     Index("ix_channel_sessions_expires_at", "expires_at"),
+)
+
+# --- resellers, their stock and electronic PIN sales (migration 0005) ------------------
+
+# A distributor or shop. Resellers form a tree (parent_id); ``path`` lists the ids from
+# the root down ("/3/17/"), so a subtree is one prefix match. ``due`` is what the
+# reseller owes (negative: prepaid money left); a sale is refused when it would take
+# ``due`` above ``credit_limit``. Commission in basis points of the face value.
+resellers = Table(
+    "resellers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(32), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("parent_id", ForeignKey("resellers.id")),
+    Column("path", String(400), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("credit_limit", BigInteger, nullable=False),
+    Column("commission_bp", Integer, nullable=False),
+    Column("due", BigInteger, nullable=False),
+    Column("contact", String(200)),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
+    CheckConstraint("commission_bp BETWEEN 0 AND 10000", name="commission_range"),
+    Index("ix_resellers_parent", "parent_id"),
+)
+
+# A serial range of one batch held by a reseller. Serials below ``next_serial`` are
+# taken (sold as electronic PINs, activated, or passed over as not sellable): a sale
+# advances the cursor instead of searching the batch. ``kind``: 'electronic' when no
+# voucher of the range had been exported (its PINs never left the system), 'printed'
+# otherwise (cards, activated by range, never sold as electronic PINs).
+reseller_stock = Table(
+    "reseller_stock",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reseller_id", ForeignKey("resellers.id"), nullable=False),
+    Column("voucher_type_id", ForeignKey("voucher_types.id"), nullable=False),
+    Column("batch_id", ForeignKey("batches.id"), nullable=False),
+    Column("kind", String(10), nullable=False),
+    Column("serial_from", BigInteger, nullable=False),
+    Column("serial_to", BigInteger, nullable=False),
+    Column("next_serial", BigInteger, nullable=False),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    CheckConstraint("kind IN ('electronic', 'printed')", name="kind"),
+    CheckConstraint("serial_from <= serial_to", name="serial_range"),
+    CheckConstraint(
+        "next_serial BETWEEN serial_from AND serial_to + 1", name="next_serial_in_range"
+    ),
+    Index("ix_reseller_stock_holder", "reseller_id", "voucher_type_id"),
+    Index("ix_reseller_stock_serials", "serial_from", "serial_to"),
+)
+
+# The active part of a batch: vouchers sold from a batch that is not active yet move
+# here (their batch_id changes), so a sale activates exactly its vouchers and the rest
+# of the batch stays inactive. One part per source batch.
+batch_sale_parts = Table(
+    "batch_sale_parts",
+    metadata,
+    Column("source_batch_id", Integer, primary_key=True, autoincrement=False),
+    Column("batch_id", Integer, nullable=False, unique=True),
+)
+
+# One row per sale: electronic PINs ('epin') or a range of cards activated ('activation').
+sales = Table(
+    "sales",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("kind", String(10), nullable=False),
+    Column("reseller_id", ForeignKey("resellers.id"), nullable=False),
+    Column("voucher_type_id", ForeignKey("voucher_types.id"), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    Column("value", BigInteger, nullable=False),
+    Column("commission", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("serial_from", BigInteger),
+    Column("serial_to", BigInteger),
+    Column("deliver_to_msisdn", String(15)),
+    Column("request_id", String(100)),
+    Column("api_key_id", Integer),
+    Column("actor", String(100), nullable=False),
+    CheckConstraint("kind IN ('epin', 'activation')", name="kind"),
+    CheckConstraint("count >= 0", name="count_not_negative"),
+    Index("ix_sales_reseller_at", "reseller_id", "at", "id"),
+)
+
+# The vouchers of each electronic sale: the primary key is the backstop that no voucher
+# (and so no PIN) is ever sold twice. PINs are decrypted again from the vouchers' own
+# ciphertexts when a sale is answered a second time; none is stored here.
+sale_vouchers = Table(
+    "sale_vouchers",
+    metadata,
+    Column("serial", BigInteger, primary_key=True, autoincrement=False),
+    Column("sale_id", String(36), nullable=False),
+    Index("ix_sale_vouchers_sale", "sale_id"),
+)
+
+# A reseller's account: sales at face value, commissions, payments; ``due_after`` is the
+# reseller's ``due`` after the entry, so a statement's opening balance is one row.
+reseller_entries = Table(
+    "reseller_entries",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("reseller_id", ForeignKey("resellers.id"), nullable=False),
+    Column("kind", String(10), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("due_after", BigInteger, nullable=False),
+    Column("sale_id", String(36)),
+    Column("reference", String(200)),
+    Column("actor", String(100), nullable=False),
+    CheckConstraint("kind IN ('sale', 'commission', 'payment')", name="kind"),
+    CheckConstraint("amount >= 0", name="amount_not_negative"),
+    Index("ix_reseller_entries_reseller_at", "reseller_id", "at", "id"),
 )

@@ -283,15 +283,26 @@ def apikey_create(
     service_provider: Annotated[
         str | None, typer.Option(help="Scope the key to this provider code")
     ] = None,
+    reseller: Annotated[
+        str | None,
+        typer.Option(help="A distributor key of this reseller code: its subtree only"),
+    ] = None,
 ) -> None:
     """Create an API key; the key is printed as the last line and never shown again."""
     from voms.services import auth
 
     with handled():
         record, secret = auth.create_api_key(
-            runtime(), auth.CONSOLE, name=name, role=role, service_provider=service_provider
+            runtime(),
+            auth.CONSOLE,
+            name=name,
+            role=role,
+            service_provider=service_provider,
+            reseller=reseller,
         )
         scope = record["service_provider"] or "all service providers"
+        if reseller:
+            scope = f"reseller {reseller}"
         typer.echo(f"created API key '{name}' (role {record['role']}, {scope}):", err=True)
         typer.echo(secret)
 

@@ -14,7 +14,12 @@ router = APIRouter(prefix="/api/v1", tags=["administration"])
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
 def create_api_key(body: ApiKeyCreate, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
     record, secret = auth.create_api_key(
-        rt, who, name=body.name, role=body.role, service_provider=body.service_provider
+        rt,
+        who,
+        name=body.name,
+        role=body.role,
+        service_provider=body.service_provider,
+        reseller=body.reseller,
     )
     return {**record, "key": secret}
 

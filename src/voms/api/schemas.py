@@ -60,6 +60,7 @@ class ApiKeyCreate(BaseModel):
     name: str
     role: str
     service_provider: str | None = None
+    reseller: str | None = None
 
 
 class ApiKeyCreated(BaseModel):
@@ -67,6 +68,7 @@ class ApiKeyCreated(BaseModel):
     name: str
     role: str
     service_provider: str | None
+    reseller: str | None = None
     key: str
 
 

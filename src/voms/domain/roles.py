@@ -25,6 +25,9 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     HOUSEKEEPING = "housekeeping"
     APIKEY_ADMIN = "apikey:admin"
+    RESELLER_READ = "reseller:read"
+    RESELLER_WRITE = "reseller:write"
+    SELL = "sell"
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}
@@ -41,14 +44,27 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         }
     ),
     Role.DISTRIBUTOR: frozenset(
-        {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.EXPORT}
+        {
+            Permission.CATALOG_READ,
+            Permission.BATCH_READ,
+            Permission.EXPORT,
+            Permission.RESELLER_READ,
+            Permission.RESELLER_WRITE,
+            Permission.SELL,
+        }
     ),
     Role.CARE: frozenset(
         {Permission.CATALOG_READ, Permission.LOOKUP, Permission.REDEEM, Permission.WALLET_ADJUST}
     ),
     Role.CHANNEL: frozenset({Permission.REDEEM, Permission.CATALOG_READ}),
-    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ}),
+    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ, Permission.RESELLER_READ}),
 }
+
+
+# What a distributor key scoped to one reseller may do: its subtree's calls, no exports.
+RESELLER_KEY_PERMISSIONS = frozenset(
+    {Permission.CATALOG_READ, Permission.RESELLER_READ, Permission.RESELLER_WRITE, Permission.SELL}
+)
 
 
 def allows(role: Role, permission: Permission) -> bool:

@@ -14,7 +14,7 @@ from voms.db import tables as t
 from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
-from voms.domain.roles import Permission, Role, allows
+from voms.domain.roles import RESELLER_KEY_PERMISSIONS, Permission, Role, allows
 from voms.runtime import Runtime
 from voms.services import audit
 
@@ -35,11 +35,15 @@ class Principal:
     role: Role
     service_provider_id: int | None = None
     api_key_id: int | None = None
+    # A key of one reseller: only the reseller calls, on that reseller's subtree.
+    reseller_id: int | None = None
 
     def require(self, permission: Permission, service_provider_id: int | None = None) -> None:
         """Refuse (403) a call outside this principal's role or service-provider scope."""
         if not allows(self.role, permission):
             raise Forbidden(f"role {self.role} may not {permission}")
+        if self.reseller_id is not None and permission not in RESELLER_KEY_PERMISSIONS:
+            raise Forbidden(f"a reseller's key may not {permission}")
         self.require_scope(service_provider_id)
 
     def require_scope(self, service_provider_id: int | None) -> None:
@@ -75,8 +79,11 @@ def create_api_key(
     name: str,
     role: str,
     service_provider: str | None = None,
+    reseller: str | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Create a key; returns its public record and the secret, shown this once only."""
+    """Create a key; returns its public record and the secret, shown this once only.
+
+    A ``reseller`` key is a distributor key of that reseller and its provider."""
     actor.require(Permission.APIKEY_ADMIN)
     try:
         role_value = Role(role)
@@ -85,8 +92,22 @@ def create_api_key(
     if not name or len(name) > 100:
         raise Invalid("name must be 1 to 100 characters")
     secret = new_api_key()
+    if reseller is not None and role_value is not Role.DISTRIBUTOR:
+        raise Invalid("only a distributor key may be scoped to a reseller")
     with rt.engine.begin() as conn:
         sp_id = service_provider_id_by_code(conn, service_provider) if service_provider else None
+        reseller_id = None
+        if reseller is not None:
+            found = conn.execute(
+                select(t.resellers.c.id, t.resellers.c.service_provider_id).where(
+                    t.resellers.c.code == reseller
+                )
+            ).first()
+            if found is None:
+                raise NotFound(f"reseller '{reseller}' not found")
+            if sp_id is not None and sp_id != found.service_provider_id:
+                raise Invalid(f"reseller '{reseller}' belongs to another service provider")
+            reseller_id, sp_id = found.id, found.service_provider_id
         actor.require_scope(sp_id)
         if actor.service_provider_id is not None and sp_id is None:
             raise Forbidden("a scoped key may only create keys of its own service provider")
@@ -99,6 +120,7 @@ def create_api_key(
                     prefix=secret[:12],
                     role=role_value.value,
                     service_provider_id=sp_id,
+                    reseller_id=reseller_id,
                     created_by=actor.name,
                     created_at=utcnow(),
                 )
@@ -107,13 +129,20 @@ def create_api_key(
         except IntegrityError:
             raise Conflict(f"an API key named '{name}' already exists") from None
         audit.record(
-            conn, actor, "apikey.create", "api_key", key_id, sp_id, {"name": name, "role": role}
+            conn,
+            actor,
+            "apikey.create",
+            "api_key",
+            key_id,
+            sp_id,
+            {"name": name, "role": role, "reseller": reseller},
         )
     record = {
         "id": key_id,
         "name": name,
         "role": role_value.value,
         "service_provider": service_provider,
+        "reseller": reseller,
     }
     return record, secret
 
@@ -211,6 +240,7 @@ def _lookup(rt: Runtime, digest: str) -> Principal | None:
                 t.api_keys.c.name,
                 t.api_keys.c.role,
                 t.api_keys.c.service_provider_id,
+                t.api_keys.c.reseller_id,
             ).where(t.api_keys.c.key_hash == digest, t.api_keys.c.revoked_at.is_(None))
         ).first()
     if row is None:
@@ -220,4 +250,5 @@ def _lookup(rt: Runtime, digest: str) -> Principal | None:
         role=Role(row.role),
         service_provider_id=row.service_provider_id,
         api_key_id=row.id,
+        reseller_id=row.reseller_id,
     )

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         10, ge=1, description="Recharge attempts per minute per client address at /m."
     )
 
+    # --- resellers ---
+    sales_per_minute: int = Field(
+        60, ge=1, description="Electronic PIN sales (POST /api/v1/sales) per minute per API key."
+    )
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

@@ -189,9 +189,10 @@ def sell_through(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
                     pair = (row.reseller_id, row.voucher_type_id)
                     redeemed[pair] = redeemed.get(pair, 0) + int(row.n)
         type_ids = {pair[1] for pair in (*held, *sold)}
-        type_codes = dict(
-            conn.execute(select(vt.c.id, vt.c.code).where(vt.c.id.in_(type_ids))).tuples().all()
-        )
+        type_codes = {
+            row.id: row.code
+            for row in conn.execute(select(vt.c.id, vt.c.code).where(vt.c.id.in_(type_ids)))
+        }
     rows = [
         {
             "reseller": subtree[pair[0]],

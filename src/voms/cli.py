@@ -6,7 +6,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -892,6 +892,170 @@ def import_legacy(
             if bar is not None:
                 bar.__exit__(None, None, None)
         echo_json(batch)
+
+
+# --- resellers -------------------------------------------------------------------------
+
+reseller_app = typer.Typer(
+    help="Resellers: accounts, stock, payments, statements.", no_args_is_help=True
+)
+app.add_typer(reseller_app, name="reseller")
+SerialOption = Annotated[str, typer.Option(help="Serial number (digits)")]
+
+
+@reseller_app.command("create")
+def reseller_create(
+    code: Annotated[str, typer.Option(help="Unique reseller code")],
+    name: Annotated[str, typer.Option(help="Name shown on statements")],
+    service_provider: Annotated[str, typer.Option(help="Provider code")],
+    credit_limit: Annotated[int, typer.Option(help="Most it may owe, in minor units")],
+    commission_percent: Annotated[str, typer.Option(help="Commission, e.g. 5 or 2.5")],
+    parent: Annotated[str | None, typer.Option(help="Parent reseller code")] = None,
+    currency: Annotated[
+        str | None, typer.Option(help="Account currency [default: the provider's]")
+    ] = None,
+    contact: Annotated[str | None, typer.Option(help="Who to call: e-mail, phone")] = None,
+) -> None:
+    """Create a reseller (a sub-reseller with --parent)."""
+    from voms.services.resellers import accounts
+
+    body = {
+        "code": code,
+        "name": name,
+        "service_provider": service_provider,
+        "credit_limit": credit_limit,
+        "commission_percent": commission_percent,
+        "parent": parent,
+        "currency": currency,
+        "contact": contact,
+    }
+    with handled():
+        found, _ = accounts.create_reseller(runtime(), _operator(), body)
+        echo_json(found)
+
+
+@reseller_app.command("list")
+def reseller_list(
+    parent: Annotated[str | None, typer.Option(help="Only the children of this one")] = None,
+) -> None:
+    """List resellers by code (every page)."""
+    from voms.services.resellers import accounts
+
+    rt, cursor, found = runtime(), None, []
+    with handled():
+        while True:
+            page = accounts.list_resellers(
+                rt, _operator(), parent=parent, limit=accounts.MAX_PAGE, cursor=cursor
+            )
+            found += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    echo_json(found)
+
+
+@reseller_app.command("show")
+def reseller_show(code: Annotated[str, typer.Argument(help="Reseller code")]) -> None:
+    """A reseller with what it owes and the credit it has left."""
+    from voms.services.resellers import accounts
+
+    with handled():
+        echo_json(accounts.get_reseller(runtime(), _operator(), code))
+
+
+@reseller_app.command("stock")
+def reseller_stock(
+    code: Annotated[str, typer.Argument(help="Reseller code")],
+    serial_from: SerialOption,
+    serial_to: SerialOption,
+) -> None:
+    """Hand a range of inactive vouchers to a reseller (or move it down the tree)."""
+    from voms.services.resellers import stock
+
+    body = {"serial_from": serial_from, "serial_to": serial_to}
+    with handled():
+        echo_json(stock.hand_over(runtime(), _operator(), code, body))
+
+
+@reseller_app.command("activate")
+def reseller_activate(
+    code: Annotated[str, typer.Argument(help="Reseller code")],
+    serial_from: SerialOption,
+    serial_to: SerialOption,
+) -> None:
+    """Activate a range of a reseller's printed cards, charged to the reseller."""
+    from voms.services.resellers import sales
+
+    body = {"serial_from": serial_from, "serial_to": serial_to}
+    with handled():
+        echo_json(sales.activate(runtime(), _operator(), code, body))
+
+
+@reseller_app.command("payment")
+def reseller_payment(
+    code: Annotated[str, typer.Argument(help="Reseller code")],
+    amount: Annotated[int, typer.Option(help="Received, in minor units")],
+    reference: Annotated[str, typer.Option(help="Bank or receipt reference")],
+    request_id: Annotated[
+        str | None, typer.Option(help="Makes a repeated command record it once")
+    ] = None,
+) -> None:
+    """Record money received from a reseller."""
+    from voms.services.resellers import accounts
+
+    body = {"amount": amount, "reference": reference, "request_id": request_id}
+    with handled():
+        found, _ = accounts.record_payment(runtime(), _operator(), code, body)
+        echo_json(found)
+
+
+@reseller_app.command("statement")
+def reseller_statement(
+    code: Annotated[str, typer.Argument(help="Reseller code")],
+    since: Annotated[
+        datetime | None, typer.Option(help="Start, UTC [default: start of this month]")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="End, UTC [default: now]")] = None,
+    format: Annotated[str, typer.Option(help="json, csv or pdf")] = "json",
+    output: Annotated[Path | None, typer.Option(help="File [default: standard output]")] = None,
+) -> None:
+    """A reseller's statement: opening + sales - commission - payments = closing."""
+    from voms.services.resellers import statements
+
+    if format not in ("json", "csv", "pdf"):
+        fail("--format is json, csv or pdf")
+    if format == "pdf" and output is None:
+        fail("a PDF statement needs --output FILE")
+    with handled():
+        found = statements.statement(
+            runtime(),
+            _operator(),
+            code,
+            since=since.replace(tzinfo=UTC) if since else None,
+            until=until.replace(tzinfo=UTC) if until else None,
+        )
+    if format == "json":
+        data = (json.dumps(found, indent=2, default=str) + "\n").encode()
+    elif format == "csv":
+        data = statements.statement_csv(found).encode()
+    else:
+        data = statements.statement_pdf(found)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc}")
+
+
+@reseller_app.command("sell-through")
+def reseller_sell_through(code: Annotated[str, typer.Argument(help="Reseller code")]) -> None:
+    """Per reseller of the subtree and voucher type: on hand, sold, redeemed."""
+    from voms.services.resellers import statements
+
+    with handled():
+        echo_json(statements.sell_through(runtime(), _operator(), code))
 
 
 if __name__ == "__main__":  # pragma: no cover

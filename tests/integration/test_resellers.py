@@ -1,5 +1,6 @@
 """Resellers, stock and electronic PIN sales against SQLite and PostgreSQL."""
 
+import io
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +11,11 @@ import pytest
 from sqlalchemy import func, select
 
 from tests import factories
+from tests.pgp import PartnerKeys
 from tests.reseller_support import (
     PRICE,
     hand_over,
+    inactive_batch,
     reseller,
     serials,
     stocked_reseller,
@@ -22,7 +25,7 @@ from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, VomsError
 from voms.runtime import Runtime, build_runtime
-from voms.services import auth, care, redemption
+from voms.services import auth, care, distribution, lifecycle, redemption
 from voms.services.auth import CONSOLE, Principal
 from voms.services.redemption import RedemptionRequest
 from voms.services.resellers import accounts, sales, statements, stock
@@ -309,3 +312,46 @@ def test_bad_bodies_are_refused_as_invalid(rt: Runtime) -> None:
         with pytest.raises(VomsError) as refused:
             sales.sell(rt, CONSOLE, body)
         assert refused.value.http_status == 422
+
+
+def test_printed_cards_are_activated_by_range_and_paid_for_never_sold_as_pins(
+    rt: Runtime, partner_keys: PartnerKeys
+) -> None:
+    factories.standard_catalog(rt)
+    reseller(rt, "DIST")
+    found = serials(rt, inactive_batch(rt, 10))
+    distribution.create_partner(
+        rt, CONSOLE, distribution.PartnerIn(name="printshop", public_key=partner_keys.good)
+    )
+    distribution.create_export(
+        rt, CONSOLE, distribution.ExportIn(partner="printshop", batch_id=1), output=io.BytesIO()
+    )
+    held = hand_over(rt, "DIST", found[0], found[9])
+    assert held["kind"] == "printed"
+    with pytest.raises(Conflict, match="not enough electronic stock"):
+        sell(rt, "no-pins")
+    lifecycle.change_vouchers(rt, CONSOLE, "freeze", found[4], reason="stolen")
+
+    activated = sales.activate(
+        rt, CONSOLE, "DIST", {"serial_from": found[3], "serial_to": found[6]}
+    )
+    assert (activated["count"], activated["charged"]) == (3, 3 * NET)  # not the frozen one
+    states = [care.voucher_by_serial(rt, CONSOLE, serial)["state"] for serial in found[2:8]]
+    assert states == ["inactive", "active", "frozen", "active", "active", "inactive"]
+    with pytest.raises(Conflict, match="already activated"):
+        sales.activate(rt, CONSOLE, "DIST", {"serial_from": found[5], "serial_to": found[7]})
+    left = {
+        row["serial_from"]: row["on_hand"] for row in stock.list_stock(rt, CONSOLE, "DIST")["items"]
+    }
+    assert left == {found[0]: 3, found[3]: 0, found[7]: 3}
+    assert statements.sell_through(rt, CONSOLE, "DIST")["totals"] == {
+        "on_hand": 6,
+        "sold": 3,
+        "redeemed": 0,
+    }
+
+
+def test_electronic_stock_is_not_activated_by_range(rt: Runtime) -> None:
+    found = stocked_reseller(rt)
+    with pytest.raises(Conflict, match="selling it"):
+        sales.activate(rt, CONSOLE, "DIST", {"serial_from": found[0], "serial_to": found[1]})

@@ -423,19 +423,22 @@ def _take_from_range(conn: Connection, range_id: int, wanted: int, now: datetime
 
 def held_range(conn: Connection, reseller: Row[Any], first: int, last: int) -> Row[Any]:
     """The printed range of ``reseller`` holding ``first``..``last``, not yet taken."""
-    row = conn.execute(
+    rows = conn.execute(
         select(_s).where(
             _s.c.reseller_id == reseller.id,
-            _s.c.serial_from <= first,
-            _s.c.serial_to >= last,
+            _s.c.serial_from <= last,
+            _s.c.serial_to >= first,
         )
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         raise Conflict(f"these serials are not in the stock of reseller '{reseller.code}'")
-    if row.kind == "electronic":
+    if any(row.kind == "electronic" for row in rows):
         raise Conflict("electronic stock is activated by selling it (POST /api/v1/sales)")
-    if first < row.next_serial:
+    if any(row.next_serial > max(first, row.serial_from) for row in rows):
         raise Conflict("part of the range is already activated")
+    row = rows[0]
+    if len(rows) > 1 or not row.serial_from <= first <= last <= row.serial_to:
+        raise Conflict("the range is not within one range of the reseller's stock")
     return row
 
 

@@ -210,3 +210,44 @@ def test_bad_reseller_bodies_are_refused_never_with_500(client: TestClient, rt: 
     ):
         answer = client.post("/api/v1/resellers", json={**base, **fields}, headers=admin)
         assert answer.status_code == expected, (fields, answer.text)
+
+
+def test_sales_are_limited_per_key(client: TestClient, rt: Runtime, stocked: list[str]) -> None:
+    rt.settings = rt.settings.model_copy(update={"sales_per_minute": 2})
+    dist, shop = reseller_key(rt, "DIST"), reseller_key(rt, "SHOP")
+    answers = [sale(client, dist, request_id=f"r-{n}").status_code for n in range(3)]
+    assert answers == [201, 201, 429]
+    limited = sale(client, dist, request_id="r-9").json()
+    assert limited["result_code"] == 5007
+    # Another key has its own allowance.
+    hand_over = client.post(
+        "/api/v1/resellers/SHOP/stock",
+        json={"serial_from": stocked[5], "serial_to": stocked[6]},
+        headers=dist,
+    )
+    assert hand_over.status_code == 201, hand_over.text
+    assert sale(client, shop).status_code == 201
+
+
+def test_a_resellers_key_creates_resellers_below_its_own_only(
+    client: TestClient, rt: Runtime, stocked: list[str]
+) -> None:
+    dist = reseller_key(rt, "DIST")
+    body = {
+        "code": "KIOSK",
+        "name": "Kiosk",
+        "service_provider": "ACME",
+        "credit_limit": 1000,
+        "commission_percent": 2,
+    }
+    assert client.post("/api/v1/resellers", json=body, headers=dist).status_code == 403
+    too_much = {**body, "parent": "SHOP", "credit_limit": 10**7}
+    assert client.post("/api/v1/resellers", json=too_much, headers=dist).status_code == 403
+    elsewhere = {**body, "parent": "RIVAL"}
+    assert client.post("/api/v1/resellers", json=elsewhere, headers=dist).status_code == 403
+    created = client.post("/api/v1/resellers", json={**body, "parent": "SHOP"}, headers=dist)
+    assert created.status_code == 201, created.text
+    assert created.json()["parent"] == "SHOP"
+    payment = {"amount": 1, "reference": "x"}
+    paid = client.post("/api/v1/resellers/KIOSK/payments", json=payment, headers=dist)
+    assert paid.status_code == 403

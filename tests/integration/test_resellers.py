@@ -355,3 +355,27 @@ def test_electronic_stock_is_not_activated_by_range(rt: Runtime) -> None:
     found = stocked_reseller(rt)
     with pytest.raises(Conflict, match="selling it"):
         sales.activate(rt, CONSOLE, "DIST", {"serial_from": found[0], "serial_to": found[1]})
+
+
+def test_vouchers_sold_as_electronic_pins_are_never_exported(
+    rt: Runtime, partner_keys: PartnerKeys
+) -> None:
+    found = stocked_reseller(rt, count=5)
+    sell(rt, "sold", count=2)
+    distribution.create_partner(
+        rt, CONSOLE, distribution.PartnerIn(name="printshop", public_key=partner_keys.good)
+    )
+    exported = distribution.create_export(
+        rt,
+        CONSOLE,
+        distribution.ExportIn(partner="printshop", serial_from=found[0], serial_to=found[4]),
+        output=io.BytesIO(),
+    )
+    assert exported["voucher_count"] == 3
+    with pytest.raises(VomsError):
+        distribution.create_export(
+            rt,
+            CONSOLE,
+            distribution.ExportIn(partner="printshop", batch_id=2),
+            output=io.BytesIO(),
+        )

@@ -23,7 +23,19 @@ from datetime import datetime, timedelta
 from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy import Connection, Integer, Row, and_, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Row,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from voms import openpgp, xlsx
@@ -300,7 +312,12 @@ def _select_slices(
             vt.c.code,
         )
         .join(vt, vt.c.id == b.c.voucher_type_id)
-        .where(b.c.state.in_([s.value for s in EXPORTABLE_BATCH_STATES]), b.c.expires_at > now)
+        .where(
+            b.c.state.in_([s.value for s in EXPORTABLE_BATCH_STATES]),
+            b.c.expires_at > now,
+            # A batch's active part holds vouchers sold as electronic PINs: never printed.
+            ~exists().where(t.batch_sale_parts.c.batch_id == b.c.id),
+        )
         .order_by(b.c.serial_first)
     )
     if body.batch_id is not None:

@@ -251,3 +251,28 @@ def test_a_resellers_key_creates_resellers_below_its_own_only(
     payment = {"amount": 1, "reference": "x"}
     paid = client.post("/api/v1/resellers/KIOSK/payments", json=payment, headers=dist)
     assert paid.status_code == 403
+
+
+def test_sales_stock_and_resellers_page_with_a_cursor(
+    client: TestClient, rt: Runtime, stocked: list[str]
+) -> None:
+    admin = bearer(factories.api_key(rt))
+    made = [sale(client, admin, reseller="DIST", request_id=f"p-{n}").json() for n in range(3)]
+    for path, key, expected in (
+        ("/api/v1/resellers/DIST/sales", "sale_id", [m["sale_id"] for m in reversed(made)]),
+        ("/api/v1/resellers", "code", ["DIST", "RIVAL", "SHOP"]),
+    ):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 2}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = client.get(path, params=params, headers=admin).json()
+            seen += [item[key] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == expected
+    bad = client.get("/api/v1/resellers/DIST/sales?cursor=x", headers=admin)
+    assert bad.status_code == 422

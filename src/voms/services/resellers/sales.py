@@ -11,7 +11,7 @@ decrypts the same vouchers' PINs again.
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -367,15 +367,19 @@ def _sale_view(row: Row[Any], width: int) -> dict[str, Any]:
     }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _cursor(raw: str) -> tuple[datetime, str]:
-    at, _, sale_id = raw.partition("|")
-    try:
-        moment = datetime.fromisoformat(at)
-    except ValueError:
-        raise Invalid("malformed cursor") from None
-    if moment.tzinfo is None or not sale_id:
+    """A page's last sale as ``<microseconds since 1970>_<sale id>``: URL-safe as it is."""
+    micros, _, sale_id = raw.partition("_")
+    if not micros.isdigit() or len(micros) > 18 or not sale_id:
         raise Invalid("malformed cursor")
-    return moment, sale_id
+    return _EPOCH + timedelta(microseconds=int(micros)), sale_id
+
+
+def _cursor_of(at: datetime, sale_id: str) -> str:
+    return f"{(at - _EPOCH) // timedelta(microseconds=1)}_{sale_id}"
 
 
 def list_sales(
@@ -406,5 +410,5 @@ def list_sales(
     last = rows[limit - 1] if len(rows) > limit else None
     return {
         "items": [_sale_view(row, width) for row in rows[:limit]],
-        "next_cursor": f"{last.at.isoformat()}|{last.id}" if last is not None else None,
+        "next_cursor": _cursor_of(last.at, last.id) if last is not None else None,
     }

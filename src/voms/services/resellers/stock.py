@@ -14,11 +14,22 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
-from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 from voms.db import tables as t
 from voms.db.engine import is_postgres, reading
-from voms.db.types import utcnow
+from voms.db.types import UTCDateTime, utcnow
 from voms.db.upsert import insert_if_absent
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
@@ -335,19 +346,24 @@ def activate_in_batch(
         return
     if isinstance(serials, tuple):
         which = _v.c.serial.between(*serials)
-        count = conn.execute(
-            select(func.count()).where(which, _v.c.batch_id == batch_id)
-        ).scalar_one()
+        count = conn.execute(select(func.count()).where(which, _in_batch(batch_id))).scalar_one()
     else:
         which, count = _v.c.serial.in_(serials), len(serials)
     if count == 0:
         return
     part_id = grow_active_part(conn, batch, count, now)
     moved = conn.execute(
-        update(_v).where(which, _v.c.batch_id == batch_id).values(batch_id=part_id)
+        update(_v).where(which, _in_batch(batch_id)).values(batch_id=part_id)
     ).rowcount
     if moved != count:  # the rows were counted in this transaction under the batch's lock
         raise Conflict("vouchers of this range changed meanwhile; try again")
+
+
+def _in_batch(batch_id: int) -> Any:
+    """Vouchers of ``batch_id``, as a check on rows found by serial. "+ 0": given the
+    batch index, both databases would otherwise scan the whole batch (millions of rows)
+    to find a few serials."""
+    return _v.c.batch_id + 0 == batch_id
 
 
 def take_electronic(
@@ -363,7 +379,7 @@ def take_electronic(
     taken: list[Row[Any]] = []
     for holder in holders:
         ranges = conn.execute(
-            select(_s.c.id)
+            select(_s.c.id, _s.c.batch_id, _b.c.expires_at)
             .join(_b, _b.c.id == _s.c.batch_id)
             .where(
                 _s.c.reseller_id == holder,
@@ -374,46 +390,44 @@ def take_electronic(
                 _b.c.expires_at > now,
             )
             .order_by(_s.c.id)
-        ).scalars()
-        for range_id in list(ranges):
-            taken += _take_from_range(conn, range_id, count - len(taken), now)
+        ).all()
+        for held in ranges:
+            taken += _take_from_range(conn, held, count - len(taken))
             if len(taken) == count:
                 return taken
     return taken
 
 
-def _take_from_range(conn: Connection, range_id: int, wanted: int, now: datetime) -> list[Row[Any]]:
+def _take_from_range(conn: Connection, held: Any, wanted: int) -> list[Row[Any]]:
     e, sold = t.voucher_exports, t.sale_vouchers
     found: list[Any] = []
     while len(found) < wanted:
         row = conn.execute(
-            select(_s.c.next_serial, _s.c.serial_to).where(_s.c.id == range_id).with_for_update()
+            select(_s.c.next_serial, _s.c.serial_to).where(_s.c.id == held.id).with_for_update()
         ).one()
         if row.next_serial > row.serial_to:
             break
         end = min(row.next_serial + wanted - len(found) - 1, row.serial_to)
-        conn.execute(update(_s).where(_s.c.id == range_id).values(next_serial=end + 1))
+        conn.execute(update(_s).where(_s.c.id == held.id).values(next_serial=end + 1))
         query = (
             select(
                 _v.c.serial,
                 _v.c.encryption_key_id,
                 _v.c.pin_ciphertext,
                 _v.c.batch_id,
-                _b.c.expires_at,
+                literal(held.expires_at, UTCDateTime()).label("expires_at"),
             )
-            .join(_b, _b.c.id == _v.c.batch_id)
             .where(
                 _v.c.serial.between(row.next_serial, end),
+                _in_batch(held.batch_id),
                 _v.c.state == "available",
-                _b.c.state.in_(SELLABLE_BATCH_STATES),
-                _b.c.expires_at > now,
                 ~exists().where(e.c.serial == _v.c.serial),
                 ~exists().where(sold.c.serial == _v.c.serial),
             )
             .order_by(_v.c.serial)
         )
         if is_postgres(conn):  # no redemption or freeze may take them meanwhile
-            query = query.with_for_update(of=_v)
+            query = query.with_for_update()
         found += conn.execute(query).all()
     return found
 
@@ -448,7 +462,7 @@ def count_payable(conn: Connection, batch_id: int, first: int, last: int) -> int
         conn.execute(
             select(func.count()).where(
                 _v.c.serial.between(first, last),
-                _v.c.batch_id == batch_id,
+                _in_batch(batch_id),
                 _v.c.state.in_(_GOOD_STATES),
             )
         ).scalar_one()

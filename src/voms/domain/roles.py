@@ -25,6 +25,9 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     HOUSEKEEPING = "housekeeping"
     APIKEY_ADMIN = "apikey:admin"
+    BLACKLIST = "blacklist"  # view, block by hand, release
+    REVERSE = "transaction:reverse"
+    REVERSE_FORCE = "transaction:reverse:force"  # take back a credit already spent
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}
@@ -44,7 +47,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.EXPORT}
     ),
     Role.CARE: frozenset(
-        {Permission.CATALOG_READ, Permission.LOOKUP, Permission.REDEEM, Permission.WALLET_ADJUST}
+        {
+            Permission.CATALOG_READ,
+            Permission.LOOKUP,
+            Permission.REDEEM,
+            Permission.WALLET_ADJUST,
+            Permission.BLACKLIST,
+            Permission.REVERSE,
+        }
     ),
     Role.CHANNEL: frozenset({Permission.REDEEM, Permission.CATALOG_READ}),
     Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ}),

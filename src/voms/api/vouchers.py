@@ -1,13 +1,16 @@
 """Voucher routes: lookups by serial or PIN, and freeze/unfreeze/delete of serial ranges."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.permits import permitted
+from voms.domain.roles import Permission
 from voms.services import care, lifecycle
+from voms.services.auth import Principal
 from voms.services.care import PinLookupIn
 from voms.services.lifecycle import SerialRangeIn
 
@@ -27,6 +30,23 @@ class HistoryEntry(BaseModel):
     msisdn: str | None = None
 
 
+class FailedAttempt(BaseModel):
+    transaction_id: str
+    at: datetime
+    kind: str
+    channel: str
+    actor: str  # the API key's name, or the channel (ussd, sms, ivr, web)
+    msisdn: str | None
+    recipient_msisdn: str | None
+    result_code: int
+    result_text: str
+
+
+class FailedAttemptPage(BaseModel):
+    items: list[FailedAttempt]
+    next_cursor: str | None
+
+
 class VoucherPublic(BaseModel):
     """A voucher as care sees it. There is deliberately no PIN field."""
 
@@ -41,6 +61,8 @@ class VoucherPublic(BaseModel):
     redeemed_by: str | None
     archived: bool = False  # moved to the archive by the voucher_archive job
     history: list[HistoryEntry]
+    # The newest failed attempts; `next_cursor` goes on at GET /vouchers/{serial}/attempts.
+    failed_attempts: FailedAttemptPage
 
 
 class RangeResult(BaseModel):
@@ -82,3 +104,15 @@ for _action in ("freeze", "unfreeze", "delete"):
 def lookup_by_serial(serial: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
     """A voucher's effective state, expiry, redemption and history."""
     return care.voucher_by_serial(rt, who, serial)
+
+
+@router.get("/vouchers/{serial}/attempts", response_model=FailedAttemptPage)
+def failed_attempts(
+    serial: str,
+    rt: RuntimeDep,
+    who: Annotated[Principal, permitted(Permission.LOOKUP)],
+    limit: Annotated[int, Query(ge=1, le=care.MAX_ATTEMPTS_PAGE)] = 50,
+    cursor: str | None = None,
+) -> Json:
+    """Failed attempts made against the voucher (who, when, channel, result), newest first."""
+    return care.voucher_attempts(rt, who, serial, limit, cursor)

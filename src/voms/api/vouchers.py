@@ -1,18 +1,21 @@
-"""Voucher routes: lookups by serial or PIN, and freeze/unfreeze/delete of serial ranges."""
+"""Voucher routes: lookups by serial or PIN, failed attempts, and range operations
+(freeze, unfreeze, delete; activate, amend the expiry)."""
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from voms.api.deps import PrincipalDep, RuntimeDep
-from voms.api.permits import permitted
+from voms.api.permits import documented, json_body, permitted, validated
 from voms.domain.roles import Permission
-from voms.services import care, lifecycle
+from voms.services import care, lifecycle, ranges
 from voms.services.auth import Principal
 from voms.services.care import PinLookupIn
 from voms.services.lifecycle import SerialRangeIn
+from voms.services.ranges import RangeActivationIn, RangeExpiryIn
 
 router = APIRouter(prefix="/api/v1", tags=["vouchers"])
 Json = dict[str, Any]
@@ -98,6 +101,45 @@ def _range_route(action: str) -> None:
 
 for _action in ("freeze", "unfreeze", "delete"):
     _range_route(_action)
+
+
+class RangePart(BaseModel):
+    from_batch: int
+    to_batch: int  # the batch itself, or the part that now holds these vouchers
+    serial_from: str
+    serial_to: str
+    count: int
+    state: str
+    expires_at: datetime
+
+
+class RangeChange(RangeResult):
+    batches: list[RangePart]
+
+
+BatchWriter = Annotated[Principal, permitted(Permission.BATCH_WRITE)]
+
+
+@router.post(
+    "/vouchers/activate", response_model=RangeChange, openapi_extra=documented(RangeActivationIn)
+)
+async def activate_vouchers(request: Request, rt: RuntimeDep, who: BatchWriter) -> Json:
+    """Activate one voucher or a serial range of inactive batches: a range that is part of
+    a batch becomes a part of its own (`parent_batch_id`), active; the rest stays inactive."""
+    body = validated(RangeActivationIn, await json_body(request))
+    return await run_in_threadpool(
+        ranges.activate_range, rt, who, body.serial_from, body.serial_to, body.reason
+    )
+
+
+@router.post("/vouchers/amend", response_model=RangeChange, openapi_extra=documented(RangeExpiryIn))
+async def amend_vouchers(request: Request, rt: RuntimeDep, who: BatchWriter) -> Json:
+    """Give one voucher or a serial range another expiry (`expires_at`), as
+    PATCH /batches/{id} does for a whole batch; a partial range becomes a part."""
+    body = validated(RangeExpiryIn, await json_body(request))
+    return await run_in_threadpool(
+        ranges.amend_range, rt, who, body.serial_from, body.serial_to, body.expires_at, body.reason
+    )
 
 
 @router.get("/vouchers/{serial}", response_model=VoucherPublic)

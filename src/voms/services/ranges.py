@@ -131,7 +131,9 @@ def _change_range(
         changed: list[dict[str, Any]] = []
         for batch in batches:
             low, high = max(first, batch.serial_first), min(last, batch.serial_last)
-            count = _count(conn, batch.id, low, high)
+            # A batch's vouchers all lie in its serial range: covered whole, it needs no count.
+            whole = (low, high) == (batch.serial_first, batch.serial_last)
+            count = _size(batch) if whole else _count(conn, batch.id, low, high)
             matched += count
             wanted = target(batch) if count else None
             if wanted is None:

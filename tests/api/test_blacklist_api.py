@@ -196,3 +196,15 @@ def test_blocks_at_the_same_time_leave_one_entry(
         assert set(pool.map(block, range(16))) == {201}
     items = client.get("/api/v1/blacklist", headers=care).json()["items"]
     assert [i["msisdn"] for i in items] == [MSISDN]
+
+
+def test_the_calls_that_read_their_body_themselves_still_describe_it(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, field in (
+        ("/api/v1/blacklist", "msisdn"),
+        ("/api/v1/transactions/{transaction_id}/reversal", "reactivate_voucher"),
+        ("/api/v1/vouchers/activate", "serial_from"),
+        ("/api/v1/vouchers/amend", "expires_at"),
+    ):
+        schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert field in schema["properties"], path

@@ -460,7 +460,9 @@ batch_app = typer.Typer(
     help="Voucher batches: generate, list, show, change state.", no_args_is_help=True
 )
 voucher_app = typer.Typer(
-    help="One voucher or a serial range: show, freeze, unfreeze, delete.", no_args_is_help=True
+    help="One voucher or a serial range: show, attempts, freeze, unfreeze, delete, activate, "
+    "amend.",
+    no_args_is_help=True,
 )
 app.add_typer(batch_app, name="batch")
 app.add_typer(voucher_app, name="voucher")
@@ -652,6 +654,137 @@ def _voucher_action(action: str) -> None:
 
 for _action in ("freeze", "unfreeze", "delete"):
     _voucher_action(_action)
+
+
+@voucher_app.command("activate")
+def voucher_activate(
+    serial_from: Annotated[str, typer.Argument(help="First serial")],
+    serial_to: Annotated[str | None, typer.Argument(help="Last serial [default: first]")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, e.g. sold by a reseller")] = None,
+) -> None:
+    """Activate one voucher or a serial range of inactive batches (a partial range becomes
+    a part of its batch, active; the rest of the batch stays inactive)."""
+    from voms.services import ranges
+
+    with handled():
+        echo_json(ranges.activate_range(runtime(), _operator(), serial_from, serial_to, reason))
+
+
+@voucher_app.command("amend")
+def voucher_amend(
+    serial_from: Annotated[str, typer.Argument(help="First serial")],
+    serial_to: Annotated[str | None, typer.Argument(help="Last serial [default: first]")] = None,
+    expires_at: Annotated[str, typer.Option(help="New expiry, ISO 8601 with offset")] = "",
+    reason: Annotated[str | None, typer.Option(help="Why")] = None,
+) -> None:
+    """Give one voucher or a serial range another expiry."""
+    from voms.services import ranges
+
+    if not expires_at:
+        fail("give --expires-at, e.g. 2027-12-31T23:59:59+00:00")
+    expiry = _aware(expires_at, "--expires-at")
+    assert expiry is not None
+    with handled():
+        echo_json(
+            ranges.amend_range(runtime(), _operator(), serial_from, serial_to, expiry, reason)
+        )
+
+
+@voucher_app.command("attempts")
+def voucher_attempts(
+    serial: Annotated[str, typer.Argument(help="Serial number")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
+) -> None:
+    """The failed attempts made against a voucher: who, when, channel, result code."""
+    from voms.services import care
+
+    with handled():
+        echo_json(care.voucher_attempts(runtime(), _operator(), serial, limit, cursor))
+
+
+# --- customer care: blacklist, reversals ------------------------------------------
+
+blacklist_app = typer.Typer(
+    help="MSISDNs blocked after bad PINs or by hand: list, add, release.", no_args_is_help=True
+)
+transaction_app = typer.Typer(help="Redemption transactions: reverse.", no_args_is_help=True)
+app.add_typer(blacklist_app, name="blacklist")
+app.add_typer(transaction_app, name="transaction")
+
+
+@blacklist_app.command("list")
+def blacklist_list(
+    msisdn: Annotated[str | None, typer.Option(help="Only this number")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
+) -> None:
+    """MSISDNs blocked now (reason bad_pins or manual, until, failures)."""
+    from voms.services import blacklist
+
+    with handled():
+        echo_json(
+            blacklist.list_blacklist(
+                runtime(), _operator(), msisdn=msisdn, limit=limit, cursor=cursor
+            )
+        )
+
+
+@blacklist_app.command("add")
+def blacklist_add(
+    msisdn: Annotated[str, typer.Argument(help="The number to block")],
+    reason: Annotated[str, typer.Option(help="Why (recorded and shown as the note)")],
+    until: Annotated[
+        str | None, typer.Option(help="ISO 8601 with offset [default: until released]")
+    ] = None,
+) -> None:
+    """Block an MSISDN by hand: every channel answers 5003 to it."""
+    from voms.services import blacklist
+
+    moment = _aware(until, "--until")
+    with handled():
+        body = blacklist.BlockIn(msisdn=msisdn, reason=reason, until=moment)
+        echo_json(blacklist.block(runtime(), _operator(), body))
+
+
+@blacklist_app.command("release")
+def blacklist_release(msisdn: Annotated[str, typer.Argument(help="The number to release")]) -> None:
+    """Release an MSISDN; its bad-PIN count starts again at 0."""
+    from voms.services import blacklist
+
+    with handled():
+        echo_json(blacklist.release(runtime(), _operator(), msisdn))
+
+
+@transaction_app.command("reverse")
+def transaction_reverse(
+    transaction_id: Annotated[str, typer.Argument(help="The redemption's transaction id")],
+    reason: Annotated[str, typer.Option(help="Why (recorded)")],
+    reactivate_voucher: Annotated[
+        bool,
+        typer.Option(
+            "--reactivate-voucher/--keep-voucher-used",
+            help="Make the voucher active again, or leave it used",
+        ),
+    ],
+    force: Annotated[
+        bool, typer.Option(help="Take what is left when the credit was spent")
+    ] = False,
+    request_id: Annotated[
+        str | None, typer.Option(help="Makes a retried command reverse nothing more")
+    ] = None,
+) -> None:
+    """Take a redemption's credits back from the wallet (ledger cause reversal)."""
+    from voms.services import reversal
+
+    body = {
+        "reason": reason,
+        "reactivate_voucher": reactivate_voucher,
+        "force": force,
+        "request_id": request_id,
+    }
+    with handled():
+        echo_json(reversal.reverse(runtime(), _operator(), transaction_id, body))
 
 
 # --- partners, exports and legacy import (distribution) ---------------------------

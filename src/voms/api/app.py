@@ -15,6 +15,7 @@ import voms
 from voms.api import (
     admin,
     batches,
+    blacklist,
     catalog,
     distribution,
     health,
@@ -158,6 +159,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         distribution.router,
         housekeeping.router,
         resellers.router,
+        blacklist.router,
     ):
         app.include_router(router)
     app.shortcut(redemptions.router)

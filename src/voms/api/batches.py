@@ -31,6 +31,7 @@ class BatchPublic(BaseModel):
     updated_at: datetime
     error: str | None
     request_id: str | None
+    parent_batch_id: int | None = None  # a part split off that batch by a range operation
 
 
 class BatchPage(BaseModel):

@@ -3,13 +3,20 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from voms.api.deps import PrincipalDep, RuntimeDep
-from voms.services import transactions
+from voms.api.permits import documented, json_body, permitted
+from voms.domain.roles import Permission
+from voms.services import reversal, transactions
+from voms.services.auth import Principal
+from voms.services.reversal import ReversalIn
 
 router = APIRouter(prefix="/api/v1", tags=["transactions"])
+_NOT_JSON = "(a body that is not JSON)"
 
 
 class TransactionPublic(BaseModel):
@@ -27,6 +34,8 @@ class TransactionPublic(BaseModel):
     credits: list[dict[str, Any]]
     reservation_id: str | None
     actor: str
+    reversed_by: str | None = None  # the reversal of this transaction
+    reverses: str | None = None  # the transaction this reversal took back
 
 
 class TransactionPage(BaseModel):
@@ -56,3 +65,52 @@ def list_transactions(
         limit=limit,
         cursor=cursor,
     )
+
+
+class ReversalLine(BaseModel):
+    balance_type: str
+    credited: int  # what the redemption credited
+    amount: int  # what the reversal took (negative)
+    shortfall: int  # what it could not take (forced reversals only)
+    balance: int  # the balance after the reversal
+
+
+class ReversalPublic(BaseModel):
+    reversal_id: str
+    transaction_id: str
+    serial: str | None
+    msisdn: str
+    reason: str
+    voucher_reactivated: bool
+    forced: bool
+    credits: list[ReversalLine]
+    shortfall: list[dict[str, Any]]
+    at: datetime
+    actor: str
+
+
+@router.post(
+    "/transactions/{transaction_id}/reversal",
+    response_model=ReversalPublic,
+    openapi_extra=documented(ReversalIn),
+)
+async def reverse(
+    transaction_id: str,
+    request: Request,
+    rt: RuntimeDep,
+    who: Annotated[Principal, permitted(Permission.REVERSE)],
+) -> dict[str, Any]:
+    """Take a redemption's credits back (ledger cause `reversal`), the voucher active again
+    if asked; 409 when the credit was spent, unless an admin forces it. Reversing again
+    answers the first reversal."""
+    try:
+        raw = await json_body(request)
+    except RequestValidationError:
+        raw = _NOT_JSON  # refused after the transaction is found (404 before 422)
+    return await run_in_threadpool(reversal.reverse, rt, who, transaction_id, raw)
+
+
+@router.get("/transactions/{transaction_id}/reversal", response_model=ReversalPublic)
+def reversal_of(transaction_id: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    """The reversal of a transaction, as answered when it was made."""
+    return reversal.reversal_of(rt, who, transaction_id)

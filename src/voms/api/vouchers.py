@@ -1,15 +1,21 @@
-"""Voucher routes: lookups by serial or PIN, and freeze/unfreeze/delete of serial ranges."""
+"""Voucher routes: lookups by serial or PIN, failed attempts, and range operations
+(freeze, unfreeze, delete; activate, amend the expiry)."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from voms.api.deps import PrincipalDep, RuntimeDep
-from voms.services import care, lifecycle
+from voms.api.permits import documented, json_body, permitted, validated
+from voms.domain.roles import Permission
+from voms.services import care, lifecycle, ranges
+from voms.services.auth import Principal
 from voms.services.care import PinLookupIn
 from voms.services.lifecycle import SerialRangeIn
+from voms.services.ranges import RangeActivationIn, RangeExpiryIn
 
 router = APIRouter(prefix="/api/v1", tags=["vouchers"])
 Json = dict[str, Any]
@@ -27,6 +33,23 @@ class HistoryEntry(BaseModel):
     msisdn: str | None = None
 
 
+class FailedAttempt(BaseModel):
+    transaction_id: str
+    at: datetime
+    kind: str
+    channel: str
+    actor: str  # the API key's name, or the channel (ussd, sms, ivr, web)
+    msisdn: str | None
+    recipient_msisdn: str | None
+    result_code: int
+    result_text: str
+
+
+class FailedAttemptPage(BaseModel):
+    items: list[FailedAttempt]
+    next_cursor: str | None
+
+
 class VoucherPublic(BaseModel):
     """A voucher as care sees it. There is deliberately no PIN field."""
 
@@ -41,6 +64,8 @@ class VoucherPublic(BaseModel):
     redeemed_by: str | None
     archived: bool = False  # moved to the archive by the voucher_archive job
     history: list[HistoryEntry]
+    # The newest failed attempts; `next_cursor` goes on at GET /vouchers/{serial}/attempts.
+    failed_attempts: FailedAttemptPage
 
 
 class RangeResult(BaseModel):
@@ -78,7 +103,58 @@ for _action in ("freeze", "unfreeze", "delete"):
     _range_route(_action)
 
 
+class RangePart(BaseModel):
+    from_batch: int
+    to_batch: int  # the batch itself, or the part that now holds these vouchers
+    serial_from: str
+    serial_to: str
+    count: int
+    state: str
+    expires_at: datetime
+
+
+class RangeChange(RangeResult):
+    batches: list[RangePart]
+
+
+BatchWriter = Annotated[Principal, permitted(Permission.BATCH_WRITE)]
+
+
+@router.post(
+    "/vouchers/activate", response_model=RangeChange, openapi_extra=documented(RangeActivationIn)
+)
+async def activate_vouchers(request: Request, rt: RuntimeDep, who: BatchWriter) -> Json:
+    """Activate one voucher or a serial range of inactive batches: a range that is part of
+    a batch becomes a part of its own (`parent_batch_id`), active; the rest stays inactive."""
+    body = validated(RangeActivationIn, await json_body(request))
+    return await run_in_threadpool(
+        ranges.activate_range, rt, who, body.serial_from, body.serial_to, body.reason
+    )
+
+
+@router.post("/vouchers/amend", response_model=RangeChange, openapi_extra=documented(RangeExpiryIn))
+async def amend_vouchers(request: Request, rt: RuntimeDep, who: BatchWriter) -> Json:
+    """Give one voucher or a serial range another expiry (`expires_at`), as
+    PATCH /batches/{id} does for a whole batch; a partial range becomes a part."""
+    body = validated(RangeExpiryIn, await json_body(request))
+    return await run_in_threadpool(
+        ranges.amend_range, rt, who, body.serial_from, body.serial_to, body.expires_at, body.reason
+    )
+
+
 @router.get("/vouchers/{serial}", response_model=VoucherPublic)
 def lookup_by_serial(serial: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
     """A voucher's effective state, expiry, redemption and history."""
     return care.voucher_by_serial(rt, who, serial)
+
+
+@router.get("/vouchers/{serial}/attempts", response_model=FailedAttemptPage)
+def failed_attempts(
+    serial: str,
+    rt: RuntimeDep,
+    who: Annotated[Principal, permitted(Permission.LOOKUP)],
+    limit: Annotated[int, Query(ge=1, le=care.MAX_ATTEMPTS_PAGE)] = 50,
+    cursor: str | None = None,
+) -> Json:
+    """Failed attempts made against the voucher (who, when, channel, result), newest first."""
+    return care.voucher_attempts(rt, who, serial, limit, cursor)

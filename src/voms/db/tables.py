@@ -195,6 +195,8 @@ batches = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("error", Text),
     Column("request_id", String(100)),
+    # A part split off this batch by a range operation (activation, expiry): 0005.
+    Column("parent_batch_id", Integer),
     CheckConstraint("count > 0", name="count_positive"),
     # Generated batches fill their range; imported legacy batches may have gaps (0002).
     CheckConstraint("count <= serial_last - serial_first + 1", name="serial_range"),
@@ -205,6 +207,7 @@ batches = Table(
     Index("ix_batches_state", "state"),
     Index("ix_batches_voucher_type", "voucher_type_id"),
     Index("ix_batches_serial_first", "serial_first"),
+    Index("ix_batches_parent_batch_id", "parent_batch_id"),
 )
 
 # Hot table (100 million rows): the serial is the key, so ranges are index scans.
@@ -288,20 +291,24 @@ ledger = Table(
     Column("serial", BigInteger),
     Column("reason", String(200)),
     Column("actor", String(100), nullable=False),
+    # The reversal that took this credit back (0005): it leaves the backstop below.
+    Column("reversed_by", String(36)),
     CheckConstraint(
-        "cause IN ('redemption', 'recharge', 'reward', 'adjustment', 'expiry')", name="cause"
+        "cause IN ('redemption', 'recharge', 'reward', 'adjustment', 'expiry', 'reversal')",
+        name="cause",
     ),
     CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
     Index("ix_ledger_subscriber", "subscriber_id", "balance_type_id"),
     Index("ix_ledger_transaction", "transaction_id"),
-    # One redemption credit per voucher and balance type: the double-spend backstop.
+    # One redemption credit per voucher and balance type: the double-spend backstop. A
+    # reversed credit no longer counts, so a voucher made active again can be redeemed.
     Index(
         "uq_ledger_redemption",
         "serial",
         "balance_type_id",
         unique=True,
-        postgresql_where=text("cause = 'redemption'"),
-        sqlite_where=text("cause = 'redemption'"),
+        postgresql_where=text("cause = 'redemption' AND reversed_by IS NULL"),
+        sqlite_where=text("cause = 'redemption' AND reversed_by IS NULL"),
     ),
 )
 
@@ -324,19 +331,41 @@ transactions = Table(
     Column("service_provider_id", Integer),
     Column("api_key_id", Integer),
     Column("actor", String(100), nullable=False),
+    # The reversal of this transaction, when it was reversed (0005).
+    Column("reversed_by", String(36)),
     # Keyset paging (newest first, id breaks ties) is one index range scan per filter.
     Index("ix_transactions_msisdn_at", "msisdn", "at", "id"),
     Index("ix_transactions_recipient_at", "recipient_msisdn", "at", "id"),
     Index("ix_transactions_serial_at", "serial", "at", "id"),
     Index("ix_transactions_at", "at", "id"),
-    # Exactly one successful redemption (or commit) per voucher.
+    # Exactly one successful redemption (or commit) per voucher, reversed ones aside.
     Index(
         "uq_transactions_one_success_per_voucher",
         "serial",
         unique=True,
-        postgresql_where=text("result_code = 0 AND kind IN ('redemption', 'commit')"),
-        sqlite_where=text("result_code = 0 AND kind IN ('redemption', 'commit')"),
+        postgresql_where=text(
+            "result_code = 0 AND kind IN ('redemption', 'commit') AND reversed_by IS NULL"
+        ),
+        sqlite_where=text(
+            "result_code = 0 AND kind IN ('redemption', 'commit') AND reversed_by IS NULL"
+        ),
     ),
+)
+
+# The reversal of a successful redemption or recharge: one per transaction (the key),
+# who and why, and the answer given, which a repeated reversal gets again (0005).
+reversals = Table(
+    "reversals",
+    metadata,
+    Column("transaction_id", String(36), primary_key=True),
+    Column("reversal_id", String(36), nullable=False, unique=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("voucher_reactivated", Boolean, nullable=False),
+    Column("forced", Boolean, nullable=False),
+    Column("service_provider_id", Integer),
+    Column("answer", JSON, nullable=False),
 )
 
 reservations = Table(
@@ -367,6 +396,12 @@ pin_attempts = Table(
     Column("failures", Integer, nullable=False),
     Column("blacklisted_until", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # A block by hand (0005): until when it was set (far in the future: until released),
+    # why and by whom. The redemption reads blacklisted_until only; while it still equals
+    # manual_until, the block is the manual one.
+    Column("manual_until", UTCDateTime()),
+    Column("note", String(200)),
+    Column("blocked_by", String(100)),
 )
 
 idempotency_keys = Table(

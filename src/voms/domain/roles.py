@@ -28,6 +28,9 @@ class Permission(StrEnum):
     RESELLER_READ = "reseller:read"
     RESELLER_WRITE = "reseller:write"
     SELL = "sell"
+    BLACKLIST = "blacklist"  # view, block by hand, release
+    REVERSE = "transaction:reverse"
+    REVERSE_FORCE = "transaction:reverse:force"  # take back a credit already spent
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}
@@ -54,7 +57,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         }
     ),
     Role.CARE: frozenset(
-        {Permission.CATALOG_READ, Permission.LOOKUP, Permission.REDEEM, Permission.WALLET_ADJUST}
+        {
+            Permission.CATALOG_READ,
+            Permission.LOOKUP,
+            Permission.REDEEM,
+            Permission.WALLET_ADJUST,
+            Permission.BLACKLIST,
+            Permission.REVERSE,
+        }
     ),
     Role.CHANNEL: frozenset({Permission.REDEEM, Permission.CATALOG_READ}),
     Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ, Permission.RESELLER_READ}),

@@ -1,9 +1,14 @@
-"""Customer care lookups of one voucher, by serial or by PIN. Never the PIN itself."""
+"""Customer care lookups of one voucher, by serial or by PIN. Never the PIN itself.
+
+Besides its history, a voucher shows the failed attempts made against it (who, when,
+channel, result code), newest first: the last few in the voucher's view, the rest page
+by page, each page one backward range scan of the transactions' (serial, at, id) index.
+"""
 
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, select, tuple_
 
 from voms.db import tables as t
 from voms.db.engine import reading
@@ -16,10 +21,13 @@ from voms.domain.states import BatchState, VoucherState, effective_voucher_state
 from voms.runtime import Runtime
 from voms.services.auth import Principal
 from voms.services.lifecycle import history
+from voms.services.transactions import decode_cursor, encode_cursor, result_text
 
 _PIN_LENGTHS = frozenset(range(MIN_PIN_LENGTH, MAX_PIN_LENGTH + 1))
 # Redemption-family attempts that changed the voucher (shown in its history).
-_VOUCHER_CHANGES = ("redemption", "reservation", "commit", "revoke")
+_VOUCHER_CHANGES = ("redemption", "reservation", "commit", "revoke", "reversal")
+ATTEMPTS_SHOWN = 20  # failed attempts in a voucher's view; more with GET …/attempts
+MAX_ATTEMPTS_PAGE = 1000
 
 
 class PinLookupIn(BaseModel):
@@ -74,6 +82,7 @@ def _archived_public(conn: Connection, row: Row[Any], width: int) -> dict[str, A
         "redeemed_by": row.redeemed_by,
         "archived": True,
         "history": _history(conn, row.serial, width),
+        "failed_attempts": failed_attempts(conn, row.serial, ATTEMPTS_SHOWN),
     }
 
 
@@ -93,6 +102,7 @@ def _public(conn: Connection, row: Row[Any], width: int) -> dict[str, Any]:
         "redeemed_by": row.redeemed_by,
         "archived": False,
         "history": _history(conn, row.serial, width),
+        "failed_attempts": failed_attempts(conn, row.serial, ATTEMPTS_SHOWN),
     }
 
 
@@ -120,6 +130,50 @@ def _history(conn: Connection, serial: int, width: int) -> list[dict[str, Any]]:
         )
     entries.sort(key=lambda entry: entry["at"])
     return entries
+
+
+def failed_attempts(
+    conn: Connection, serial: int, limit: int, cursor: str | None = None
+) -> dict[str, Any]:
+    """Failed attempts on the voucher, newest first: ``items`` and ``next_cursor``."""
+    tx = t.transactions
+    conditions = [tx.c.serial == serial, tx.c.result_code != 0]
+    if cursor is not None:
+        at, transaction_id = decode_cursor(cursor)
+        conditions.append(tuple_(tx.c.at, tx.c.id) < tuple_(at, transaction_id))
+    rows = conn.execute(
+        select(
+            tx.c.id,
+            tx.c.at,
+            tx.c.kind,
+            tx.c.channel,
+            tx.c.actor,
+            tx.c.msisdn,
+            tx.c.recipient_msisdn,
+            tx.c.result_code,
+        )
+        .where(*conditions)
+        .order_by(tx.c.at.desc(), tx.c.id.desc())
+        .limit(limit + 1)
+    ).all()
+    page = rows[:limit]
+    return {
+        "items": [
+            {
+                "transaction_id": row.id,
+                "at": row.at,
+                "kind": row.kind,
+                "channel": row.channel,
+                "actor": row.actor,
+                "msisdn": row.msisdn,
+                "recipient_msisdn": row.recipient_msisdn,
+                "result_code": row.result_code,
+                "result_text": result_text(row.result_code),
+            }
+            for row in page
+        ],
+        "next_cursor": encode_cursor(page[-1].at, page[-1].id) if len(rows) > limit else None,
+    }
 
 
 def _found(actor: Principal, row: Row[*tuple[Any, ...]] | None, what: str) -> Row[Any]:
@@ -163,3 +217,29 @@ def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
             if archived is not None:
                 return _archived_public(conn, _found(actor, archived, "with this PIN"), width)
         return _public(conn, _found(actor, live, "with this PIN"), width)
+
+
+def voucher_attempts(
+    rt: Runtime, actor: Principal, serial: str, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    """Failed attempts on one voucher (live or archived), newest first, page by page."""
+    actor.require(Permission.LOOKUP)
+    if not 1 <= limit <= MAX_ATTEMPTS_PAGE:
+        raise Invalid(f"limit must be between 1 and {MAX_ATTEMPTS_PAGE}")
+    width = rt.settings.serial_width
+    number = parse_serial(serial, width)
+    with reading(rt.engine) as conn:
+        row = (
+            conn.execute(
+                select(_b.c.service_provider_id)
+                .select_from(_v.join(_b, _b.c.id == _v.c.batch_id))
+                .where(_v.c.serial == number)
+            ).first()
+            or conn.execute(
+                select(_b.c.service_provider_id)
+                .select_from(_a.join(_b, _b.c.id == _a.c.batch_id))
+                .where(_a.c.serial == number)
+            ).first()
+        )
+        _found(actor, row, format_serial(number, width))
+        return failed_attempts(conn, number, limit, cursor)

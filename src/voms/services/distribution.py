@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -329,7 +330,8 @@ def _select_slices(
         actor.require(Permission.EXPORT, batch.service_provider_id)
         if batch.state not in EXPORTABLE_BATCH_STATES:
             raise Conflict(f"batch {body.batch_id} is {batch.state}; its vouchers are not exported")
-        query = query.where(b.c.id == body.batch_id)
+        # With its parts (range operations split them off, voms.services.ranges).
+        query = query.where(or_(b.c.id == body.batch_id, b.c.parent_batch_id == body.batch_id))
     if body.voucher_type is not None:
         vt_row = conn.execute(
             select(vt.c.id, vt.c.service_provider_id).where(vt.c.code == body.voucher_type)

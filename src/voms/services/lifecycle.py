@@ -19,6 +19,7 @@ from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial, parse_serial_range
 from voms.domain.states import (
+    BATCH_TRANSITIONS,
     BatchAction,
     BatchState,
     VoucherAction,
@@ -107,6 +108,7 @@ def _view(row: Row[Any], width: int) -> dict[str, Any]:
         "updated_at": row.updated_at,
         "error": row.error,
         "request_id": row.request_id,
+        "parent_batch_id": row.parent_batch_id,
     }
 
 
@@ -280,6 +282,7 @@ def change_batch(
         ).rowcount
         if not changed:
             raise Conflict(f"batch {batch_id} changed meanwhile; try again")
+        parts = _change_parts(conn, batch_id, act, now)
         record_event(
             conn,
             actor,
@@ -289,7 +292,7 @@ def change_batch(
             serial_to=batch.serial_last,
             affected=batch_size(batch),
             reason=reason,
-            detail={"from": old.value, "to": new.value},
+            detail={"from": old.value, "to": new.value, "parts": parts},
             now=now,
         )
         audit.record(
@@ -299,9 +302,24 @@ def change_batch(
             "batch",
             batch_id,
             batch.service_provider_id,
-            {"from": old.value, "to": new.value, "reason": reason},
+            {"from": old.value, "to": new.value, "reason": reason, "parts": parts},
         )
         return batch_view(conn, batch_id, rt.settings.serial_width)
+
+
+def _change_parts(conn: Connection, batch_id: int, action: BatchAction, now: datetime) -> int:
+    """Apply a batch operation to the batch's parts (split off by range operations, see
+    voms.services.ranges), each by the transition table; parts where it is illegal (an
+    active part when the batch is activated) stay as they are. How many changed."""
+    changed = 0
+    for (old, act), new in BATCH_TRANSITIONS.items():
+        if act is action:
+            changed += conn.execute(
+                update(_b)
+                .where(_b.c.parent_batch_id == batch_id, _b.c.state == old.value)
+                .values(state=new.value, updated_at=now)
+            ).rowcount
+    return changed
 
 
 def amend_batch(
@@ -316,8 +334,17 @@ def amend_batch(
         actor.require(Permission.BATCH_WRITE, batch.service_provider_id)
         if batch.state in (BatchState.DELETED, BatchState.FAILED):
             raise Conflict(f"cannot amend the expiry of a batch that is {batch.state}")
+        # Its parts too (voms.services.ranges): the batch's expiry is all its vouchers'.
         conn.execute(
-            update(_b).where(_b.c.id == batch_id).values(expires_at=expires_at, updated_at=now)
+            update(_b)
+            .where(
+                (_b.c.id == batch_id)
+                | (
+                    (_b.c.parent_batch_id == batch_id)
+                    & _b.c.state.not_in([BatchState.DELETED.value, BatchState.FAILED.value])
+                )
+            )
+            .values(expires_at=expires_at, updated_at=now)
         )
         detail = {"from": batch.expires_at.isoformat(), "to": expires_at.isoformat()}
         record_event(

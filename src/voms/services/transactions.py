@@ -24,11 +24,13 @@ from voms.services.auth import Principal
 MAX_LIMIT = 1000
 
 
-def _encode_cursor(at: datetime, transaction_id: str) -> str:
+def encode_cursor(at: datetime, transaction_id: str) -> str:
+    """The keyset cursor after the transaction at ``at`` with ``transaction_id``."""
     return base64.urlsafe_b64encode(f"{at.isoformat()}|{transaction_id}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor made by :func:`encode_cursor`; 422 when it is not one."""
     try:
         at_text, transaction_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         at = datetime.fromisoformat(at_text)
@@ -45,7 +47,8 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
-def _result_text(code: int) -> str:
+def result_text(code: int) -> str:
+    """The text of a result code ('' for a code this version does not know)."""
     try:
         return Result.from_code(code).text
     except ValueError:
@@ -68,7 +71,7 @@ def list_transactions(
     Returns ``transactions`` and ``next_cursor`` (None on the last page).
     """
     actor.require(Permission.LOOKUP)
-    tx, vt = t.transactions, t.voucher_types
+    tx, vt, rv = t.transactions, t.voucher_types, t.reversals
     limit = max(1, min(limit, MAX_LIMIT))
     conditions: list[ColumnElement[bool]] = []
     if msisdn is not None:
@@ -84,13 +87,14 @@ def list_transactions(
     if (end := _aware(until, "until")) is not None:
         conditions.append(tx.c.at < end)
     if cursor is not None:
-        at, transaction_id = _decode_cursor(cursor)
+        at, transaction_id = decode_cursor(cursor)
         conditions.append(tuple_(tx.c.at, tx.c.id) < tuple_(at, transaction_id))
     if actor.service_provider_id is not None:
         conditions.append(tx.c.service_provider_id == actor.service_provider_id)
     query = (
-        select(tx, vt.c.code.label("voucher_type"))
+        select(tx, vt.c.code.label("voucher_type"), rv.c.transaction_id.label("reverses"))
         .outerjoin(vt, vt.c.id == tx.c.voucher_type_id)
+        .outerjoin(rv, rv.c.reversal_id == tx.c.id)
         .where(and_(True, *conditions))
         .order_by(tx.c.at.desc(), tx.c.id.desc())
         .limit(limit + 1)
@@ -106,7 +110,7 @@ def list_transactions(
                 "at": row.at,
                 "kind": row.kind,
                 "result_code": row.result_code,
-                "result_text": _result_text(row.result_code),
+                "result_text": result_text(row.result_code),
                 "channel": row.channel,
                 "serial": format_serial(row.serial, width) if row.serial is not None else None,
                 "msisdn": row.msisdn,
@@ -116,8 +120,10 @@ def list_transactions(
                 "credits": row.credits,
                 "reservation_id": row.reservation_id,
                 "actor": row.actor,
+                "reversed_by": row.reversed_by,
+                "reverses": row.reverses,
             }
             for row in page
         ],
-        "next_cursor": _encode_cursor(page[-1].at, page[-1].id) if len(rows) > limit else None,
+        "next_cursor": encode_cursor(page[-1].at, page[-1].id) if len(rows) > limit else None,
     }

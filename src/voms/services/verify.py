@@ -2,7 +2,12 @@
 
 Run by ``voms verify`` after an incident (a crash, a restore) or on a schedule: every
 redeemed voucher has exactly one successful redemption or commit; every successful
-credit has exactly its ledger rows; every balance equals the sum of its ledger rows.
+credit, and every reversal, has exactly its ledger rows; every balance equals the sum of
+its ledger rows; every reversal and the transaction it reversed name each other.
+
+A redemption reversed with its voucher made active again no longer counts as the
+voucher's redemption (the voucher may be redeemed once more); one reversed without
+reactivation still does (the voucher stays redeemed).
 """
 
 from collections.abc import Iterator, Sequence
@@ -48,9 +53,12 @@ def _voucher_checks(conn: Connection, report: Report) -> None:
         conn,
         report,
         "redeemed vouchers without exactly one successful redemption or commit",
+        # A redemption reversed with its voucher made active again no longer counts.
         """SELECT v.serial FROM vouchers v WHERE v.state = 'redeemed' AND
             (SELECT count(*) FROM transactions x WHERE x.serial = v.serial
-             AND x.result_code = 0 AND x.kind IN ('redemption', 'commit')) <> 1""",
+             AND x.result_code = 0 AND x.kind IN ('redemption', 'commit') AND NOT EXISTS
+             (SELECT 1 FROM reversals r WHERE r.transaction_id = x.id
+              AND r.voucher_reactivated)) <> 1""",
     )
     _check(
         conn,
@@ -58,13 +66,14 @@ def _voucher_checks(conn: Connection, report: Report) -> None:
         "successful redemptions or commits of vouchers that are not redeemed",
         """SELECT x.serial FROM transactions x JOIN vouchers v ON v.serial = x.serial
             WHERE x.result_code = 0 AND x.kind IN ('redemption', 'commit')
-              AND v.state <> 'redeemed'""",
+              AND v.state <> 'redeemed' AND NOT EXISTS (SELECT 1 FROM reversals r
+              WHERE r.transaction_id = x.id AND r.voucher_reactivated)""",
     )
     _check(
         conn,
         report,
-        "vouchers credited by more than one transaction",
-        """SELECT serial FROM ledger WHERE cause = 'redemption'
+        "vouchers credited by more than one transaction not reversed",
+        """SELECT serial FROM ledger WHERE cause = 'redemption' AND reversed_by IS NULL
             GROUP BY serial HAVING count(DISTINCT transaction_id) > 1""",
     )
     _check(
@@ -81,6 +90,32 @@ def _voucher_checks(conn: Connection, report: Report) -> None:
         "open reservations whose voucher is not reserved",
         """SELECT r.id FROM reservations r JOIN vouchers v ON v.serial = r.serial
             WHERE r.state IN ('open', 'held') AND v.state <> 'reserved'""",
+    )
+
+
+def _reversal_checks(conn: Connection, report: Report) -> None:
+    _check(
+        conn,
+        report,
+        "reversals whose transaction does not name them as its reversal",
+        """SELECT r.transaction_id FROM reversals r LEFT JOIN transactions x
+            ON x.id = r.transaction_id
+            WHERE x.id IS NULL OR x.reversed_by IS NULL OR x.reversed_by <> r.reversal_id""",
+    )
+    _check(
+        conn,
+        report,
+        "transactions marked reversed without a reversal",
+        """SELECT x.id FROM transactions x WHERE x.reversed_by IS NOT NULL AND NOT EXISTS
+            (SELECT 1 FROM reversals r WHERE r.reversal_id = x.reversed_by)""",
+    )
+    _check(
+        conn,
+        report,
+        "ledger credits marked reversed whose transaction is not",
+        """SELECT l.id FROM ledger l WHERE l.reversed_by IS NOT NULL AND NOT EXISTS
+            (SELECT 1 FROM transactions x WHERE x.id = l.transaction_id
+             AND x.reversed_by = l.reversed_by)""",
     )
 
 
@@ -108,18 +143,23 @@ def _stream(conn: Connection, statement: Any) -> Iterator[Any]:
     return iter(conn.execution_options(stream_results=True, yield_per=10_000).execute(statement))
 
 
+# Transaction kinds, and the ledger causes of the same name, that change a wallet.
+_CREDITING = ("redemption", "recharge", "reversal")
+
+
 def _credit_checks(rt: Runtime, report: Report) -> None:
-    """Each successful credit (redemption, recharge) equals its ledger rows, one to one."""
+    """Each successful credit (redemption, recharge) and each reversal equals its ledger
+    rows, one to one (a reversal's amounts are negative)."""
     tx, lg, bt = t.transactions, t.ledger, t.balance_types
     credited = (
         select(tx.c.id, tx.c.credits)
-        .where(tx.c.result_code == 0, tx.c.kind.in_(("redemption", "recharge")))
+        .where(tx.c.result_code == 0, tx.c.kind.in_(_CREDITING))
         .order_by(tx.c.id)
     )
     ledger_rows = (
         select(lg.c.transaction_id, bt.c.code, lg.c.amount)
         .join(bt, bt.c.id == lg.c.balance_type_id)
-        .where(lg.c.cause.in_(("redemption", "recharge")))
+        .where(lg.c.cause.in_(_CREDITING))
         .order_by(lg.c.transaction_id, bt.c.code)
     )
     mismatched: list[str] = []
@@ -151,7 +191,7 @@ def _credit_checks(rt: Runtime, report: Report) -> None:
         )
     if unmatched:
         report.problems.append(
-            f"{len(unmatched)} redemption/recharge ledger credits without a successful "
+            f"{len(unmatched)} redemption/recharge/reversal ledger rows without a successful "
             f"transaction{_examples(unmatched)}"
         )
     if value["credited"] != value["ledger"]:
@@ -166,6 +206,7 @@ def verify(rt: Runtime) -> Report:
     report = Report()
     with reading(rt.engine) as conn:
         _voucher_checks(conn, report)
+        _reversal_checks(conn, report)
         _balance_checks(conn, report)
         v, tx = t.vouchers, t.transactions
         report.counts = {

@@ -11,7 +11,7 @@ sold voucher once: no PIN is ever sold twice. reseller_entries is each reseller'
 account, from which statements are drawn.
 
 Revision ID: 0005_resellers
-Revises: 0004
+Revises: 0005_policy
 Create Date: 2026-12-06
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_resellers"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005_policy"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,313 @@
+"""Range operations that live on the batch: activate a serial range, change its expiry.
+
+A voucher's effective state is its batch's state with its own, and its expiry is its
+batch's: the redemption reads both from the batch row, so activating a 10-million
+voucher batch is one row update. A range that is only part of a batch therefore moves
+into a **part** of that batch: a batch of its own (``parent_batch_id`` names the batch it
+came from) with the new state or expiry, its vouchers moved by one set-based UPDATE.
+A range covering a whole batch (or a whole part) changes that row alone. A range that
+continues an earlier part with the same state and expiry joins it, so activating what a
+reseller sells, range after range, keeps one part.
+
+So activating a range of an inactive batch makes exactly that range redeemable: the
+rest of the batch stays inactive. Operations on the batch itself (activate, freeze,
+unfreeze, delete, amend) apply to its parts too (see :mod:`voms.services.lifecycle`).
+"""
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from sqlalchemy import Connection, Row, func, insert, or_, select, update
+
+from voms.db import tables as t
+from voms.db.types import utcnow
+from voms.domain.errors import Conflict, Invalid, NotFound
+from voms.domain.roles import Permission
+from voms.domain.serials import format_serial, parse_serial_range
+from voms.domain.states import BatchAction, BatchState, next_batch_state
+from voms.runtime import Runtime
+from voms.services import audit
+from voms.services.auth import Principal
+from voms.services.lifecycle import Reason, record_event
+
+Serial = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)]
+
+
+class RangeActivationIn(BaseModel):
+    """POST /api/v1/vouchers/activate: one voucher or an inclusive serial range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial_from: Serial
+    serial_to: Serial | None = None
+    reason: Reason | None = None
+
+
+class RangeExpiryIn(BaseModel):
+    """POST /api/v1/vouchers/amend: a new expiry for one voucher or a serial range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial_from: Serial
+    serial_to: Serial | None = None
+    expires_at: AwareDatetime
+    reason: Reason | None = None
+
+
+_b, _v = t.batches, t.vouchers
+# What a batch's part becomes: (state, expiry), or None when the operation leaves it.
+Target = Callable[[Row[Any]], tuple[str, datetime] | None]
+
+
+def activate_range(
+    rt: Runtime,
+    actor: Principal,
+    serial_from: str | int,
+    serial_to: str | int | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Activate the vouchers of a serial range whose batch is inactive (generated)."""
+
+    def target(batch: Row[Any]) -> tuple[str, datetime] | None:
+        if batch.state != BatchState.GENERATED:
+            return None  # active already, or frozen/deleted: unfreeze is another call
+        new = next_batch_state(BatchState(batch.state), BatchAction.ACTIVATE)
+        return new.value, batch.expires_at
+
+    return _change_range(rt, actor, "activate", serial_from, serial_to, reason, target)
+
+
+def amend_range(
+    rt: Runtime,
+    actor: Principal,
+    serial_from: str | int,
+    serial_to: str | int | None,
+    expires_at: datetime,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Give the vouchers of a serial range another expiry (not in deleted or failed batches)."""
+    if expires_at.tzinfo is None:
+        raise Invalid("expires_at needs a UTC offset")
+
+    def target(batch: Row[Any]) -> tuple[str, datetime] | None:
+        if batch.state in (BatchState.DELETED, BatchState.FAILED):
+            return None
+        if batch.expires_at == expires_at:
+            return None
+        return batch.state, expires_at
+
+    return _change_range(rt, actor, "amend_expiry", serial_from, serial_to, reason, target)
+
+
+def _change_range(
+    rt: Runtime,
+    actor: Principal,
+    action: str,
+    serial_from: str | int,
+    serial_to: str | int | None,
+    reason: str | None,
+    target: Target,
+) -> dict[str, Any]:
+    actor.require(Permission.BATCH_WRITE)
+    width = rt.settings.serial_width
+    first, last = parse_serial_range(
+        serial_from, serial_from if serial_to is None else serial_to, width
+    )
+    label = format_serial(first, width) + (
+        "" if first == last else "-" + format_serial(last, width)
+    )
+    now = utcnow()
+    overlapping = [_b.c.serial_first <= last, _b.c.serial_last >= first]
+    if actor.service_provider_id is not None:
+        overlapping.append(_b.c.service_provider_id == actor.service_provider_id)
+    with rt.engine.begin() as conn:
+        # Concurrent range operations on these batches wait here; read again after the
+        # wait, so that parts made meanwhile are seen.
+        conn.execute(select(_b.c.id).where(*overlapping).with_for_update()).all()
+        batches = conn.execute(select(_b).where(*overlapping).order_by(_b.c.serial_first)).all()
+        matched = affected = 0
+        changed: list[dict[str, Any]] = []
+        for batch in batches:
+            low, high = max(first, batch.serial_first), min(last, batch.serial_last)
+            # A batch's vouchers all lie in its serial range: covered whole, it needs no count.
+            whole = (low, high) == (batch.serial_first, batch.serial_last)
+            count = _size(batch) if whole else _count(conn, batch.id, low, high)
+            matched += count
+            wanted = target(batch) if count else None
+            if wanted is None:
+                continue
+            into = _move(conn, actor, batch, low, high, count, wanted, now)
+            affected += count
+            record_event(
+                conn,
+                actor,
+                f"voucher_{action}",
+                batch_id=into,
+                serial_from=low,
+                serial_to=high,
+                affected=count,
+                reason=reason,
+                detail={
+                    "from_batch": batch.id,
+                    "to_batch": into,
+                    "from": _describe(batch.state, batch.expires_at),
+                    "to": _describe(*wanted),
+                },
+                now=now,
+            )
+            changed.append(
+                {
+                    "from_batch": batch.id,
+                    "to_batch": into,
+                    "serial_from": format_serial(low, width),
+                    "serial_to": format_serial(high, width),
+                    "count": count,
+                    "state": wanted[0],
+                    "expires_at": wanted[1].isoformat(),
+                }
+            )
+        if not matched:
+            raise NotFound(f"no voucher with serial {label}")
+        if not affected:
+            raise Conflict(f"none of the {matched} vouchers in {label} can be {_done(action)}")
+        detail = {"matched": matched, "unchanged": matched - affected, "batches": changed}
+        audit.record(
+            conn,
+            actor,
+            f"voucher.{action}",
+            "serial_range",
+            label,
+            actor.service_provider_id,
+            {**detail, "reason": reason},
+        )
+    return {
+        "action": action,
+        "serial_from": format_serial(first, width),
+        "serial_to": format_serial(last, width),
+        "matched": matched,
+        "affected": affected,
+        "unchanged": matched - affected,
+        "batches": changed,
+    }
+
+
+def _done(action: str) -> str:
+    return {"activate": "activated", "amend_expiry": "given this expiry"}[action]
+
+
+def _describe(state: str, expires_at: datetime) -> dict[str, str]:
+    return {"state": state, "expires_at": expires_at.isoformat()}
+
+
+def _in_batch(batch_id: int, low: int, high: int) -> list[Any]:
+    # "+ 0": the serial range (primary key) is the way in, the batch a check (as exports do).
+    return [_v.c.serial.between(low, high), _v.c.batch_id + 0 == batch_id]
+
+
+def _count(conn: Connection, batch_id: int, low: int, high: int) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(_v).where(*_in_batch(batch_id, low, high))
+        ).scalar_one()
+    )
+
+
+def _move(
+    conn: Connection,
+    actor: Principal,
+    batch: Row[Any],
+    low: int,
+    high: int,
+    count: int,
+    wanted: tuple[str, datetime],
+    now: datetime,
+) -> int:
+    """Give ``count`` vouchers of ``batch`` from low to high the wanted state and expiry;
+    the id of the batch (or part) that holds them then."""
+    state, expires_at = wanted
+    if count == _size(batch):  # the whole batch, or the whole part: one row
+        conn.execute(
+            update(_b)
+            .where(_b.c.id == batch.id)
+            .values(state=state, expires_at=expires_at, updated_at=now)
+        )
+        return int(batch.id)
+    root = batch.parent_batch_id or batch.id
+    into = _neighbour(conn, root, batch.id, low, high, state, expires_at)
+    if into is None:
+        into = conn.execute(
+            insert(_b)
+            .values(
+                service_provider_id=batch.service_provider_id,
+                voucher_type_id=batch.voucher_type_id,
+                state=state,
+                count=count,
+                generated_count=count,
+                serial_first=low,
+                serial_last=high,
+                expires_at=expires_at,
+                created_by=actor.name,
+                created_at=now,
+                updated_at=now,
+                parent_batch_id=root,
+            )
+            .returning(_b.c.id)
+        ).scalar_one()
+    else:
+        conn.execute(
+            update(_b)
+            .where(_b.c.id == into)
+            .values(
+                count=_b.c.count + count,
+                generated_count=_b.c.generated_count + count,
+                serial_first=func.min(_b.c.serial_first, low)
+                if conn.dialect.name == "sqlite"
+                else func.least(_b.c.serial_first, low),
+                serial_last=func.max(_b.c.serial_last, high)
+                if conn.dialect.name == "sqlite"
+                else func.greatest(_b.c.serial_last, high),
+                updated_at=now,
+            )
+        )
+    conn.execute(update(_v).where(*_in_batch(batch.id, low, high)).values(batch_id=into))
+    conn.execute(
+        update(_b)
+        .where(_b.c.id == batch.id)
+        .values(
+            count=_b.c.count - count,
+            generated_count=_b.c.generated_count - count,
+            updated_at=now,
+        )
+    )
+    return int(into)
+
+
+def _size(batch: Row[Any]) -> int:
+    return int(batch._mapping["count"])
+
+
+def _neighbour(
+    conn: Connection,
+    root: int,
+    source: int,
+    low: int,
+    high: int,
+    state: str,
+    expires_at: datetime,
+) -> int | None:
+    """A part of the same batch, right before or after the range, already as wanted."""
+    found = conn.execute(
+        select(_b.c.id)
+        .where(
+            _b.c.parent_batch_id == root,
+            _b.c.id != source,
+            _b.c.state == state,
+            _b.c.expires_at == expires_at,
+            or_(_b.c.serial_last == low - 1, _b.c.serial_first == high + 1),
+        )
+        .limit(1)
+        .with_for_update()
+    ).scalar()
+    return None if found is None else int(found)

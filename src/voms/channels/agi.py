@@ -294,7 +294,7 @@ class _Call:
             return int(answer["result_code"])
         answer = await self.recharge(caller or recipient, recipient)
         if answer["result_code"] == Result.SUCCESS.code:
-            sms.notify_recipient(self.rt, answer)
+            sms.after_recharge(self.rt, CHANNEL, answer)
         await self.tell(answer, env.get("agi_language"), recipient)
         return int(answer["result_code"])
 

@@ -146,7 +146,7 @@ def _recharge(
     )
     code = answer["result_code"]
     if code == Result.SUCCESS.code:
-        sms.notify_recipient(rt, answer)
+        sms.after_recharge(rt, CHANNEL, answer)
         return _page(said, language, form=False, message=said.result(answer))
     if code == Result.SCENARIO_REQUIRED.code:
         offers = [

@@ -22,7 +22,7 @@ import hmac
 import logging
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any
 
@@ -34,7 +34,7 @@ from voms.api.deps import RuntimeDep, run_redemption_work
 from voms.api.errors import result_body
 from voms.channels import subscriber
 from voms.channels.texts import Messages
-from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH, luhn_valid
+from voms.domain.pins import MIN_PIN_LENGTH, luhn_valid
 from voms.domain.results import Result
 from voms.runtime import Runtime
 
@@ -72,32 +72,34 @@ def _help(rt: Runtime, said: Messages) -> str:
     )
 
 
-def _pin_words(words: list[str]) -> int:
+def _pin_words(words: list[str], lengths: Callable[[], frozenset[int]]) -> int:
     """How many of ``words`` hold the PIN: one, or its printed groups ("16592 43735 88039").
 
-    Groups have the length of the first, the last maybe shorter; of the ways to join
-    them, the first with a valid check digit is the PIN (a number or an offer may follow).
+    Groups have the length of the first, the last maybe shorter (then an offer may look
+    like it): the reading that gives a PIN of a length in use with a valid check digit.
     """
     if not words or len(words[0]) >= MIN_PIN_LENGTH or not words[0].isdigit():
         return 1
     run = 1
     while run < len(words) and words[run].isdigit() and len(words[run]) == len(words[0]):
         run += 1
-    candidates = list(range(run, 0, -1))
+    candidates = [run]
     if run < len(words) and words[run].isdigit() and len(words[run]) < len(words[0]):
         candidates.insert(0, run + 1)
-    for count in candidates:
-        joined = "".join(words[:count])
-        if MIN_PIN_LENGTH <= len(joined) <= MAX_PIN_LENGTH and luhn_valid(joined):
-            return count
-    return run
+    known = lengths()
+    pins = [c for c in candidates if _is_pin("".join(words[:c]), known)]
+    return pins[0] if pins else candidates[0]  # else every group, told "wrong PIN"
+
+
+def _is_pin(digits: str, lengths: frozenset[int]) -> bool:
+    return len(digits) in lengths and luhn_valid(digits)
 
 
 def _recharge_command(
     rt: Runtime, sender: str, keyword: str, words: list[str], request_id: str | None
 ) -> str:
     said = subscriber.messages(rt, CHANNEL, sender)
-    in_pin = _pin_words(words)
+    in_pin = _pin_words(words, lambda: subscriber.pin_lengths(rt, CHANNEL))
     pin = "".join(words[:in_pin]) if words else None
     recipient: str | None = None
     scenario: str | None = None

@@ -151,6 +151,15 @@ def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
     return said.balances(found.balances)
 
 
+def pin_lengths(rt: Runtime, channel: str) -> frozenset[int]:
+    """The PIN lengths in use; none known when they cannot be read."""
+    try:
+        return subscriber_view.pin_lengths(rt, principal(channel))
+    except Exception as exc:
+        log_unexpected(channel, "PIN lengths", exc)
+        return frozenset()
+
+
 def set_language(rt: Runtime, channel: str, msisdn: str, language: str) -> bool:
     """Record the subscriber's language; False when it could not be (no account)."""
     try:

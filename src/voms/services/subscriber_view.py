@@ -17,7 +17,7 @@ from voms.domain.errors import Invalid, NotFound, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
-from voms.services import audit
+from voms.services import audit, catalog_cache
 from voms.services.auth import Principal
 
 TTL_SECONDS = 10.0
@@ -77,6 +77,13 @@ def account(rt: Runtime, actor: Principal, msisdn: str) -> Account | None:
         balances=[{"balance_type": code, "amount": amount} for code, amount in balances],
         currencies=dict(currencies),
     )
+
+
+def pin_lengths(rt: Runtime, actor: Principal) -> frozenset[int]:
+    """The PIN lengths of the voucher types (a channel splits typed words by them)."""
+    actor.require(Permission.CATALOG_READ)
+    with reading(rt.engine) as conn:
+        return catalog_cache.snapshot(rt, conn).pin_lengths
 
 
 def set_language(rt: Runtime, actor: Principal, msisdn: str, language: str | None) -> None:

@@ -163,12 +163,12 @@ def agi(
 
     settings = load_settings()
     configure_logging(settings)
+    _check_texts(settings)
     rt = runtime()
     with handled():
         if not is_up_to_date(rt.engine):
             fail("the database schema is not current: run `voms db upgrade` (or `voms serve`)")
         hosts = host or [h.strip() for h in settings.agi_host.split(",") if h.strip()]
-        _check_texts(settings)
         try:
             fastagi.prompts_of(rt)
             fastagi.allowed_networks(settings.agi_allowed_clients)

@@ -18,6 +18,7 @@ from tests.channel_support import (
     bad_check_digit,
     balance,
     configure,
+    sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
@@ -211,3 +212,21 @@ def test_the_page_can_be_switched_off(rt: Runtime, shop: Shop) -> None:
         assert web.get("/m").status_code == 404
         assert web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]}).status_code == 404
     assert balance(rt) == 0
+
+
+def test_a_confirmation_sms_follows_a_recharge_when_configured(rt: Runtime, shop: Shop) -> None:
+    with sendsms_inbox() as (url, inbox):
+        with app_client(rt, kannel_sendsms_url=url, confirmation_sms=True) as web:
+            web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]})
+            sent = inbox.next()
+            assert (sent["to"], sent["text"]) == (
+                MSISDN,
+                f"Recharge of {MSISDN} confirmed: +10.00 KES, balance 10.00 KES. "
+                f"Serial {shop.serials[0]}.",
+            )
+            assert shop.pins[0] not in str(sent)
+            web.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[1])})
+            assert inbox.empty_after(0.5), "a refused recharge confirms nothing"
+        with app_client(rt, kannel_sendsms_url=url, confirmation_sms=False) as web:
+            web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[1]})
+            assert inbox.empty_after(0.5)

@@ -17,6 +17,7 @@ from tests.channel_support import (
     app_client,
     assert_never_logged,
     balance,
+    sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
@@ -230,3 +231,18 @@ def test_printed_groups_are_told_from_an_offer_by_check_digit_and_pin_length() -
     words = [*_groups(twelve, 4).split(), "1"]
     assert _pin_words(words, lambda: frozenset({12})) == 3
     assert _pin_words(words, lambda: frozenset({13})) == 4
+
+
+def test_an_sms_recharge_is_confirmed_by_its_reply_alone(rt: Runtime, shop: Shop) -> None:
+    with (
+        sendsms_inbox() as (url, inbox),
+        _client(rt, kannel_sendsms_url=url, confirmation_sms=True) as client,
+    ):
+        sms(client, "LANG sw")
+        assert sms(client, f"RCH {shop.pins[0]} {OTHER}").text.startswith("Umefanikiwa")
+        notice = inbox.next()
+        assert inbox.empty_after(0.5)
+    assert notice["to"] == OTHER
+    assert (
+        notice["text"] == f"Your number was recharged by {MSISDN}: +10.00 KES, balance 10.00 KES."
+    )

@@ -25,6 +25,7 @@ from tests.channel_support import (
     bad_check_digit,
     balance,
     configure,
+    sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
@@ -32,6 +33,8 @@ from voms.channels import agi
 from voms.channels.agi import AgiError, AgiReply, parse_reply
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
+from voms.services import subscriber_view
+from voms.services.auth import CONSOLE
 
 
 class RunningAgi:
@@ -400,3 +403,24 @@ def test_a_texts_file_sets_the_prompts_of_a_language(
         running.stop()
     assert asterisk.said()[:3] == ["voms/menu", "acme/sw-intro", "acme/sw-pin"]
     assert asterisk.variables["VOMS_RESULT"] == "0"
+
+
+def test_a_call_in_swahili_is_confirmed_by_sms_in_swahili(rt: Runtime, shop: Shop) -> None:
+    subscriber_view.set_language(rt, CONSOLE, MSISDN, "sw")
+    with sendsms_inbox() as (url, inbox):
+        configure(rt, kannel_sendsms_url=url, confirmation_sms=True)
+        running = RunningAgi(rt)
+        try:
+            FakeAsterisk(
+                running.port,
+                {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]},
+                language="sw",
+            ).call()
+            sent = inbox.next()
+        finally:
+            running.stop()
+    assert sent["to"] == MSISDN
+    assert sent["text"] == (
+        f"Salio la {MSISDN} limeongezwa: +10.00 KES, salio 10.00 KES. "
+        f"Namba ya mfululizo {shop.serials[0]}."
+    )

@@ -422,3 +422,26 @@ def test_every_shipped_language_fits_each_ussd_reply(
     assert all(len(reply) <= 182 and not reply.endswith("...") for reply in replies)
     assert replies[-6].startswith("END ")  # the recharge of the other number
     assert "10.00 KES" in replies[-6]
+
+
+def test_a_language_lacking_texts_is_reported_at_start_and_answered_in_english(
+    rt: Runtime, shop: Shop, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "texts.json"
+    french = {"ussd.enter_pin": "Entrez le code du bon :"}
+    path.write_text(
+        json.dumps(
+            {
+                "service_providers": {"ACME": {"language": "fr"}},
+                "default": {"texts": {"fr": french}},
+            }
+        )
+    )
+    caplog.set_level(logging.WARNING, logger="voms.channels")
+    with _client(rt, texts_file=path) as client:
+        reported = [r.getMessage() for r in caplog.records if "texts: fr lacks" in r.getMessage()]
+        phone = Phone(client)
+        assert phone.dial() == MENU
+        assert phone.step("1") == "CON Entrez le code du bon :"
+    [line] = reported
+    assert "ussd.menu" in line

@@ -193,16 +193,11 @@ class _Menu:
             sms.after_recharge(self.rt, CHANNEL, answer)
             return self._done(self.said.result(answer))
         if code == Result.SCENARIO_REQUIRED.code and scenario is None:
-            offers = [self.said.scenario(s) for s in answer.get("scenarios", [])]
-            # Pages are cut once, with room for the longest problem shown above them,
-            # so a wrong key never moves an offer to a page already passed.
-            header = f"{self.said.text('ussd.invalid_choice')}\n{self.said.text('result.2008')}"
             self.state.update(
                 step="offer",
                 page=0,
-                offers=offers,
+                offers=[self.said.scenario(s) for s in answer.get("scenarios", [])],
                 numbers=[str(s["number"]) for s in answer.get("scenarios", [])],
-                pages=_pages(header, offers, self.said.text("ussd.more")),
             )
             return self._offers()
         if code == Result.INVALID_SCENARIO_NUMBER.code and scenario is not None:
@@ -221,16 +216,25 @@ class _Menu:
         header = self.said.text("result.2008")
         if problem:
             header = f"{problem}\n{header}"
-        pages: list[list[int]] = self.state["pages"]
+        pages = self._pages()
         page = int(self.state.get("page", 0)) % len(pages)
         lines = [header, *(self.state["offers"][i] for i in pages[page])]
         if len(pages) > 1:  # "more" on the last page goes back to the first
             lines.append(self.said.text("ussd.more"))
         return Reply("\n".join(lines), end=False)
 
+    def _pages(self) -> list[list[int]]:
+        """The pages of offers, cut once with room for the longest problem shown above
+        them, so a wrong key never moves an offer to a page already passed."""
+        if "pages" not in self.state:
+            header = f"{self.said.text('ussd.invalid_choice')}\n{self.said.text('result.2008')}"
+            self.state["pages"] = _pages(header, self.state["offers"], self.said.text("ussd.more"))
+        pages: list[list[int]] = self.state["pages"]
+        return pages
+
     def _offer(self, index: int, value: str) -> Reply:
         if value == "0" and "0" not in self.state["numbers"]:
-            self.state["page"] = (int(self.state.get("page", 0)) + 1) % len(self.state["pages"])
+            self.state["page"] = (int(self.state.get("page", 0)) + 1) % len(self._pages())
             return self._offers()
         if value not in self.state["numbers"]:
             return self._offers(self.said.text("ussd.invalid_choice"))

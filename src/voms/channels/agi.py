@@ -18,8 +18,8 @@ and answers each with a line such as ``200 result=1234 (timeout)``. The call:
 Prompts are the texts' ``ivr.*`` entries in the call's language (``agi_language``):
 sound files and numbers (SAY NUMBER). ``VOMS_AGI_PROMPTS`` replaces a prompt for every
 language; a failure plays ``voms/result-<code>`` when that file exists, else
-``voms/recharge-failed``. Only
-addresses in ``VOMS_AGI_ALLOWED_CLIENTS`` may connect; others are disconnected unheard.
+``voms/recharge-failed``. Only addresses in ``VOMS_AGI_ALLOWED_CLIENTS`` may connect;
+others are disconnected unheard.
 The PIN lives in the call's coroutine only; nothing logs it.
 """
 
@@ -242,7 +242,7 @@ class _Call:
             if await self.choose("confirm_number", "12") != "1":
                 continue
             if await asyncio.to_thread(subscriber.account, self.rt, CHANNEL, number) is None:
-                await self.say(self.said.sounds("ivr.balance.unknown"))  # before the PIN
+                await self.play("balance.unknown")  # before the PIN
                 continue
             return number
         return None
@@ -329,7 +329,7 @@ class _Call:
         found = await asyncio.to_thread(subscriber.account, self.rt, CHANNEL, caller)
         if found is None:
             await self.agi.set_variable(RESULT_VARIABLE, str(Result.SUBSCRIBER_NOT_FOUND.code))
-            await self.say(self.said.sounds("ivr.balance.unknown"))
+            await self.play("balance.unknown")
             await self.play("goodbye")
             return Result.SUBSCRIBER_NOT_FOUND.code
         await self.agi.set_variable(RESULT_VARIABLE, str(Result.SUCCESS.code))
@@ -340,7 +340,7 @@ class _Call:
         if entries:
             await self.say(self.said.sounds("ivr.balance", balances=entries))
         else:
-            await self.say(self.said.sounds("ivr.balance.empty"))
+            await self.play("balance.empty")
         await self.play("goodbye")
         return Result.SUCCESS.code
 

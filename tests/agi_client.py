@@ -13,6 +13,7 @@ class FakeAsterisk:
     port: int
     keys: dict[str, list[str]] = field(default_factory=dict)  # prompt → digits per GET DATA
     callerid: str = MSISDN
+    language: str = "en"  # the channel's language, as CHANNEL(language) sets it
     missing: set[str] = field(default_factory=set)  # sound files Asterisk cannot open
     hangup_at: str | None = None  # the caller hangs up during this GET DATA
     hangup_first: bool = False  # HANGUP arrives before the command's reply
@@ -26,7 +27,7 @@ class FakeAsterisk:
             "agi_network_script": "recharge",
             "agi_request": f"agi://127.0.0.1:{self.port}/recharge",
             "agi_channel": "PJSIP/trunk-00000001",
-            "agi_language": "en",
+            "agi_language": self.language,
             "agi_type": "PJSIP",
             "agi_uniqueid": "1764000000.17",
             "agi_version": "20.5.0",
@@ -85,3 +86,14 @@ class FakeAsterisk:
 
     def played(self) -> list[str]:
         return [c.split(" ")[2] for c in self.commands if c.startswith(("STREAM FILE", "GET DATA"))]
+
+    def said(self) -> list[str]:
+        """What the caller heard, in order: sound files, and numbers as ``#<n>``."""
+        heard = []
+        for command in self.commands:
+            words = command.split(" ")
+            if command.startswith(("STREAM FILE", "GET DATA")):
+                heard.append(words[2])
+            elif command.startswith("SAY NUMBER"):
+                heard.append(f"#{words[2]}")
+        return heard

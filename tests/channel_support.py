@@ -1,7 +1,13 @@
 """What the channel tests share: a rechargeable subscriber, the app, a watch on the logs."""
 
 import logging
+import queue
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -101,3 +107,48 @@ def assert_never_logged(caplog: pytest.LogCaptureFixture, *secrets: str) -> None
         line = formatter.format(record)
         for secret in secrets:
             assert secret not in line, f"logged: {line!r}"
+
+
+class SendsmsInbox:
+    """What an HTTP peer in Kannel's place received on its sendsms interface."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[dict[str, str]] = queue.Queue()
+
+    def next(self, timeout: float = 10) -> dict[str, str]:
+        return self.messages.get(timeout=timeout)
+
+    def empty_after(self, seconds: float) -> bool:
+        try:
+            self.messages.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        return False
+
+
+@contextmanager
+def sendsms_inbox() -> Iterator[tuple[str, SendsmsInbox]]:
+    """A sendsms URL answering 202 as smsbox does, and what it received (the real
+    Kannel carries these messages in tests/e2e/test_kannel.py)."""
+    inbox = SendsmsInbox()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.urlsplit(self.path).query
+            inbox.messages.put(dict(urllib.parse.parse_qsl(query)))
+            self.send_response(202)
+            self.end_headers()
+            self.wfile.write(b"0: Accepted for delivery")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/sendsms", inbox
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

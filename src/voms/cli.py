@@ -88,6 +88,16 @@ def echo_json(value: Any) -> None:
 # --- serve -------------------------------------------------------------------------
 
 
+def _check_texts(settings: Settings) -> None:
+    """A texts file that cannot be used stops the start in one line, not a traceback."""
+    from voms.channels.texts import TextsError, load
+
+    try:
+        load(settings.texts_file, settings.channel_language)
+    except TextsError as exc:
+        fail(f"VOMS_TEXTS_FILE: {exc}")
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -106,6 +116,7 @@ def serve(
 
     settings = load_settings()
     configure_logging(settings)
+    _check_texts(settings)
     try:
         prepared = prepare(settings)
     except StartupError as exc:
@@ -152,6 +163,7 @@ def agi(
 
     settings = load_settings()
     configure_logging(settings)
+    _check_texts(settings)
     rt = runtime()
     with handled():
         if not is_up_to_date(rt.engine):

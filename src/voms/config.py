@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     )
     sms_recharge_keywords: str = Field("RCH", description="Comma-separated recharge keywords.")
     sms_balance_keywords: str = Field("BAL", description="Comma-separated balance keywords.")
+    sms_language_keywords: str = Field(
+        "LANG", description="Comma-separated keywords choosing the subscriber's language."
+    )
     kannel_sendsms_url: str | None = Field(
         None, description="Kannel smsbox sendsms URL for notices to recharged numbers."
     )
@@ -112,6 +115,11 @@ class Settings(BaseSettings):
         None, description="Kannel sendsms-user password."
     )
     kannel_sendsms_from: str | None = Field(None, description="Sender of the notices.")
+    confirmation_sms: bool = Field(
+        False,
+        description="After a recharge through USSD, IVR or /m, confirm it to the subscriber by "
+        "SMS (through VOMS_KANNEL_SENDSMS_URL).",
+    )
     agi_host: str = Field("127.0.0.1", description="Addresses `voms agi` binds, comma-separated.")
     agi_port: int = Field(4573, ge=1, le=65535, description="Port `voms agi` binds.")
     agi_allowed_clients: str = Field(

@@ -18,6 +18,7 @@ from tests.channel_support import (
     bad_check_digit,
     balance,
     configure,
+    sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
@@ -55,7 +56,7 @@ def test_a_recharge_credits_the_number_and_is_recorded_as_web(
     pin = shop.pins[0]
     page = web.post("/m", data={"msisdn": MSISDN, "pin": pin, "rid": _rid(web.get("/m").text)})
     assert page.status_code == 200
-    assert f"Recharge of {MSISDN} successful: +1000 CASH" in page.text
+    assert f"Recharge of {MSISDN} successful: +10.00 KES, balance 10.00 KES." in page.text
     assert pin not in page.text
     assert page.headers["cache-control"] == "no-store"
     assert balance(rt) == 1000
@@ -123,7 +124,53 @@ def test_attempts_are_limited_per_client_address(rt: Runtime, shop: Shop) -> Non
         ]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert "Too many attempts" in answers[3].text
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 20
+    assert f"Please try again in {answers[3].headers['Retry-After']} seconds." in answers[3].text
     assert len(transactions(rt)) == 3  # the refused attempt never reached the service
+
+
+def test_a_429_is_in_the_browsers_language_with_its_labels(rt: Runtime, shop: Shop) -> None:
+    with app_client(rt, mobile_rate_limit_per_minute=1) as web:
+        swahili = {"Accept-Language": "sw"}
+        web.post("/m", data={"msisdn": MSISDN, "pin": "1"}, headers=swahili)
+        refused = web.post("/m", data={"msisdn": MSISDN, "pin": "1"}, headers=swahili)
+    assert refused.status_code == 429
+    wait = int(refused.headers["Retry-After"])
+    assert 30 <= wait <= 60
+    assert "Majaribio mengi mno." in refused.text
+    assert f"baada ya sekunde {wait}." in refused.text
+    assert "<title>Ongeza salio</title>" in refused.text
+    assert "PIN ya vocha" in refused.text
+    assert 'lang="sw"' in refused.text
+
+
+@pytest.mark.parametrize(
+    ("accept", "labels"),
+    [
+        ("en", ["Recharge", "Your phone number", "Number to recharge (if another)", "Voucher PIN"]),
+        (
+            "sw-KE,sw;q=0.9",
+            ["Ongeza salio", "Namba yako ya simu", "Namba ya kuongezea salio", "PIN ya vocha"],
+        ),
+    ],
+)
+def test_every_shipped_language_labels_the_form_and_says_the_result(
+    rt: Runtime, shop: Shop, accept: str, labels: list[str]
+) -> None:
+    with app_client(rt) as web:
+        page = web.get("/m", headers={"Accept-Language": accept})
+        done = web.post(
+            "/m", data={"msisdn": MSISDN, "pin": shop.pins[0]}, headers={"Accept-Language": accept}
+        )
+    assert all(label in page.text for label in labels)
+    assert "+10.00 KES" in done.text
+    assert ("salio 10.00 KES" if accept.startswith("sw") else "balance 10.00 KES") in done.text
+
+
+def test_the_most_preferred_known_language_is_chosen(rt: Runtime, shop: Shop) -> None:
+    with app_client(rt) as web:
+        page = web.get("/m", headers={"Accept-Language": "en;q=0.4, fr, sw;q=0.8"})
+    assert 'lang="sw"' in page.text
 
 
 def test_the_bad_pin_blacklist_of_the_service_applies(rt: Runtime, shop: Shop) -> None:
@@ -165,3 +212,21 @@ def test_the_page_can_be_switched_off(rt: Runtime, shop: Shop) -> None:
         assert web.get("/m").status_code == 404
         assert web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]}).status_code == 404
     assert balance(rt) == 0
+
+
+def test_a_confirmation_sms_follows_a_recharge_when_configured(rt: Runtime, shop: Shop) -> None:
+    with sendsms_inbox() as (url, inbox):
+        with app_client(rt, kannel_sendsms_url=url, confirmation_sms=True) as web:
+            web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]})
+            sent = inbox.next()
+            assert (sent["to"], sent["text"]) == (
+                MSISDN,
+                f"Recharge of {MSISDN} confirmed: +10.00 KES, balance 10.00 KES. "
+                f"Serial {shop.serials[0]}.",
+            )
+            assert shop.pins[0] not in str(sent)
+            web.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[1])})
+            assert inbox.empty_after(0.5), "a refused recharge confirms nothing"
+        with app_client(rt, kannel_sendsms_url=url, confirmation_sms=False) as web:
+            web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[1]})
+            assert inbox.empty_after(0.5)

@@ -17,9 +17,12 @@ from tests.channel_support import (
     app_client,
     assert_never_logged,
     balance,
+    sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
+from voms.channels.sms import _pin_words
+from voms.domain.pins import luhn_valid, with_check_digit
 from voms.runtime import Runtime
 
 SECRET = "kannel-shared-secret"
@@ -56,7 +59,7 @@ def test_rch_pin_recharges_the_sender_and_replies_in_the_body(
     answer = sms(kannel, f"RCH {pin}")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
-    assert answer.text == f"Recharge of {MSISDN} successful: +1000 CASH, balance 1000 CASH."
+    assert answer.text == f"Recharge of {MSISDN} successful: +10.00 KES, balance 10.00 KES."
     [row] = transactions(rt)
     assert (row.channel, row.actor, row.msisdn) == ("sms", "sms", MSISDN)
     assert_never_logged(caplog, pin)
@@ -97,7 +100,7 @@ def test_kannels_message_id_makes_a_redelivery_harmless(
 def test_bal_answers_the_senders_balances(rt: Runtime, kannel: TestClient, shop: Shop) -> None:
     assert sms(kannel, "BAL").text == "You have no balance yet."
     sms(kannel, f"RCH {shop.pins[0]}")
-    assert sms(kannel, "bal").text == "Your balance: 1000 CASH."
+    assert sms(kannel, "bal").text == "Your balance: 10.00 KES."
     assert sms(kannel, "BAL", sender="254799999999").text == "This number has no account."
 
 
@@ -113,7 +116,10 @@ def test_failures_answer_with_the_text_of_their_result_code(
 
 
 def test_anything_else_gets_the_help_text(kannel: TestClient, shop: Shop) -> None:
-    help_text = "To recharge send RCH PIN. Another number: RCH PIN NUMBER. Balance: BAL."
+    help_text = (
+        "To recharge send RCH PIN. Another number: RCH PIN NUMBER. Balance: BAL. "
+        "Language: LANG en/sw."
+    )
     assert sms(kannel, "hello").text == help_text
     assert sms(kannel, "").text == help_text
     assert sms(kannel, f"RCH {shop.pins[0]} {OTHER} 1 2 3").text == help_text
@@ -122,7 +128,7 @@ def test_anything_else_gets_the_help_text(kannel: TestClient, shop: Shop) -> Non
 def test_keywords_are_configurable(rt: Runtime, shop: Shop) -> None:
     with _client(rt, sms_recharge_keywords="TOPUP, RCH", sms_balance_keywords="SALIO") as client:
         assert "successful" in sms(client, f"topup {shop.pins[0]}").text
-        assert sms(client, "salio").text == "Your balance: 1000 CASH."
+        assert sms(client, "salio").text == "Your balance: 10.00 KES."
         assert sms(client, "BAL").text.startswith("To recharge send TOPUP PIN")
 
 
@@ -151,3 +157,92 @@ def test_a_notice_kannel_does_not_take_leaves_the_recharge_and_reply_intact(
         time.sleep(0.05)
     assert "sendsms notice failed: URLError" in caplog.text
     assert balance(rt, OTHER) == 1000
+
+
+def _groups(pin: str, size: int) -> str:
+    return " ".join(pin[i : i + size] for i in range(0, len(pin), size))
+
+
+def test_a_pin_typed_in_its_printed_groups_is_accepted(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    assert sms(kannel, f"RCH {_groups(shop.pins[0], 5)}").text.startswith(
+        f"Recharge of {MSISDN} successful"
+    )
+    assert sms(kannel, f"RCH {_groups(shop.pins[1], 4)} {OTHER}").text.startswith(
+        f"Recharge of {OTHER} successful"
+    )
+    chosen = sms(kannel, f"RCH {_groups(shop.bundle_pins[0], 4)} 2")
+    assert "successful: +50 SMS" in chosen.text
+    wrong = shop.pins[2][:-1] + str((int(shop.pins[2][-1]) + 1) % 10)
+    assert sms(kannel, f"RCH {_groups(wrong, 5)}").text == (
+        "Wrong PIN. Please check the number on your voucher."
+    )
+    assert (balance(rt, MSISDN), balance(rt, OTHER)) == (1000, 1000)
+
+
+def test_an_over_long_message_gets_the_help_text_not_a_422(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    for text in (f"RCH {shop.pins[0]} " + "x" * 2000, "y" * 5000):
+        answer = sms(kannel, text, message_id="m" * 200)
+        assert answer.status_code == 200
+        assert answer.text.startswith("To recharge send RCH PIN.")
+    too_long_sender = sms(kannel, "BAL", sender="2" * 100)
+    assert (too_long_sender.status_code, too_long_sender.text) == (200, "Invalid phone number.")
+    assert transactions(rt) == []
+
+
+def test_lang_chooses_the_language_of_every_later_reply(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    assert sms(kannel, "LANG sw").text == "Ujumbe utakuwa kwa Kiswahili."
+    assert sms(kannel, f"RCH {shop.pins[0]}").text == (
+        f"Umefanikiwa kuongeza salio la {MSISDN}: +10.00 KES, salio 10.00 KES."
+    )
+    assert sms(kannel, "BAL").text == "Salio lako: 10.00 KES."
+    assert sms(kannel, f"RCH {shop.pins[0]}").text == "Vocha hii imeshatumika."
+    assert sms(kannel, "hello").text.startswith("Kuongeza salio tuma RCH PIN.")
+    assert sms(kannel, "LANG xx").text.startswith("Kuongeza salio tuma RCH PIN.")
+    assert sms(kannel, "lang EN").text == "Messages will be in English."
+    assert sms(kannel, "BAL").text == "Your balance: 10.00 KES."
+    assert sms(kannel, "LANG sw", sender="254799999999").text == "This number has no account."
+
+
+def test_a_recharge_of_a_number_without_an_account_says_so(
+    rt: Runtime, kannel: TestClient, shop: Shop
+) -> None:
+    answer = sms(kannel, f"RCH {shop.pins[0]} 254799999999")
+    assert answer.text == "This number has no account."
+
+
+def test_printed_groups_are_told_from_an_offer_by_check_digit_and_pin_length() -> None:
+    pin = with_check_digit("1234567890123")  # 14 digits
+    lengths = frozenset({14})
+    assert _pin_words(_groups(pin, 5).split(), lambda: lengths) == 3
+    assert _pin_words([*_groups(pin, 4).split(), "2"], lambda: lengths) == 4
+    assert _pin_words([*_groups(pin, 4).split(), OTHER], lambda: lengths) == 4
+    assert _pin_words([pin, "2"], lambda: lengths) == 1
+    # Twelve digits in groups, then "1": both readings have a valid check digit, and
+    # the PIN lengths in use decide between a 12-digit PIN with offer 1 and a 13-digit PIN.
+    twelve = with_check_digit("12345678901")
+    assert luhn_valid(twelve)
+    assert luhn_valid(twelve + "1")
+    words = [*_groups(twelve, 4).split(), "1"]
+    assert _pin_words(words, lambda: frozenset({12})) == 3
+    assert _pin_words(words, lambda: frozenset({13})) == 4
+
+
+def test_an_sms_recharge_is_confirmed_by_its_reply_alone(rt: Runtime, shop: Shop) -> None:
+    with (
+        sendsms_inbox() as (url, inbox),
+        _client(rt, kannel_sendsms_url=url, confirmation_sms=True) as client,
+    ):
+        sms(client, "LANG sw")
+        assert sms(client, f"RCH {shop.pins[0]} {OTHER}").text.startswith("Umefanikiwa")
+        notice = inbox.next()
+        assert inbox.empty_after(0.5)
+    assert notice["to"] == OTHER
+    assert (
+        notice["text"] == f"Your number was recharged by {MSISDN}: +10.00 KES, balance 10.00 KES."
+    )

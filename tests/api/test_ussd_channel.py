@@ -24,12 +24,13 @@ from tests.channel_support import (
     transactions,
 )
 from voms.api.app import create_app
+from voms.channels.texts import TextsError
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime, build_runtime
 
 SECRET = "ussd-gateway-secret"
-MENU = "CON 1 Recharge my number\n2 Recharge another number\n3 My balance"
+MENU = "CON 1 Recharge my number\n2 Recharge another number\n3 My balance\n4 Language"
 
 
 class Phone:
@@ -97,7 +98,7 @@ def test_recharging_my_number(
     phone.dial()
     assert phone.step("1") == "CON Enter the voucher PIN:"
     assert phone.step(pin) == (
-        f"END Recharge of {MSISDN} successful: +1000 CASH, balance 1000 CASH."
+        f"END Recharge of {MSISDN} successful: +10.00 KES, balance 10.00 KES."
     )
     assert balance(rt) == 1000
     [row] = transactions(rt)
@@ -115,7 +116,10 @@ def test_recharging_another_number_after_confirming_it(
     phone.dial()
     assert phone.step("2") == "CON Enter the number to recharge:"
     assert phone.step("07") == "CON Invalid number. Enter the number to recharge:"
-    assert phone.step("254700000009") == "CON Recharge 254700000009?\n1 Yes\n2 No"
+    assert phone.step("254700000009") == (
+        "CON 254700000009 has no account. Enter the number to recharge:"
+    )
+    assert phone.step(OTHER) == f"CON Recharge {OTHER}?\n1 Yes\n2 No"
     assert phone.step("2") == "CON Enter the number to recharge:"
     assert phone.step(OTHER) == f"CON Recharge {OTHER}?\n1 Yes\n2 No"
     assert phone.step("1") == "CON Enter the voucher PIN:"
@@ -129,7 +133,7 @@ def test_my_balance(rt: Runtime, gateway: TestClient, shop: Shop) -> None:
     Phone(gateway, "s1").step("1", shop.pins[0])
     phone = Phone(gateway, "s2")
     phone.dial()
-    assert phone.step("3") == "END Your balance: 1000 CASH."
+    assert phone.step("3") == "END Your balance: 10.00 KES."
 
 
 def test_a_wrong_menu_choice_shows_the_menu_again(gateway: TestClient) -> None:
@@ -191,8 +195,9 @@ def test_many_offers_are_shown_page_by_page_within_182_characters(
     assert first.startswith("CON Choose an offer:\n1 Bundle 1")
     assert first.endswith("\n0 More")
     shown = [first]
-    while shown[-1].endswith("0 More"):
-        shown.append(phone.step("0"))
+    while (page := phone.step("0")) != first:  # "0 More" on the last page: the first
+        assert page.endswith("\n0 More")
+        shown.append(page)
     listed = "\n".join(shown)
     assert all(f"\n{n} Bundle {n}:" in listed for n in range(1, 10))
     assert phone.step("9").startswith("END Recharge of")
@@ -286,11 +291,157 @@ def test_a_missing_phone_number_ends_the_session(gateway: TestClient) -> None:
     assert answer.text == "END Invalid phone number."
 
 
-def test_a_reply_longer_than_182_characters_is_cut(rt: Runtime, shop: Shop, tmp_path: Any) -> None:
+def test_a_reply_made_longer_than_182_characters_by_its_values_is_cut(
+    rt: Runtime, shop: Shop, tmp_path: Any
+) -> None:
     path = tmp_path / "texts.json"
-    path.write_text(json.dumps({"default": {"texts": {"en": {"ussd.menu": "Menu " * 50}}}}))
+    long_confirm = "Recharge {msisdn}? " + "Really " * 22 + "\n1 Yes\n2 No"
+    path.write_text(
+        json.dumps({"default": {"texts": {"en": {"ussd.confirm_number": long_confirm}}}})
+    )
     with _client(rt, texts_file=path) as client:
-        reply = Phone(client).dial()
+        reply = Phone(client).step("2", OTHER)
     assert len(reply) == 182
-    assert reply.startswith("CON Menu Menu")
+    assert reply.startswith(f"CON Recharge {OTHER}? Really")
     assert reply.endswith("...")
+
+
+def test_a_texts_file_with_a_text_that_cannot_fit_a_reply_stops_the_app(
+    rt: Runtime, shop: Shop, tmp_path: Any
+) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps({"default": {"texts": {"sw": {"ussd.menu": "Menu " * 50}}}}))
+    client = _client(rt, texts_file=path)
+    with pytest.raises(TextsError) as refused:
+        client.__enter__()
+    assert "default.texts.sw.ussd.menu: 250 characters" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_after_a_wrong_key_the_pages_of_offers_still_show_every_offer(
+    rt: Runtime, gateway: TestClient
+) -> None:
+    offers = [
+        {
+            "number": n,
+            "name": f"Offer {n}: {n * 10} SMS, {n * 100} MB, {n} days",
+            "default": False,
+            "credits": [{"balance_type": "SMS", "amount": n, "balance_expiry_extension_days": 1}],
+            "account_expiry_extension_days": 0,
+        }
+        for n in range(1, 9)
+    ]
+    factories.voucher_type(rt, "EIGHT", scenarios=offers)
+    [(_, pin)] = factories.active_batch(rt, "EIGHT", count=1)
+    phone = Phone(gateway)
+    phone.step("1")
+    first = phone.step(pin)
+    again = phone.step("9")  # no offer 9
+    assert again.startswith("CON Invalid choice.\nChoose an offer:\n")
+    assert again.removeprefix("CON Invalid choice.\n") == first.removeprefix("CON ")
+    pages = [first]
+    while len(pages) < 8:
+        pages.append(phone.step("0"))
+        if pages[-1] == first:
+            break
+    assert pages[-1] == first, "0 on the last page goes back to the first"
+    shown = [line.split(":")[0] for page in pages[:-1] for line in page.split("\n")]
+    assert [f"{n} Offer {n}" for n in range(1, 9)] == [
+        line for line in shown if line.startswith(tuple("12345678")) and "Offer" in line
+    ]
+    assert phone.step("3").startswith("END Recharge of 254700000001 successful: +3 SMS")
+
+
+def test_a_number_without_an_account_is_told_so_before_the_pin(
+    rt: Runtime, gateway: TestClient, shop: Shop
+) -> None:
+    phone = Phone(gateway, msisdn="254700000077")
+    phone.dial()
+    assert phone.step("1") == "END This number has no account."
+    assert transactions(rt) == []
+
+
+def test_an_over_long_input_gets_an_end_reply_not_a_422(gateway: TestClient) -> None:
+    phone = Phone(gateway)
+    phone.dial()
+    assert phone.step("1", "1" * 400) == "END Your input is too long. Please dial again."
+    too_long_number = Phone(gateway, "other", msisdn="2" * 60)
+    assert too_long_number.step() == "END Invalid phone number."
+    too_long_id = Phone(gateway, "s" * 300)
+    assert too_long_id.step() == "END Invalid phone number."
+
+
+def test_a_subscriber_chooses_their_language_and_is_then_answered_in_it(
+    rt: Runtime, gateway: TestClient, shop: Shop
+) -> None:
+    phone = Phone(gateway, "lang")
+    phone.dial()
+    assert phone.step("4") == "CON Choose your language:\n1 English\n2 Kiswahili"
+    assert phone.step("2") == "END Ujumbe utakuwa kwa Kiswahili."
+    swahili = Phone(gateway, "sw")
+    assert swahili.dial() == (
+        "CON 1 Ongeza salio langu\n2 Ongeza salio la namba nyingine\n3 Salio langu\n4 Lugha"
+    )
+    assert swahili.step("1") == "CON Weka PIN ya vocha:"
+    assert swahili.step(shop.pins[0]) == (
+        f"END Umefanikiwa kuongeza salio la {MSISDN}: +10.00 KES, salio 10.00 KES."
+    )
+    back = Phone(gateway, "en")
+    back.step()
+    assert back.step("4", "1") == "END Messages will be in English."
+    assert Phone(gateway, "en2").dial() == MENU
+
+
+def test_a_providers_default_language_answers_its_subscribers(
+    rt: Runtime, shop: Shop, tmp_path: Any
+) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps({"service_providers": {"ACME": {"language": "sw"}}}))
+    with _client(rt, texts_file=path) as client:
+        phone = Phone(client)
+        assert phone.dial().startswith("CON 1 Ongeza salio langu")
+        assert phone.step("3") == "END Bado huna salio."
+        stranger = Phone(client, "x", msisdn="254700000077")
+        assert stranger.dial() == MENU
+
+
+@pytest.mark.parametrize("language", ["en", "sw"])
+def test_every_shipped_language_fits_each_ussd_reply(
+    rt: Runtime, shop: Shop, tmp_path: Any, language: str
+) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps({"default": {"language": language}}))
+    with _client(rt, texts_file=path) as client:
+        phone = Phone(client)
+        replies = [phone.dial(), phone.step("9"), phone.step("2"), phone.step("07")]
+        replies += [phone.step("254700000077"), phone.step(OTHER), phone.step("1")]
+        replies += [phone.step(bad_check_digit(shop.pins[0])), phone.step(shop.pins[0])]
+        other = Phone(client, "b")
+        replies += [other.step("1", shop.bundle_pins[0]), other.step("8"), other.step("1")]
+        replies += [Phone(client, "c").step("3"), Phone(client, "d").step("4")]
+    assert all(len(reply) <= 182 and not reply.endswith("...") for reply in replies)
+    assert replies[-6].startswith("END ")  # the recharge of the other number
+    assert "10.00 KES" in replies[-6]
+
+
+def test_a_language_lacking_texts_is_reported_at_start_and_answered_in_english(
+    rt: Runtime, shop: Shop, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "texts.json"
+    french = {"ussd.enter_pin": "Entrez le code du bon :"}
+    path.write_text(
+        json.dumps(
+            {
+                "service_providers": {"ACME": {"language": "fr"}},
+                "default": {"texts": {"fr": french}},
+            }
+        )
+    )
+    caplog.set_level(logging.WARNING, logger="voms.channels")
+    with _client(rt, texts_file=path) as client:
+        reported = [r.getMessage() for r in caplog.records if "texts: fr lacks" in r.getMessage()]
+        phone = Phone(client)
+        assert phone.dial() == MENU
+        assert phone.step("1") == "CON Entrez le code du bon :"
+    [line] = reported
+    assert "ussd.menu" in line

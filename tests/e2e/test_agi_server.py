@@ -53,7 +53,7 @@ def test_voms_agi_serves_a_call_and_stops_on_interrupt(tmp_path: Path, database_
             _listening(port, process, log)
             asterisk = FakeAsterisk(port, {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]})
             asterisk.call()
-            assert asterisk.variables == {"VOMS_RESULT": "0", "VOMS_BALANCE": "1000"}
+            assert asterisk.variables == {"VOMS_RESULT": "0", "VOMS_BALANCE": "10"}
         finally:
             process.send_signal(signal.SIGINT)
             code = process.wait(timeout=20)

@@ -164,3 +164,18 @@ def test_the_example_catalog_of_the_readme_imports(tmp_path: Path) -> None:
     assert "created voucher type COMBO50" in result.stdout
     generated = _voms("batch", "generate", "--type", "TOPUP10", "--count", "5", cwd=tmp_path)
     assert generated.returncode == 0, generated.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "agi"])
+def test_a_texts_file_that_cannot_fit_a_ussd_reply_stops_the_start_in_one_line(
+    tmp_path: Path, command: str
+) -> None:
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps({"default": {"texts": {"sw": {"ussd.menu": "Menyu " * 40}}}}))
+    result = _voms(command, cwd=tmp_path, VOMS_TEXTS_FILE=str(texts))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: VOMS_TEXTS_FILE: {texts}: default.texts.sw.ussd.menu: 240 characters without"
+        " its values; a USSD reply holds 178 after CON/END"
+    )
+    assert "Traceback" not in result.stdout + result.stderr

@@ -31,6 +31,7 @@ FAKESMSC = Path("/usr/lib/kannel/test/fakesmsc")
 README = Path(__file__).resolve().parents[2] / "README.md"
 VOMS = str(Path(sys.executable).with_name("voms"))
 SECRET = "e2e-sms-secret"
+USSD_SECRET = "e2e-ussd-secret"
 SENDSMS_PASSWORD = "e2e-sendsms-password"
 SHORT_CODE = "100"
 
@@ -170,6 +171,8 @@ class Gateway:
     smsc: FakeSmsc
     voms_log: Path
     database_url: str
+    voms: Process
+    voms_url: str
 
 
 def _wait_for_http(url: str, process: Process) -> None:
@@ -204,6 +207,8 @@ def gateway(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
         VOMS_KANNEL_SENDSMS_USERNAME="voms",
         VOMS_KANNEL_SENDSMS_PASSWORD=SENDSMS_PASSWORD,
         VOMS_KANNEL_SENDSMS_FROM=SHORT_CODE,
+        VOMS_CONFIRMATION_SMS="true",
+        VOMS_USSD_SECRET=USSD_SECRET,
     )
     conf = tmp_path / "kannel.conf"
     conf.write_text(kannel_conf(tmp_path, ports))
@@ -219,18 +224,26 @@ def gateway(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
         )
         started.append(voms)
         _wait_for_http(f"http://127.0.0.1:{ports.voms}/healthz", voms)
-        # -v 2: the console as quiet as the README's log files
+        # -v: each console as quiet as the README's log file of that box
         bearerbox = Process(
             "bearerbox", [str(BEARERBOX), "-v", "2", str(conf)], tmp_path / "bearerbox.out"
         )
         started.append(bearerbox)
         _wait_for_http(f"http://127.0.0.1:{ports.admin}/status", bearerbox)
-        smsbox = Process("smsbox", [str(SMSBOX), "-v", "2", str(conf)], tmp_path / "smsbox.out")
+        smsbox = Process("smsbox", [str(SMSBOX), "-v", "4", str(conf)], tmp_path / "smsbox.out")
         started.append(smsbox)
         _wait_for_http(f"http://127.0.0.1:{ports.sendsms}/", smsbox)
         smsc = FakeSmsc(ports.smsc, tmp_path / "fakesmsc.out")
         started.append(smsc)
-        yield Gateway(tmp_path, shop, smsc, tmp_path / "voms-serve.log", database_url)
+        yield Gateway(
+            tmp_path,
+            shop,
+            smsc,
+            tmp_path / "voms-serve.log",
+            database_url,
+            voms,
+            f"http://127.0.0.1:{ports.voms}",
+        )
     finally:
         for process in reversed(started):
             process.stop()
@@ -250,7 +263,7 @@ def test_sms_commands_travel_through_kannel_and_back(gateway: Gateway) -> None:
         _message(
             SHORT_CODE,
             MSISDN,
-            f"Recharge of {MSISDN} successful: +1000 CASH, balance 1000 CASH.",
+            f"Recharge of {MSISDN} successful: +10.00 KES, balance 10.00 KES.",
         )
     ]
 
@@ -261,18 +274,18 @@ def test_sms_commands_travel_through_kannel_and_back(gateway: Gateway) -> None:
             _message(
                 SHORT_CODE,
                 MSISDN,
-                f"Recharge of {OTHER} successful: +1000 CASH, balance 1000 CASH.",
+                f"Recharge of {OTHER} successful: +10.00 KES, balance 10.00 KES.",
             ),
             _message(
                 SHORT_CODE,
                 OTHER,
-                f"Your number was recharged by {MSISDN}: +1000 CASH, balance 1000 CASH.",
+                f"Your number was recharged by {MSISDN}: +10.00 KES, balance 10.00 KES.",
             ),
         ]
     )
 
     smsc.send(MSISDN, SHORT_CODE, "BAL")
-    assert smsc.expect(1) == [_message(SHORT_CODE, MSISDN, "Your balance: 1000 CASH.")]
+    assert smsc.expect(1) == [_message(SHORT_CODE, MSISDN, "Your balance: 10.00 KES.")]
 
     smsc.send(MSISDN, SHORT_CODE, f"RCH {pin}")
     assert smsc.expect(1) == [_message(SHORT_CODE, MSISDN, "This voucher has already been used.")]
@@ -290,3 +303,45 @@ def test_sms_commands_travel_through_kannel_and_back(gateway: Gateway) -> None:
         for secret in (pin, pin2, SECRET):
             assert secret not in text, f"{name} holds {secret!r}"
     assert SENDSMS_PASSWORD not in voms_log
+
+
+def test_when_openvoms_is_down_kannel_answers_its_configured_reply_and_logs_no_pin(
+    gateway: Gateway,
+) -> None:
+    smsc, shop = gateway.smsc, gateway.shop
+    gateway.voms.stop()
+    smsc.send(MSISDN, SHORT_CODE, f"RCH {shop.pins[0]}")
+    assert smsc.expect(1) == [
+        _message(SHORT_CODE, MSISDN, "Sorry, recharges are unavailable. Please try again later.")
+    ]
+    for name in ("bearerbox.log", "smsbox.log", "access.log", "bearerbox.out", "smsbox.out"):
+        logged = (gateway.folder / name).read_text(errors="replace")
+        for secret in (shop.pins[0], SECRET):
+            assert secret not in logged, f"{name} holds {secret!r}"
+
+
+def test_a_confirmation_sms_leaves_through_kannel_after_a_ussd_recharge(
+    gateway: Gateway,
+) -> None:
+    smsc, shop = gateway.smsc, gateway.shop
+    answer = httpx.post(
+        f"{gateway.voms_url}/ussd",
+        params={"secret": USSD_SECRET},
+        data={
+            "sessionId": "e2e-1",
+            "serviceCode": "*140#",
+            "phoneNumber": MSISDN,
+            "text": f"1*{shop.pins[0]}",
+        },
+        timeout=30,
+    )
+    assert answer.text == f"END Recharge of {MSISDN} successful: +10.00 KES, balance 10.00 KES."
+    serial = shop.serials[0]
+    assert smsc.expect(1) == [
+        _message(
+            SHORT_CODE,
+            MSISDN,
+            f"Recharge of {MSISDN} confirmed: +10.00 KES, balance 10.00 KES. Serial {serial}.",
+        )
+    ]
+    assert shop.pins[0] not in gateway.voms_log.read_text(errors="replace")

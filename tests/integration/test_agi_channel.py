@@ -7,12 +7,15 @@ for STREAM FILE, ``HANGUP`` and 511 once the caller has hung up.
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests import factories
 from tests.agi_client import FakeAsterisk
 from tests.channel_support import (
     MSISDN,
@@ -22,6 +25,7 @@ from tests.channel_support import (
     bad_check_digit,
     balance,
     configure,
+    sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
@@ -29,6 +33,8 @@ from voms.channels import agi
 from voms.channels.agi import AgiError, AgiReply, parse_reply
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
+from voms.services import subscriber_view
+from voms.services.auth import CONSOLE
 
 
 class RunningAgi:
@@ -109,9 +115,14 @@ def test_a_caller_recharges_their_own_number_and_hears_the_new_balance(
         "GET DATA voms/enter-pin 6000 24",
         'SET VARIABLE VOMS_RESULT "0"',
         'STREAM FILE voms/recharge-successful ""',
-        'SET VARIABLE VOMS_BALANCE "1000"',
+        'SET VARIABLE VOMS_BALANCE "10"',
+        # "ten shillings added, your new balance is ten shillings"
+        'SAY NUMBER 10 ""',
+        'STREAM FILE voms/unit-KES ""',
+        'STREAM FILE voms/added ""',
         'STREAM FILE voms/your-new-balance-is ""',
-        'SAY NUMBER 1000 ""',
+        'SAY NUMBER 10 ""',
+        'STREAM FILE voms/unit-KES ""',
         'STREAM FILE voms/goodbye ""',
     ]
     assert balance(rt) == 1000
@@ -192,6 +203,13 @@ def test_a_voucher_with_offers_asks_for_one(rt: Runtime, server: RunningAgi, sho
     asterisk.call()
     assert asterisk.played().count("voms/choose-offer") == 2
     assert "voms/invalid-choice" in asterisk.played()
+    # The offers are read out before the choice: "for ten shillings press 1, ..."
+    heard = asterisk.said()
+    first_choice = heard.index("voms/choose-offer")
+    assert heard[heard.index("voms/enter-pin") + 1 : first_choice] == [
+        *["voms/for", "#10", "voms/unit-KES", "voms/press", "#1"],
+        *["voms/for", "#50", "voms/unit-SMS", "voms/press", "#2"],
+    ]
     assert asterisk.variables == {"VOMS_RESULT": "0", "VOMS_BALANCE": "50"}
     assert balance(rt, balance_type="SMS") == 50
 
@@ -269,3 +287,140 @@ def test_connections_from_other_addresses_are_refused_unheard(
         running.stop()
     assert "refused FastAGI connection from 127.0.0.1" in caplog.text
     assert transactions(rt) == []
+
+
+def test_every_credit_is_said_as_money_with_its_minor_units(rt: Runtime, shop: Shop) -> None:
+    both = [
+        {
+            "number": 1,
+            "name": "15.50 KES + 20 SMS",
+            "default": True,
+            "credits": [
+                {"balance_type": "CASH", "amount": 1550, "balance_expiry_extension_days": 1},
+                {"balance_type": "SMS", "amount": 20, "balance_expiry_extension_days": 1},
+            ],
+            "account_expiry_extension_days": 0,
+        }
+    ]
+    factories.voucher_type(rt, "BOTH", scenarios=both)
+    [(_, pin)] = factories.active_batch(rt, "BOTH", count=1)
+    running = RunningAgi(rt)
+    try:
+        asterisk = FakeAsterisk(running.port, {"voms/menu": ["1"], "voms/enter-pin": [pin]})
+        asterisk.call()
+    finally:
+        running.stop()
+    fifteen_fifty = ["#15", "voms/unit-KES", "voms/and", "#50", "voms/minor-KES"]
+    twenty_sms = ["#20", "voms/unit-SMS"]
+    assert asterisk.said()[2:-1] == [
+        "voms/recharge-successful",
+        *[*fifteen_fifty, "voms/added", "voms/your-new-balance-is", *fifteen_fifty],
+        *[*twenty_sms, "voms/added", "voms/your-new-balance-is", *twenty_sms],
+    ]
+    assert asterisk.variables["VOMS_BALANCE"] == "15"
+
+
+def test_a_swahili_call_hears_the_swahili_prompt_set(
+    rt: Runtime, server: RunningAgi, shop: Shop
+) -> None:
+    asterisk = FakeAsterisk(
+        server.port, {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]}, language="sw"
+    )
+    asterisk.call()
+    # "umeongezewa shilingi kumi, salio lako jipya ni shilingi kumi": the unit first
+    assert asterisk.said()[2:] == [
+        "voms/recharge-successful",
+        *["voms/added", "voms/unit-KES", "#10"],
+        *["voms/your-new-balance-is", "voms/unit-KES", "#10"],
+        "voms/goodbye",
+    ]
+
+
+def test_a_call_in_a_language_without_texts_hears_the_english_prompt_set(
+    rt: Runtime, server: RunningAgi, shop: Shop
+) -> None:
+    asterisk = FakeAsterisk(
+        server.port, {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]}, language="fr"
+    )
+    asterisk.call()
+    assert asterisk.said()[3:5] == ["#10", "voms/unit-KES"]
+
+
+def test_3_answers_the_callers_balances(rt: Runtime, server: RunningAgi, shop: Shop) -> None:
+    FakeAsterisk(server.port, {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]}).call()
+    asterisk = FakeAsterisk(server.port, {"voms/menu": ["3"]})
+    asterisk.call()
+    assert asterisk.said() == [
+        "voms/menu",
+        *["voms/your-balance-is", "#10", "voms/unit-KES"],
+        "voms/goodbye",
+    ]
+    assert asterisk.variables == {"VOMS_RESULT": "0"}
+    empty = FakeAsterisk(server.port, {"voms/menu": ["3"]}, callerid=OTHER)
+    empty.call()
+    assert empty.said() == ["voms/menu", "voms/no-balance", "voms/goodbye"]
+    stranger = FakeAsterisk(server.port, {"voms/menu": ["3"]}, callerid="254700000077")
+    stranger.call()
+    assert stranger.said() == ["voms/menu", "voms/no-account", "voms/goodbye"]
+    assert stranger.variables == {"VOMS_RESULT": "5001"}
+    assert len(transactions(rt)) == 1
+
+
+def test_another_number_without_an_account_is_refused_before_the_pin(
+    rt: Runtime, server: RunningAgi, shop: Shop
+) -> None:
+    asterisk = FakeAsterisk(
+        server.port,
+        {
+            "voms/menu": ["2"],
+            "voms/enter-number": ["254700000077", OTHER],
+            "voms/confirm-number": ["1", "1"],
+            "voms/enter-pin": [shop.pins[0]],
+        },
+    )
+    asterisk.call()
+    heard = asterisk.said()
+    assert heard.index("voms/no-account") < heard.index("voms/enter-pin")
+    assert heard.count("voms/enter-number") == 2
+    assert balance(rt, OTHER) == 1000
+
+
+def test_a_texts_file_sets_the_prompts_of_a_language(
+    rt: Runtime, shop: Shop, tmp_path: Path
+) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text(
+        json.dumps({"default": {"texts": {"sw": {"ivr.enter_pin": "acme/sw-intro acme/sw-pin"}}}})
+    )
+    configure(rt, texts_file=path)
+    running = RunningAgi(rt)
+    try:
+        asterisk = FakeAsterisk(
+            running.port, {"voms/menu": ["1"], "acme/sw-pin": [shop.pins[0]]}, language="sw"
+        )
+        asterisk.call()
+    finally:
+        running.stop()
+    assert asterisk.said()[:3] == ["voms/menu", "acme/sw-intro", "acme/sw-pin"]
+    assert asterisk.variables["VOMS_RESULT"] == "0"
+
+
+def test_a_call_in_swahili_is_confirmed_by_sms_in_swahili(rt: Runtime, shop: Shop) -> None:
+    subscriber_view.set_language(rt, CONSOLE, MSISDN, "sw")
+    with sendsms_inbox() as (url, inbox):
+        configure(rt, kannel_sendsms_url=url, confirmation_sms=True)
+        running = RunningAgi(rt)
+        try:
+            FakeAsterisk(
+                running.port,
+                {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]},
+                language="sw",
+            ).call()
+            sent = inbox.next()
+        finally:
+            running.stop()
+    assert sent["to"] == MSISDN
+    assert sent["text"] == (
+        f"Salio la {MSISDN} limeongezwa: +10.00 KES, salio 10.00 KES. "
+        f"Namba ya mfululizo {shop.serials[0]}."
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from voms.channels import texts
-from voms.channels.texts import DEFAULTS, Texts, TextsError, load, parse
+from voms.channels.texts import DEFAULTS, Sayable, Texts, TextsError, load, parse
 from voms.domain.results import Result
 from voms.logs import QueryScrubber
 
@@ -35,6 +35,82 @@ def test_a_success_names_the_recipient_and_each_credit() -> None:
     assert said.result(SUCCESS) == (
         "Recharge of 254700000002 successful: +1000 CASH, balance 1550 CASH."
     )
+
+
+def test_amounts_are_money_in_the_balance_types_currency_and_minor_unit() -> None:
+    said = Texts().messages(currencies={"CASH": "KES", "SMS": None})
+    assert said.result(SUCCESS) == (
+        "Recharge of 254700000002 successful: +10.00 KES, balance 15.50 KES."
+    )
+    assert said.balances([{"balance_type": "SMS", "amount": 50}]) == "Your balance: 50 SMS."
+    assert Texts().messages(currencies={"CASH": "JPY"}).amount("CASH", 1000) == "1000"
+    assert Texts().messages(currencies={"CASH": "BHD"}).amount("CASH", 1000) == "1.000"
+    named = parse({"default": {"texts": {"en": {"balance_type.CASH": "shillings"}}}})
+    assert named.messages(currencies={"CASH": "KES"}).credits(SUCCESS["credits"]) == (
+        "+10.00 shillings, balance 15.50 shillings"
+    )
+
+
+def test_the_ivr_says_amounts_in_words_in_each_languages_order() -> None:
+    english = Texts().messages(None, "en", {"CASH": "KES"})
+    assert english.said_amount("CASH", 1000) == [Sayable.number(10), Sayable("voms/unit-KES")]
+    assert english.said_amount("CASH", 1550) == [
+        Sayable.number(15),
+        Sayable("voms/unit-KES"),
+        Sayable("voms/and"),
+        Sayable.number(50),
+        Sayable("voms/minor-KES"),
+    ]
+    swahili = Texts().messages(None, "sw", {"CASH": "KES"})
+    assert swahili.said_amount("CASH", 1000) == [Sayable("voms/unit-KES"), Sayable.number(10)]
+
+
+def test_english_and_every_shipped_language_are_complete() -> None:
+    installed = Texts()
+    assert installed.languages() == ["en", "sw"]
+    assert installed.missing() == {}
+    assert set(texts.shipped_locales()["sw"]) == set(DEFAULTS)
+
+
+def test_a_missing_translation_falls_back_to_english_and_is_reported() -> None:
+    partial = parse({"default": {"texts": {"fr": {"result.2009": "Ce bon a déjà servi."}}}})
+    said = partial.messages(None, "fr")
+    assert said.result({"result_code": 2009}) == "Ce bon a déjà servi."
+    assert said.result({"result_code": 2014}) == "This voucher has expired."
+    [line] = partial.report()
+    assert line.startswith(f"texts: fr lacks {len(DEFAULTS) - 1} text(s), said in English: ")
+    assert "result.2014" in line
+    assert "\n" not in line
+
+
+def test_a_providers_language_is_its_subscribers_default() -> None:
+    configured = parse(
+        {"default": {"language": "en"}, "service_providers": {"ACME": {"language": "sw"}}}
+    )
+    assert configured.language_of("ACME") == "sw"
+    assert configured.language_of("ACME", "en") == "en"
+    assert configured.language_of("ACME", "xx") == "sw"
+    assert configured.language_of("OTHER") == "en"
+    assert configured.messages("ACME").result({"result_code": 2009}) == "Vocha hii imeshatumika."
+
+
+def test_a_text_that_cannot_fit_a_ussd_reply_is_refused_in_one_line() -> None:
+    fits = "x" * 178
+    parse({"default": {"texts": {"en": {"ussd.enter_pin": fits}}}})
+    parse({"default": {"texts": {"en": {"web.title": "x" * 400}}}})  # a page, not a screen
+    with pytest.raises(TextsError) as refused:
+        parse({"default": {"texts": {"sw": {"result.2009": fits + "x"}}}})
+    assert str(refused.value) == (
+        "default.texts.sw.result.2009: 179 characters without its values; "
+        "a USSD reply holds 178 after CON/END"
+    )
+    assert texts.fixed_length("Recharge {msisdn}?\n1 Yes") == len("Recharge ?\n1 Yes")
+
+
+def test_every_default_screen_text_fits_a_ussd_reply() -> None:
+    for key, text in DEFAULTS.items():
+        if not key.startswith(("web.", "ivr.")):
+            assert texts.fixed_length(text) <= texts.MAX_SCREEN_CHARS, key
 
 
 def test_decimals_and_balance_type_names_make_amounts_readable() -> None:
@@ -72,7 +148,8 @@ def test_provider_and_language_overrides_are_found_in_that_order() -> None:
     assert configured.messages("ACME", "sw").result(expired) == "ACME: imeisha muda."
     assert configured.messages("ACME", "fr").result(used) == "ACME: already used."
     assert configured.messages("OTHER", "en").result(used) == "This voucher has already been used."
-    assert configured.messages(None, "sw").result(expired) == "This voucher has expired."
+    assert configured.messages(None, "sw").result(expired) == "Muda wa vocha hii umekwisha."
+    assert configured.messages(None, "fr").result(expired) == "This voucher has expired."
     assert configured.languages() == ["en", "sw"]
 
 
@@ -91,6 +168,9 @@ def test_an_unknown_result_code_reads_as_a_system_error() -> None:
         ({"defaults": {}}, "unknown key"),
         ({"service_providers": {"ACME": {"text": {}}}}, "unknown key"),
         ({"default": {"texts": {"en": {"balance_type.CASH": "{x}"}}}}, "no placeholders"),
+        ({"default": {"texts": {"en": {"ivr.menu": 'menu ""\nHANGUP'}}}}, "not a sound file"),
+        ({"default": {"texts": {"en": {"ivr.menu": " "}}}}, "not a sound file"),
+        ({"default": {"language": "english!"}}, "not a language code"),
         ([], "expected a JSON object"),
     ],
 )

@@ -5,16 +5,21 @@ sends the ``agi_`` environment up to a blank line, then waits for one command at
 and answers each with a line such as ``200 result=1234 (timeout)``. The call:
 
 1. ANSWER; a menu (GET DATA, one digit): 1 recharge the caller's number (``agi_callerid``),
-   2 another number (entered, then read back with SAY DIGITS and confirmed). A caller
-   without a usable caller id goes straight to entering a number.
+   2 another number (entered, read back with SAY DIGITS, confirmed, and refused at once
+   when it has no account), 3 the caller's balances. A caller without a usable caller id
+   goes straight to entering a number.
 2. GET DATA collects the PIN (DTMF, ``#`` ends it); a bad PIN may be entered again
-   ``VOMS_CHANNEL_PIN_RETRIES`` times. A voucher with several offers asks for one.
+   ``VOMS_CHANNEL_PIN_RETRIES`` times. A voucher with several offers reads them out
+   ("for ten shillings press 1") and asks for one.
 3. SET VARIABLE ``VOMS_RESULT`` (the result code) and, after a success, ``VOMS_BALANCE``;
-   the new balance is said with SAY NUMBER. The dialplan continues after ``AGI()``.
+   every credit is said with its new balance, as money ("ten shillings"). The dialplan
+   continues after ``AGI()``.
 
-Prompts are sound file names (``VOMS_AGI_PROMPTS`` replaces any default); a failure plays
-``voms/result-<code>`` when that file exists, else ``voms/recharge-failed``. Only
-addresses in ``VOMS_AGI_ALLOWED_CLIENTS`` may connect; others are disconnected unheard.
+Prompts are the texts' ``ivr.*`` entries in the call's language (``agi_language``):
+sound files and numbers (SAY NUMBER). ``VOMS_AGI_PROMPTS`` replaces a prompt for every
+language; a failure plays ``voms/result-<code>`` when that file exists, else
+``voms/recharge-failed``. Only addresses in ``VOMS_AGI_ALLOWED_CLIENTS`` may connect;
+others are disconnected unheard.
 The PIN lives in the call's coroutine only; nothing logs it.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 
 from voms.api.errors import result_body
 from voms.channels import sms, subscriber
+from voms.channels.texts import DEFAULTS, Messages, Sayable, placeholders
 from voms.domain.pins import MAX_PIN_LENGTH
 from voms.domain.results import Result
 from voms.runtime import Runtime
@@ -37,20 +43,12 @@ CHANNEL = "ivr"
 RESULT_VARIABLE = "VOMS_RESULT"
 BALANCE_VARIABLE = "VOMS_BALANCE"
 
-DEFAULT_PROMPTS: dict[str, str] = {
-    "menu": "voms/menu",  # "for this number press 1, for another number press 2"
-    "enter_number": "voms/enter-number",
-    "you_entered": "voms/you-entered",
-    "confirm_number": "voms/confirm-number",  # "if correct press 1, to change it press 2"
-    "enter_pin": "voms/enter-pin",
-    "invalid_pin": "voms/invalid-pin",
-    "invalid_choice": "voms/invalid-choice",
-    "choose_offer": "voms/choose-offer",
-    "success": "voms/recharge-successful",
-    "new_balance": "voms/your-new-balance-is",
-    "failed": "voms/recharge-failed",
-    "goodbye": "voms/goodbye",
-}
+# The prompts VOMS_AGI_PROMPTS may replace: the texts' ivr.* entries that are sounds only.
+PROMPT_NAMES = frozenset(
+    key.removeprefix("ivr.")
+    for key, text in DEFAULTS.items()
+    if key.startswith("ivr.") and not placeholders(text)
+)
 _RESULT_PROMPT = "voms/result-{code}"
 _SOUND_NAME = re.compile(r"^[A-Za-z0-9_./-]{1,200}$")
 _REPLY = re.compile(r"^(?P<code>\d{3})(?:[ -](?P<rest>.*))?$")
@@ -191,13 +189,36 @@ class _Call:
     def __init__(self, rt: Runtime, agi: AgiSession, prompts: dict[str, str]) -> None:
         self.rt = rt
         self.agi = agi
-        self.prompts = prompts
+        self.prompts = prompts  # VOMS_AGI_PROMPTS
         self.settings = rt.settings
+        self.language = agi.env.get("agi_language") or None
+        self.said = Messages()
+
+    async def messages(self, msisdn: str | None) -> Messages:
+        """The texts for ``msisdn`` in the call's language, amounts in its currencies."""
+        return await asyncio.to_thread(subscriber.messages, self.rt, CHANNEL, msisdn, self.language)
+
+    def prompt(self, name: str) -> list[Sayable]:
+        if name in self.prompts:
+            return [Sayable(self.prompts[name])]
+        return self.said.sounds(f"ivr.{name}")
+
+    async def say(self, said: list[Sayable]) -> None:
+        for item in said:
+            if item.spoken_number is not None:
+                await self.agi.say_number(item.spoken_number)
+            else:
+                await self.agi.stream(item.sound)
+
+    async def play(self, name: str) -> None:
+        await self.say(self.prompt(name))
 
     async def digits(self, prompt: str, max_digits: int) -> str:
-        return await self.agi.get_data(
-            self.prompts[prompt], self.settings.agi_digit_timeout_ms, max_digits
-        )
+        # GET DATA plays one file: what a prompt says before it is played first (a
+        # prompt asking for digits has no placeholders, so its last word is a sound).
+        *before, last = self.prompt(prompt)
+        await self.say(before)
+        return await self.agi.get_data(last.sound, self.settings.agi_digit_timeout_ms, max_digits)
 
     async def choose(self, prompt: str, options: Iterable[str]) -> str | None:
         """One digit among ``options``, asked again on a wrong one within the retries."""
@@ -206,20 +227,24 @@ class _Call:
             choice = await self.digits(prompt, 1)
             if choice in allowed:
                 return choice
-            await self.agi.stream(self.prompts["invalid_choice"])
+            await self.play("invalid_choice")
         return None
 
     async def other_number(self) -> str | None:
-        """A number entered with DTMF, read back and confirmed."""
+        """A number entered with DTMF, read back, confirmed, and known to have an account."""
         for _ in range(self.settings.channel_pin_retries + 1):
             number = subscriber.msisdn_or_none(await self.digits("enter_number", 15))
             if number is None:
-                await self.agi.stream(self.prompts["invalid_choice"])
+                await self.play("invalid_choice")
                 continue
-            await self.agi.stream(self.prompts["you_entered"])
+            await self.play("you_entered")
             await self.agi.say_digits(number)
-            if await self.choose("confirm_number", "12") == "1":
-                return number
+            if await self.choose("confirm_number", "12") != "1":
+                continue
+            if await asyncio.to_thread(subscriber.account, self.rt, CHANNEL, number) is None:
+                await self.play("balance.unknown")  # before the PIN
+                continue
+            return number
         return None
 
     async def redeem(
@@ -237,6 +262,26 @@ class _Call:
             scenario=scenario,
         )
 
+    def said_credits(self, said: Messages, credits: Iterable[dict[str, Any]]) -> list[Sayable]:
+        """The credits of an offer in words: "ten shillings and fifty SMS"."""
+        words: list[Sayable] = []
+        for credit in credits:
+            if words:
+                words += said.sounds("ivr.and")
+            words += said.said_amount(str(credit["balance_type"]), int(credit["amount"]))
+        return words
+
+    async def offers(self, scenarios: list[dict[str, Any]]) -> None:
+        """Each offer read out with the key that chooses it."""
+        for scenario in scenarios:
+            await self.say(
+                self.said.sounds(
+                    "ivr.offer",
+                    credits=self.said_credits(self.said, scenario.get("credits", [])),
+                    number=Sayable.number(int(scenario["number"])),
+                )
+            )
+
     async def recharge(self, requester: str, recipient: str) -> dict[str, Any]:
         """PIN entry with retries, and an offer when the voucher has several."""
         bad_pins = 0
@@ -245,44 +290,70 @@ class _Call:
             answer = await self.redeem(requester, recipient, pin, None)
             code = answer["result_code"]
             if code == Result.SCENARIO_REQUIRED.code:
-                offers = [str(s["number"]) for s in answer.get("scenarios", [])]
-                choice = await self.choose("choose_offer", offers)
+                scenarios = list(answer.get("scenarios", []))
+                await self.offers(scenarios)
+                choice = await self.choose("choose_offer", [str(s["number"]) for s in scenarios])
                 if choice is None:
                     return result_body(Result.INVALID_SCENARIO_NUMBER)
                 return await self.redeem(requester, recipient, pin, choice)
             if code in subscriber.BAD_PIN_RESULTS and bad_pins < self.settings.channel_pin_retries:
                 bad_pins += 1
-                await self.agi.stream(self.prompts["invalid_pin"])
+                await self.play("invalid_pin")
                 continue
             return answer
 
-    async def tell(self, answer: dict[str, Any], language: str | None, recipient: str) -> None:
+    async def tell(self, answer: dict[str, Any], recipient: str) -> None:
         code = answer["result_code"]
         await self.agi.set_variable(RESULT_VARIABLE, str(code))
         if code == Result.SUCCESS.code:
-            await self.agi.stream(self.prompts["success"])
+            await self.play("success")
+            said = await self.messages(recipient)
             found = subscriber.first_balance(answer)
             if found is not None:
-                said = await asyncio.to_thread(
-                    subscriber.messages, self.rt, CHANNEL, recipient, language
-                )
-                whole = said.major_units(*found)
-                await self.agi.set_variable(BALANCE_VARIABLE, str(whole))
-                await self.agi.stream(self.prompts["new_balance"])
-                await self.agi.say_number(whole)
+                await self.agi.set_variable(BALANCE_VARIABLE, str(said.major_units(*found)))
+            for credit in answer.get("credits", []):
+                amount = said.said_amount(str(credit["balance_type"]), int(credit["amount"]))
+                if credit.get("balance") is None:  # an external charging system's credit
+                    await self.say(amount)
+                    continue
+                balance = said.said_amount(str(credit["balance_type"]), int(credit["balance"]))
+                await self.say(said.sounds("ivr.credit", amount=amount, balance=balance))
         else:
             specific = self.prompts.get(f"result_{code}", _RESULT_PROMPT.format(code=code))
             if not await self.agi.stream(specific):
-                await self.agi.stream(self.prompts["failed"])
-        await self.agi.stream(self.prompts["goodbye"])
+                await self.play("failed")
+        await self.play("goodbye")
+
+    async def balance(self, caller: str) -> int:
+        """The caller's balances, said as money; the result code for the dialplan."""
+        found = await asyncio.to_thread(subscriber.account, self.rt, CHANNEL, caller)
+        if found is None:
+            await self.agi.set_variable(RESULT_VARIABLE, str(Result.SUBSCRIBER_NOT_FOUND.code))
+            await self.play("balance.unknown")
+            await self.play("goodbye")
+            return Result.SUBSCRIBER_NOT_FOUND.code
+        await self.agi.set_variable(RESULT_VARIABLE, str(Result.SUCCESS.code))
+        entries: list[Sayable] = []
+        for entry in found.balances:
+            amount = self.said.said_amount(str(entry["balance_type"]), int(entry["amount"]))
+            entries += self.said.sounds("ivr.balance.entry", amount=amount)
+        if entries:
+            await self.say(self.said.sounds("ivr.balance", balances=entries))
+        else:
+            await self.play("balance.empty")
+        await self.play("goodbye")
+        return Result.SUCCESS.code
 
     async def run(self) -> int:
         env = self.agi.env
         caller = subscriber.msisdn_or_none(env.get("agi_callerid"))
+        self.said = await self.messages(caller)
         await self.agi.answer()
         recipient: str | None = None
         if caller is not None:
-            choice = await self.choose("menu", "12")
+            choice = await self.choose("menu", "123")
+            if choice == "3":
+                return await self.balance(caller)
             recipient = caller if choice == "1" else None
             if choice == "2":
                 recipient = await self.other_number()
@@ -290,20 +361,20 @@ class _Call:
             recipient = await self.other_number()
         if recipient is None:
             answer = result_body(Result.INVALID_SUBSCRIBER)
-            await self.tell(answer, env.get("agi_language"), "")
+            await self.tell(answer, "")
             return int(answer["result_code"])
         answer = await self.recharge(caller or recipient, recipient)
         if answer["result_code"] == Result.SUCCESS.code:
-            sms.notify_recipient(self.rt, answer)
-        await self.tell(answer, env.get("agi_language"), recipient)
+            sms.after_recharge(self.rt, CHANNEL, answer)
+        await self.tell(answer, recipient)
         return int(answer["result_code"])
 
 
 def prompts_of(rt: Runtime) -> dict[str, str]:
-    """The default prompts with ``VOMS_AGI_PROMPTS`` applied; names are checked."""
-    prompts = {**DEFAULT_PROMPTS, **rt.settings.agi_prompts}
+    """``VOMS_AGI_PROMPTS``, its names and sound files checked."""
+    prompts = dict(rt.settings.agi_prompts)
     for key, sound in prompts.items():
-        if key not in DEFAULT_PROMPTS and not re.fullmatch(r"result_\d{1,4}", key):
+        if key not in PROMPT_NAMES and not re.fullmatch(r"result_\d{1,4}", key):
             raise ValueError(f"VOMS_AGI_PROMPTS: unknown prompt {key!r}")
         if not _SOUND_NAME.match(sound):
             raise ValueError(f"VOMS_AGI_PROMPTS: {key}: {sound!r} is not a sound file name")

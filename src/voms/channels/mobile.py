@@ -7,6 +7,7 @@ limited per client address (``VOMS_MOBILE_RATE_LIMIT_PER_MINUTE``, per process);
 service's bad-PIN blacklist applies per phone number as on every channel.
 """
 
+import math
 import threading
 import time
 import uuid
@@ -83,6 +84,13 @@ class AttemptLimiter:
             self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
             return allowed
 
+    def retry_after(self, client: str) -> int:
+        """Whole seconds until ``client`` has an attempt again (at least 1)."""
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, time.monotonic()))
+        tokens = min(self.burst, tokens + (time.monotonic() - last) * self.rate)
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
+
 
 def _limiter(rt: Runtime) -> AttemptLimiter:
     limiter = rt.caches.get("mobile_attempts")
@@ -93,23 +101,40 @@ def _limiter(rt: Runtime) -> AttemptLimiter:
 
 
 def _language(rt: Runtime, request: Request) -> str:
-    """The first language of Accept-Language that the texts have (or the default)."""
+    """The most preferred language of Accept-Language that the texts have (or the default)."""
     known = subscriber.texts(rt).languages()
-    for part in request.headers.get("accept-language", "").split(","):
-        tag = part.split(";", 1)[0].strip().replace("_", "-")
+    asked: list[tuple[float, int, str]] = []
+    for position, part in enumerate(request.headers.get("accept-language", "").split(",")):
+        tag, _, parameters = part.partition(";")
+        quality = 1.0
+        if parameters.strip().startswith("q="):
+            try:
+                quality = float(parameters.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        asked.append((-quality, position, tag.strip().replace("_", "-")))
+    for quality, _, tag in sorted(asked):
         for candidate in (tag, tag.split("-", 1)[0]):
-            if candidate in known:
+            if quality < 0 and candidate in known:
                 return candidate
     return known[0]
 
 
 def _page(
-    said: Messages, language: str, *, status: int = 200, form: bool = True, **values: Any
+    said: Messages,
+    language: str,
+    *,
+    status: int = 200,
+    form: bool = True,
+    headers: dict[str, str] | None = None,
+    **values: Any,
 ) -> HTMLResponse:
     values.setdefault("rid", f"web-{uuid.uuid4().hex}")
     html = _PAGE.render(t=said.text, language=language, form=form, **values)
     # Results are personal: no cache along the way may keep them.
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(
+        html, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 def _enabled(rt: Runtime) -> None:
@@ -146,7 +171,7 @@ def _recharge(
     )
     code = answer["result_code"]
     if code == Result.SUCCESS.code:
-        sms.notify_recipient(rt, answer)
+        sms.after_recharge(rt, CHANNEL, answer)
         return _page(said, language, form=False, message=said.result(answer))
     if code == Result.SCENARIO_REQUIRED.code:
         offers = [
@@ -182,11 +207,13 @@ async def recharge(
     if not _limiter(rt).allow(client):
         said = subscriber.texts(rt).messages(None, language)
         answer = result_body(Result.TOO_MANY_REQUESTS)
+        wait = _limiter(rt).retry_after(client)
         return _page(
             said,
             language,
             status=429,
-            message=said.result(answer),
+            headers={"Retry-After": str(wait)},
+            message=f"{said.result(answer)} {said.text('web.retry_after', seconds=wait)}",
             msisdn=msisdn,
             recipient=recipient,
         )

@@ -9,7 +9,10 @@ reply. Commands (keywords configurable, case ignored):
   ``VOMS_KANNEL_SENDSMS_URL`` is set);
 - ``RCH <PIN> [<NUMBER>] <OFFER>``: choose the offer (1 to 4 digits) of a voucher with
   several; a number has at least 5 digits, so the two cannot be confused;
-- ``BAL``: the sender's balances.
+- ``BAL``: the sender's balances;
+- ``LANG <code>``: the sender's texts from now on in that language (``LANG sw``).
+
+A PIN may be typed in the groups it is printed in (``RCH 16592 43735 88039``).
 
 The shared secret in the URL (``VOMS_SMS_SECRET``) is what lets Kannel in; without it
 the endpoint refuses everything.
@@ -19,7 +22,7 @@ import hmac
 import logging
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any
 
@@ -31,11 +34,14 @@ from voms.api.deps import RuntimeDep, run_redemption_work
 from voms.api.errors import result_body
 from voms.channels import subscriber
 from voms.channels.texts import Messages
+from voms.domain.pins import MIN_PIN_LENGTH, luhn_valid
 from voms.domain.results import Result
 from voms.runtime import Runtime
 
 CHANNEL = "sms"
 MAX_REPLY_CHARS = 459  # three concatenated GSM 7-bit parts
+MAX_COMMAND_CHARS = 160  # a recharge longer than one SMS is not one we know
+MAX_MESSAGE_ID_CHARS = 64
 
 log = logging.getLogger("voms.channels.sms")
 router = APIRouter(tags=["channels"], lifespan=subscriber.texts_checked)
@@ -56,17 +62,48 @@ def _keywords(setting: str) -> list[str]:
 def _help(rt: Runtime, said: Messages) -> str:
     recharge = _keywords(rt.settings.sms_recharge_keywords) or ["RCH"]
     balance = _keywords(rt.settings.sms_balance_keywords) or ["BAL"]
-    return said.text("sms.help", recharge=recharge[0], balance=balance[0])
+    language = _keywords(rt.settings.sms_language_keywords) or ["LANG"]
+    return said.text(
+        "sms.help",
+        recharge=recharge[0],
+        balance=balance[0],
+        language=language[0],
+        languages="/".join(subscriber.texts(rt).languages()),
+    )
+
+
+def _pin_words(words: list[str], lengths: Callable[[], frozenset[int]]) -> int:
+    """How many of ``words`` hold the PIN: one, or its printed groups ("16592 43735 88039").
+
+    Groups have the length of the first, the last maybe shorter (then an offer may look
+    like it): the reading that gives a PIN of a length in use with a valid check digit.
+    """
+    if not words or len(words[0]) >= MIN_PIN_LENGTH or not words[0].isdigit():
+        return 1
+    run = 1
+    while run < len(words) and words[run].isdigit() and len(words[run]) == len(words[0]):
+        run += 1
+    candidates = [run]
+    if run < len(words) and words[run].isdigit() and len(words[run]) < len(words[0]):
+        candidates.insert(0, run + 1)
+    known = lengths()
+    pins = [c for c in candidates if _is_pin("".join(words[:c]), known)]
+    return pins[0] if pins else candidates[0]  # else every group, told "wrong PIN"
+
+
+def _is_pin(digits: str, lengths: frozenset[int]) -> bool:
+    return len(digits) in lengths and luhn_valid(digits)
 
 
 def _recharge_command(
     rt: Runtime, sender: str, keyword: str, words: list[str], request_id: str | None
 ) -> str:
     said = subscriber.messages(rt, CHANNEL, sender)
-    pin = words[0] if words else None
+    in_pin = _pin_words(words, lambda: subscriber.pin_lengths(rt, CHANNEL))
+    pin = "".join(words[:in_pin]) if words else None
     recipient: str | None = None
     scenario: str | None = None
-    for word in words[1:]:
+    for word in words[in_pin:]:
         digits = word.lstrip("+")
         if digits.isdigit() and len(digits) <= 4 and scenario is None:
             scenario = digits
@@ -88,7 +125,7 @@ def _recharge_command(
         choices = ", ".join(said.scenario(s) for s in answer.get("scenarios", []))
         return said.text("sms.choose_scenario", choices=choices, command=command)
     if answer["result_code"] == Result.SUCCESS.code:
-        notify_recipient(rt, answer)
+        after_recharge(rt, CHANNEL, answer)
     return said.result(answer)
 
 
@@ -98,13 +135,25 @@ def reply_to(rt: Runtime, sender: str, text: str, message_id: str | None = None)
     keyword = words[0].upper() if words else ""
     recharge = _keywords(rt.settings.sms_recharge_keywords)
     balance = _keywords(rt.settings.sms_balance_keywords)
+    language = _keywords(rt.settings.sms_language_keywords)
     request_id = f"sms-{message_id}"[:100] if message_id else None
-    if keyword in recharge:
+    if keyword in recharge and len(text) <= MAX_COMMAND_CHARS:
         return _recharge_command(rt, sender, keyword, words[1:], request_id)
     said = subscriber.messages(rt, CHANNEL, sender)
     if keyword in balance and len(words) == 1:
         return subscriber.balance_text(rt, CHANNEL, sender, said)
+    if keyword in language and len(words) == 2:
+        return _language_command(rt, sender, words[1].lower(), said)
     return _help(rt, said)
+
+
+def _language_command(rt: Runtime, sender: str, language: str, said: Messages) -> str:
+    """``LANG sw``: the sender's texts from now on in that language (one shipped or set)."""
+    if language not in subscriber.texts(rt).languages():
+        return _help(rt, said)
+    if not subscriber.set_language(rt, CHANNEL, sender, language):
+        return said.text("balance.unknown")
+    return subscriber.messages(rt, CHANNEL, sender).text("sms.language_set")
 
 
 @router.get("/sms/kannel", response_class=PlainTextResponse)
@@ -112,18 +161,22 @@ async def kannel_inbound(
     request: Request,
     rt: RuntimeDep,
     secret: Annotated[str | None, Query(description="VOMS_SMS_SECRET")] = None,
-    sender: Annotated[str, Query(alias="from", max_length=40, description="%p")] = "",
-    receiver: Annotated[str, Query(alias="to", max_length=40, description="%P")] = "",
-    text: Annotated[str, Query(max_length=1600, description="%a")] = "",
-    message_id: Annotated[str | None, Query(alias="id", max_length=64, description="%I")] = None,
+    sender: Annotated[str, Query(alias="from", description="%p")] = "",
+    receiver: Annotated[str, Query(alias="to", description="%P")] = "",
+    text: Annotated[str, Query(description="%a")] = "",
+    message_id: Annotated[str | None, Query(alias="id", description="%I")] = None,
 ) -> PlainTextResponse:
     """Kannel sms-service get-url: one inbound SMS in, the reply SMS as the body."""
+    # No length limits on the parameters: an over-long message gets the help text as
+    # its reply, since a 422 body would be sent to the subscriber as it is.
     if not secret_matches(rt.settings.sms_secret, secret):
         return PlainTextResponse("", status_code=403)
     msisdn = subscriber.msisdn_or_none(sender)
     if msisdn is None:
         said = subscriber.texts(rt).messages()
         return PlainTextResponse(said.result(result_body(Result.INVALID_SUBSCRIBER)))
+    if message_id is not None and len(message_id) > MAX_MESSAGE_ID_CHARS:
+        message_id = None
     reply = await run_redemption_work(request, reply_to, rt, msisdn, text, message_id)
     return PlainTextResponse(reply[:MAX_REPLY_CHARS])
 
@@ -149,17 +202,41 @@ def sendsms(rt: Runtime, to: str, text: str) -> int:
         return int(answer.status)
 
 
-def _notice(rt: Runtime, recipient: str, text_for: Mapping[str, Any]) -> None:
-    said: Messages = subscriber.messages(rt, CHANNEL, recipient)
-    text = said.text(
-        "notice.recharged", msisdn=text_for["msisdn"], credits=said.credits(text_for["credits"])
-    )
+def _send(rt: Runtime, to: str, text: str, what: str) -> None:
     try:
-        status = sendsms(rt, recipient, text)
+        status = sendsms(rt, to, text)
     except Exception as exc:  # a notice is best effort; the recharge is done
-        log.warning("sendsms notice failed: %s", exc.__class__.__name__)
+        log.warning("sendsms %s failed: %s", what, exc.__class__.__name__)
         return
-    log.info("sendsms notice accepted by Kannel (HTTP %s)", status)
+    log.info("sendsms %s accepted by Kannel (HTTP %s)", what, status)
+
+
+def recipient_notice(said: Messages, answer: Mapping[str, Any]) -> str:
+    """The SMS telling a number's owner that someone else recharged it."""
+    return said.text(
+        "notice.recharged", msisdn=answer["msisdn"], credits=said.credits(answer["credits"])
+    )
+
+
+def confirmation(said: Messages, answer: Mapping[str, Any]) -> str:
+    """The SMS confirming a recharge to the subscriber who made it (never the PIN)."""
+    return said.text(
+        "notice.confirmation",
+        msisdn=answer.get("recipient_msisdn") or answer["msisdn"],
+        credits=said.credits(answer["credits"]),
+        serial=answer.get("serial") or "",
+    )
+
+
+def _notice(rt: Runtime, recipient: str, answer: Mapping[str, Any]) -> None:
+    said = subscriber.messages(rt, CHANNEL, recipient)
+    _send(rt, recipient, recipient_notice(said, answer), "notice")
+
+
+def _confirm(rt: Runtime, answer: Mapping[str, Any]) -> None:
+    requester = str(answer["msisdn"])
+    said = subscriber.messages(rt, CHANNEL, requester)
+    _send(rt, requester, confirmation(said, answer), "confirmation")
 
 
 def notify_recipient(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | None":
@@ -168,3 +245,21 @@ def notify_recipient(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | 
     if not rt.settings.kannel_sendsms_url or not recipient or recipient == answer.get("msisdn"):
         return None
     return _senders.submit(_notice, rt, str(recipient), dict(answer))
+
+
+def confirm_recharge(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | None":
+    """Confirm a recharge to its subscriber by SMS when ``VOMS_CONFIRMATION_SMS`` is on."""
+    if not (rt.settings.confirmation_sms and rt.settings.kannel_sendsms_url):
+        return None
+    return _senders.submit(_confirm, rt, dict(answer))
+
+
+def after_recharge(rt: Runtime, channel: str, answer: Mapping[str, Any]) -> list["Future[None]"]:
+    """The SMS a successful recharge sends: the recipient's notice and the confirmation.
+
+    An SMS recharge is confirmed by its reply already, so it sends no confirmation.
+    """
+    sent = [notify_recipient(rt, answer)]
+    if channel != CHANNEL:
+        sent.append(confirm_recharge(rt, answer))
+    return [future for future in sent if future is not None]

@@ -1,8 +1,8 @@
 """What a subscriber can do through any channel: recharge, read the balance, be told.
 
 Each channel acts as a built-in principal named after it (``ussd``, ``sms``, ``ivr``,
-``web``) with the ``channel`` role, so its transactions show who carried them; it reads
-balances as a read-only principal of the same name. Nothing here logs a request's values:
+``web``) with the ``channel`` role, so its transactions show who carried them, and reads
+the accounts it speaks to with the same principal. Nothing here logs a request's values:
 only result codes and exception types, so no PIN reaches a log line.
 """
 
@@ -19,9 +19,10 @@ from voms.domain.msisdn import normalize_msisdn
 from voms.domain.results import Result
 from voms.domain.roles import Role
 from voms.runtime import Runtime
-from voms.services import redemption, wallet
+from voms.services import redemption, subscriber_view
 from voms.services.auth import Principal
 from voms.services.redemption import RedemptionRequest
+from voms.services.subscriber_view import Account
 
 log = logging.getLogger("voms.channels")
 
@@ -43,15 +44,13 @@ def principal(channel: str) -> Principal:
     return Principal(name=channel, role=Role.CHANNEL)
 
 
-def _reader(channel: str) -> Principal:
-    return Principal(name=channel, role=Role.AUDITOR)
-
-
 def texts(rt: Runtime) -> Texts:
     """The installation's texts (``VOMS_TEXTS_FILE``), read once per process."""
     cached = rt.caches.get("channel_texts")
     if not isinstance(cached, Texts):
         cached = load(rt.settings.texts_file, rt.settings.channel_language)
+        for gap in cached.report():
+            log.warning("%s", gap)
         rt.caches["channel_texts"] = cached
     return cached
 
@@ -99,12 +98,9 @@ def redeem(
     return response
 
 
-def account(rt: Runtime, channel: str, msisdn: str) -> dict[str, Any] | None:
-    """The subscriber's account with its balances, or None when there is none."""
-    try:
-        return wallet.get_subscriber(rt, _reader(channel), msisdn)
-    except VomsError:
-        return None
+def account(rt: Runtime, channel: str, msisdn: str) -> Account | None:
+    """The subscriber's account with its balances, or None when the number has none."""
+    return subscriber_view.account(rt, principal(channel), msisdn)
 
 
 def provider_of(rt: Runtime, channel: str, msisdn: str) -> str | None:
@@ -114,15 +110,33 @@ def provider_of(rt: Runtime, channel: str, msisdn: str) -> str | None:
     except Exception as exc:
         log_unexpected(channel, "subscriber lookup", exc)
         return None
-    return None if found is None else str(found["service_provider"])
+    return None if found is None else found.service_provider
+
+
+def messages_for(found: Account | None, installed: Texts, language: str | None = None) -> Messages:
+    """The texts for an account: in ``language`` when asked and known, else in the
+    subscriber's chosen language, else their provider's; amounts in its currencies."""
+    if found is None:
+        return installed.messages(None, installed.language_of(None, language))
+    chosen = language if language in installed.languages() else found.language
+    return installed.messages(
+        found.service_provider,
+        installed.language_of(found.service_provider, chosen),
+        found.currencies,
+    )
 
 
 def messages(
     rt: Runtime, channel: str, msisdn: str | None, language: str | None = None
 ) -> Messages:
-    """The texts for this subscriber's provider, in ``language`` when there are some."""
-    provider = provider_of(rt, channel, msisdn) if msisdn else None
-    return texts(rt).messages(provider, language)
+    """The texts for this subscriber's provider and language, amounts in their currencies."""
+    found: Account | None = None
+    if msisdn:
+        try:
+            found = account(rt, channel, msisdn)
+        except Exception as exc:
+            log_unexpected(channel, "subscriber lookup", exc)
+    return messages_for(found, texts(rt), language)
 
 
 def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
@@ -134,7 +148,28 @@ def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
         return said.result(result_body(Result.SYSTEM_ERROR))
     if found is None:
         return said.text("balance.unknown")
-    return said.balances(found["balances"])
+    return said.balances(found.balances)
+
+
+def pin_lengths(rt: Runtime, channel: str) -> frozenset[int]:
+    """The PIN lengths in use; none known when they cannot be read."""
+    try:
+        return subscriber_view.pin_lengths(rt, principal(channel))
+    except Exception as exc:
+        log_unexpected(channel, "PIN lengths", exc)
+        return frozenset()
+
+
+def set_language(rt: Runtime, channel: str, msisdn: str, language: str) -> bool:
+    """Record the subscriber's language; False when it could not be (no account)."""
+    try:
+        subscriber_view.set_language(rt, principal(channel), msisdn, language)
+    except VomsError:
+        return False
+    except Exception as exc:
+        log_unexpected(channel, "language choice", exc)
+        return False
+    return True
 
 
 def msisdn_or_none(raw: str | None) -> str | None:

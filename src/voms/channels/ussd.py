@@ -5,9 +5,10 @@ For each step of a session the gateway POSTs the form fields ``sessionId``,
 by ``*``) to ``/ussd?secret=…``; the reply is ``text/plain``, ``CON …`` to show a menu
 and wait for input, ``END …`` to finish, at most 182 characters.
 
-Menu: 1 recharge my number · 2 recharge another number (entered, then confirmed) ·
-3 my balance. After the PIN: the result; a choice of offers when the voucher has
-several; the PIN asked again after a bad one, ``VOMS_CHANNEL_PIN_RETRIES`` times.
+Menu: 1 recharge my number · 2 recharge another number (entered, checked to have an
+account, then confirmed) · 3 my balance · 4 language. After the PIN: the result; a
+choice of offers when the voucher has several; the PIN asked again after a bad one,
+``VOMS_CHANNEL_PIN_RETRIES`` times.
 Several inputs in one go (``*140*1*PIN#`` dialled at once) are taken in order.
 
 Where the session stands is kept in the database (``services.channel_sessions``), so
@@ -33,9 +34,11 @@ from voms.domain.results import Result
 from voms.runtime import Runtime
 from voms.services import channel_sessions
 from voms.services.channel_sessions import MAX_SESSION_ID_LENGTH, Session
+from voms.services.subscriber_view import Account
 
 CHANNEL = "ussd"
 MAX_REPLY_CHARS = 182
+MAX_INPUT_CHARS = 400  # every input of a session, joined by "*"
 
 router = APIRouter(tags=["channels"], lifespan=subscriber.texts_checked)
 
@@ -53,18 +56,19 @@ class Reply:
         return body
 
 
-def _pages(header: str, lines: list[str], more: str) -> list[list[str]]:
-    """Offers split into pages that fit one reply each, "more" on all but the last."""
+def _pages(header: str, lines: list[str], more: str) -> list[list[int]]:
+    """Offers (their indexes) split into pages that fit one reply each with ``header``
+    and "more"; the same pages whether or not a problem is shown above them."""
     room = MAX_REPLY_CHARS - len("CON ") - len(header)
-    pages: list[list[str]] = []
-    page: list[str] = []
+    pages: list[list[int]] = []
+    page: list[int] = []
     used = 0
-    for line in lines:
+    for index, line in enumerate(lines):
         cost = len(line) + 1
         if page and used + cost + len(more) + 1 > room:
             pages.append(page)
             page, used = [], 0
-        page.append(line)
+        page.append(index)
         used += cost
     pages.append(page)
     return pages
@@ -100,10 +104,14 @@ class _Menu:
             return self._redeem(index, None)
         if step == "offer":
             return self._offer(index, value)
+        if step == "language":
+            return self._language(value)
         return Reply(self.state.get("reply", ""), end=True)  # "done": nothing more to do
 
     def _menu(self, value: str) -> Reply:
         if value == "1":
+            if self.state.get("provider") is None and not self._has_account(self.session.msisdn):
+                return self._done(self.said.text("balance.unknown"))
             self.state.update(step="pin", recipient=self.session.msisdn)
             return Reply(self.said.text("ussd.enter_pin"), end=False)
         if value == "2":
@@ -113,14 +121,46 @@ class _Menu:
             return self._done(
                 subscriber.balance_text(self.rt, CHANNEL, self.session.msisdn, self.said)
             )
+        if value == "4":
+            self.state["step"] = "language"
+            return self._languages()
         return self.main_menu(self.said.text("ussd.invalid_choice"))
+
+    def _has_account(self, msisdn: str) -> bool:
+        """Whether a number has an account; True when that cannot be told (the service
+        will answer for it then)."""
+        try:
+            return subscriber.account(self.rt, CHANNEL, msisdn) is not None
+        except Exception as exc:
+            subscriber.log_unexpected(CHANNEL, "subscriber lookup", exc)
+            return True
 
     def _number(self, value: str) -> Reply:
         number = subscriber.msisdn_or_none(value)
         if number is None:
             return Reply(self.said.text("ussd.invalid_number"), end=False)
+        if not self._has_account(number):  # told now, not after the PIN
+            return Reply(self.said.text("ussd.unknown_number", msisdn=number), end=False)
         self.state.update(step="confirm", recipient=number)
         return Reply(self.said.text("ussd.confirm_number", msisdn=number), end=False)
+
+    def _languages(self, problem: str | None = None) -> Reply:
+        installed = subscriber.texts(self.rt)
+        lines = [self.said.text("ussd.choose_language")]
+        for number, language in enumerate(installed.languages(), start=1):
+            lines.append(f"{number} {installed.messages(None, language).text('language.name')}")
+        return Reply("\n".join([problem, *lines] if problem else lines), end=False)
+
+    def _language(self, value: str) -> Reply:
+        languages = subscriber.texts(self.rt).languages()
+        if not (value.isdigit() and 1 <= int(value) <= len(languages)):
+            return self._languages(self.said.text("ussd.invalid_choice"))
+        language = languages[int(value) - 1]
+        if not subscriber.set_language(self.rt, CHANNEL, self.session.msisdn, language):
+            return self._done(self.said.text("balance.unknown"))
+        self.state["language"] = language
+        said = subscriber.texts(self.rt).messages(self.state.get("provider"), language)
+        return self._done(said.text("ussd.language_set"))
 
     def _confirm(self, value: str) -> Reply:
         if value == "1":
@@ -150,7 +190,7 @@ class _Menu:
         )
         code = answer["result_code"]
         if code == Result.SUCCESS.code:
-            sms.notify_recipient(self.rt, answer)
+            sms.after_recharge(self.rt, CHANNEL, answer)
             return self._done(self.said.result(answer))
         if code == Result.SCENARIO_REQUIRED.code and scenario is None:
             self.state.update(
@@ -176,16 +216,25 @@ class _Menu:
         header = self.said.text("result.2008")
         if problem:
             header = f"{problem}\n{header}"
-        pages = _pages(header, self.state["offers"], self.said.text("ussd.more"))
-        page = min(int(self.state.get("page", 0)), len(pages) - 1)
-        lines = [header, *pages[page]]
-        if page < len(pages) - 1:
+        pages = self._pages()
+        page = int(self.state.get("page", 0)) % len(pages)
+        lines = [header, *(self.state["offers"][i] for i in pages[page])]
+        if len(pages) > 1:  # "more" on the last page goes back to the first
             lines.append(self.said.text("ussd.more"))
         return Reply("\n".join(lines), end=False)
 
+    def _pages(self) -> list[list[int]]:
+        """The pages of offers, cut once with room for the longest problem shown above
+        them, so a wrong key never moves an offer to a page already passed."""
+        if "pages" not in self.state:
+            header = f"{self.said.text('ussd.invalid_choice')}\n{self.said.text('result.2008')}"
+            self.state["pages"] = _pages(header, self.state["offers"], self.said.text("ussd.more"))
+        pages: list[list[int]] = self.state["pages"]
+        return pages
+
     def _offer(self, index: int, value: str) -> Reply:
         if value == "0" and "0" not in self.state["numbers"]:
-            self.state["page"] = int(self.state.get("page", 0)) + 1
+            self.state["page"] = (int(self.state.get("page", 0)) + 1) % len(self._pages())
             return self._offers()
         if value not in self.state["numbers"]:
             return self._offers(self.said.text("ussd.invalid_choice"))
@@ -194,6 +243,14 @@ class _Menu:
     def _done(self, text: str) -> Reply:
         self.state.update(step="done", reply=text)
         return Reply(text, end=True)
+
+
+def _account_or_none(rt: Runtime, msisdn: str) -> Account | None:
+    try:
+        return subscriber.account(rt, CHANNEL, msisdn)
+    except Exception as exc:
+        subscriber.log_unexpected(CHANNEL, "subscriber lookup", exc)
+        return None
 
 
 def _step(rt: Runtime, session_id: str, msisdn: str, text: str) -> str:
@@ -208,8 +265,19 @@ def _step(rt: Runtime, session_id: str, msisdn: str, text: str) -> str:
         return Reply(fresh.result(result_body(Result.INVALID_SUBSCRIBER)), True).render()
     if session.is_new:
         channel_sessions.purge_expired(rt, actor)
-        session.state["provider"] = subscriber.provider_of(rt, CHANNEL, msisdn)
-    said = subscriber.texts(rt).messages(session.state.get("provider"))
+        found = _account_or_none(rt, msisdn)
+        session.state.update(
+            provider=found and found.service_provider,
+            language=found and found.language,
+            currencies=found.currencies if found else {},
+        )
+    installed = subscriber.texts(rt)
+    provider = session.state.get("provider")
+    said = installed.messages(
+        provider,
+        installed.language_of(provider, session.state.get("language")),
+        session.state.get("currencies"),
+    )
     parts = text.split("*") if text else []
     consumed = int(session.state.get("consumed", 0))
     if not session.is_new and len(parts) <= consumed:
@@ -236,18 +304,22 @@ async def ussd_callback(
     request: Request,
     rt: RuntimeDep,
     secret: Annotated[str | None, Query(description="VOMS_USSD_SECRET")] = None,
-    session_id: Annotated[str, Form(alias="sessionId", max_length=MAX_SESSION_ID_LENGTH)] = "",
-    service_code: Annotated[str, Form(alias="serviceCode", max_length=40)] = "",
-    phone_number: Annotated[str, Form(alias="phoneNumber", max_length=40)] = "",
-    text: Annotated[str, Form(max_length=400)] = "",
+    session_id: Annotated[str, Form(alias="sessionId")] = "",
+    service_code: Annotated[str, Form(alias="serviceCode")] = "",
+    phone_number: Annotated[str, Form(alias="phoneNumber")] = "",
+    text: Annotated[str, Form()] = "",
 ) -> PlainTextResponse:
     """One step of a USSD session: ``CON`` and a menu, or ``END`` and the outcome."""
+    # Lengths are checked here, not by the form's validation: the gateway shows the
+    # subscriber a reply, and a 422 body is not one.
     if not sms.secret_matches(rt.settings.ussd_secret, secret):
         return PlainTextResponse("", status_code=403)
     msisdn = subscriber.msisdn_or_none(phone_number)
-    if msisdn is None or not session_id:
-        said = subscriber.texts(rt).messages()
+    said = subscriber.texts(rt).messages()
+    if msisdn is None or not session_id or len(session_id) > MAX_SESSION_ID_LENGTH:
         answer: dict[str, Any] = result_body(Result.INVALID_SUBSCRIBER)
         return PlainTextResponse(Reply(said.result(answer), end=True).render())
+    if len(text) > MAX_INPUT_CHARS:
+        return PlainTextResponse(Reply(said.text("ussd.too_long"), end=True).render())
     reply = await run_redemption_work(request, _step, rt, session_id, msisdn, text)
     return PlainTextResponse(reply)

@@ -263,6 +263,7 @@ subscribers = Table(
     Column("product_type_id", ForeignKey("product_types.id"), nullable=False),
     Column("state", String(12), nullable=False),
     Column("account_expires_at", UTCDateTime()),
+    Column("language", String(16)),  # what the channels speak to them; None: the default
     _created_at(),
     CheckConstraint("state IN ('active', 'frozen', 'suspended', 'deactivated')", name="state"),
 )

@@ -20,6 +20,7 @@ from voms.api import (
     health,
     housekeeping,
     redemptions,
+    reports,
     subscribers,
     transactions,
     vouchers,
@@ -156,6 +157,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         sms.router,
         distribution.router,
         housekeeping.router,
+        reports.router,
     ):
         app.include_router(router)
     app.shortcut(redemptions.router)

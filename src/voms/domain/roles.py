@@ -25,6 +25,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     HOUSEKEEPING = "housekeeping"
     APIKEY_ADMIN = "apikey:admin"
+    REPORT_READ = "report:read"
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}
@@ -38,16 +39,23 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.BATCH_WRITE,
             Permission.SUBSCRIBER_WRITE,
             Permission.HOUSEKEEPING,
+            Permission.REPORT_READ,
         }
     ),
     Role.DISTRIBUTOR: frozenset(
         {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.EXPORT}
     ),
     Role.CARE: frozenset(
-        {Permission.CATALOG_READ, Permission.LOOKUP, Permission.REDEEM, Permission.WALLET_ADJUST}
+        {
+            Permission.CATALOG_READ,
+            Permission.LOOKUP,
+            Permission.REDEEM,
+            Permission.WALLET_ADJUST,
+            Permission.REPORT_READ,
+        }
     ),
     Role.CHANNEL: frozenset({Permission.REDEEM, Permission.CATALOG_READ}),
-    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ}),
+    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ, Permission.REPORT_READ}),
 }
 
 

@@ -155,9 +155,11 @@ class _Names:
 
     def __init__(self, conn: Connection) -> None:
         sp, vt, pa = t.service_providers, t.voucher_types, t.partners
-        self.providers = dict(conn.execute(select(sp.c.id, sp.c.code)).tuples().all())
-        self.voucher_types = dict(conn.execute(select(vt.c.id, vt.c.code)).tuples().all())
-        self.partners = dict(conn.execute(select(pa.c.id, pa.c.name)).tuples().all())
+        self.providers: dict[int, str] = {i: c for i, c in conn.execute(select(sp.c.id, sp.c.code))}
+        self.voucher_types: dict[int, str] = {
+            i: c for i, c in conn.execute(select(vt.c.id, vt.c.code))
+        }
+        self.partners: dict[int, str] = {i: n for i, n in conn.execute(select(pa.c.id, pa.c.name))}
         self.face_values = _default_face_values(conn)
 
 

@@ -115,7 +115,9 @@ def fold_transactions(ctx: JobContext) -> int:
 
 def fold(rt: Runtime, until: datetime, on_window: Any = None) -> dict[str, Any]:
     """Fold every transaction before ``until`` not folded yet; one database transaction
-    per window, the watermark moving with it."""
+    per window, the watermark moving with it (never past the present: a transaction
+    started later would fall behind it)."""
+    until = min(until, utcnow())
     folded = windows = 0
     while True:
         with rt.engine.begin() as conn:

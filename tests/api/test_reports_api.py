@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from tests import factories
 from tests.api.conftest import bearer
+from voms.jobs import runner
 from voms.runtime import Runtime
 from voms.services import redemption
 from voms.services.auth import CONSOLE
@@ -120,3 +121,18 @@ def test_bad_requests_are_answered_not_crashed(
     client: TestClient, admin: dict[str, str], path: str, status: int
 ) -> None:
     assert client.get(path, headers=admin).status_code == status
+
+
+def test_business_metrics_come_from_the_rollups(
+    rt: Runtime, client: TestClient, redeemed: None
+) -> None:
+    runner.run(rt, "report_rollups")
+    text = client.get("/metrics").text
+    assert (
+        'voms_redemption_attempts_total{channel="ussd",kind="redemption",'
+        'result_code="0",service_provider="ACME"} 2.0'
+    ) in text
+    assert 'voms_vouchers{service_provider="ACME",state="active"} 3.0' in text
+    assert 'voms_vouchers{service_provider="ACME",state="redeemed"} 2.0' in text
+    assert 'voms_job_runs_last_24h{job="report_rollups",outcome="succeeded"} 1.0' in text
+    assert 'voms_job_last_duration_seconds{job="report_rollups",outcome="succeeded"}' in text

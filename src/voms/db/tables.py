@@ -584,6 +584,17 @@ def _rollup(name: str, bucket: str) -> Table:
 report_hourly = _rollup("report_hourly", "hour")
 report_daily = _rollup("report_daily", "day")
 
+# All-time totals per provider, channel, kind and result (Prometheus counters read them).
+report_totals = Table(
+    "report_totals",
+    metadata,
+    Column("service_provider_id", Integer, primary_key=True, autoincrement=False),
+    Column("channel", String(8), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("result_code", Integer, primary_key=True, autoincrement=False),
+    Column("count", BigInteger, nullable=False),
+)
+
 # Per batch and voucher state, the net number of the batch's vouchers that moved into
 # (positive) or out of (negative) that state since they were written as available; a
 # batch's count in a state is this plus, for "available", batches.generated_count.

@@ -182,7 +182,7 @@ def _default_face_values(conn: Connection) -> dict[int, tuple[str | None, int]]:
 # --- inventory and liability: batches with their per-state counts --------------------------
 
 
-def _batch_counts(conn: Connection, sp_id: int | None) -> list[tuple[Any, dict[str, int]]]:
+def batch_counts(conn: Connection, sp_id: int | None) -> list[tuple[Any, dict[str, int]]]:
     """Each batch (not failed) with its vouchers per own state, from the maintained moves."""
     b, m = t.batches, t.voucher_state_moves
     query = (
@@ -206,7 +206,7 @@ def _batch_counts(conn: Connection, sp_id: int | None) -> list[tuple[Any, dict[s
 def _inventory(conn: Connection, names: _Names, sp_id: int | None) -> Report:
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    for batch, counts in _batch_counts(conn, sp_id):
+    for batch, counts in batch_counts(conn, sp_id):
         currency, amount = names.face_values.get(batch.voucher_type_id, (None, 0))
         expired = is_expired(batch.expires_at, now)
         states: dict[str, int] = defaultdict(int)
@@ -241,7 +241,7 @@ def _inventory(conn: Connection, names: _Names, sp_id: int | None) -> Report:
 def _liability(conn: Connection, names: _Names, sp_id: int | None) -> Report:
     now = utcnow()
     sums: dict[tuple[str | None, str | None], list[int]] = defaultdict(lambda: [0, 0])
-    for batch, counts in _batch_counts(conn, sp_id):
+    for batch, counts in batch_counts(conn, sp_id):
         if batch.state != BatchState.ACTIVE.value or is_expired(batch.expires_at, now):
             continue
         currency, amount = names.face_values.get(batch.voucher_type_id, (None, 0))

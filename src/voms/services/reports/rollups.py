@@ -1,13 +1,13 @@
 """Keeping the report tables in step: the report_rollups job and voucher-range moves.
 
-The job folds transactions into ``report_hourly`` and ``report_daily`` and the voucher
-moves they record (redeemed, reserved, committed, revoked) into ``voucher_state_moves``,
-window by window behind a watermark (``job_cursors``). It reads only transactions older
-than ``SETTLE``: a transaction row is written with the time its attempt started and
-becomes visible when it commits, so a window is closed only once every attempt that
-started in it has surely committed. The redemption path itself writes no counter: a
-per-batch counter row updated by every redemption would queue all redemptions of a
-batch on one row lock.
+The job folds transactions into ``report_hourly``, ``report_daily`` and ``report_totals``,
+and the voucher moves they record (redeemed, reserved, committed, revoked) into
+``voucher_state_moves``, window by window behind a watermark (``job_cursors``). It reads
+only transactions older than ``SETTLE``: a transaction row is written with the time its
+attempt started and becomes visible when it commits, so a window is closed only once
+every attempt that started in it has surely committed. The redemption path itself
+writes no counter: a per-batch counter row updated by every redemption would queue all
+redemptions of a batch on one row lock.
 
 Serial-range operations (freeze, unfreeze, delete) move up to millions of vouchers in
 one statement; :func:`move_vouchers` moves them and adds the per-batch counts in the
@@ -230,6 +230,7 @@ def _fold_window(
         .group_by(*keys)
     ).all()
     values = face_values(conn)
+    totals: dict[tuple[Any, ...], int] = defaultdict(int)
     hourly: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
     daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
     total = 0
@@ -241,7 +242,17 @@ def _fold_window(
             figures = sums[(moment, *key)]
             figures[0] += count
             figures[1] += count * amount
+        totals[(sp, channel, kind, code)] += count
         total += count
+    add_to_rows(
+        conn,
+        t.report_totals,
+        [
+            {"service_provider_id": sp, "channel": ch, "kind": k, "result_code": c, "count": n}
+            for (sp, ch, k, c), n in totals.items()
+        ],
+        ("count",),
+    )
     for table, bucket_name, sums in (
         (t.report_hourly, "hour", hourly),
         (t.report_daily, "day", daily),

@@ -1,4 +1,4 @@
-"""Reports: hourly and daily rollups of transactions, and voucher-state counts per batch.
+"""Reports: hourly and daily rollups of transactions, all-time totals, and voucher-state counts per batch.
 
 Why: reports over a year of 100 million transactions must answer in under a second, so
 they read small tables kept up to date by the report_rollups job (transactions folded in
@@ -57,6 +57,17 @@ def upgrade() -> None:
     _rollup("report_hourly", "hour")
     _rollup("report_daily", "day")
     op.create_table(
+        "report_totals",
+        sa.Column("service_provider_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=8), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("result_code", sa.Integer(), nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "service_provider_id", "channel", "kind", "result_code", name=op.f("pk_report_totals")
+        ),
+    )
+    op.create_table(
         "voucher_state_moves",
         sa.Column("batch_id", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=10), nullable=False),
@@ -106,5 +117,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DELETE FROM job_cursors WHERE job = 'report_rollups'")
     op.drop_table("voucher_state_moves")
+    op.drop_table("report_totals")
     op.drop_table("report_daily")
     op.drop_table("report_hourly")

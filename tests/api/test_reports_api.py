@@ -136,3 +136,9 @@ def test_business_metrics_come_from_the_rollups(
     assert 'voms_vouchers{service_provider="ACME",state="redeemed"} 2.0' in text
     assert 'voms_job_runs_last_24h{job="report_rollups",outcome="succeeded"} 1.0' in text
     assert 'voms_job_last_duration_seconds{job="report_rollups",outcome="succeeded"}' in text
+
+
+def test_an_hourly_report_covers_at_most_31_days(client: TestClient, admin: dict[str, str]) -> None:
+    base = "/api/v1/reports/redemptions?group_by=hour&since=2026-01-01T00:00:00Z"
+    assert client.get(base + "&until=2026-02-01T00:00:00Z", headers=admin).status_code == 200
+    assert client.get(base + "&until=2026-02-01T01:00:00Z", headers=admin).status_code == 422

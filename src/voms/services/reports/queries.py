@@ -27,6 +27,8 @@ NAMES = ("inventory", "liability", "redemptions", "failures", "expiries", "partn
 GROUP_BY = ("hour", "day", "month")
 BY = ("channel", "voucher_type", "service_provider", "partner")
 DEFAULT_SPAN = timedelta(days=30)
+# An hourly report lists every hour: a month is 744 periods; a year would be 8,760.
+MAX_HOURLY_SPAN = timedelta(days=31)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 # A successful attempt of these kinds consumed a voucher.
@@ -345,17 +347,24 @@ def _redemptions(
     group_by: str,
     by: str,
 ) -> Report:
+    if group_by == "hour" and until - since > MAX_HOURLY_SPAN:
+        raise Invalid("group_by=hour covers at most 31 days; use day or month beyond")
     column = _BY_COLUMN[by]
+    labels: dict[Any, Any] | None = {
+        "voucher_type": names.voucher_types,
+        "service_provider": names.providers,
+        "partner": names.partners,
+    }.get(by)
+    periods: dict[datetime, str] = {}
     sums: dict[tuple[str, Any, str], list[int]] = defaultdict(lambda: [0, 0])
     for bucket, key, currency, count, value in _rollup_sums(
         conn, since, until, sp_id, (column, "currency"), _redeemed, group_by == "hour"
     ):
-        label = {
-            "voucher_type": names.voucher_types,
-            "service_provider": names.providers,
-            "partner": names.partners,
-        }.get(by, {}).get(key, key if by == "channel" else None)
-        figures = sums[(_period_label(bucket, group_by), label, currency)]
+        label = key if labels is None else labels.get(key)
+        period = periods.get(bucket)
+        if period is None:
+            period = periods[bucket] = _period_label(bucket, group_by)
+        figures = sums[(period, label, currency)]
         figures[0] += count
         figures[1] += value
     rows = [

@@ -1201,6 +1201,58 @@ def reseller_sell_through(code: Annotated[str, typer.Argument(help="Reseller cod
 
     with handled():
         echo_json(statements.sell_through(runtime(), _operator(), code))
+# --- reports and the transaction feed -------------------------------------------------
+
+
+@app.command()
+def report(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="inventory, liability, redemptions, failures, expiries, partners or summary"
+        ),
+    ],
+    since: Annotated[str | None, typer.Option(help="Start, ISO 8601 with offset")] = None,
+    until: Annotated[str | None, typer.Option(help="End (excluded), ISO 8601")] = None,
+    service_provider: Annotated[str | None, typer.Option(help="Provider code")] = None,
+    group_by: Annotated[str, typer.Option(help="redemptions: hour, day or month")] = "day",
+    by: Annotated[
+        str, typer.Option(help="redemptions: channel, voucher_type, service_provider, partner")
+    ] = "channel",
+    month: Annotated[str | None, typer.Option(help="summary: YYYY-MM")] = None,
+    format: Annotated[str, typer.Option(help="json, csv, xlsx or pdf")] = "json",
+    output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
+    """Print (or write to --output) a report read from the rollups."""
+    from voms.services import reports
+
+    rt = runtime()
+        query = reports.Query(since, until, service_provider, group_by, by, month)
+        reports.check_format(format)
+        result = reports.run_report(rt, _operator(), name, query)
+            body = (json.dumps(result.as_json(), indent=2) + "\n").encode()
+            body = reports.render(result, format)
+        if output is not None:
+            output.write_bytes(body)
+        elif format in ("xlsx", "pdf"):
+            fail(f"{format} is binary: give --output FILE")
+            sys.stdout.buffer.write(body)
+
+
+@app.command()
+def feed(
+    day: Annotated[str | None, typer.Option(help="UTC day YYYY-MM-DD; default yesterday")] = None,
+    directory: Annotated[Path | None, typer.Option(help="Default: VOMS_EXPORT_DIR")] = None,
+    """Write one day's transactions as Parquet and CSV with a manifest (no PIN)."""
+    from datetime import date, timedelta
+
+    from voms.db.types import utcnow
+    from voms.services.reports import feed as transaction_feed
+
+    rt = runtime()
+        chosen = date.fromisoformat(day) if day else utcnow().date() - timedelta(days=1)
+    except ValueError:
+        fail(f"--day: not a date YYYY-MM-DD: {day!r}")
+        echo_json(transaction_feed.export_day(rt, chosen, directory))
 
 
 if __name__ == "__main__":  # pragma: no cover

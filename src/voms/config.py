@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(
         300, ge=10, description="A job's lease; renewed every chunk, so a dead runner frees it."
     )
+    export_dir: Path | None = Field(
+        None,
+        description="Where the daily transaction feed (Parquet, CSV, manifest) is written; "
+        "unset: the transaction_feed job does nothing.",
+    )
 
     # --- subscriber channels: USSD, SMS (Kannel), IVR (FastAGI), mobile web ---
     soap_address: str | None = Field(

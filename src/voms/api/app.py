@@ -22,6 +22,7 @@ from voms.api import (
     housekeeping,
     redemptions,
     resellers,
+    reports,
     subscribers,
     transactions,
     vouchers,
@@ -160,6 +161,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         housekeeping.router,
         resellers.router,
         blacklist.router,
+        reports.router,
     ):
         app.include_router(router)
     app.shortcut(redemptions.router)

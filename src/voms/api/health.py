@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from voms.api import business_metrics
 from voms.api.deps import RuntimeDep
 from voms.api.metrics import render
 from voms.db.migrate import is_up_to_date
@@ -39,5 +40,5 @@ def readyz(rt: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics() -> Response:
-    return render()
+def metrics(rt: RuntimeDep) -> Response:
+    return render(business_metrics.exposition(rt))

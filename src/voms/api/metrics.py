@@ -68,10 +68,11 @@ class Observe:
             requests.inc()
 
 
-def render() -> Response:
-    """The metrics page; with several workers, summed over all of them."""
+def render(business: bytes = b"") -> Response:
+    """The metrics page; with several workers, summed over all of them. ``business``:
+    the figures read from the database (the same in every worker, so added once)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry) + business, media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest() + business, media_type=CONTENT_TYPE_LATEST)

@@ -711,4 +711,47 @@ reseller_entries = Table(
     CheckConstraint("kind IN ('sale', 'commission', 'payment')", name="kind"),
     CheckConstraint("amount >= 0", name="amount_not_negative"),
     Index("ix_reseller_entries_reseller_at", "reseller_id", "at", "id"),
+# --- reports: rollups and voucher-state counts (migration 0005) ----------------------------
+# Reports read these, never ``transactions`` or ``vouchers``. The report_rollups job
+# folds new transactions into them (watermark in job_cursors); see services/reports/.
+
+
+def _rollup(name: str, bucket: str) -> Table:
+    """Redemption-family attempts counted per bucket (hour or day), provider, voucher
+    type, channel, kind, result and partner; 0 stands for "none" in the id columns (a
+    failed attempt may know no voucher), so the key has no NULL and upserts can add."""
+    return Table(
+        name,
+        Column(bucket, UTCDateTime(), primary_key=True),
+        Column("service_provider_id", Integer, primary_key=True, autoincrement=False),
+        Column("voucher_type_id", Integer, primary_key=True, autoincrement=False),
+        Column("channel", String(8), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("result_code", Integer, primary_key=True, autoincrement=False),
+        Column("partner_id", Integer, primary_key=True, autoincrement=False),
+        # "" when the voucher's scenario credits no balance type with a currency.
+        Column("currency", String(3), primary_key=True),
+
+
+report_hourly = _rollup("report_hourly", "hour")
+report_daily = _rollup("report_daily", "day")
+
+# All-time totals per provider, channel, kind and result (Prometheus counters read them).
+report_totals = Table(
+    "report_totals",
+    Column("service_provider_id", Integer, primary_key=True, autoincrement=False),
+    Column("channel", String(8), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("result_code", Integer, primary_key=True, autoincrement=False),
+
+# Per batch and voucher state, the net number of the batch's vouchers that moved into
+# (positive) or out of (negative) that state since they were written as available; a
+# batch's count in a state is this plus, for "available", batches.generated_count.
+# Written by serial-range operations (lifecycle) in their transaction and by the
+# report_rollups job for redemptions, reservations, commits and revokes.
+voucher_state_moves = Table(
+    "voucher_state_moves",
+    Column("batch_id", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(10), primary_key=True),
+    Column("net", BigInteger, nullable=False),
 )

@@ -29,3 +29,23 @@ def _statement(dialect_name: str, table: Table) -> Any:
         statement = dialect.insert(table).on_conflict_do_nothing().returning(key)
         _STATEMENTS[(dialect_name, table.name)] = statement
     return statement
+
+
+def add_to_rows(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], added: tuple[str, ...]
+) -> None:
+    """Insert each row, or add its ``added`` columns to the row with the same primary key.
+
+    Rows go in key order, so two writers adding to the same rows never deadlock.
+    """
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    key = [column.name for column in table.primary_key.columns]
+    statement = dialect.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=key,
+        set_={name: table.c[name] + statement.excluded[name] for name in added},
+    )
+    ordered = sorted(rows, key=lambda row: tuple(row[name] for name in key))
+    conn.execute(statement, ordered)

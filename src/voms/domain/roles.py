@@ -31,6 +31,7 @@ class Permission(StrEnum):
     BLACKLIST = "blacklist"  # view, block by hand, release
     REVERSE = "transaction:reverse"
     REVERSE_FORCE = "transaction:reverse:force"  # take back a credit already spent
+    REPORT_READ = "report:read"
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}
@@ -44,6 +45,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.BATCH_WRITE,
             Permission.SUBSCRIBER_WRITE,
             Permission.HOUSEKEEPING,
+            Permission.REPORT_READ,
         }
     ),
     Role.DISTRIBUTOR: frozenset(
@@ -64,10 +66,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.WALLET_ADJUST,
             Permission.BLACKLIST,
             Permission.REVERSE,
+            Permission.REPORT_READ,
         }
     ),
     Role.CHANNEL: frozenset({Permission.REDEEM, Permission.CATALOG_READ}),
-    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ, Permission.RESELLER_READ}),
+    Role.AUDITOR: frozenset(
+        _READ | {Permission.AUDIT_READ, Permission.RESELLER_READ, Permission.REPORT_READ}
+    ),
 }
 
 

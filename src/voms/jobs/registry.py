@@ -12,6 +12,7 @@ from croniter import croniter
 
 from voms.jobs import archive, expiry, maintenance, reencryption
 from voms.jobs.context import JobContext
+from voms.services.reports import feed, rollups
 
 OFF = "off"
 
@@ -69,6 +70,19 @@ JOBS: dict[str, Job] = {
             "Count, per expired batch, the vouchers that expired unused (for reports).",
             "7 * * * *",
             expiry.count_expiries,
+        ),
+        Job(
+            "report_rollups",
+            "Fold new transactions into the report rollups and per-batch voucher counts.",
+            "* * * * *",
+            rollups.fold_transactions,
+        ),
+        Job(
+            "transaction_feed",
+            "Write each finished day's transactions as Parquet and CSV with a manifest "
+            "into VOMS_EXPORT_DIR.",
+            "20 0 * * *",
+            feed.export_days,
         ),
         Job(
             "voucher_archive",

@@ -30,6 +30,7 @@ from voms.domain.states import (
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
+from voms.services.reports import rollups
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # What operators may ask of a batch; complete/fail belong to generation.
@@ -417,11 +418,8 @@ def change_vouchers(
         if not matched:
             raise NotFound(f"no voucher with serial {label}")
         (new_state,) = {next_voucher_state(state, act) for state in voucher_states_allowing(act)}
-        affected = conn.execute(
-            update(v)
-            .where(*in_range, v.c.state.in_(allowed))
-            .values(state=new_state.value, state_changed_at=now)
-        ).rowcount
+        # Counted per batch as they move, for reports (voucher_state_moves).
+        affected = rollups.move_vouchers(conn, in_range, allowed, new_state.value, now)
         if not affected:
             if matched == 1:
                 state = conn.execute(select(v.c.state).where(*in_range)).scalar_one()

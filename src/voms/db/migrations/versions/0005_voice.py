@@ -5,7 +5,7 @@ Why: USSD and SMS answer in the subscriber's own language when they chose one (S
 the provider's default, so existing rows need no value.
 
 Revision ID: 0005_voice
-Revises: 0004
+Revises: 0005_reports
 Create Date: 2026-12-06
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_voice"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005_reports"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,104 @@
+"""A report as CSV, XLSX (the project's streaming writer) or PDF (fpdf2)."""
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from fpdf import FPDF
+
+from voms import xlsx
+from voms.domain.errors import Invalid
+from voms.services.reports.queries import Report
+
+FORMATS = ("json", "csv", "xlsx", "pdf")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "pdf": "application/pdf",
+}
+
+
+def check_format(name: str) -> str:
+    """The format, or Invalid (422) for one we do not write."""
+    if name not in FORMATS:
+        raise Invalid(f"format must be one of: {', '.join(FORMATS)}")
+    return name
+
+
+def _cell(value: Any) -> str | int | None:
+    if value is None or isinstance(value, str | int):
+        return value
+    return str(value)
+
+
+def _table(report: Report) -> Iterator[list[str | int | None]]:
+    """The header, the rows, and a last row of totals (only totals of shown columns)."""
+    yield list(report.columns)
+    for row in report.rows:
+        yield [_cell(row.get(column)) for column in report.columns]
+    total: list[str | int | None] = []
+    for column in report.columns:
+        value = report.totals.get(column)
+        if column in ("value",) and isinstance(value, dict):
+            value = next(iter(value.values())) if len(value) == 1 else None
+        total.append(_cell(value) if not isinstance(value, dict) else None)
+    if any(cell is not None for cell in total):
+        total[0] = "total"
+        yield total
+
+
+def to_csv(report: Report) -> bytes:
+    """Comma-separated, a header row first, the totals row last."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerows(_table(report))
+    return out.getvalue().encode()
+
+
+def to_xlsx(report: Report) -> bytes:
+    """One sheet named after the report, the same rows as the CSV."""
+    return b"".join(
+        xlsx.stream_xlsx((xlsx.row(line) for line in _table(report)), sheet_name=report.name)
+    )
+
+
+def to_pdf(report: Report) -> bytes:
+    """A printable page: title, period, the table, and any sections (summary)."""
+    pdf = FPDF(orientation="landscape", format="A4")
+    pdf.set_auto_page_break(auto=True, margin=12)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, _title(report), new_x="LMARGIN", new_y="NEXT")
+    _pdf_table(pdf, report)
+    for name, section in report.sections.items():
+        pdf.ln(4)
+        pdf.set_font("Helvetica", "B", 13)
+        pdf.cell(0, 8, name.replace("_", " ").capitalize(), new_x="LMARGIN", new_y="NEXT")
+        _pdf_table(pdf, section)
+    return bytes(pdf.output())
+
+
+def _title(report: Report) -> str:
+    if report.name == "summary" and report.since is not None:
+        return f"OpenVoMS monthly summary {report.since.strftime('%Y-%m')}"
+    return f"OpenVoMS report: {report.name}"
+
+
+def _pdf_table(pdf: FPDF, report: Report) -> None:
+    pdf.set_font("Helvetica", "", 9)
+    if report.since is not None and report.until is not None:
+        period = f"{report.since.isoformat()} to {report.until.isoformat()} (UTC)"
+        pdf.cell(0, 6, period, new_x="LMARGIN", new_y="NEXT")
+    with pdf.table(text_align="LEFT", first_row_as_headings=True) as table:
+        for line in _table(report):
+            cells = table.row()
+            for value in line:
+                cells.cell("" if value is None else str(value))
+
+
+def render(report: Report, fmt: str) -> bytes:
+    """The report's bytes in ``fmt`` (csv, xlsx, pdf); JSON is the API's own."""
+    writers = {"csv": to_csv, "xlsx": to_xlsx, "pdf": to_pdf}
+    return writers[check_format(fmt)](report)

@@ -1201,6 +1201,8 @@ def reseller_sell_through(code: Annotated[str, typer.Argument(help="Reseller cod
 
     with handled():
         echo_json(statements.sell_through(runtime(), _operator(), code))
+
+
 # --- reports and the transaction feed -------------------------------------------------
 
 
@@ -1222,19 +1224,24 @@ def report(
     month: Annotated[str | None, typer.Option(help="summary: YYYY-MM")] = None,
     format: Annotated[str, typer.Option(help="json, csv, xlsx or pdf")] = "json",
     output: Annotated[Path | None, typer.Option(help="Write to this file")] = None,
+) -> None:
     """Print (or write to --output) a report read from the rollups."""
     from voms.services import reports
 
     rt = runtime()
+    with handled():
         query = reports.Query(since, until, service_provider, group_by, by, month)
         reports.check_format(format)
         result = reports.run_report(rt, _operator(), name, query)
+        if format == "json":
             body = (json.dumps(result.as_json(), indent=2) + "\n").encode()
+        else:
             body = reports.render(result, format)
         if output is not None:
             output.write_bytes(body)
         elif format in ("xlsx", "pdf"):
             fail(f"{format} is binary: give --output FILE")
+        else:
             sys.stdout.buffer.write(body)
 
 
@@ -1242,6 +1249,7 @@ def report(
 def feed(
     day: Annotated[str | None, typer.Option(help="UTC day YYYY-MM-DD; default yesterday")] = None,
     directory: Annotated[Path | None, typer.Option(help="Default: VOMS_EXPORT_DIR")] = None,
+) -> None:
     """Write one day's transactions as Parquet and CSV with a manifest (no PIN)."""
     from datetime import date, timedelta
 
@@ -1249,9 +1257,11 @@ def feed(
     from voms.services.reports import feed as transaction_feed
 
     rt = runtime()
+    try:
         chosen = date.fromisoformat(day) if day else utcnow().date() - timedelta(days=1)
     except ValueError:
         fail(f"--day: not a date YYYY-MM-DD: {day!r}")
+    with handled():
         echo_json(transaction_feed.export_day(rt, chosen, directory))
 
 

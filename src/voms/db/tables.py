@@ -711,6 +711,9 @@ reseller_entries = Table(
     CheckConstraint("kind IN ('sale', 'commission', 'payment')", name="kind"),
     CheckConstraint("amount >= 0", name="amount_not_negative"),
     Index("ix_reseller_entries_reseller_at", "reseller_id", "at", "id"),
+)
+
+
 # --- reports: rollups and voucher-state counts (migration 0005) ----------------------------
 # Reports read these, never ``transactions`` or ``vouchers``. The report_rollups job
 # folds new transactions into them (watermark in job_cursors); see services/reports/.
@@ -722,6 +725,7 @@ def _rollup(name: str, bucket: str) -> Table:
     failed attempt may know no voucher), so the key has no NULL and upserts can add."""
     return Table(
         name,
+        metadata,
         Column(bucket, UTCDateTime(), primary_key=True),
         Column("service_provider_id", Integer, primary_key=True, autoincrement=False),
         Column("voucher_type_id", Integer, primary_key=True, autoincrement=False),
@@ -731,6 +735,9 @@ def _rollup(name: str, bucket: str) -> Table:
         Column("partner_id", Integer, primary_key=True, autoincrement=False),
         # "" when the voucher's scenario credits no balance type with a currency.
         Column("currency", String(3), primary_key=True),
+        Column("count", BigInteger, nullable=False),
+        Column("value", BigInteger, nullable=False),
+    )
 
 
 report_hourly = _rollup("report_hourly", "hour")
@@ -739,10 +746,13 @@ report_daily = _rollup("report_daily", "day")
 # All-time totals per provider, channel, kind and result (Prometheus counters read them).
 report_totals = Table(
     "report_totals",
+    metadata,
     Column("service_provider_id", Integer, primary_key=True, autoincrement=False),
     Column("channel", String(8), primary_key=True),
     Column("kind", String(16), primary_key=True),
     Column("result_code", Integer, primary_key=True, autoincrement=False),
+    Column("count", BigInteger, nullable=False),
+)
 
 # Per batch and voucher state, the net number of the batch's vouchers that moved into
 # (positive) or out of (negative) that state since they were written as available; a
@@ -751,6 +761,7 @@ report_totals = Table(
 # report_rollups job for redemptions, reservations, commits and revokes.
 voucher_state_moves = Table(
     "voucher_state_moves",
+    metadata,
     Column("batch_id", Integer, primary_key=True, autoincrement=False),
     Column("state", String(10), primary_key=True),
     Column("net", BigInteger, nullable=False),

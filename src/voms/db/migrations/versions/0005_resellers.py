@@ -175,8 +175,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("api_keys") as batch:
-        batch.drop_column("reseller_id")
+    op.drop_column("api_keys", "reseller_id")
     op.drop_index("ix_reseller_entries_reseller_at", table_name="reseller_entries")
     op.drop_table("reseller_entries")
     op.drop_index("ix_sale_vouchers_sale", table_name="sale_vouchers")

@@ -21,10 +21,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("subscribers") as batch:
-        batch.add_column(sa.Column("language", sa.String(length=16), nullable=True))
+    op.add_column("subscribers", sa.Column("language", sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("subscribers") as batch:
-        batch.drop_column("language")
+    # A plain DROP COLUMN (SQLite >= 3.35): a batch copy of subscribers would drop a
+    # table that the ledger's foreign keys point at.
+    op.drop_column("subscribers", "language")

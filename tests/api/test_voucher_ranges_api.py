@@ -10,9 +10,13 @@ from sqlalchemy import func, select
 
 from tests import factories
 from tests.api.conftest import bearer
+from tests.channel_support import configure
 from voms.db import tables as t
 from voms.db.types import utcnow
+from voms.domain.errors import Forbidden
 from voms.runtime import Runtime
+from voms.services import ranges
+from voms.services.auth import CONSOLE
 
 MSISDN = "254700000001"
 
@@ -204,7 +208,7 @@ def test_overlapping_activations_at_once_lose_no_voucher(
     rt: Runtime, client: TestClient, keys: dict[str, dict[str, str]], stock: list[tuple[str, str]]
 ) -> None:
     serials = [serial for serial, _ in stock]
-    ranges = [(0, 4), (3, 7), (5, 9), (2, 6), (8, 9), (1, 1)]
+    spans = [(0, 4), (3, 7), (5, 9), (2, 6), (8, 9), (1, 1)]
 
     def activate(bounds: tuple[int, int]) -> int:
         return _activate(
@@ -212,7 +216,7 @@ def test_overlapping_activations_at_once_lose_no_voucher(
         ).status_code
 
     with ThreadPoolExecutor(6) as pool:
-        statuses = list(pool.map(activate, ranges))
+        statuses = list(pool.map(activate, spans))
     assert set(statuses) <= {200, 409}
     counts = _counts_hold(rt)
     assert sum(counts.values()) == 10
@@ -220,3 +224,13 @@ def test_overlapping_activations_at_once_lose_no_voucher(
         b, v = t.batches, t.vouchers
         states = conn.execute(select(b.c.state).join(v, v.c.batch_id == b.c.id)).scalars().all()
     assert set(states) == {"active"}
+
+
+def test_four_eyes_applies_to_a_range_as_to_the_batch(
+    rt: Runtime, client: TestClient, keys: dict[str, dict[str, str]], stock: list[tuple[str, str]]
+) -> None:
+    configure(rt, require_approval=True)
+    with pytest.raises(Forbidden, match="four-eyes"):
+        ranges.activate_range(rt, CONSOLE, stock[0][0], stock[1][0])
+    other = _activate(client, keys["operator"], stock[0][0], stock[1][0])  # not its maker
+    assert other.status_code == 200

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Row, func, insert, or_, select, update
 
 from voms.db import tables as t
 from voms.db.types import utcnow
-from voms.domain.errors import Conflict, Invalid, NotFound
+from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial, parse_serial_range
 from voms.domain.states import BatchAction, BatchState, next_batch_state
@@ -57,6 +57,7 @@ class RangeExpiryIn(BaseModel):
 
 
 _b, _v = t.batches, t.vouchers
+_AMENDABLE = (BatchState.GENERATED, BatchState.ACTIVE, BatchState.FROZEN)
 # What a batch's part becomes: (state, expiry), or None when the operation leaves it.
 Target = Callable[[Row[Any]], tuple[str, datetime] | None]
 
@@ -73,6 +74,11 @@ def activate_range(
     def target(batch: Row[Any]) -> tuple[str, datetime] | None:
         if batch.state != BatchState.GENERATED:
             return None  # active already, or frozen/deleted: unfreeze is another call
+        if rt.settings.require_approval and batch.created_by == actor.name:
+            raise Forbidden(  # as for the whole batch (lifecycle.change_batch)
+                "four-eyes approval: vouchers must be activated by someone other than "
+                f"'{actor.name}', who generated batch {batch.id}"
+            )
         new = next_batch_state(BatchState(batch.state), BatchAction.ACTIVATE)
         return new.value, batch.expires_at
 
@@ -87,12 +93,13 @@ def amend_range(
     expires_at: datetime,
     reason: str | None = None,
 ) -> dict[str, Any]:
-    """Give the vouchers of a serial range another expiry (not in deleted or failed batches)."""
+    """Give the vouchers of a serial range another expiry (in generated, active or frozen
+    batches)."""
     if expires_at.tzinfo is None:
         raise Invalid("expires_at needs a UTC offset")
 
     def target(batch: Row[Any]) -> tuple[str, datetime] | None:
-        if batch.state in (BatchState.DELETED, BatchState.FAILED):
+        if batch.state not in _AMENDABLE:  # a generating batch is still being written
             return None
         if batch.expires_at == expires_at:
             return None

@@ -519,7 +519,9 @@ def _summary(conn: Connection, names: _Names, sp_id: int | None, query: Query) -
         figures[1] += row["value"]
     rows = [
         {"period": day, "count": count, "value": value, "currency": currency}
-        for (day, currency), (count, value) in sorted(per_day.items(), key=str)
+        for (day, currency), (count, value) in sorted(
+            per_day.items(), key=lambda item: (item[0][0], item[0][1] or "")
+        )
     ]
     channels = _redemptions(conn, names, sp_id, since, until, "month", "channel")
     return Report(

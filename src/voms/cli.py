@@ -1232,11 +1232,7 @@ def report(
     with handled():
         query = reports.Query(since, until, service_provider, group_by, by, month)
         reports.check_format(format)
-        result = reports.run_report(rt, _operator(), name, query)
-        if format == "json":
-            body = (json.dumps(result.as_json(), indent=2) + "\n").encode()
-        else:
-            body = reports.render(result, format)
+        body = reports.render(reports.run_report(rt, _operator(), name, query), format)
         if output is not None:
             output.write_bytes(body)
         elif format in ("xlsx", "pdf"):

@@ -54,6 +54,8 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
         "expiry_counts",
         "voucher_archive",
         "key_reencryption",
+        "report_rollups",
+        "transaction_feed",
     }
     assert jobs["voucher_archive"]["last_run"]["id"] == run["id"]
     assert jobs["voucher_archive"]["schedule"] == "30 2 * * *"

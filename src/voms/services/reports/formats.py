@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,9 +42,9 @@ def _table(report: Report) -> Iterator[list[str | int | None]]:
     total: list[str | int | None] = []
     for column in report.columns:
         value = report.totals.get(column)
-        if column in ("value",) and isinstance(value, dict):
+        if isinstance(value, dict):  # value per currency: one total only if one currency
             value = next(iter(value.values())) if len(value) == 1 else None
-        total.append(_cell(value) if not isinstance(value, dict) else None)
+        total.append(_cell(value))
     if any(cell is not None for cell in total):
         total[0] = "total"
         yield total
@@ -98,7 +99,12 @@ def _pdf_table(pdf: FPDF, report: Report) -> None:
                 cells.cell("" if value is None else str(value))
 
 
+def to_json(report: Report) -> bytes:
+    """The JSON body, as the API answers it."""
+    return (json.dumps(report.as_json(), indent=2) + "\n").encode()
+
+
 def render(report: Report, fmt: str) -> bytes:
-    """The report's bytes in ``fmt`` (csv, xlsx, pdf); JSON is the API's own."""
-    writers = {"csv": to_csv, "xlsx": to_xlsx, "pdf": to_pdf}
+    """The report's bytes in ``fmt`` (json, csv, xlsx or pdf)."""
+    writers = {"json": to_json, "csv": to_csv, "xlsx": to_xlsx, "pdf": to_pdf}
     return writers[check_format(fmt)](report)

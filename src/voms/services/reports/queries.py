@@ -1,4 +1,4 @@
-"""The reports of API.md "Reports", read from the rollups and per-batch counts only.
+"""The reports (docs/reports.md), read from the rollups and per-batch counts only.
 
 Every report is a :class:`Report`: its columns, rows and totals; formats.py turns it
 into CSV, XLSX or PDF. Times are whole UTC hours (the rollups' grain): ``since`` is
@@ -33,8 +33,10 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 # A successful attempt of these kinds consumed a voucher.
 REDEEMING = ("redemption", "commit")
-# Sold and not yet redeemed: activated, not expired, not redeemed (API.md "liability").
-OUTSTANDING = (VoucherState.AVAILABLE.value, VoucherState.RESERVED.value, "frozen")
+# Sold and not yet redeemed: activated, not expired, not redeemed (the liability).
+OUTSTANDING = tuple(
+    s.value for s in (VoucherState.AVAILABLE, VoucherState.RESERVED, VoucherState.FROZEN)
+)
 
 
 @dataclass
@@ -519,7 +521,9 @@ def _summary(conn: Connection, names: _Names, sp_id: int | None, query: Query) -
         figures[1] += row["value"]
     rows = [
         {"period": day, "count": count, "value": value, "currency": currency}
-        for (day, currency), (count, value) in sorted(per_day.items(), key=str)
+        for (day, currency), (count, value) in sorted(
+            per_day.items(), key=lambda item: (item[0][0], item[0][1] or "")
+        )
     ]
     channels = _redemptions(conn, names, sp_id, since, until, "month", "channel")
     return Report(

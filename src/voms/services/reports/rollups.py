@@ -15,7 +15,7 @@ same transaction, so the counts never need a scan of ``vouchers``.
 """
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -113,7 +113,9 @@ def fold_transactions(ctx: JobContext) -> int:
     return int(result["transactions"])
 
 
-def fold(rt: Runtime, until: datetime, on_window: Any = None) -> dict[str, Any]:
+def fold(
+    rt: Runtime, until: datetime, on_window: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Fold every transaction before ``until`` not folded yet; one database transaction
     per window, the watermark moving with it (never past the present: a transaction
     started later would fall behind it)."""
@@ -127,7 +129,7 @@ def fold(rt: Runtime, until: datetime, on_window: Any = None) -> dict[str, Any]:
                 _save_cursor(conn, max(watermark, until), counts_from)
                 break
             end = min(start + WINDOW, until)
-            count = _fold_window(rt, conn, start, end, counts_from)
+            count = _fold_window(conn, start, end, counts_from)
             _save_cursor(conn, end, counts_from)
         folded += count
         windows += 1
@@ -209,7 +211,7 @@ _KEY = ("service_provider_id", "voucher_type_id", "channel", "kind", "result_cod
 
 
 def _fold_window(
-    rt: Runtime, conn: Connection, start: datetime, end: datetime, counts_from: datetime | None
+    conn: Connection, start: datetime, end: datetime, counts_from: datetime | None
 ) -> int:
     """Grouped in the database: one row per hour and key, however many transactions."""
     ve = t.voucher_exports

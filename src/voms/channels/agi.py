@@ -9,6 +9,9 @@ and answers each with a line such as ``200 result=1234 (timeout)``. The call:
    without a usable caller id goes straight to entering a number.
 2. GET DATA collects the PIN (DTMF, ``#`` ends it); a bad PIN may be entered again
    ``VOMS_CHANNEL_PIN_RETRIES`` times. A voucher with several offers asks for one.
+   Each redemption carries a request id of its own (``ivr-<call>-<n>``), and one
+   answered 3000 (the database out of reach, the answer lost) is sent once more with
+   the same id: the service then gives the first answer again if it had committed.
 3. SET VARIABLE ``VOMS_RESULT`` (the result code) and, after a success, ``VOMS_BALANCE``;
    the new balance is said with SAY NUMBER. The dialplan continues after ``AGI()``.
 
@@ -23,6 +26,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +39,7 @@ from voms.runtime import Runtime
 
 CHANNEL = "ivr"
 RESULT_VARIABLE = "VOMS_RESULT"
+RETRY_DELAY_S = 0.5  # before a redemption answered 3000 is sent again
 BALANCE_VARIABLE = "VOMS_BALANCE"
 
 DEFAULT_PROMPTS: dict[str, str] = {
@@ -193,6 +198,10 @@ class _Call:
         self.agi = agi
         self.prompts = prompts
         self.settings = rt.settings
+        # agi_uniqueid is unique within one Asterisk only, not among several: a call
+        # id of our own, with a counter per redemption sent, makes the request ids.
+        self.call_id = secrets.token_hex(8)
+        self.redemptions = 0
 
     async def digits(self, prompt: str, max_digits: int) -> str:
         return await self.agi.get_data(
@@ -225,17 +234,26 @@ class _Call:
     async def redeem(
         self, requester: str, recipient: str, pin: str, scenario: str | None
     ) -> dict[str, Any]:
-        # No request id: a call is one connection that Asterisk never replays, and
-        # agi_uniqueid is unique within one Asterisk only, not among several.
-        return await asyncio.to_thread(
-            subscriber.redeem,
-            self.rt,
-            CHANNEL,
-            msisdn=requester,
-            pin=pin,
-            recipient=None if recipient == requester else recipient,
-            scenario=scenario,
-        )
+        """One redemption under a request id of its own; a 3000 is retried once with it."""
+        self.redemptions += 1
+        request_id = f"{CHANNEL}-{self.call_id}-{self.redemptions}"
+        answer: dict[str, Any] = {}
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(RETRY_DELAY_S)
+            answer = await asyncio.to_thread(
+                subscriber.redeem,
+                self.rt,
+                CHANNEL,
+                msisdn=requester,
+                pin=pin,
+                recipient=None if recipient == requester else recipient,
+                scenario=scenario,
+                request_id=request_id,
+            )
+            if answer["result_code"] != Result.SYSTEM_ERROR.code:
+                break
+        return answer
 
     async def recharge(self, requester: str, recipient: str) -> dict[str, Any]:
         """PIN entry with retries, and an offer when the voucher has several."""

@@ -917,90 +917,93 @@ def _write(
 
     file_name = f"voms-export-{export_id}.{body.format}"
     sink = _Ciphertext(output)
-    claimer.start()
     try:
-        key = openpgp.encrypt_stream(
-            job.partner.public_key,
-            completed(),
-            sink.write,
-            filename=file_name,
-            gpg_binary=rt.settings.gpg_binary,
-            compress=body.format == "csv",  # an XLSX file is a zip already
-        )
-    except openpgp.KeyRefused as exc:
-        raise Conflict(
-            f"partner '{body.partner}': {exc}; give it a new key (voms partner set-key)"
-        ) from None
-    finally:
-        claimer.stop()
-        plaintext.close()
-        rows.close()
-    claimed = claimer.claimed
-    if claimed == 0:
-        raise Conflict("the matching vouchers changed meanwhile; nothing was exported")
-    if not state.finished or state.rows != claimed:
-        raise openpgp.EncryptionFailed(f"wrote {state.rows} of {claimed} vouchers")
-    if sink.spool is not None:
-        _store_file(rt, export_id, sink.spool)
-        sink.spool.close()
-    now = utcnow()
-    x = t.exports
-    with rt.engine.begin() as conn:
-        done = conn.execute(
-            update(x)
-            .where(x.c.id == export_id, x.c.state == ExportState.EXPORTING)
-            .values(
-                state=ExportState.EXPORTED,
-                voucher_count=claimed,
-                exported_count=claimed,
-                reissued_count=claimer.reissued,
-                serial_first=state.serial_first,
-                serial_last=state.serial_last,
-                key_fingerprint=key.fingerprint,
-                file_name=file_name + ".gpg",
-                sha256=sink.digest.hexdigest(),
-                size_bytes=sink.size,
-                download_expires_at=None
-                if job.token is None
-                else now + timedelta(minutes=rt.settings.export_link_minutes),
-                updated_at=now,
+        claimer.start()
+        try:
+            key = openpgp.encrypt_stream(
+                job.partner.public_key,
+                completed(),
+                sink.write,
+                filename=file_name,
+                gpg_binary=rt.settings.gpg_binary,
+                compress=body.format == "csv",  # an XLSX file is a zip already
             )
-        ).rowcount
-        if not done:
-            raise Conflict(f"export {export_id} was stopped meanwhile")
-        for piece, count in claimer.per_slice:
-            record_event(
+        except openpgp.KeyRefused as exc:
+            raise Conflict(
+                f"partner '{body.partner}': {exc}; give it a new key (voms partner set-key)"
+            ) from None
+        finally:
+            claimer.stop()
+            plaintext.close()
+            rows.close()
+        claimed = claimer.claimed
+        if claimed == 0:
+            raise Conflict("the matching vouchers changed meanwhile; nothing was exported")
+        if not state.finished or state.rows != claimed:
+            raise openpgp.EncryptionFailed(f"wrote {state.rows} of {claimed} vouchers")
+        if sink.spool is not None:
+            _store_file(rt, export_id, sink.spool)
+        now = utcnow()
+        x = t.exports
+        with rt.engine.begin() as conn:
+            done = conn.execute(
+                update(x)
+                .where(x.c.id == export_id, x.c.state == ExportState.EXPORTING)
+                .values(
+                    state=ExportState.EXPORTED,
+                    voucher_count=claimed,
+                    exported_count=claimed,
+                    reissued_count=claimer.reissued,
+                    serial_first=state.serial_first,
+                    serial_last=state.serial_last,
+                    key_fingerprint=key.fingerprint,
+                    file_name=file_name + ".gpg",
+                    sha256=sink.digest.hexdigest(),
+                    size_bytes=sink.size,
+                    download_expires_at=None
+                    if job.token is None
+                    else now + timedelta(minutes=rt.settings.export_link_minutes),
+                    updated_at=now,
+                )
+            ).rowcount
+            if not done:
+                raise Conflict(f"export {export_id} was stopped meanwhile")
+            for piece, count in claimer.per_slice:
+                record_event(
+                    conn,
+                    actor,
+                    "reissue" if body.reissue else "export",
+                    batch_id=piece.batch_id,
+                    serial_from=piece.serial_from,
+                    serial_to=piece.serial_to,
+                    affected=count,
+                    detail={"export_id": export_id, "partner": job.partner.name},
+                    now=now,
+                )
+            audit.record(
                 conn,
                 actor,
-                "reissue" if body.reissue else "export",
-                batch_id=piece.batch_id,
-                serial_from=piece.serial_from,
-                serial_to=piece.serial_to,
-                affected=count,
-                detail={"export_id": export_id, "partner": job.partner.name},
-                now=now,
+                "export.reissue" if body.reissue else "export.create",
+                "export",
+                export_id,
+                job.service_provider_id,
+                {
+                    "partner": body.partner,
+                    "filters": job.filters,
+                    "format": body.format,
+                    "count": claimed,
+                    "reissued_count": claimer.reissued,
+                    "sha256": sink.digest.hexdigest(),
+                },
             )
-        audit.record(
-            conn,
-            actor,
-            "export.reissue" if body.reissue else "export.create",
-            "export",
-            export_id,
-            job.service_provider_id,
-            {
-                "partner": body.partner,
-                "filters": job.filters,
-                "format": body.format,
-                "count": claimed,
-                "reissued_count": claimer.reissued,
-                "sha256": sink.digest.hexdigest(),
-            },
-        )
-        record = _export_public(conn, export_id, rt.settings.serial_width)
-    if body.reissue:
-        _in_steps(rt, t.export_displaced_marks, *job.envelope, _dropper(export_id))
-    record["download_token"] = job.token
-    return record
+            record = _export_public(conn, export_id, rt.settings.serial_width)
+        if body.reissue:
+            _in_steps(rt, t.export_displaced_marks, *job.envelope, _dropper(export_id))
+        record["download_token"] = job.token
+        return record
+    finally:
+        if sink.spool is not None:
+            sink.spool.close()
 
 
 # --- exports: undoing one that failed ------------------------------------------------

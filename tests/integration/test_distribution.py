@@ -711,3 +711,26 @@ def test_an_export_left_by_a_dead_process_is_failed_and_undone(
     assert set(exported(rt).values()) == {(None, None)}
     again, _ = export(rt, voucher_type="TOPUP10")
     assert again["voucher_count"] == 40
+
+
+def test_a_reissue_that_cannot_forget_the_marks_it_replaced_stays_complete(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_partner(rt, partner_keys.good)
+    factories.active_batch(rt, count=5)
+    export(rt, voucher_type="TOPUP10")
+
+    def broken(export_id: int) -> Any:
+        def step(*args: Any) -> None:
+            raise OSError("connection lost")
+
+        return step
+
+    monkeypatch.setattr(distribution, "_dropper", broken)
+    again, _ = export(rt, voucher_type="TOPUP10", reissue=True)
+    assert distribution.get_export(rt, CONSOLE, again["export_id"])["state"] == "exported"
+    assert {mark for mark in exported(rt).values()} == {(first_partner(rt), again["export_id"])}
+    monkeypatch.undo()
+    # The replaced marks left behind do not stand in the way of the next reissue.
+    third, _ = export(rt, voucher_type="TOPUP10", reissue=True)
+    assert third["reissued_count"] == 5

@@ -998,7 +998,7 @@ def _write(
             )
             record = _export_public(conn, export_id, rt.settings.serial_width)
         if body.reissue:
-            _in_steps(rt, t.export_displaced_marks, *job.envelope, _dropper(export_id))
+            _drop_displaced(rt, job)
         record["download_token"] = job.token
         return record
     finally:
@@ -1007,6 +1007,17 @@ def _write(
 
 
 # --- exports: undoing one that failed ------------------------------------------------
+
+
+def _drop_displaced(rt: Runtime, job: _Job) -> None:
+    """Forget the marks a complete reissue replaced. Best effort: the export is complete
+    already, and a later reissue of these vouchers drops what is left."""
+    try:
+        _in_steps(rt, t.export_displaced_marks, *job.envelope, _dropper(job.export_id))
+    except Exception as exc:
+        name = type(exc).__name__
+        log.warning("export %s: its replaced marks stay for now (%s)", job.export_id, name)
+
 
 Step = Callable[[Connection, int, int], None]
 
@@ -1090,7 +1101,8 @@ def _abandon(rt: Runtime, actor: Principal, job: _Job, reason: str, *, keep_reco
     """Stop a failed export and undo its marks; keep its record as failed, or delete it
     with its request id (the caller got the error: as if it had never been)."""
     try:
-        _stop(rt, job.export_id, reason)
+        if not _stop(rt, job.export_id, reason):
+            return  # not exporting any more: fail_stalled_exports has undone it already
         _undo(rt, job.export_id, job.body.reissue, *job.envelope)
         with rt.engine.begin() as conn:
             if keep_record:

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         10_000, ge=0, description="Batches larger than this are generated in the background."
     )
     gpg_binary: str = Field("gpg", description="GnuPG executable that encrypts exports.")
+    background_export_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="API exports of more vouchers than this run in the background.",
+    )
     export_link_minutes: int = Field(
         60, ge=1, le=10_080, description="How long an export's download link stays valid."
     )

@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import io
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -211,3 +212,42 @@ def test_a_partner_gets_a_new_key_only_if_it_is_usable(
     renewed = client.put(url, json={"public_key": partner_keys.other}, headers=distributor)
     assert renewed.status_code == 200
     assert renewed.json()["key_user_ids"] == ["Retail Chain <keys@retail.example>"]
+
+
+def test_a_large_export_answers_at_once_and_shows_its_progress_until_its_link_works(
+    client: TestClient, rt: Runtime, distributor: dict[str, str], partner_keys: PartnerKeys
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"background_export_threshold": 3})
+    add_partner(client, distributor, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=8)
+    created = create_export(client, distributor, voucher_type="TOPUP10")
+    assert created.status_code == 201, created.text
+    record = created.json()
+    assert (record["state"], record["voucher_count"]) == ("exporting", 8)
+    assert record["download_url"].startswith("http")
+    shown: dict[str, Any] = {}
+    for _ in range(600):
+        shown = client.get(f"/api/v1/exports/{record['export_id']}", headers=distributor).json()
+        assert shown["state"] in ("exporting", "exported")
+        if shown["state"] == "exported":
+            break
+        time.sleep(0.05)
+    assert (shown["state"], shown["exported_count"], shown["error"]) == ("exported", 8, None)
+    download = client.get(record["download_url"], headers=distributor)
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == shown["sha256"]
+    rows = list(csv.DictReader(io.StringIO(partner_keys.decrypt(download.content).decode())))
+    assert [(r["serial"], r["pin"]) for r in rows] == vouchers
+
+
+def test_the_link_of_an_export_still_running_answers_409(
+    client: TestClient, rt: Runtime, distributor: dict[str, str], partner_keys: PartnerKeys
+) -> None:
+    add_partner(client, distributor, partner_keys.good)
+    factories.active_batch(rt, count=2)
+    record = create_export(client, distributor, voucher_type="TOPUP10").json()
+    with rt.engine.begin() as conn:  # as it is while the export runs
+        conn.execute(update(t.exports).values(state="exporting"))
+    running = client.get(record["download_url"], headers=distributor)
+    assert running.status_code == 409
+    assert "exporting" in running.json()["detail"]

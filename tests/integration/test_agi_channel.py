@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,11 @@ from tests.channel_support import (
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
-from voms.channels import agi
+from voms.api.errors import result_body
+from voms.channels import agi, subscriber
 from voms.channels.agi import AgiError, AgiReply, parse_reply
 from voms.domain.pins import with_check_digit
+from voms.domain.results import Result
 from voms.runtime import Runtime
 from voms.services import subscriber_view
 from voms.services.auth import CONSOLE
@@ -226,6 +229,56 @@ def test_a_failure_without_its_own_sound_file_plays_the_generic_one(
     asterisk.call()
     assert asterisk.variables["VOMS_RESULT"] == "2009"
     assert asterisk.played()[-3:] == ["voms/result-2009", "voms/recharge-failed", "voms/goodbye"]
+
+
+def test_each_redemption_has_a_request_id_and_a_lost_answer_is_asked_again_safely(
+    rt: Runtime, server: RunningAgi, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = subscriber.redeem
+    sent: list[str | None] = []
+
+    def answer_lost_once(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        # The redemption commits, then its answer is lost on the way back (3000).
+        sent.append(kwargs.get("request_id"))
+        answer = real(*args, **kwargs)
+        if len(sent) == 1:
+            return result_body(Result.SYSTEM_ERROR)
+        return answer
+
+    monkeypatch.setattr(agi, "RETRY_DELAY_S", 0)
+    monkeypatch.setattr(subscriber, "redeem", answer_lost_once)
+    asterisk = FakeAsterisk(server.port, {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[0]]})
+    asterisk.call()
+    assert asterisk.variables["VOMS_RESULT"] == "0"
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    assert sent[0] is not None
+    assert sent[0].startswith("ivr-")
+    assert balance(rt) == 1000  # credited once
+    assert [row.result_code for row in transactions(rt)] == [0]
+
+
+def test_every_redemption_of_a_call_has_its_own_request_id(
+    rt: Runtime, server: RunningAgi, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = subscriber.redeem
+    sent: list[str | None] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        sent.append(kwargs.get("request_id"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subscriber, "redeem", recorded)
+    asterisk = FakeAsterisk(
+        server.port,
+        {"voms/menu": ["1"], "voms/enter-pin": [shop.bundle_pins[0]], "voms/choose-offer": ["2"]},
+    )
+    asterisk.call()
+    other = FakeAsterisk(server.port, {"voms/menu": ["1"], "voms/enter-pin": [shop.pins[1]]})
+    other.call()
+    assert asterisk.variables["VOMS_RESULT"] == other.variables["VOMS_RESULT"] == "0"
+    assert len(sent) == 3
+    assert len(set(sent)) == 3
 
 
 @pytest.mark.parametrize("hangup_first", [False, True])

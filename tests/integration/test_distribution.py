@@ -573,3 +573,164 @@ def test_a_key_that_expired_since_it_was_added_is_refused_until_the_partner_gets
         distribution.replace_partner_key(
             rt, CONSOLE, "printshop", distribution.PartnerKeyIn(public_key=partner_keys.revoked)
         )
+
+
+# --- exports in steps and in the background ---------------------------------------------
+
+
+def _wait_for(rt: Runtime, export_id: int, state: str) -> dict[str, Any]:
+    for _ in range(600):
+        record = distribution.get_export(rt, CONSOLE, export_id)
+        if record["state"] == state:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"export {export_id} is still {record['state']}")
+
+
+def test_an_export_holds_the_write_lock_for_one_chunk_at_a_time_and_shows_its_progress(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(distribution, "CLAIM_ROWS", 10)
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=95)
+    seen: list[tuple[str, int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        # Other writers go on while the export runs: this would wait for the export's
+        # lock, on this very thread, if the export were one transaction.
+        with rt.engine.begin() as conn:
+            conn.execute(
+                t.audit_log.insert().values(
+                    at=utcnow(), actor="x", action="a", object_type="o", object_id="1", detail={}
+                )
+            )
+        [running] = distribution.list_exports(rt, CONSOLE)
+        seen.append((running["state"], running["exported_count"], total))
+
+    out = io.BytesIO()
+    body = ExportIn(partner="printshop", voucher_type="TOPUP10")
+    record = distribution.create_export(rt, CONSOLE, body, output=out, progress=progress)
+    assert record["state"] == "exported"
+    assert record["exported_count"] == record["voucher_count"] == 95
+    assert len(seen) == 10
+    assert {state for state, _, _ in seen} == {"exporting"}
+    assert {total for _, _, total in seen} == {95}
+    assert [count for _, count, _ in seen] == sorted(count for _, count, _ in seen)
+    assert [(r["serial"], r["pin"]) for r in rows_of(partner_keys, out.getvalue())] == vouchers
+
+
+def test_a_large_export_ordered_over_the_api_runs_in_the_background(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"background_export_threshold": 5})
+    add_partner(rt, partner_keys.good)
+    vouchers = factories.active_batch(rt, count=12)
+    small = distribution.order_export(
+        rt, CONSOLE, ExportIn(partner="printshop", serial_from=vouchers[0][0],
+                              serial_to=vouchers[4][0])
+    )  # fmt: skip
+    assert small["state"] == "exported"
+    ordered = distribution.order_export(
+        rt, CONSOLE, ExportIn(partner="printshop", voucher_type="TOPUP10", reissue=True)
+    )
+    assert ordered["state"] == "exporting"
+    assert ordered["voucher_count"] == 12
+    assert ordered["download_token"]
+    done = _wait_for(rt, ordered["export_id"], "exported")
+    assert (done["exported_count"], done["reissued_count"]) == (12, 5)
+    assert done["download_expires_at"] is not None
+    found = distribution.open_export_file(
+        rt, CONSOLE, ordered["export_id"], ordered["download_token"]
+    )
+    ciphertext = b"".join(found.chunks)
+    assert [(r["serial"], r["pin"]) for r in rows_of(partner_keys, ciphertext)] == vouchers
+
+
+def test_a_background_export_that_fails_is_kept_failed_with_its_marks_undone(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys
+) -> None:
+    from dataclasses import replace
+
+    from voms.crypto import Keyring
+
+    add_partner(rt, partner_keys.good)
+    add_partner(rt, partner_keys.other, name="retail")
+    vouchers = factories.active_batch(rt, count=30)
+    first, _ = export(rt, serial_from=vouchers[0][0], serial_to=vouchers[9][0])
+    before = exported(rt)
+    wrong_keys = replace(rt, keyring=_without_key(Keyring.new().with_new_encryption_key(), 1))
+    wrong_keys.settings = rt.settings.model_copy(update={"background_export_threshold": 0})
+    ordered = distribution.order_export(
+        wrong_keys, CONSOLE, ExportIn(partner="retail", voucher_type="TOPUP10", reissue=True)
+    )
+    failed = _wait_for(rt, ordered["export_id"], "failed")
+    assert failed["error"] == "KeyringError"
+    # The reissue's marks are gone, and the ten vouchers exported before have theirs back.
+    assert exported(rt) == before
+    assert {before[int(s)] for s, _ in vouchers[:10]} == {(first_partner(rt), first["export_id"])}
+    with pytest.raises(Conflict, match="failed; it has no file"):
+        distribution.open_export_file(rt, CONSOLE, ordered["export_id"], ordered["download_token"])
+    again, ciphertext = export(rt, partner="retail", voucher_type="TOPUP10", reissue=True)
+    assert again["reissued_count"] == 10
+    assert len(rows_of(partner_keys, ciphertext)) == 30
+
+
+class Killed(Exception):
+    pass
+
+
+def first_partner(rt: Runtime) -> int:
+    return _partner_id(rt, "printshop")
+
+
+def test_an_export_left_by_a_dead_process_is_failed_and_undone(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(distribution, "CLAIM_ROWS", 10)
+    add_partner(rt, partner_keys.good)
+    factories.active_batch(rt, count=40)
+
+    def die(done: int, total: int) -> None:
+        if done >= 20:
+            raise Killed
+
+    # The process dies after two chunks: nothing of ours runs any more, no clean-up.
+    monkeypatch.setattr(distribution, "_abandon", lambda *args, **kwargs: None)
+    body = ExportIn(partner="printshop", voucher_type="TOPUP10")
+    with pytest.raises(Killed):
+        distribution.create_export(rt, CONSOLE, body, output=io.BytesIO(), progress=die)
+    [left] = distribution.list_exports(rt, CONSOLE)
+    assert left["state"] == "exporting"
+    assert {m for m in exported(rt).values() if m != (None, None)}
+
+    assert distribution.fail_stalled_exports(rt) == []  # it stepped just now
+    later = utcnow() + distribution.STALLED_AFTER + timedelta(seconds=1)
+    assert distribution.purge_export_files(rt, later) == 0
+    [failed] = distribution.list_exports(rt, CONSOLE)
+    assert (failed["state"], failed["error"]) == ("failed", "stalled")
+    assert set(exported(rt).values()) == {(None, None)}
+    again, _ = export(rt, voucher_type="TOPUP10")
+    assert again["voucher_count"] == 40
+
+
+def test_a_reissue_that_cannot_forget_the_marks_it_replaced_stays_complete(
+    rt: Runtime, catalog: None, partner_keys: PartnerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_partner(rt, partner_keys.good)
+    factories.active_batch(rt, count=5)
+    export(rt, voucher_type="TOPUP10")
+
+    def broken(export_id: int) -> Any:
+        def step(*args: Any) -> None:
+            raise OSError("connection lost")
+
+        return step
+
+    monkeypatch.setattr(distribution, "_dropper", broken)
+    again, _ = export(rt, voucher_type="TOPUP10", reissue=True)
+    assert distribution.get_export(rt, CONSOLE, again["export_id"])["state"] == "exported"
+    assert {mark for mark in exported(rt).values()} == {(first_partner(rt), again["export_id"])}
+    monkeypatch.undo()
+    # The replaced marks left behind do not stand in the way of the next reissue.
+    third, _ = export(rt, voucher_type="TOPUP10", reissue=True)
+    assert third["reissued_count"] == 5

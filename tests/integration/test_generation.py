@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests import factories
+from voms.crypto import Keyring
 from voms.db import bulk
 from voms.db import tables as t
 from voms.domain.errors import Conflict, ResultError
@@ -127,6 +128,47 @@ def test_pins_that_collide_with_earlier_vouchers_are_drawn_again(rt: Runtime) ->
     assert not set(_pins(rt, first["batch_id"])) & set(_pins(rt, second["batch_id"]))
     with rt.engine.connect() as conn:
         assert conn.execute(select(func.count(t.vouchers.c.pin_hash.distinct()))).scalar_one() == 40
+
+
+def _rotate_lookup_key(rt: Runtime) -> None:
+    rt.keyring = Keyring(
+        lookup_keys={**rt.keyring.lookup_keys, 2: b"\x02" * 32},
+        encryption_keys=rt.keyring.encryption_keys,
+        active_lookup_key_id=2,
+        active_encryption_key_id=rt.keyring.active_encryption_key_id,
+    )
+
+
+@pytest.mark.usefixtures("catalog")
+def test_after_a_lookup_key_rotation_no_pin_issued_under_an_older_key_is_issued_again(
+    rt: Runtime,
+) -> None:
+    seed = os.urandom(8 * 400)
+    first = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=20).batch
+    generation.fill_batch(
+        rt, CONSOLE, first["batch_id"], workers=0, randbytes=_replayed_entropy(seed)
+    )
+    _rotate_lookup_key(rt)
+    # The new batch draws the first batch's PINs first; hashed under the new key they do
+    # not collide on the UNIQUE column, but a redemption would find two vouchers.
+    second = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=20).batch
+    done = generation.fill_batch(
+        rt, CONSOLE, second["batch_id"], workers=0, randbytes=_replayed_entropy(seed)
+    )
+    assert done["generated_count"] == 20
+    old, new = _pins(rt, first["batch_id"]), _pins(rt, second["batch_id"])
+    assert not set(old) & set(new)
+    with rt.engine.connect() as conn:
+        key_ids = set(
+            conn.execute(
+                select(t.vouchers.c.lookup_key_id).where(
+                    t.vouchers.c.batch_id == second["batch_id"]
+                )
+            ).scalars()
+        )
+    assert key_ids == {2}
+    for pin in old + new:
+        assert care.voucher_by_pin(rt, CONSOLE, pin)["serial"]
 
 
 @pytest.mark.usefixtures("catalog")

@@ -6,14 +6,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 
 from tests import factories
+from voms.crypto import Keyring
 from voms.db import tables as t
 from voms.domain.errors import Conflict, Invalid
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
-from voms.services import generation, lifecycle, redemption, voucher_import
+from voms.services import generation, housekeeping, lifecycle, redemption, voucher_import
 from voms.services.auth import CONSOLE
 from voms.services.redemption import RedemptionRequest
 from voms.services.voucher_import import ImportRefused
@@ -201,3 +202,73 @@ def test_a_file_that_changes_between_check_and_write_imports_nothing(
 def test_an_empty_file_is_refused(rt: Runtime, catalog: None) -> None:
     with pytest.raises(Invalid, match="no vouchers"):
         run_import(rt, legacy([]))
+
+
+def test_a_pin_issued_under_an_older_lookup_key_or_archived_is_refused(
+    rt: Runtime, catalog: None
+) -> None:
+    archived_serial, archived_pin = factories.active_batch(rt, count=2)[0]
+    with rt.engine.begin() as conn:
+        conn.execute(
+            update(t.batches)
+            .where(t.batches.c.serial_first <= int(archived_serial))
+            .values(expires_at=datetime.now(UTC) - timedelta(days=1000))
+        )
+    housekeeping.run_job(rt, CONSOLE, "voucher_archive")
+    with rt.engine.connect() as conn:
+        assert conn.execute(
+            select(func.count()).where(t.voucher_archive.c.serial == int(archived_serial))
+        ).scalar_one()
+    _, old_key_pin = factories.active_batch(rt, count=2)[0]
+    rt.keyring = Keyring(
+        lookup_keys={**rt.keyring.lookup_keys, 2: b"\x02" * 32},
+        encryption_keys=rt.keyring.encryption_keys,
+        active_lookup_key_id=2,
+        active_encryption_key_id=rt.keyring.active_encryption_key_id,
+    )
+    lines = legacy(
+        [
+            (8_000_001, new_pin(), "TOPUP10", NEXT_YEAR),
+            (8_000_002, archived_pin, "TOPUP10", NEXT_YEAR),  # line 3
+            (8_000_003, old_key_pin, "TOPUP10", NEXT_YEAR),  # line 4
+        ]
+    )
+    before = counts(rt)
+    with pytest.raises(ImportRefused) as refused:
+        run_import(rt, lines)
+    assert {bad.line: bad.reason for bad in refused.value.bad_lines} == {
+        3: "PIN already issued to another voucher",
+        4: "PIN already issued to another voucher",
+    }
+    assert counts(rt) == before
+
+
+def test_a_pin_archived_between_check_and_write_imports_nothing(
+    rt: Runtime, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pin = new_pin()
+    real_scan = voucher_import._scan
+
+    def scan_then_archive(*args: Any, **kwargs: Any) -> Any:
+        found = real_scan(*args, **kwargs)
+        # Meanwhile the archive job moves in a voucher that had this PIN.
+        with rt.engine.begin() as conn:
+            conn.execute(
+                insert(t.voucher_archive).values(
+                    serial=9_999_999,
+                    batch_id=1,
+                    pin_hash=rt.keyring.lookup_hash(pin),
+                    lookup_key_id=rt.keyring.active_lookup_key_id,
+                    state="redeemed",
+                    voucher_state="redeemed",
+                    expires_at=datetime.now(UTC),
+                    archived_at=datetime.now(UTC),
+                )
+            )
+        return found
+
+    monkeypatch.setattr(voucher_import, "_scan", scan_then_archive)
+    before = counts(rt)
+    with pytest.raises(Conflict, match="archived meanwhile"):
+        run_import(rt, legacy([(8_100_001, pin, "TOPUP10", NEXT_YEAR)]))
+    assert counts(rt) == before

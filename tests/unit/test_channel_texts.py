@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,62 @@ def test_access_log_lines_lose_the_pin_and_the_secret_but_keep_the_rest() -> Non
     assert "s3cr3t" not in line
     assert "t0k3n" not in line
     assert "/sms/kannel?secret=***&from=2547&text=***&id=x&token=***" in line
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _write(path: Path, text: str, mtime: int) -> None:
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, ns=(mtime, mtime))  # a new modification time, however fast the test
+
+
+def test_a_changed_texts_file_is_read_again_at_most_once_a_second(tmp_path: Path) -> None:
+    path = tmp_path / "texts.json"
+    _write(path, json.dumps({"default": {"texts": {"en": {"result.2009": "Used."}}}}), 1)
+    clock = _Clock()
+    watched = texts.TextsFile(path, clock=clock)
+    assert watched.current().messages().text("result.2009") == "Used."
+
+    _write(path, json.dumps({"default": {"texts": {"en": {"result.2009": "Used up."}}}}), 2)
+    clock.now += 0.5
+    assert watched.current().messages().text("result.2009") == "Used."  # not looked at yet
+    clock.now += 0.6
+    assert watched.current().messages().text("result.2009") == "Used up."
+
+
+def test_a_broken_new_texts_file_keeps_the_texts_in_use_and_logs_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "texts.json"
+    _write(path, json.dumps({"default": {"texts": {"en": {"result.2009": "Used."}}}}), 1)
+    clock = _Clock()
+    watched = texts.TextsFile(path, clock=clock)
+    _write(path, '{"default": {"texts": {"en": {"result.2009": "{pin}"}}}}', 2)
+    clock.now += 1
+    with caplog.at_level(logging.ERROR, logger="voms.channels.texts"):
+        assert watched.current().messages().text("result.2009") == "Used."
+        clock.now += 1
+        assert watched.current().messages().text("result.2009") == "Used."
+    [error] = caplog.records  # logged once, not at every look
+    assert str(path) in error.getMessage()
+    assert "texts in use stay" in error.getMessage()
+
+    _write(path, "{not json", 3)
+    clock.now += 1
+    assert watched.current().messages().text("result.2009") == "Used."
+    _write(path, json.dumps({"default": {"texts": {"en": {"result.2009": "Fixed."}}}}), 4)
+    clock.now += 1
+    assert watched.current().messages().text("result.2009") == "Fixed."
+
+
+def test_a_broken_texts_file_at_start_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "texts.json"
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(TextsError, match="not JSON"):
+        texts.TextsFile(path)

@@ -51,6 +51,12 @@ class ExportPublic(BaseModel):
     download_expires_at: datetime | None
     created_by: str
     created_at: datetime
+    state: str = Field(
+        description="exporting (voucher_count is then the number that matched), exported or failed"
+    )
+    exported_count: int = Field(description="vouchers claimed so far")
+    updated_at: datetime
+    error: str | None = Field(description="why it failed")
 
 
 class ExportCreated(ExportPublic):
@@ -100,8 +106,10 @@ def disable_partner(name: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
 @router.post("/exports", status_code=status.HTTP_201_CREATED, response_model=ExportCreated)
 def create_export(body: ExportIn, request: Request, rt: RuntimeDep, who: PrincipalDep) -> Json:
     """Export the matching vouchers (not redeemed, deleted or expired) encrypted to the
-    partner's key; vouchers exported before need `"reissue": true`."""
-    record = distribution.create_export(rt, who, body)
+    partner's key; vouchers exported before need `"reissue": true`. Above
+    VOMS_BACKGROUND_EXPORT_THRESHOLD vouchers it runs in the background: the answer says
+    `exporting`, GET /exports/{id} shows the progress, and the link works once `exported`."""
+    record = distribution.order_export(rt, who, body)
     token = record.pop("download_token")
     url = request.url_for("download_export_file", export_id=record["export_id"])
     record["download_url"] = f"{url}?token={token}" if token else None

@@ -10,7 +10,10 @@ and answers each with a line such as ``200 result=1234 (timeout)``. The call:
    goes straight to entering a number.
 2. GET DATA collects the PIN (DTMF, ``#`` ends it); a bad PIN may be entered again
    ``VOMS_CHANNEL_PIN_RETRIES`` times. A voucher with several offers reads them out
-   ("for ten shillings press 1") and asks for one.
+   ("for ten shillings press 1") and asks for one. Each redemption carries a request id
+   of its own (``ivr-<call>-<n>``), and one answered 3000 (the database out of reach, the
+   answer lost) is sent once more with the same id: the service then gives the first
+   answer again if it had committed.
 3. SET VARIABLE ``VOMS_RESULT`` (the result code) and, after a success, ``VOMS_BALANCE``;
    every credit is said with its new balance, as money ("ten shillings"). The dialplan
    continues after ``AGI()``.
@@ -28,6 +31,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +45,7 @@ from voms.runtime import Runtime
 
 CHANNEL = "ivr"
 RESULT_VARIABLE = "VOMS_RESULT"
+RETRY_DELAY_S = 0.5  # before a redemption answered 3000 is sent again
 BALANCE_VARIABLE = "VOMS_BALANCE"
 
 # The prompts VOMS_AGI_PROMPTS may replace: the texts' ivr.* entries that are sounds only.
@@ -191,6 +196,10 @@ class _Call:
         self.agi = agi
         self.prompts = prompts  # VOMS_AGI_PROMPTS
         self.settings = rt.settings
+        # agi_uniqueid is unique within one Asterisk only, not among several: a call
+        # id of our own, with a counter per redemption sent, makes the request ids.
+        self.call_id = secrets.token_hex(8)
+        self.redemptions = 0
         self.language = agi.env.get("agi_language") or None
         self.said = Messages()
 
@@ -250,17 +259,26 @@ class _Call:
     async def redeem(
         self, requester: str, recipient: str, pin: str, scenario: str | None
     ) -> dict[str, Any]:
-        # No request id: a call is one connection that Asterisk never replays, and
-        # agi_uniqueid is unique within one Asterisk only, not among several.
-        return await asyncio.to_thread(
-            subscriber.redeem,
-            self.rt,
-            CHANNEL,
-            msisdn=requester,
-            pin=pin,
-            recipient=None if recipient == requester else recipient,
-            scenario=scenario,
-        )
+        """One redemption under a request id of its own; a 3000 is retried once with it."""
+        self.redemptions += 1
+        request_id = f"{CHANNEL}-{self.call_id}-{self.redemptions}"
+        answer: dict[str, Any] = {}
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(RETRY_DELAY_S)
+            answer = await asyncio.to_thread(
+                subscriber.redeem,
+                self.rt,
+                CHANNEL,
+                msisdn=requester,
+                pin=pin,
+                recipient=None if recipient == requester else recipient,
+                scenario=scenario,
+                request_id=request_id,
+            )
+            if answer["result_code"] != Result.SYSTEM_ERROR.code:
+                break
+        return answer
 
     def said_credits(self, said: Messages, credits: Iterable[dict[str, Any]]) -> list[Sayable]:
         """The credits of an offer in words: "ten shillings and fifty SMS"."""

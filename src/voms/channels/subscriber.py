@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from voms.api.errors import result_body
-from voms.channels.texts import Messages, Texts, load
+from voms.channels.texts import Messages, Texts, TextsFile
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.results import Result
@@ -45,14 +45,12 @@ def principal(channel: str) -> Principal:
 
 
 def texts(rt: Runtime) -> Texts:
-    """The installation's texts (``VOMS_TEXTS_FILE``), read once per process."""
+    """The installation's texts (``VOMS_TEXTS_FILE``), read again when the file changes."""
     cached = rt.caches.get("channel_texts")
-    if not isinstance(cached, Texts):
-        cached = load(rt.settings.texts_file, rt.settings.channel_language)
-        for gap in cached.report():
-            log.warning("%s", gap)
+    if not isinstance(cached, TextsFile):
+        cached = TextsFile(rt.settings.texts_file, rt.settings.channel_language)
         rt.caches["channel_texts"] = cached
-    return cached
+    return cached.current()
 
 
 @asynccontextmanager

@@ -13,14 +13,20 @@ default profile's, else ``VOMS_CHANNEL_LANGUAGE``. A text is looked up in the pr
 overrides, the default profile's, then the shipped locale, in that language first and
 then in English. The file is checked when the app starts: unknown keys, placeholders the
 default does not offer, and texts that cannot fit a USSD reply are refused; texts a
-language lacks are reported (English is said instead). No text ever carries a PIN: none
-of them has a placeholder for one.
+language lacks are reported (English is said instead). A changed file is read again
+without a restart (:class:`TextsFile`, checked at most once a second); a broken new
+version is refused the same way, logged, and the texts in use stay. No text ever
+carries a PIN: none of them has a placeholder for one.
 """
 
 import json
+import logging
+import os
 import re
 import string
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -34,6 +40,11 @@ ENGLISH = "en"
 # A USSD reply holds 182 characters, "CON " or "END " included; an SMS text must fit
 # one USSD reply too, as both channels share result texts.
 MAX_SCREEN_CHARS = 182 - len("END ")
+
+log = logging.getLogger("voms.channels.texts")
+
+# How often a texts file is looked at for changes (one stat call).
+CHECK_INTERVAL_S = 1.0
 
 # --- the English defaults -----------------------------------------------------------------
 
@@ -494,3 +505,59 @@ def load(path: Path | None, language: str = ENGLISH) -> Texts:
         return parse(content, language)
     except TextsError as exc:
         raise TextsError(f"{path}: {exc}") from None
+
+
+class TextsFile:
+    """The texts of ``VOMS_TEXTS_FILE`` as they are now: the file is read at start (a
+    broken one raises :class:`TextsError`), then again whenever its modification time or
+    size changed, looked at no more than once every ``CHECK_INTERVAL_S``. A broken new
+    version is logged once and the texts in use stay until the file changes again."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        language: str = "en",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = path
+        self._language = language
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen = self._signature()
+        self._texts = self._load()
+        self._checked_at = clock()
+
+    def _load(self) -> Texts:
+        texts = load(self._path, self._language)
+        for gap in texts.report():
+            log.warning("%s", gap)
+        return texts
+
+    def _signature(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            found = os.stat(self._path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size
+
+    def current(self) -> Texts:
+        """The texts in use, read again first when the file changed."""
+        if self._path is None or self._clock() - self._checked_at < CHECK_INTERVAL_S:
+            return self._texts
+        with self._lock:
+            if self._clock() - self._checked_at < CHECK_INTERVAL_S:
+                return self._texts  # another thread has just looked
+            self._checked_at = self._clock()
+            signature = self._signature()
+            if signature != self._seen:
+                self._seen = signature
+                try:
+                    self._texts = self._load()
+                except TextsError as exc:
+                    log.error("texts file not reloaded, the texts in use stay: %s", exc)
+                else:
+                    log.info("texts file %s reloaded", self._path)
+        return self._texts

@@ -464,6 +464,14 @@ exports = Table(
     Column("download_expires_at", UTCDateTime()),
     Column("created_by", String(100), nullable=False),
     _created_at(),
+    # An export claims its vouchers a chunk per transaction (migration 0005): exporting
+    # while it runs (exported_count claimed so far, updated_at its last step), then
+    # exported, or failed with its marks undone and the reason in error.
+    Column("state", String(10), nullable=False),
+    Column("exported_count", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("error", Text),
+    CheckConstraint("state IN ('exporting', 'exported', 'failed')", name="state"),
     CheckConstraint("format IN ('csv', 'xlsx')", name="format"),
     CheckConstraint("voucher_count > 0", name="voucher_count_positive"),
     CheckConstraint("reissued_count BETWEEN 0 AND voucher_count", name="reissued_count_range"),
@@ -484,6 +492,18 @@ voucher_exports = Table(
     Column("serial", BigId, primary_key=True, autoincrement=False),
     Column("export_id", Integer, nullable=False),
     Column("partner_id", Integer, nullable=False),
+)
+
+# The marks a running reissue replaced (the vouchers' earlier export and partner): put
+# back if the reissue fails, dropped once it is exported. The primary key also keeps two
+# running reissues from taking the same voucher.
+export_displaced_marks = Table(
+    "export_displaced_marks",
+    metadata,
+    Column("serial", BigId, primary_key=True, autoincrement=False),
+    Column("export_id", Integer, nullable=False),
+    Column("previous_export_id", Integer, nullable=False),
+    Column("previous_partner_id", Integer, nullable=False),
 )
 
 # The encrypted file of an export, kept in the database so any server behind the load

@@ -1,17 +1,22 @@
 """Distribution: partners with OpenPGP keys, encrypted voucher exports, their downloads.
 
-An export is one transaction. The matching vouchers are read in serial order, a chunk
-at a time (a primary-key range), and each chunk is marked as the export's in
-voucher_exports with one bulk statement; the PINs are decrypted in memory and piped
-through gpg's stdin. Reading and marking run on their own thread, so the database works
-on the next chunk while gpg encrypts the last. The ciphertext goes to the caller's file
-(CLI) or into the database for a time-limited download link (API). A failure anywhere
-rolls everything back, so a voucher is never marked as exported without a complete
-file, and no plaintext PIN is ever written to disk.
+An export is first registered (state ``exporting``) in a short transaction. The matching
+vouchers are then claimed in serial order, a chunk at a time (a primary-key range): each
+chunk is marked as the export's in voucher_exports with one bulk statement, read back and
+counted into the export's progress in a transaction of its own, so no export holds the
+database's write lock (SQLite has one) for more than a chunk. The PINs are decrypted in
+memory and piped through gpg's stdin; claiming runs on its own thread, so the database
+works on the next chunk while gpg encrypts the last. The ciphertext goes to the caller's
+file (CLI) or into the database for a time-limited download link (API; large exports run
+in the background there, as generation does). The export becomes ``exported`` only once
+the whole file is written; a failure anywhere undoes its marks (a reissue gets its
+vouchers' earlier marks back), so a voucher is never left marked for an incomplete file,
+and no plaintext PIN is ever written to disk.
 """
 
 import hashlib
 import hmac
+import logging
 import queue
 import secrets
 import tempfile
@@ -20,6 +25,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -27,6 +33,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Row,
+    Table,
     and_,
     delete,
     exists,
@@ -50,7 +57,7 @@ from voms.domain.distribution import (
     XLSX_MAX_VOUCHERS,
     LinkExpired,
 )
-from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound, VomsError
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial, parse_serial_range
 from voms.runtime import Runtime
@@ -69,6 +76,13 @@ CLAIM_ROWS = 5_000  # vouchers claimed, read back, decrypted and formatted per s
 QUEUE_CHUNKS = 4  # claimed chunks waiting for gpg: bounds the memory
 FILE_CHUNK_BYTES = 1 << 20  # encrypted file kept in the database in pieces of this size
 SPOOL_BYTES = 8 << 20  # ciphertext up to this size stays in memory before the database
+FILE_CHUNKS_PER_TRANSACTION = 16  # pieces of the file stored per transaction
+UNDO_ROWS = 50_000  # marks undone per transaction when an export fails
+# An export steps (commits a chunk) many times a second; one silent this long was left
+# by a process that died, and is failed by fail_stalled_exports.
+STALLED_AFTER = timedelta(minutes=10)
+
+log = logging.getLogger("voms.distribution")
 
 
 class _Input(BaseModel):
@@ -425,6 +439,12 @@ def _totals(conn: Connection, slices: list[_Slice], reissue: bool) -> tuple[int,
     return total, exported
 
 
+class ExportState(StrEnum):
+    EXPORTING = "exporting"  # claiming its vouchers, a chunk per transaction
+    EXPORTED = "exported"  # complete: every claimed voucher is in the file
+    FAILED = "failed"  # stopped; its marks were undone
+
+
 @dataclass
 class _Progress:
     rows: int = 0
@@ -440,41 +460,51 @@ class _TakenMeanwhile(Exception):
     """Some vouchers were marked by another export after the export began."""
 
 
+@dataclass(frozen=True)
+class _Job:
+    """An export registered in state exporting, with what running it needs."""
+
+    export_id: int
+    service_provider_id: int
+    partner: Row[Any]
+    body: ExportIn
+    slices: list[_Slice]
+    total: int  # vouchers that matched when it was registered
+    filters: dict[str, Any]
+    token: str | None  # the download link's token (API); None when written to a file
+    scope: str
+
+    @property
+    def envelope(self) -> tuple[int, int]:
+        """The serials its marks can lie in."""
+        return self.slices[0].serial_from, self.slices[-1].serial_to
+
+
 class _Claimer:
     """Claims the vouchers for the export in chunks, in serial order, on a thread of
-    its own: each chunk is read (with the encrypted PINs) and marked with set-based
-    statements, while this process decrypts the previous chunk and gpg encrypts it. A
-    small queue bounds the memory. The thread alone uses the connection until
-    :meth:`stop`.
+    its own: each chunk is marked and read back (with the encrypted PINs) in a short
+    transaction of its own that also counts the export's progress, while this process
+    decrypts the previous chunk and gpg encrypts it. A small queue bounds the memory.
     """
 
-    def __init__(
-        self,
-        conn: Connection,
-        actor: Principal,
-        slices: list[_Slice],
-        export_id: int,
-        partner: Row[Any],
-        reissue: bool,
-    ) -> None:
-        self._conn = conn
-        self._actor = actor
-        self._slices = slices
-        self._export_id = export_id
-        self._partner = partner
-        self._reissue = reissue
+    def __init__(self, rt: Runtime, job: _Job) -> None:
+        self._rt = rt
+        self._job = job
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._stopping = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"export-{export_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"export-{job.export_id}", daemon=True
+        )
         self.claimed = 0
         self.reissued = 0  # of the claimed vouchers, those exported before
+        self.per_slice: list[tuple[_Slice, int]] = []
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Wait until the thread has let go of the connection (at once after the end)."""
+        """Wait until the thread has stopped claiming (at once after the end)."""
         self._stopping.set()
         self._thread.join()
 
@@ -498,24 +528,15 @@ class _Claimer:
 
     def _run(self) -> None:
         try:
-            for piece in self._slices:
+            for piece in self._job.slices:
                 count = 0
                 for rows in self._claim(piece):
                     count += len(rows)
+                    self.claimed += len(rows)
                     if not self._put((piece, rows)):
                         return
                 if count:
-                    record_event(
-                        self._conn,
-                        self._actor,
-                        "reissue" if self._reissue else "export",
-                        batch_id=piece.batch_id,
-                        serial_from=piece.serial_from,
-                        serial_to=piece.serial_to,
-                        affected=count,
-                        detail={"export_id": self._export_id, "partner": self._partner.name},
-                    )
-                self.claimed += count
+                    self.per_slice.append((piece, count))
         except BaseException as exc:  # handed to the consumer, raised there
             self._error = exc
         finally:
@@ -524,58 +545,96 @@ class _Claimer:
     def _claim(self, piece: _Slice) -> Iterator[list[tuple[int, bytes, int]]]:
         """The slice's vouchers, a chunk at a time, each chunk marked as this export's.
 
-        Marking and reading see one snapshot (the export runs in REPEATABLE READ on
-        PostgreSQL; SQLite has one writer), so the marks are exactly the file's rows.
+        Marking and reading see one snapshot (REPEATABLE READ on PostgreSQL; SQLite has
+        one writer), so each chunk's marks are exactly its rows in the file. The write
+        lock is held for one chunk at a time, never for the whole export.
         """
         v = t.vouchers
         low = piece.serial_from
         while low <= piece.serial_to:
-            if piece.dense:
-                high = min(low + CLAIM_ROWS - 1, piece.serial_to)
-            else:
-                # An imported batch may have gaps: find where CLAIM_ROWS vouchers end.
-                bound = self._conn.execute(
-                    select(v.c.serial)
-                    .where(v.c.serial.between(low, piece.serial_to))
+            if self._stopping.is_set():
+                return
+            with _snapshot(self._rt) as conn:
+                if piece.dense:
+                    high = min(low + CLAIM_ROWS - 1, piece.serial_to)
+                else:
+                    # An imported batch may have gaps: find where CLAIM_ROWS vouchers end.
+                    bound = conn.execute(
+                        select(v.c.serial)
+                        .where(v.c.serial.between(low, piece.serial_to))
+                        .order_by(v.c.serial)
+                        .offset(CLAIM_ROWS - 1)
+                        .limit(1)
+                    ).scalar()
+                    high = piece.serial_to if bound is None else int(bound)
+                reissued = self._mark(conn, piece, low, high)
+                rows = conn.execute(
+                    select(v.c.serial, v.c.pin_ciphertext, v.c.encryption_key_id)
+                    .where(_in_slice(piece, low, high))
                     .order_by(v.c.serial)
-                    .offset(CLAIM_ROWS - 1)
-                    .limit(1)
-                ).scalar()
-                high = piece.serial_to if bound is None else int(bound)
-            self._mark(piece, low, high)
-            rows = self._conn.execute(
-                select(v.c.serial, v.c.pin_ciphertext, v.c.encryption_key_id)
-                .where(_in_slice(piece, low, high))
-                .order_by(v.c.serial)
-            ).all()
+                ).all()
+                _step(conn, self._job.export_id, len(rows))
+            self.reissued += reissued
             if rows:
                 yield [(row[0], row[1], row[2]) for row in rows]
             low = high + 1
 
-    def _mark(self, piece: _Slice, low: int, high: int) -> None:
+    def _mark(self, conn: Connection, piece: _Slice, low: int, high: int) -> int:
         """Record this export as the latest of each matching voucher from low to high:
-        set-based statements, nothing travels to this process. The primary key on the
-        serial makes a concurrent export of the same vouchers fail, not hand them out
-        twice."""
-        v, e = t.vouchers, t.voucher_exports
+        set-based statements, nothing travels to this process. The primary keys on the
+        serial make a concurrent export of the same vouchers fail, not hand them out
+        twice. A reissue keeps the marks it replaces, to put them back if it fails.
+        Returns how many of these vouchers had been exported before."""
+        v, e, d = t.vouchers, t.voucher_exports, t.export_displaced_marks
+        job = self._job
         matching = select(v.c.serial).where(_in_slice(piece, low, high))
-        if self._reissue:
-            self.reissued += self._conn.execute(
-                delete(e).where(e.c.serial.between(low, high), e.c.serial.in_(matching))
-            ).rowcount
+        reissued = 0
         try:
-            self._conn.execute(
+            if job.body.reissue:
+                # Kept marks of reissues that completed are no longer needed.
+                done = select(t.exports.c.id).where(t.exports.c.state == ExportState.EXPORTED)
+                conn.execute(
+                    delete(d).where(d.c.serial.between(low, high), d.c.export_id.in_(done))
+                )
+                conn.execute(
+                    insert(d).from_select(
+                        ["serial", "export_id", "previous_export_id", "previous_partner_id"],
+                        select(
+                            e.c.serial,
+                            literal(job.export_id, Integer),
+                            e.c.export_id,
+                            e.c.partner_id,
+                        ).where(e.c.serial.between(low, high), e.c.serial.in_(matching)),
+                    )
+                )
+                reissued = conn.execute(
+                    delete(e).where(e.c.serial.between(low, high), e.c.serial.in_(matching))
+                ).rowcount
+            conn.execute(
                 insert(e).from_select(
                     ["serial", "export_id", "partner_id"],
                     select(
                         v.c.serial,
-                        literal(self._export_id, Integer),
-                        literal(self._partner.id, Integer),
+                        literal(job.export_id, Integer),
+                        literal(job.partner.id, Integer),
                     ).where(_in_slice(piece, low, high)),
                 )
             )
         except IntegrityError:
             raise _TakenMeanwhile() from None
+        return int(reissued)
+
+
+def _step(conn: Connection, export_id: int, claimed: int) -> None:
+    """Count a chunk into the export's progress; refuse if it stopped exporting."""
+    x = t.exports
+    still_exporting = conn.execute(
+        update(x)
+        .where(x.c.id == export_id, x.c.state == ExportState.EXPORTING)
+        .values(exported_count=x.c.exported_count + claimed, updated_at=utcnow())
+    ).rowcount
+    if not still_exporting:
+        raise Conflict(f"export {export_id} was stopped meanwhile")
 
 
 Chunk = tuple[_Slice, list[tuple[int, bytes, int]]]  # (slice, [(serial, ciphertext, key id)])
@@ -649,16 +708,44 @@ class _Ciphertext:
         self.target.write(chunk)
 
 
-def _store_file(conn: Connection, export_id: int, spool: IO[bytes]) -> None:
+def _store_file(rt: Runtime, export_id: int, spool: IO[bytes]) -> None:
+    """The encrypted file into the database, a few pieces per transaction."""
     spool.seek(0)
     seq = 0
-    while chunk := spool.read(FILE_CHUNK_BYTES):
-        conn.execute(insert(t.export_file_chunks).values(export_id=export_id, seq=seq, data=chunk))
-        seq += 1
+    while True:
+        with rt.engine.begin() as conn:
+            for _ in range(FILE_CHUNKS_PER_TRANSACTION):
+                chunk = spool.read(FILE_CHUNK_BYTES)
+                if not chunk:
+                    return
+                conn.execute(
+                    insert(t.export_file_chunks).values(export_id=export_id, seq=seq, data=chunk)
+                )
+                seq += 1
 
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _fingerprint(rt: Runtime, body: ExportIn) -> str:
+    return idempotency.fingerprint(
+        rt.keyring, "export.create", body.model_dump(exclude={"request_id"}, mode="json")
+    )
+
+
+def _replay_or_register(
+    rt: Runtime, actor: Principal, body: ExportIn, *, keep_file: bool
+) -> dict[str, Any] | _Job:
+    """The export an earlier request with this id made, or a new one, registered."""
+    actor.require(Permission.EXPORT)
+    purge_export_files(rt)
+    fingerprint = _fingerprint(rt, body)
+    if body.request_id is not None:
+        replayed = _replay(rt, actor, body.request_id, fingerprint)
+        if replayed is not None:
+            return replayed
+    return _register(rt, actor, body, fingerprint, keep_file=keep_file)
 
 
 def create_export(
@@ -669,30 +756,45 @@ def create_export(
     output: IO[bytes] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Export matching vouchers encrypted to the partner's key; record it and mark them.
+    """Export matching vouchers encrypted to the partner's key, now; record it and mark them.
 
     With ``output`` the encrypted file is written there (CLI); without, it is kept for
     a download link whose one-time token is returned as ``download_token`` (API).
-    ``progress(done, total)`` is called as vouchers are written.
+    ``progress(done, total)`` is called as vouchers are written. A failure undoes
+    everything, the export's record included.
     """
-    actor.require(Permission.EXPORT)
-    purge_export_files(rt)
-    fingerprint = idempotency.fingerprint(
-        rt.keyring, "export.create", body.model_dump(exclude={"request_id"}, mode="json")
-    )
-    if body.request_id is not None:
-        replayed = _replay(rt, actor, body.request_id, fingerprint)
-        if replayed is not None:
-            return replayed
-    try:
-        return _export(rt, actor, body, output, progress, fingerprint)
-    except _TakenMeanwhile:
-        raise Conflict("another export took some of these vouchers meanwhile; try again") from None
-    except DBAPIError as exc:
-        # REPEATABLE READ on PostgreSQL: a concurrent export changed the same marks.
-        if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
-            raise Conflict("a concurrent export got in the way; try again") from None
-        raise
+    job = _replay_or_register(rt, actor, body, keep_file=output is None)
+    if not isinstance(job, _Job):
+        return job
+    return _run(rt, actor, job, output, progress, keep_failed=False)
+
+
+def order_export(rt: Runtime, actor: Principal, body: ExportIn) -> dict[str, Any]:
+    """POST /exports: export now up to VOMS_BACKGROUND_EXPORT_THRESHOLD vouchers; above
+    it, answer the export in state exporting and run it in a daemon thread (GET shows its
+    progress; a failure leaves it failed, with the reason)."""
+    job = _replay_or_register(rt, actor, body, keep_file=True)
+    if not isinstance(job, _Job):
+        return job
+    if job.total <= rt.settings.background_export_threshold:
+        return _run(rt, actor, job, None, None, keep_failed=False)
+    with reading(rt.engine) as conn:
+        record = _export_public(conn, job.export_id, rt.settings.serial_width)
+    record["download_token"] = job.token
+    _in_background(rt, actor, job)
+    return record
+
+
+def _in_background(rt: Runtime, actor: Principal, job: _Job) -> threading.Thread:
+    def run() -> None:
+        try:
+            _run(rt, actor, job, None, None, keep_failed=True)
+        except Exception:  # already recorded on the export and logged by _run
+            return
+
+    thread = threading.Thread(target=run, name=f"export-run-{job.export_id}", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager
@@ -705,16 +807,13 @@ def _snapshot(rt: Runtime) -> Iterator[Connection]:
             yield conn
 
 
-def _export(
-    rt: Runtime,
-    actor: Principal,
-    body: ExportIn,
-    output: IO[bytes] | None,
-    progress: Callable[[int, int], None] | None,
-    fingerprint: str,
-) -> dict[str, Any]:
+def _register(
+    rt: Runtime, actor: Principal, body: ExportIn, fingerprint: str, *, keep_file: bool
+) -> _Job:
+    """Check the export and record it in state exporting (one short transaction)."""
     now = utcnow()
-    with _snapshot(rt) as conn:
+    scope = idempotency.scope_of(actor)
+    with rt.engine.begin() as conn:
         partner = _load_partner(conn, actor, body.partner)
         if partner.state != "active":
             raise Conflict(f"partner '{body.partner}' is disabled")
@@ -737,6 +836,7 @@ def _export(
             "serial_to": None if body.serial_to is None else str(body.serial_to),
             "voucher_type": body.voucher_type,
         }
+        token = secrets.token_urlsafe(32) if keep_file else None
         export_id = conn.execute(
             insert(t.exports)
             .values(
@@ -747,36 +847,89 @@ def _export(
                 reissue=body.reissue,
                 voucher_count=total,
                 reissued_count=0,
+                # Until it is exported: the serials its marks can lie in.
+                serial_first=slices[0].serial_from,
+                serial_last=slices[-1].serial_to,
                 key_fingerprint=partner.key_fingerprint,
                 file_name="",
                 sha256="",
                 size_bytes=0,
+                download_token_hash=None if token is None else _token_hash(token),
                 created_by=actor.name,
                 created_at=now,
+                state=ExportState.EXPORTING,
+                exported_count=0,
+                updated_at=now,
             )
             .returning(t.exports.c.id)
         ).scalar_one()
-        state = _Progress()
+        if body.request_id is not None and not idempotency.remember(
+            conn, scope, body.request_id, fingerprint, {"export_id": export_id}, 201, now
+        ):
+            raise Conflict("request id is being used by a concurrent request; retry")
+    return _Job(export_id, sp_id, partner, body, slices, total, filters, token, scope)
 
-        def advance() -> None:
-            if progress is not None:
-                progress(state.rows, total)
 
-        claimer = _Claimer(conn, actor, slices, export_id, partner, body.reissue)
-        rows = _tracked(claimer.chunks(), state)
-        formatter = _csv if body.format == "csv" else _xlsx
-        plaintext = formatter(rows, rt, advance)
+def _run(
+    rt: Runtime,
+    actor: Principal,
+    job: _Job,
+    output: IO[bytes] | None,
+    progress: Callable[[int, int], None] | None,
+    *,
+    keep_failed: bool,
+) -> dict[str, Any]:
+    """Write the file of a registered export; on any failure undo its marks, and keep
+    its record as failed (``keep_failed``) or delete it."""
+    try:
+        try:
+            return _write(rt, actor, job, output, progress)
+        except _TakenMeanwhile:
+            raise Conflict(
+                "another export took some of these vouchers meanwhile; try again"
+            ) from None
+        except DBAPIError as exc:
+            # REPEATABLE READ on PostgreSQL: a concurrent export changed the same marks.
+            if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
+                raise Conflict("a concurrent export got in the way; try again") from None
+            raise
+    except BaseException as exc:
+        reason = exc.detail if isinstance(exc, VomsError) else type(exc).__name__
+        log.error("export %s failed: %s", job.export_id, reason)
+        _abandon(rt, actor, job, reason, keep_record=keep_failed)
+        raise
 
-        def completed() -> Iterator[bytes]:
-            yield from plaintext
-            state.finished = True
 
-        file_name = f"voms-export-{export_id}.{body.format}"
-        sink = _Ciphertext(output)
+def _write(
+    rt: Runtime,
+    actor: Principal,
+    job: _Job,
+    output: IO[bytes] | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    body, export_id = job.body, job.export_id
+    state = _Progress()
+
+    def advance() -> None:
+        if progress is not None:
+            progress(state.rows, job.total)
+
+    claimer = _Claimer(rt, job)
+    rows = _tracked(claimer.chunks(), state)
+    formatter = _csv if body.format == "csv" else _xlsx
+    plaintext = formatter(rows, rt, advance)
+
+    def completed() -> Iterator[bytes]:
+        yield from plaintext
+        state.finished = True
+
+    file_name = f"voms-export-{export_id}.{body.format}"
+    sink = _Ciphertext(output)
+    try:
         claimer.start()
         try:
             key = openpgp.encrypt_stream(
-                partner.public_key,
+                job.partner.public_key,
                 completed(),
                 sink.write,
                 filename=file_name,
@@ -796,66 +949,220 @@ def _export(
             raise Conflict("the matching vouchers changed meanwhile; nothing was exported")
         if not state.finished or state.rows != claimed:
             raise openpgp.EncryptionFailed(f"wrote {state.rows} of {claimed} vouchers")
-
-        token = None
-        expires_at = None
         if sink.spool is not None:
-            _store_file(conn, export_id, sink.spool)
-            sink.spool.close()
-            token = secrets.token_urlsafe(32)
-            expires_at = now + timedelta(minutes=rt.settings.export_link_minutes)
-        conn.execute(
-            update(t.exports)
-            .where(t.exports.c.id == export_id)
-            .values(
-                voucher_count=claimed,
-                reissued_count=claimer.reissued,
-                serial_first=state.serial_first,
-                serial_last=state.serial_last,
-                key_fingerprint=key.fingerprint,
-                file_name=file_name + ".gpg",
-                sha256=sink.digest.hexdigest(),
-                size_bytes=sink.size,
-                download_token_hash=None if token is None else _token_hash(token),
-                download_expires_at=expires_at,
+            _store_file(rt, export_id, sink.spool)
+        now = utcnow()
+        x = t.exports
+        with rt.engine.begin() as conn:
+            done = conn.execute(
+                update(x)
+                .where(x.c.id == export_id, x.c.state == ExportState.EXPORTING)
+                .values(
+                    state=ExportState.EXPORTED,
+                    voucher_count=claimed,
+                    exported_count=claimed,
+                    reissued_count=claimer.reissued,
+                    serial_first=state.serial_first,
+                    serial_last=state.serial_last,
+                    key_fingerprint=key.fingerprint,
+                    file_name=file_name + ".gpg",
+                    sha256=sink.digest.hexdigest(),
+                    size_bytes=sink.size,
+                    download_expires_at=None
+                    if job.token is None
+                    else now + timedelta(minutes=rt.settings.export_link_minutes),
+                    updated_at=now,
+                )
+            ).rowcount
+            if not done:
+                raise Conflict(f"export {export_id} was stopped meanwhile")
+            for piece, count in claimer.per_slice:
+                record_event(
+                    conn,
+                    actor,
+                    "reissue" if body.reissue else "export",
+                    batch_id=piece.batch_id,
+                    serial_from=piece.serial_from,
+                    serial_to=piece.serial_to,
+                    affected=count,
+                    detail={"export_id": export_id, "partner": job.partner.name},
+                    now=now,
+                )
+            audit.record(
+                conn,
+                actor,
+                "export.reissue" if body.reissue else "export.create",
+                "export",
+                export_id,
+                job.service_provider_id,
+                {
+                    "partner": body.partner,
+                    "filters": job.filters,
+                    "format": body.format,
+                    "count": claimed,
+                    "reissued_count": claimer.reissued,
+                    "sha256": sink.digest.hexdigest(),
+                },
             )
+            record = _export_public(conn, export_id, rt.settings.serial_width)
+        if body.reissue:
+            _drop_displaced(rt, job)
+        record["download_token"] = job.token
+        return record
+    finally:
+        if sink.spool is not None:
+            sink.spool.close()
+
+
+# --- exports: undoing one that failed ------------------------------------------------
+
+
+def _drop_displaced(rt: Runtime, job: _Job) -> None:
+    """Forget the marks a complete reissue replaced. Best effort: the export is complete
+    already, and a later reissue of these vouchers drops what is left."""
+    try:
+        _in_steps(rt, t.export_displaced_marks, *job.envelope, _dropper(job.export_id))
+    except Exception as exc:
+        name = type(exc).__name__
+        log.warning("export %s: its replaced marks stay for now (%s)", job.export_id, name)
+
+
+Step = Callable[[Connection, int, int], None]
+
+
+def _in_steps(rt: Runtime, table: Table, low: int, high: int, step: Step) -> None:
+    """``step(conn, a, b)`` over [low, high], each piece holding at most UNDO_ROWS rows of
+    ``table`` (keyed by serial) and done in a transaction of its own."""
+    while low <= high:
+        with rt.engine.begin() as conn:
+            bound = conn.execute(
+                select(table.c.serial)
+                .where(table.c.serial.between(low, high))
+                .order_by(table.c.serial)
+                .offset(UNDO_ROWS - 1)
+                .limit(1)
+            ).scalar()
+            top = high if bound is None else int(bound)
+            step(conn, low, top)
+        low = top + 1
+
+
+def _dropper(export_id: int) -> Step:
+    d = t.export_displaced_marks
+
+    def drop(conn: Connection, low: int, high: int) -> None:
+        conn.execute(delete(d).where(d.c.serial.between(low, high), d.c.export_id == export_id))
+
+    return drop
+
+
+def _undoer(export_id: int, reissue: bool) -> Step:
+    """Take an export's marks off its vouchers, and give a reissue's back their earlier."""
+    e, d = t.voucher_exports, t.export_displaced_marks
+
+    def undo(conn: Connection, low: int, high: int) -> None:
+        conn.execute(delete(e).where(e.c.serial.between(low, high), e.c.export_id == export_id))
+        if reissue:
+            conn.execute(
+                insert(e).from_select(
+                    ["serial", "export_id", "partner_id"],
+                    select(d.c.serial, d.c.previous_export_id, d.c.previous_partner_id).where(
+                        d.c.serial.between(low, high), d.c.export_id == export_id
+                    ),
+                )
+            )
+            _dropper(export_id)(conn, low, high)
+
+    return undo
+
+
+def _stop(rt: Runtime, export_id: int, reason: str, before: datetime | None = None) -> bool:
+    """exporting → failed (an export stepping later finds it stopped); False if it was not
+    exporting, or (``before``) stepped since."""
+    x = t.exports
+    condition = [x.c.id == export_id, x.c.state == ExportState.EXPORTING]
+    if before is not None:
+        condition.append(x.c.updated_at < before)
+    with rt.engine.begin() as conn:
+        return bool(
+            conn.execute(
+                update(x)
+                .where(*condition)
+                .values(
+                    state=ExportState.FAILED,
+                    error=reason[:500],
+                    updated_at=utcnow(),
+                )
+            ).rowcount
         )
-        audit.record(
-            conn,
-            actor,
-            "export.reissue" if body.reissue else "export.create",
-            "export",
-            export_id,
-            sp_id,
-            {
-                "partner": body.partner,
-                "filters": filters,
-                "format": body.format,
-                "count": claimed,
-                "reissued_count": claimer.reissued,
-                "sha256": sink.digest.hexdigest(),
-            },
+
+
+def _undo(rt: Runtime, export_id: int, reissue: bool, low: int, high: int) -> None:
+    _in_steps(rt, t.voucher_exports, low, high, _undoer(export_id, reissue))
+    with rt.engine.begin() as conn:
+        conn.execute(
+            delete(t.export_file_chunks).where(t.export_file_chunks.c.export_id == export_id)
         )
-        if body.request_id is not None and not idempotency.remember(
-            conn,
-            idempotency.scope_of(actor),
-            body.request_id,
-            fingerprint,
-            {"export_id": export_id},
-            201,
-            now,
-        ):
-            raise Conflict("request id is being used by a concurrent request; retry")
-        record = _export_public(conn, export_id, rt.settings.serial_width)
-    record["download_token"] = token
-    return record
+
+
+def _abandon(rt: Runtime, actor: Principal, job: _Job, reason: str, *, keep_record: bool) -> None:
+    """Stop a failed export and undo its marks; keep its record as failed, or delete it
+    with its request id (the caller got the error: as if it had never been)."""
+    try:
+        if not _stop(rt, job.export_id, reason):
+            return  # not exporting any more: fail_stalled_exports has undone it already
+        _undo(rt, job.export_id, job.body.reissue, *job.envelope)
+        with rt.engine.begin() as conn:
+            if keep_record:
+                audit.record(
+                    conn,
+                    actor,
+                    "export.failed",
+                    "export",
+                    job.export_id,
+                    job.service_provider_id,
+                    {"partner": job.body.partner, "filters": job.filters, "error": reason},
+                )
+                return
+            conn.execute(delete(t.exports).where(t.exports.c.id == job.export_id))
+            if job.body.request_id is not None:
+                k = t.idempotency_keys
+                conn.execute(
+                    delete(k).where(k.c.scope == job.scope, k.c.request_id == job.body.request_id)
+                )
+    except Exception as exc:
+        # The export stays exporting, or failed with marks left: fail_stalled_exports
+        # finishes the undo once it has not stepped for STALLED_AFTER.
+        log.error("export %s: undoing it failed (%s)", job.export_id, type(exc).__name__)
+
+
+def fail_stalled_exports(rt: Runtime, now: datetime | None = None) -> list[int]:
+    """Mark failed, and undo, the exports still exporting without a step for
+    STALLED_AFTER: the process running them died (each chunk is a step)."""
+    before = (now or utcnow()) - STALLED_AFTER
+    x = t.exports
+    with reading(rt.engine) as conn:
+        stalled = conn.execute(
+            select(x.c.id, x.c.reissue, x.c.serial_first, x.c.serial_last).where(
+                x.c.state == ExportState.EXPORTING, x.c.updated_at < before
+            )
+        ).all()
+    failed = []
+    for row in stalled:
+        # Conditional again: an export that stepped meanwhile is alive and left alone.
+        if _stop(rt, row.id, "stalled", before):
+            _undo(rt, row.id, row.reissue, row.serial_first, row.serial_last)
+            log.warning("export %s marked failed: it had stopped", row.id)
+            failed.append(row.id)
+    return failed
 
 
 def _replay(
     rt: Runtime, actor: Principal, request_id: str, fingerprint: str
 ) -> dict[str, Any] | None:
-    """The export an earlier request with this id made, with a new download token when
-    its file is still kept (the first answer, and so its token, may have been lost)."""
+    """The export an earlier request with this id made, as it is now, with a new
+    download token when its file is (or will be) kept: the first answer, and so its
+    token, may have been lost."""
     now = utcnow()
     with rt.engine.begin() as conn:
         stored = idempotency.find(conn, idempotency.scope_of(actor), request_id)
@@ -866,7 +1173,8 @@ def _replay(
         export_id = int(stored.response["export_id"])
         row = _load_export(conn, actor, export_id)
         token = None
-        if row.download_expires_at is not None and row.download_expires_at > now:
+        running = row.state == ExportState.EXPORTING and row.download_token_hash is not None
+        if running or (row.download_expires_at is not None and row.download_expires_at > now):
             token = secrets.token_urlsafe(32)
             conn.execute(
                 update(t.exports)
@@ -911,6 +1219,10 @@ def _export_public_row(row: Row[Any], width: int) -> dict[str, Any]:
         "download_expires_at": row.download_expires_at,
         "created_by": row.created_by,
         "created_at": row.created_at,
+        "state": row.state,
+        "exported_count": row.exported_count,
+        "updated_at": row.updated_at,
+        "error": row.error,
     }
 
 
@@ -965,6 +1277,8 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
             raise NotFound(f"export {export_id} was written to a file; it has no download link")
         if not hmac.compare_digest(_token_hash(token), row.download_token_hash):
             raise Forbidden("invalid download token")
+        if row.state != ExportState.EXPORTED:
+            raise Conflict(f"export {export_id} is {row.state}; it has no file to download")
         if row.download_expires_at is None or row.download_expires_at <= now:
             raise LinkExpired(f"the download link of export {export_id} has expired")
         chunk_count = conn.execute(
@@ -988,10 +1302,12 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
 
 
 def purge_export_files(rt: Runtime, now: datetime | None = None) -> int:
-    """Delete the kept files of exports whose download link has expired.
+    """Delete the kept files of exports whose download link has expired, and fail the
+    exports that stalled (:func:`fail_stalled_exports`).
 
     Returns the number of file chunks deleted.
     """
+    fail_stalled_exports(rt, now)
     expired = select(t.exports.c.id).where(t.exports.c.download_expires_at <= (now or utcnow()))
     with rt.engine.begin() as conn:
         result = conn.execute(

@@ -23,7 +23,18 @@ from multiprocessing import get_context
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from voms.db import bulk
 from voms.db import tables as t
@@ -40,6 +51,7 @@ from voms.services.lifecycle import batch_size, batch_view, load_batch, record_e
 from voms.services.sealing import (
     VOUCHER_COLUMNS,
     RandomBytes,
+    Sealed,
     Sealer,
     VoucherRow,
     seal_in_worker,
@@ -82,7 +94,7 @@ def _chunks(
     chunk_size: int,
     workers: int,
     randbytes: RandomBytes,
-) -> Generator[list[VoucherRow], None, None]:
+) -> Generator[Sealed, None, None]:
     """The batch's rows, chunk by chunk; at most a few chunks in memory.
 
     Worker processes seal ahead of the writer. Whenever the next worker chunk is not
@@ -95,7 +107,7 @@ def _chunks(
     )
     if workers == 0:
         for start, size in spans:
-            yield sealer.seal(range(start, start + size), randbytes=randbytes)
+            yield sealer.seal_chunk(range(start, start + size), randbytes=randbytes)
         return
     pool = ProcessPoolExecutor(
         max_workers=workers,
@@ -104,14 +116,14 @@ def _chunks(
         initargs=(sealer,),
     )
     try:
-        ahead: deque[Future[list[VoucherRow]]] = deque(
+        ahead: deque[Future[Sealed]] = deque(
             pool.submit(seal_in_worker, start, size)
             for start, size in islice(spans, workers * CHUNKS_AHEAD_PER_WORKER)
         )
         while ahead:
             if not ahead[0].done():
                 for start, size in islice(spans, 1):
-                    yield sealer.seal(range(start, start + size), randbytes=randbytes)
+                    yield sealer.seal_chunk(range(start, start + size), randbytes=randbytes)
                     break
                 else:
                     yield ahead.popleft().result()
@@ -128,32 +140,44 @@ def _chunks(
 
 
 def write_chunk(
-    conn: Connection, sealer: Sealer, rows: list[VoucherRow], randbytes: RandomBytes = os.urandom
+    conn: Connection,
+    sealer: Sealer,
+    rows: list[VoucherRow],
+    randbytes: RandomBytes = os.urandom,
+    aliases: dict[bytes, int] | None = None,
 ) -> None:
     """Write one chunk; PINs that collide with earlier vouchers are drawn again.
 
     The UNIQUE lookup hash is the arbiter, also against other batches generated at the
     same moment. Collisions are rare (several per ten million), so the load is
-    optimistic and only the rows it had to leave out are sealed again.
+    optimistic and only the rows it had to leave out are sealed again. ``aliases`` (the
+    PINs' hashes under the other live lookup keys, from :meth:`Sealer.seal_chunk`) are
+    looked up too, so no PIN issued before a key rotation is issued again.
     """
     avoid: set[bytes] = set()  # made on the first collision only: the fast path skips it
+    aliases = aliases or {}
     for _ in range(MAX_WRITE_ATTEMPTS):
         left_out = bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows, skip_taken="pin_hash")
-        left_out += _withdraw_archived(conn, rows, left_out)
+        left_out += _withdraw_issued(conn, rows, aliases, left_out)
         if not left_out:
             return
         log.info("batch %s: %d PIN collisions, drawn again", sealer.batch_id, len(left_out))
         if not avoid:
             avoid = {row[2] for row in rows}  # the whole chunk, left-out rows included
-        rows = sealer.seal([row[0] for row in left_out], avoid=avoid, randbytes=randbytes)
+        again = sealer.seal_chunk([row[0] for row in left_out], avoid=avoid, randbytes=randbytes)
+        rows, aliases = again.rows, again.aliases
         avoid.update(row[2] for row in rows)
     raise Conflict("could not draw unique PINs: the PIN space of this voucher type is full")
 
 
-def _withdraw_archived(
-    conn: Connection, rows: list[VoucherRow], left_out: list[VoucherRow]
+def _withdraw_issued(
+    conn: Connection,
+    rows: list[VoucherRow],
+    aliases: dict[bytes, int],
+    left_out: list[VoucherRow],
 ) -> list[VoucherRow]:
-    """Written rows whose PIN an archived voucher had: deleted again, to be redrawn.
+    """Written rows whose PIN an archived voucher had, or a voucher under another live
+    lookup key: deleted again, to be redrawn.
 
     Checked after the load, in its transaction: a voucher archived meanwhile is either
     still in ``vouchers`` (the load left the row out) or already in the archive.
@@ -161,11 +185,41 @@ def _withdraw_archived(
     skipped = {row[0] for row in left_out}
     written = [row for row in rows if row[0] not in skipped]
     taken = archive.archived_hashes(conn, [row[2] for row in written])
-    if not taken:
+    taken_serials = {row[0] for row in written if row[2] in taken}
+    if aliases:
+        # Set-based: one statement per chunk finds the PINs issued under older keys.
+        taken_serials.update(aliases[h] for h in issued_hashes(conn, list(aliases)))
+    taken_serials -= skipped
+    if not taken_serials:
         return []
-    again = [row for row in written if row[2] in taken]
+    again = [row for row in written if row[0] in taken_serials]
     conn.execute(delete(t.vouchers).where(t.vouchers.c.serial.in_([row[0] for row in again])))
     return again
+
+
+_IN_BATCH = 500
+_VOUCHER_HASHES = select(t.vouchers.c.pin_hash).where(
+    t.vouchers.c.pin_hash == any_(bindparam("hashes", type_=ARRAY(LargeBinary)))
+)
+
+
+def issued_hashes(conn: Connection, hashes: list[bytes]) -> set[bytes]:
+    """Which of ``hashes`` belong to a voucher, in ``vouchers`` or in the archive.
+
+    PostgreSQL answers a whole chunk in one round trip (each value one probe of the
+    UNIQUE index); SQLite, in process, takes them a few hundred at a time.
+    """
+    if not hashes:
+        return set()
+    found = archive.archived_hashes(conn, hashes)
+    if conn.dialect.name == "postgresql":
+        found.update(conn.execute(_VOUCHER_HASHES, {"hashes": hashes}).scalars())
+        return found
+    v = t.vouchers
+    for start in range(0, len(hashes), _IN_BATCH):
+        part = hashes[start : start + _IN_BATCH]
+        found.update(conn.execute(select(v.c.pin_hash).where(v.c.pin_hash.in_(part))).scalars())
+    return found
 
 
 # --- the batch --------------------------------------------------------------------------
@@ -346,9 +400,9 @@ def fill_batch(
             while done < batch_size(batch) and written:
                 with rt.engine.begin() as conn:
                     written = 0
-                    for rows in chunks:
-                        write_chunk(conn, sealer, rows, randbytes)
-                        written += len(rows)
+                    for sealed in chunks:
+                        write_chunk(conn, sealer, sealed.rows, randbytes, sealed.aliases)
+                        written += len(sealed.rows)
                         if progress is not None:
                             progress(done + written)
                         if written >= per_transaction:

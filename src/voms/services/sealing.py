@@ -104,6 +104,15 @@ def _hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
 
 
 @dataclass(frozen=True)
+class Sealed:
+    """A chunk of voucher rows, and each new PIN's hash under the other live lookup keys
+    (hash → serial): after a rotation, a PIN must not be one issued under an older key."""
+
+    rows: list[VoucherRow]
+    aliases: dict[bytes, int]
+
+
+@dataclass(frozen=True)
 class Sealer:
     """Makes voucher rows for one batch: active keys, PIN length, batch id.
 
@@ -116,6 +125,7 @@ class Sealer:
     lookup_key: bytes
     encryption_key_id: int
     encryption_key: bytes
+    other_lookup_keys: tuple[bytes, ...] = ()  # live but not active: PINs are checked there
 
     @classmethod
     def for_batch(cls, keyring: Keyring, batch_id: int, pin_length: int) -> "Sealer":
@@ -126,6 +136,11 @@ class Sealer:
             lookup_key=keyring.lookup_keys[keyring.active_lookup_key_id],
             encryption_key_id=keyring.active_encryption_key_id,
             encryption_key=keyring.encryption_keys[keyring.active_encryption_key_id],
+            other_lookup_keys=tuple(
+                key
+                for key_id, key in sorted(keyring.lookup_keys.items())
+                if key_id != keyring.active_lookup_key_id
+            ),
         )
 
     def seal(
@@ -134,11 +149,22 @@ class Sealer:
         avoid: set[bytes] | frozenset[bytes] = frozenset(),
         randbytes: RandomBytes = os.urandom,
     ) -> list[VoucherRow]:
-        """One row per serial, each PIN's hash different from the others and from ``avoid``.
+        """One row per serial, each PIN's hash different from the others and from ``avoid``."""
+        return self.seal_chunk(serials, avoid, randbytes).rows
+
+    def seal_chunk(
+        self,
+        serials: Sequence[int],
+        avoid: set[bytes] | frozenset[bytes] = frozenset(),
+        randbytes: RandomBytes = os.urandom,
+    ) -> Sealed:
+        """The rows of :meth:`seal`, with each PIN's hashes under the other live lookup keys.
 
         Equal to crypto.Keyring.lookup_hash and Keyring.encrypt (nonce-prefixed
         AES-256-GCM), done in bulk. The clear PIN lives only inside this loop.
         """
+        other_hashes = [_hmac_sha256(key) for key in self.other_lookup_keys]
+        aliases: dict[bytes, int] = {}
         encrypt = AESGCM(self.encryption_key).encrypt
         lookup_hash = _hmac_sha256(self.lookup_key)
         lookup_key_id, encryption_key_id = self.lookup_key_id, self.encryption_key_id
@@ -157,6 +183,8 @@ class Sealer:
                     again.append(serial)
                     continue
                 seen.add(digest)
+                for other_hash in other_hashes:
+                    aliases[other_hash(clear)] = serial
                 nonce = nonces[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
                 rows.append(
                     (
@@ -174,7 +202,7 @@ class Sealer:
             pending = again
         if retried:
             rows.sort()
-        return rows
+        return Sealed(rows, aliases)
 
 
 # --- worker processes -----------------------------------------------------------------
@@ -188,7 +216,7 @@ def start_worker(sealer: Sealer) -> None:
     _worker_sealer = sealer
 
 
-def seal_in_worker(first: int, count: int) -> list[VoucherRow]:
+def seal_in_worker(first: int, count: int) -> Sealed:
     """The rows of serials ``first`` … ``first + count - 1``."""
     assert _worker_sealer is not None
-    return _worker_sealer.seal(range(first, first + count))
+    return _worker_sealer.seal_chunk(range(first, first + count))

@@ -2,9 +2,10 @@
 
 The file is read twice. The first pass checks every line (fields, serial, PIN format,
 length and check digit, voucher type, expiry, duplicates inside the file, serials and
-PINs already in the database) and collects every bad line with its number and reason;
-if there is one, nothing is written. The second pass writes the batch and its vouchers
-in one transaction, so an import is never half done. The imported batch starts inactive
+PINs already issued, under any live lookup key and among archived vouchers) and
+collects every bad line with its number and reason; if there is one, nothing is
+written. The second pass writes the batch and its vouchers in one transaction (checking
+the PINs again there), so an import is never half done. The imported batch starts inactive
 (``generated``), like a generated one, and keeps the legacy serials, gaps included.
 
 Legacy PINs must carry a valid Luhn check digit: every channel rejects a PIN whose
@@ -36,6 +37,7 @@ from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal
 from voms.services.catalog import load_voucher_type
+from voms.services.generation import issued_hashes
 from voms.services.lifecycle import batch_view, record_event
 from voms.services.sealing import VOUCHER_COLUMNS
 
@@ -219,7 +221,8 @@ def _check_against_database(
     serials = [line.serial for line in lines]
     existing = set(conn.execute(select(v.c.serial).where(v.c.serial.in_(serials))).scalars())
     hashes = {h: line.number for line in lines for h in rt.keyring.lookup_hashes(line.pin)}
-    issued = set(conn.execute(select(v.c.pin_hash).where(v.c.pin_hash.in_(list(hashes)))).scalars())
+    # Under every live lookup key, and among archived vouchers too: a PIN is never reissued.
+    issued = issued_hashes(conn, list(hashes))
     issued_lines = {hashes[h] for h in issued}
     for line in lines:
         batch_id = _in_batch(line.serial, *batches)
@@ -297,11 +300,13 @@ def _write(
     written = 0
     for chunk in _chunks(_records(read(), digest), WRITE_ROWS):
         rows = []
+        hashes: list[bytes] = []
         for number, record in chunk:
             parsed = parser.parse(number, record)
             if isinstance(parsed, str):
                 raise Conflict(f"the file changed while it was imported (line {number})")
             encryption_key, ciphertext = keyring.encrypt(parsed.pin)
+            hashes += keyring.lookup_hashes(parsed.pin)
             rows.append(
                 (
                     parsed.serial,
@@ -312,6 +317,13 @@ def _write(
                     encryption_key,
                     VoucherState.AVAILABLE.value,
                 )
+            )
+        # Checked again in the writing transaction: the UNIQUE hash guards the active
+        # lookup key only, not older keys or the archive.
+        if issued_hashes(conn, hashes):
+            raise Conflict(
+                "a voucher with one of these PINs was created or archived meanwhile; "
+                "nothing was imported, try again"
             )
         try:
             bulk.load(conn, t.vouchers, VOUCHER_COLUMNS, rows)

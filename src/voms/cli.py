@@ -118,8 +118,7 @@ def serve(
             "without it no PIN can be redeemed or exported."
         )
     if prepared.first_admin_key:
-        typer.echo("First start: an admin API key was created. It is shown only this once:")
-        typer.echo(f"  {prepared.first_admin_key}")
+        _hand_over_first_key(settings, prepared.first_admin_key)
     n_workers = workers or settings.workers
     if n_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="voms-metrics-")
@@ -130,7 +129,26 @@ def serve(
         port=port or settings.port,
         workers=n_workers,
         log_config=None,
-        proxy_headers=True,
+        # The app believes X-Forwarded-* from VOMS_TRUSTED_PROXIES only (voms.api.forwarded);
+        # uvicorn's own handling would believe any loopback caller.
+        proxy_headers=False,
+    )
+
+
+def _hand_over_first_key(settings: Settings, key: str) -> None:
+    """Show the first admin key on a terminal; when standard output is a file or a pipe
+    (a log, most likely), write it to a 0600 file beside the database instead."""
+    if sys.stdout.isatty():
+        typer.echo("First start: an admin API key was created. It is shown only this once:")
+        typer.echo(f"  {key}")
+        return
+    path = settings.resolved_keys_file().with_name("voms-first-admin-key")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    typer.echo(
+        f"First start: an admin API key was created and written to {path} (mode 0600), "
+        "not here, since this output is no terminal. Read it, then delete the file."
     )
 
 
@@ -283,16 +301,29 @@ def apikey_create(
     service_provider: Annotated[
         str | None, typer.Option(help="Scope the key to this provider code")
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A right beyond the role (repeatable): voucher-type-recharge (credit a "
+            "wallet without a voucher)"
+        ),
+    ] = None,
 ) -> None:
     """Create an API key; the key is printed as the last line and never shown again."""
     from voms.services import auth
 
     with handled():
         record, secret = auth.create_api_key(
-            runtime(), auth.CONSOLE, name=name, role=role, service_provider=service_provider
+            runtime(),
+            auth.CONSOLE,
+            name=name,
+            role=role,
+            service_provider=service_provider,
+            allow=allow or (),
         )
         scope = record["service_provider"] or "all service providers"
-        typer.echo(f"created API key '{name}' (role {record['role']}, {scope}):", err=True)
+        rights = "".join(f", allowed {right}" for right in record["allow"])
+        typer.echo(f"created API key '{name}' (role {record['role']}, {scope}{rights}):", err=True)
         typer.echo(secret)
 
 

@@ -26,6 +26,8 @@ from voms.api import (
 )
 from voms.api.deps import TokenBuckets, stop_redemption_threads
 from voms.api.errors import install_error_handlers
+from voms.api.forwarded import Network, resolve_client, trusted_networks
+from voms.api.gate import Gate
 from voms.api.metrics import Observe
 from voms.channels import mobile, sms, soap, ussd
 from voms.config import get_settings
@@ -47,6 +49,7 @@ class App(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._shortcuts: dict[str, Observe] = {}
+        self.trusted_proxies: tuple[Network, ...] = ()
 
     def shortcut(self, router: APIRouter) -> None:
         """Take ``router``'s POST routes without path parameters the short way; their
@@ -60,6 +63,8 @@ class App(FastAPI):
                 self._shortcuts[route.path] = Observe(_Direct(self, route))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.trusted_proxies and scope["type"] == "http":
+            resolve_client(scope, self.trusted_proxies)
         if scope["type"] == "http" and scope["method"] == "POST":
             direct = self._shortcuts.get(scope["path"])
             if direct is not None:
@@ -135,10 +140,12 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         lifespan=_lifespan(rt, scheduler=scheduler and rt.settings.scheduler_enabled),
     )
     app.state.runtime = rt
+    app.trusted_proxies = trusted_networks(rt.settings.trusted_proxies)
     app.state.rate_limits = TokenBuckets(
         rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst
     )
     install_error_handlers(app)
+    app.add_middleware(Gate)  # inside Observe: the refusals are counted too
     app.add_middleware(Observe)
     # Routes are matched in order: the redemption calls, the busiest by far, first.
     for router in (

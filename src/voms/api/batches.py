@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, status
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import BatchReader, BatchWriter, RuntimeDep
 from voms.services import generation, lifecycle
 from voms.services.generation import BatchIn
 from voms.services.lifecycle import BatchActionIn, BatchUpdate
@@ -39,7 +39,7 @@ class BatchPage(BaseModel):
 
 
 @router.post("/batches", status_code=status.HTTP_201_CREATED, response_model=BatchPublic)
-def create_batch(body: BatchIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def create_batch(body: BatchIn, rt: RuntimeDep, who: BatchWriter) -> Json:
     """Order vouchers. Above VOMS_BACKGROUND_GENERATION_THRESHOLD they are generated in the
     background: the answer says `generating` and GET /batches/{id} shows the progress."""
     return generation.order_batch(rt, who, body)
@@ -48,7 +48,7 @@ def create_batch(body: BatchIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
 @router.get("/batches", response_model=BatchPage)
 def list_batches(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: BatchReader,
     state: str | None = None,
     voucher_type: str | None = None,
     service_provider: str | None = None,
@@ -72,12 +72,12 @@ def list_batches(
 
 
 @router.get("/batches/{batch_id}", response_model=BatchPublic)
-def get_batch(batch_id: BatchId, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_batch(batch_id: BatchId, rt: RuntimeDep, who: BatchReader) -> Json:
     return lifecycle.get_batch(rt, who, batch_id)
 
 
 @router.patch("/batches/{batch_id}", response_model=BatchPublic)
-def amend_batch(batch_id: BatchId, body: BatchUpdate, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def amend_batch(batch_id: BatchId, body: BatchUpdate, rt: RuntimeDep, who: BatchWriter) -> Json:
     """Change the batch's expiry (all its vouchers follow at once)."""
     return lifecycle.amend_batch(rt, who, batch_id, body.expires_at)
 
@@ -86,7 +86,7 @@ def _action_route(action: str) -> None:
     def change(
         batch_id: BatchId,
         rt: RuntimeDep,
-        who: PrincipalDep,
+        who: BatchWriter,
         body: Annotated[BatchActionIn | None, Body()] = None,
     ) -> Json:
         return lifecycle.change_batch(rt, who, batch_id, action, body.reason if body else None)

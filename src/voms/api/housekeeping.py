@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import Housekeeper, HousekeepingReader, RuntimeDep
 from voms.services import housekeeping
 
 router = APIRouter(prefix="/api/v1/housekeeping", tags=["housekeeping"])
@@ -42,7 +42,7 @@ class RunPage(BaseModel):
 
 
 @router.get("/jobs", response_model=list[JobPublic])
-def list_jobs(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
+def list_jobs(rt: RuntimeDep, who: HousekeepingReader) -> list[dict[str, Any]]:
     """Every job with its schedule (cron, UTC), next slot, last run and current runner."""
     return housekeeping.list_jobs(rt, who)
 
@@ -50,7 +50,7 @@ def list_jobs(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
 @router.get("/runs", response_model=RunPage)
 def list_runs(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: HousekeepingReader,
     job: str | None = None,
     outcome: str | None = None,
     since: datetime | None = None,
@@ -65,11 +65,11 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
-def get_run(run_id: int, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def get_run(run_id: int, rt: RuntimeDep, who: HousekeepingReader) -> dict[str, Any]:
     return housekeeping.get_run(rt, who, run_id)
 
 
 @router.post("/jobs/{name}/run", response_model=RunPublic, status_code=202)
-def run_job(name: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def run_job(name: str, rt: RuntimeDep, who: Housekeeper) -> dict[str, Any]:
     """Start the job now in the background (202 with its run); 409 if it is running."""
     return housekeeping.start_job(rt, who, name)

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ServiceProviderPublic(BaseModel):
@@ -60,6 +60,9 @@ class ApiKeyCreate(BaseModel):
     name: str
     role: str
     service_provider: str | None = None
+    allow: list[str] = Field(
+        default_factory=list, description="Rights beyond the role: voucher-type-recharge"
+    )
 
 
 class ApiKeyCreated(BaseModel):
@@ -67,6 +70,7 @@ class ApiKeyCreated(BaseModel):
     name: str
     role: str
     service_provider: str | None
+    allow: list[str]
     key: str
 
 
@@ -76,6 +80,7 @@ class ApiKeyPublic(BaseModel):
     prefix: str
     role: str
     service_provider: str | None
+    allow: list[str]
     created_by: str
     created_at: datetime
     revoked_at: datetime | None

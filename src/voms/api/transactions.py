@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import LookupCaller, RuntimeDep
 from voms.services import transactions
 
 router = APIRouter(prefix="/api/v1", tags=["transactions"])
@@ -37,7 +37,7 @@ class TransactionPage(BaseModel):
 @router.get("/transactions", response_model=TransactionPage)
 def list_transactions(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: LookupCaller,
     msisdn: str | None = None,
     serial: Annotated[int | None, Query(ge=0)] = None,
     since: datetime | None = None,

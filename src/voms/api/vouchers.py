@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import BatchWriter, LookupCaller, RuntimeDep
 from voms.services import care, lifecycle
 from voms.services.care import PinLookupIn
 from voms.services.lifecycle import SerialRangeIn
@@ -53,13 +53,13 @@ class RangeResult(BaseModel):
 
 
 @router.post("/vouchers/lookup", response_model=VoucherPublic)
-def lookup_by_pin(body: PinLookupIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def lookup_by_pin(body: PinLookupIn, rt: RuntimeDep, who: LookupCaller) -> Json:
     """Find a voucher by its PIN (in the body, never in a URL)."""
     return care.voucher_by_pin(rt, who, body.pin)
 
 
 def _range_route(action: str) -> None:
-    def change(body: SerialRangeIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+    def change(body: SerialRangeIn, rt: RuntimeDep, who: BatchWriter) -> Json:
         return lifecycle.change_vouchers(
             rt, who, action, body.serial_from, body.serial_to, body.reason
         )
@@ -79,6 +79,6 @@ for _action in ("freeze", "unfreeze", "delete"):
 
 
 @router.get("/vouchers/{serial}", response_model=VoucherPublic)
-def lookup_by_serial(serial: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def lookup_by_serial(serial: str, rt: RuntimeDep, who: LookupCaller) -> Json:
     """A voucher's effective state, expiry, redemption and history."""
     return care.voucher_by_serial(rt, who, serial)

@@ -25,6 +25,13 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     HOUSEKEEPING = "housekeeping"
     APIKEY_ADMIN = "apikey:admin"
+    # Credits a wallet with no voucher: admin keys, and keys given it by name
+    # (`voms apikey create --allow voucher-type-recharge`), never a role by itself.
+    VOUCHER_TYPE_RECHARGE = "voucher-type-recharge"
+
+
+# Rights a key can be given beyond its role, by the names `--allow` takes.
+GRANTABLE = frozenset({Permission.VOUCHER_TYPE_RECHARGE})
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}

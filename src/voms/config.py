@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         description="Addresses or networks (CIDR) of reverse proxies, comma-separated, whose "
         "X-Forwarded-For and X-Forwarded-Proto are believed; unset: nobody's.",
     )
+    invalid_keys_per_minute: int = Field(
+        30, ge=1, description="Invalid API keys one client address may present a minute."
+    )
     max_body_kb: int = Field(64, ge=1, description="Largest request body, imports excepted.")
     max_import_body_mb: int = Field(
         80, ge=1, description="Largest body of POST /api/v1/imports (the CSV as JSON)."

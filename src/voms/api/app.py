@@ -142,7 +142,9 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
     app.state.runtime = rt
     app.trusted_proxies = trusted_networks(rt.settings.trusted_proxies)
     app.state.rate_limits = TokenBuckets(
-        rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst
+        rt.settings.rate_limit_per_second,
+        rt.settings.rate_limit_burst,
+        rt.settings.invalid_keys_per_minute,
     )
     install_error_handlers(app)
     app.add_middleware(Gate)  # inside Observe: the refusals are counted too

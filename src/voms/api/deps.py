@@ -76,9 +76,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 class TokenBuckets:
     """Per-API-key token buckets: ``rate`` requests a second, bursts up to ``burst``."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, invalid_per_minute: int = 30) -> None:
         self.rate = rate
         self.burst = float(burst)
+        self.invalid_per_minute = invalid_per_minute
         self._buckets: dict[int, tuple[float, float]] = {}
         self._invalid: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
@@ -87,10 +88,11 @@ class TokenBuckets:
         return self._take(self._buckets, key, self.rate, self.burst)
 
     def allow_invalid(self, client: str) -> bool:
-        """One more invalid key from ``client``: INVALID_KEYS_PER_MINUTE, bursts as large."""
+        """One more invalid key from ``client``: VOMS_INVALID_KEYS_PER_MINUTE, bursts as
+        large (per process)."""
         if len(self._invalid) > 100_000:  # forget them all rather than grow without end
             self._invalid.clear()
-        per_minute = INVALID_KEYS_PER_MINUTE
+        per_minute = self.invalid_per_minute
         return self._take(self._invalid, client, per_minute / 60.0, float(per_minute))
 
     def _take(
@@ -103,10 +105,6 @@ class TokenBuckets:
             allowed = tokens >= 1.0
             buckets[key] = (tokens - 1.0 if allowed else tokens, now)
             return allowed
-
-
-# Invalid API keys a client address may present a minute (per process) before 429.
-INVALID_KEYS_PER_MINUTE = 30
 
 
 class Allowed:

@@ -37,7 +37,7 @@ from voms.domain.roles import Role
 from voms.runtime import Runtime
 
 ALL = frozenset(Role)
-A, O, D, C, CH, AU = (
+A, OP, D, C, CH, AU = (
     Role.ADMIN,
     Role.OPERATOR,
     Role.DISTRIBUTOR,
@@ -87,29 +87,29 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/sms/kannel"): Rule(PUBLIC),
     # catalog
     ("GET", "/api/v1/service-providers"): Rule(ALL, SEES_OWN),
-    ("POST", "/api/v1/service-providers"): Rule(roles(A, O), body={"code": "NEW", "name": "N"}),
+    ("POST", "/api/v1/service-providers"): Rule(roles(A, OP), body={"code": "NEW", "name": "N"}),
     ("GET", "/api/v1/service-providers/{code}"): Rule(ALL),
-    ("PATCH", "/api/v1/service-providers/{code}"): Rule(roles(A, O), body={"name": "N"}),
+    ("PATCH", "/api/v1/service-providers/{code}"): Rule(roles(A, OP), body={"name": "N"}),
     ("POST", "/api/v1/balance-types"): Rule(
-        roles(A, O), body={"code": "NEW", "name": "N", "unit": "u", "service_provider": "ACME"}
+        roles(A, OP), body={"code": "NEW", "name": "N", "unit": "u", "service_provider": "ACME"}
     ),
     ("GET", "/api/v1/balance-types"): Rule(ALL, SEES_OWN),
     ("GET", "/api/v1/balance-types/{service_provider}/{code}"): Rule(ALL),
     ("PATCH", "/api/v1/balance-types/{service_provider}/{code}"): Rule(
-        roles(A, O), body={"name": "N"}
+        roles(A, OP), body={"name": "N"}
     ),
     ("POST", "/api/v1/product-types"): Rule(
-        roles(A, O), body={"code": "NEW", "name": "N", "service_provider": "ACME"}
+        roles(A, OP), body={"code": "NEW", "name": "N", "service_provider": "ACME"}
     ),
     ("GET", "/api/v1/product-types"): Rule(ALL, SEES_OWN),
     ("GET", "/api/v1/product-types/{service_provider}/{code}"): Rule(ALL),
     ("PATCH", "/api/v1/product-types/{service_provider}/{code}"): Rule(
-        roles(A, O), body={"name": "N"}
+        roles(A, OP), body={"name": "N"}
     ),
-    ("POST", "/api/v1/voucher-types"): Rule(roles(A, O), body=VOUCHER_TYPE),
+    ("POST", "/api/v1/voucher-types"): Rule(roles(A, OP), body=VOUCHER_TYPE),
     ("GET", "/api/v1/voucher-types"): Rule(ALL, SEES_OWN),
     ("GET", "/api/v1/voucher-types/{code}"): Rule(ALL),
-    ("PATCH", "/api/v1/voucher-types/{code}"): Rule(roles(A, O), body={"name": "N"}),
+    ("PATCH", "/api/v1/voucher-types/{code}"): Rule(roles(A, OP), body={"name": "N"}),
     ("GET", "/api/v1/voucher-types/{code}/scenarios"): Rule(ALL),
     # API keys and audit
     ("GET", "/api/v1/api-keys"): Rule(roles(A), SEES_OWN),
@@ -120,38 +120,38 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/audit"): Rule(roles(A, AU), SEES_OWN),
     # subscribers and wallet
     ("POST", "/api/v1/subscribers"): Rule(
-        roles(A, O),
+        roles(A, OP),
         body={"msisdn": "254700000009", "service_provider": "ACME", "product_type": "GOLD"},
     ),
-    ("GET", "/api/v1/subscribers/{msisdn}"): Rule(roles(A, O, C, AU)),
-    ("PATCH", "/api/v1/subscribers/{msisdn}"): Rule(roles(A, O), body={"state": "active"}),
+    ("GET", "/api/v1/subscribers/{msisdn}"): Rule(roles(A, OP, C, AU)),
+    ("PATCH", "/api/v1/subscribers/{msisdn}"): Rule(roles(A, OP), body={"state": "active"}),
     ("POST", "/api/v1/subscribers/{msisdn}/adjustments"): Rule(
         roles(A, C), body={"balance_type": "CASH", "amount": 1, "reason": "test"}
     ),
-    ("GET", "/api/v1/subscribers/{msisdn}/ledger"): Rule(roles(A, O, C, AU)),
-    ("GET", "/api/v1/transactions"): Rule(roles(A, O, C, AU), SEES_OWN),
+    ("GET", "/api/v1/subscribers/{msisdn}/ledger"): Rule(roles(A, OP, C, AU)),
+    ("GET", "/api/v1/transactions"): Rule(roles(A, OP, C, AU), SEES_OWN),
     # batches and vouchers
-    ("POST", "/api/v1/batches"): Rule(roles(A, O), body={"voucher_type": "TOPUP10", "count": 1}),
-    ("GET", "/api/v1/batches"): Rule(roles(A, O, D, AU), SEES_OWN),
-    ("GET", "/api/v1/batches/{batch_id}"): Rule(roles(A, O, D, AU)),
+    ("POST", "/api/v1/batches"): Rule(roles(A, OP), body={"voucher_type": "TOPUP10", "count": 1}),
+    ("GET", "/api/v1/batches"): Rule(roles(A, OP, D, AU), SEES_OWN),
+    ("GET", "/api/v1/batches/{batch_id}"): Rule(roles(A, OP, D, AU)),
     ("PATCH", "/api/v1/batches/{batch_id}"): Rule(
-        roles(A, O), body={"expires_at": "2099-01-01T00:00:00+00:00"}
+        roles(A, OP), body={"expires_at": "2099-01-01T00:00:00+00:00"}
     ),
-    ("POST", "/api/v1/batches/{batch_id}/activate"): Rule(roles(A, O), body={"reason": "r"}),
-    ("POST", "/api/v1/batches/{batch_id}/freeze"): Rule(roles(A, O), body={"reason": "r"}),
-    ("POST", "/api/v1/batches/{batch_id}/unfreeze"): Rule(roles(A, O), body={"reason": "r"}),
-    ("POST", "/api/v1/batches/{batch_id}/delete"): Rule(roles(A, O), body={"reason": "r"}),
-    ("POST", "/api/v1/vouchers/lookup"): Rule(roles(A, O, C, AU), HIDDEN, body={"pin": "{pin}"}),
+    ("POST", "/api/v1/batches/{batch_id}/activate"): Rule(roles(A, OP), body={"reason": "r"}),
+    ("POST", "/api/v1/batches/{batch_id}/freeze"): Rule(roles(A, OP), body={"reason": "r"}),
+    ("POST", "/api/v1/batches/{batch_id}/unfreeze"): Rule(roles(A, OP), body={"reason": "r"}),
+    ("POST", "/api/v1/batches/{batch_id}/delete"): Rule(roles(A, OP), body={"reason": "r"}),
+    ("POST", "/api/v1/vouchers/lookup"): Rule(roles(A, OP, C, AU), HIDDEN, body={"pin": "{pin}"}),
     ("POST", "/api/v1/vouchers/freeze"): Rule(
-        roles(A, O), HIDDEN, body={"serial_from": "{serial}", "serial_to": "{serial}"}
+        roles(A, OP), HIDDEN, body={"serial_from": "{serial}", "serial_to": "{serial}"}
     ),
     ("POST", "/api/v1/vouchers/unfreeze"): Rule(
-        roles(A, O), HIDDEN, body={"serial_from": "{serial}", "serial_to": "{serial}"}
+        roles(A, OP), HIDDEN, body={"serial_from": "{serial}", "serial_to": "{serial}"}
     ),
     ("POST", "/api/v1/vouchers/delete"): Rule(
-        roles(A, O), HIDDEN, body={"serial_from": "{serial}", "serial_to": "{serial}"}
+        roles(A, OP), HIDDEN, body={"serial_from": "{serial}", "serial_to": "{serial}"}
     ),
-    ("GET", "/api/v1/vouchers/{serial}"): Rule(roles(A, O, C, AU), HIDDEN),
+    ("GET", "/api/v1/vouchers/{serial}"): Rule(roles(A, OP, C, AU), HIDDEN),
     # distribution
     ("GET", "/api/v1/partners"): Rule(roles(A, D), SEES_OWN),
     ("POST", "/api/v1/partners"): Rule(
@@ -167,13 +167,13 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/exports/{export_id}"): Rule(roles(A, D)),
     ("GET", "/api/v1/exports/{export_id}/file"): Rule(roles(A, D)),
     ("POST", "/api/v1/imports"): Rule(
-        roles(A, O), SEES_OWN, body={"csv": "100000009999,12345678901234,TOPUP10,2099-01-01\n"}
+        roles(A, OP), SEES_OWN, body={"csv": "100000009999,12345678901234,TOPUP10,2099-01-01\n"}
     ),
     # housekeeping: installation-wide, so a scoped key only reads
-    ("GET", "/api/v1/housekeeping/jobs"): Rule(roles(A, O, AU), SEES_OWN),
-    ("GET", "/api/v1/housekeeping/runs"): Rule(roles(A, O, AU), SEES_OWN),
-    ("GET", "/api/v1/housekeeping/runs/{run_id}"): Rule(roles(A, O, AU), SEES_OWN),
-    ("POST", "/api/v1/housekeeping/jobs/{name}/run"): Rule(roles(A, O)),
+    ("GET", "/api/v1/housekeeping/jobs"): Rule(roles(A, OP, AU), SEES_OWN),
+    ("GET", "/api/v1/housekeeping/runs"): Rule(roles(A, OP, AU), SEES_OWN),
+    ("GET", "/api/v1/housekeeping/runs/{run_id}"): Rule(roles(A, OP, AU), SEES_OWN),
+    ("POST", "/api/v1/housekeeping/jobs/{name}/run"): Rule(roles(A, OP)),
 }
 
 # A body no operation accepts: whoever may not call gets 401/403, never 422.

@@ -83,8 +83,6 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): Rule(PUBLIC),
     ("GET", "/readyz"): Rule(PUBLIC),
     ("GET", "/metrics"): Rule(PUBLIC),
-    ("POST", "/ussd"): Rule(PUBLIC),
-    ("GET", "/sms/kannel"): Rule(PUBLIC),
     # catalog
     ("GET", "/api/v1/service-providers"): Rule(ALL, SEES_OWN),
     ("POST", "/api/v1/service-providers"): Rule(roles(A, OP), body={"code": "NEW", "name": "N"}),

@@ -29,6 +29,7 @@ from voms.api.errors import install_error_handlers
 from voms.api.forwarded import Network, resolve_client, trusted_networks
 from voms.api.gate import Gate
 from voms.api.metrics import Observe
+from voms.api.schemas import API_ERRORS
 from voms.channels import mobile, sms, soap, ussd
 from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
@@ -150,7 +151,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
     app.add_middleware(Gate)  # inside Observe: the refusals are counted too
     app.add_middleware(Observe)
     # Routes are matched in order: the redemption calls, the busiest by far, first.
-    for router in (
+    api_routers = (
         redemptions.router,
         health.router,
         catalog.router,
@@ -165,8 +166,15 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         sms.router,
         distribution.router,
         housekeeping.router,
-    ):
-        app.include_router(router)
+    )
+    for router in api_routers:
+        if router.prefix.startswith("/api/v1") and router is not redemptions.router:
+            app.include_router(router, responses=API_ERRORS)
+        else:
+            # The gateways' callbacks (USSD, Kannel) speak their gateway's protocol, not
+            # this API's: they stay out of /openapi.json, as /m and /soap do.
+            gateway = router in (ussd.router, sms.router)
+            app.include_router(router, include_in_schema=not gateway)
     app.shortcut(redemptions.router)
     if served:
         # What start-up built lives as long as the worker: out of the garbage collector's

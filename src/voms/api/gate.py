@@ -9,6 +9,7 @@ when it carries NUL characters or JSON nested deeper than any real request.
 """
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -33,7 +34,7 @@ class Gate:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._permissions: dict[int, tuple[Permission, ...] | None] = {}
+        self._routes: dict[int, tuple[tuple[Permission, ...] | None, frozenset[str]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,9 +44,10 @@ class Gate:
         try:
             if scope["path"].startswith(API_PREFIX):
                 principal = await authenticate_request(request)
-                permissions = self._permissions_of(scope)
+                permissions, query_names = self._route_of(scope)
                 if permissions is not None:
                     require_role(principal, permissions)
+                check_query_names(scope, query_names)
             receive = await read_body(scope, receive, body_limit(scope))
         except Exception as exc:
             response = await scope["app"].handle(request, exc)
@@ -53,15 +55,17 @@ class Gate:
             return
         await self.app(scope, receive, send)
 
-    def _permissions_of(self, scope: Scope) -> tuple[Permission, ...] | None:
-        """The permissions the matching route's Allowed dependency asks for."""
+    def _route_of(self, scope: Scope) -> tuple[tuple[Permission, ...] | None, frozenset[str]]:
+        """The permissions the matching route's Allowed dependency asks for, and the
+        names of its query parameters."""
         for route in scope["app"].router.routes:
             if isinstance(route, APIRoute) and route.matches(scope)[0] is Match.FULL:
                 key = id(route)
-                if key not in self._permissions:
-                    self._permissions[key] = permission_of(route)
-                return self._permissions[key]
-        return None
+                if key not in self._routes:
+                    names = frozenset(p.alias for p in route.dependant.query_params)
+                    self._routes[key] = (permission_of(route), names)
+                return self._routes[key]
+        return None, frozenset()
 
 
 def permission_of(route: APIRoute) -> tuple[Permission, ...] | None:
@@ -134,8 +138,24 @@ def check_target(scope: Scope) -> None:
         raise Refused("query", "NUL characters are not accepted")
 
 
+def check_query_names(scope: Scope, known: frozenset[str]) -> None:
+    """An unknown query parameter is refused, not ignored: a misspelt filter (``?msisnd=``)
+    would otherwise answer everything."""
+    query = scope.get("query_string", b"")
+    if not query:
+        return
+    for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name not in known:
+            raise Refused("query", f"unknown query parameter '{name[:40]}'")
+
+
 def check_body(body: bytes) -> None:
-    """NUL characters (raw or as a JSON escape) and JSON nested absurdly deep."""
+    """Text that is no UTF-8, NUL characters (raw or as a JSON escape) and JSON nested
+    absurdly deep: refused here, so that no parser or database meets them."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused("body", "the body is not UTF-8 text") from None
     if b"\x00" in body or b"\\u0000" in body:
         raise Refused("body", "NUL characters are not accepted")
     if json_depth_exceeds(body, MAX_JSON_DEPTH):

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from voms.api.deps import principal_of, require_role, run_redemption_work
 from voms.api.gate import BodyTooLarge, check_body
+from voms.api.schemas import Problem, ResultAnswer, error_responses
 from voms.domain.errors import VomsError
 from voms.domain.roles import Permission
 from voms.services import redemption
@@ -67,8 +68,16 @@ def _documented(model: type[BaseModel], required: bool = True) -> dict[str, Any]
 
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
-    status: {"description": "result_code and result_text (API.md, Result codes)"}
-    for status in (400, 403, 404, 409, 429)
+    **{
+        status: {
+            "model": ResultAnswer,
+            "description": "result_code and result_text (API.md, Result codes)",
+        }
+        for status in (200, 400, 404, 409, 429, 503)
+    },
+    # 403: a blacklisted subscriber (5003), or a key whose role may not call this.
+    403: {"model": ResultAnswer | Problem, "description": "5003, or the key's role"},
+    **error_responses(401, 413, 422),
 }
 
 

@@ -142,7 +142,7 @@ def _hand_over_first_key(settings: Settings, key: str) -> None:
         typer.echo("First start: an admin API key was created. It is shown only this once:")
         typer.echo(f"  {key}")
         return
-    path = settings.resolved_keys_file().with_name("voms-first-admin-key")
+    path = settings.resolved_keys_file().with_name("voms-first-admin-key").resolve()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(key + "\n")

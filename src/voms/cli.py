@@ -195,11 +195,14 @@ def agi(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
     """Apply the schema migrations (PostgreSQL: run once before starting servers)."""
+    from voms.bootstrap import create_private_database_file
     from voms.db.engine import make_engine
     from voms.db.migrate import current_revision, upgrade
 
     with handled():
-        engine = make_engine(load_settings())
+        settings = load_settings()
+        create_private_database_file(settings)
+        engine = make_engine(settings)
         upgrade(engine, revision)
         typer.echo(f"database at revision {current_revision(engine)}")
 

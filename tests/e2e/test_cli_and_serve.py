@@ -57,7 +57,7 @@ def test_first_start_creates_database_keys_and_prints_an_admin_key_once(tmp_path
     assert str(key_file) in out
     key = key_file.read_text().strip()
     assert key.startswith("voms_")
-    assert (tmp_path / "voms.db").exists()
+    assert stat.S_IMODE((tmp_path / "voms.db").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "voms-keys.json").stat().st_mode) == 0o600
 
     again = Server(tmp_path)

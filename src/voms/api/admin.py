@@ -1,8 +1,8 @@
 """API keys and the audit log."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 
 from voms.api.deps import AuditReader, KeyAdmin, RuntimeDep
 from voms.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditEntry
@@ -40,6 +40,6 @@ def audit_log(
     who: AuditReader,
     object_type: str | None = None,
     object_id: str | None = None,
-    limit: int = 100,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return audit.read_audit_log(rt, who, object_type=object_type, object_id=object_id, limit=limit)

@@ -167,6 +167,14 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         distribution.router,
         housekeeping.router,
     )
+    # What the gate matches a request against (FastAPI keeps included routers nested).
+    app.state.api_routes = [
+        route
+        for router in api_routers
+        if router.prefix.startswith("/api/v1")
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
     for router in api_routers:
         if router.prefix.startswith("/api/v1") and router is not redemptions.router:
             app.include_router(router, responses=API_ERRORS)

@@ -58,8 +58,9 @@ class Gate:
     def _route_of(self, scope: Scope) -> tuple[tuple[Permission, ...] | None, frozenset[str]]:
         """The permissions the matching route's Allowed dependency asks for, and the
         names of its query parameters."""
-        for route in scope["app"].router.routes:
-            if isinstance(route, APIRoute) and route.matches(scope)[0] is Match.FULL:
+        routes: list[APIRoute] = scope["app"].state.api_routes
+        for route in routes:
+            if route.matches(scope)[0] is Match.FULL:
                 key = id(route)
                 if key not in self._routes:
                     names = frozenset(p.alias for p in route.dependant.query_params)

@@ -3,10 +3,11 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from voms.api.deps import Housekeeper, HousekeepingReader, RuntimeDep
+from voms.api.schemas import BIGINT_MAX
 from voms.services import housekeeping
 
 router = APIRouter(prefix="/api/v1/housekeeping", tags=["housekeeping"])
@@ -56,7 +57,7 @@ def list_runs(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=housekeeping.MAX_LIMIT)] = 50,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
 ) -> dict[str, Any]:
     """Runs newest first, filtered by job, outcome and start time; pass ``next_cursor`` on."""
     return housekeeping.list_runs(
@@ -65,7 +66,9 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
-def get_run(run_id: int, rt: RuntimeDep, who: HousekeepingReader) -> dict[str, Any]:
+def get_run(
+    run_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], rt: RuntimeDep, who: HousekeepingReader
+) -> dict[str, Any]:
     return housekeeping.get_run(rt, who, run_id)
 
 

@@ -97,6 +97,9 @@ class AuditEntry(BaseModel):
     detail: dict[str, object]
 
 
+BIGINT_MAX = 2**63 - 1  # the largest id or serial a database column holds
+
+
 # --- error answers, as documented on every operation ---------------------------------
 
 

@@ -1,9 +1,9 @@
 """Subscribers of the built-in wallet: create, look up, change, adjust balances."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
 from voms.api.deps import LookupCaller, RuntimeDep, SubscriberWriter, WalletAdjuster
@@ -83,6 +83,9 @@ def adjust_balance(
 
 @router.get("/subscribers/{msisdn}/ledger", response_model=list[LedgerEntry])
 def ledger(
-    msisdn: str, rt: RuntimeDep, who: LookupCaller, limit: int = 100
+    msisdn: str,
+    rt: RuntimeDep,
+    who: LookupCaller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return wallet.ledger_of(rt, who, msisdn, limit)

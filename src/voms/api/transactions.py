@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from voms.api.deps import LookupCaller, RuntimeDep
+from voms.api.schemas import BIGINT_MAX
 from voms.services import transactions
 
 router = APIRouter(prefix="/api/v1", tags=["transactions"])
@@ -39,7 +40,7 @@ def list_transactions(
     rt: RuntimeDep,
     who: LookupCaller,
     msisdn: str | None = None,
-    serial: Annotated[int | None, Query(ge=0)] = None,
+    serial: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=transactions.MAX_LIMIT)] = 100,

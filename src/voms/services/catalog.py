@@ -16,7 +16,9 @@ from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal, service_provider_id_by_code
 
-Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+# Starts with a letter, digit or underscore: a code starting with "-" would be run as a
+# formula by the spreadsheets that open exports.
+Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]

@@ -357,14 +357,16 @@ def catalog_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON catalog file")],
 ) -> None:
     """Create the objects of a JSON catalog file: keys service_providers, balance_types,
-    product_types, voucher_types, each a list of bodies as in the REST API."""
+    product_types, voucher_types, each a list of bodies as in the REST API. An object
+    that exists with the same fields is left as it is; with other fields, the import
+    stops and names them."""
     from voms.services import auth, catalog
 
     steps: list[tuple[str, type[Any], Any]] = [
-        ("service_providers", catalog.ServiceProviderIn, catalog.create_service_provider),
-        ("balance_types", catalog.BalanceTypeIn, catalog.create_balance_type),
-        ("product_types", catalog.ProductTypeIn, catalog.create_product_type),
-        ("voucher_types", catalog.VoucherTypeIn, catalog.create_voucher_type),
+        ("service_providers", catalog.ServiceProviderIn, catalog.create_or_find_service_provider),
+        ("balance_types", catalog.BalanceTypeIn, catalog.create_or_find_balance_type),
+        ("product_types", catalog.ProductTypeIn, catalog.create_or_find_product_type),
+        ("voucher_types", catalog.VoucherTypeIn, catalog.create_or_find_voucher_type),
     ]
     try:
         content = json.loads(file.read_text())
@@ -380,8 +382,9 @@ def catalog_import(
                     body = model.model_validate(item)
                 except ValidationError as exc:
                     fail(f"{key}[{index}]: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
-                create(rt, auth.CONSOLE, body)
-                typer.echo(f"created {key[:-1].replace('_', ' ')} {item.get('code')}")
+                _, created = create(rt, auth.CONSOLE, body)
+                done = "created" if created else "already there:"
+                typer.echo(f"{done} {key[:-1].replace('_', ' ')} {item.get('code')}")
 
 
 @catalog_app.command("show")

@@ -3,6 +3,8 @@
 from typing import Any
 
 from fastapi import APIRouter, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 
 from voms.api.deps import CatalogReader, CatalogWriter, RuntimeDep
 from voms.api.schemas import (
@@ -25,13 +27,26 @@ from voms.services.catalog import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
+_SAME: dict[int | str, dict[str, Any]] = {
+    200: {"description": "It existed with exactly these fields: creating is idempotent"}
+}
 CREATED = status.HTTP_201_CREATED
 Json = dict[str, Any]
 
 
-@router.post("/service-providers", status_code=CREATED, response_model=ServiceProviderPublic)
-def create_service_provider(body: ServiceProviderIn, rt: RuntimeDep, who: CatalogWriter) -> Json:
-    return catalog.create_service_provider(rt, who, body)
+def _created_or_found(outcome: tuple[Json, bool]) -> Any:
+    """201 with a new object; 200 with the one that existed with the same fields."""
+    found, created = outcome
+    if created:
+        return found
+    return JSONResponse(jsonable_encoder(found), status_code=status.HTTP_200_OK)
+
+
+@router.post(
+    "/service-providers", status_code=CREATED, responses=_SAME, response_model=ServiceProviderPublic
+)
+def create_service_provider(body: ServiceProviderIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_service_provider(rt, who, body))
 
 
 @router.get("/service-providers", response_model=list[ServiceProviderPublic])
@@ -51,9 +66,11 @@ def update_service_provider(
     return catalog.update_service_provider(rt, who, code, body)
 
 
-@router.post("/balance-types", status_code=CREATED, response_model=BalanceTypePublic)
-def create_balance_type(body: BalanceTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Json:
-    return catalog.create_balance_type(rt, who, body)
+@router.post(
+    "/balance-types", status_code=CREATED, responses=_SAME, response_model=BalanceTypePublic
+)
+def create_balance_type(body: BalanceTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_balance_type(rt, who, body))
 
 
 @router.get("/balance-types", response_model=list[BalanceTypePublic])
@@ -75,9 +92,11 @@ def update_balance_type(
     return catalog.update_balance_type(rt, who, service_provider, code, body)
 
 
-@router.post("/product-types", status_code=CREATED, response_model=ProductTypePublic)
-def create_product_type(body: ProductTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Json:
-    return catalog.create_product_type(rt, who, body)
+@router.post(
+    "/product-types", status_code=CREATED, responses=_SAME, response_model=ProductTypePublic
+)
+def create_product_type(body: ProductTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_product_type(rt, who, body))
 
 
 @router.get("/product-types", response_model=list[ProductTypePublic])
@@ -99,9 +118,11 @@ def update_product_type(
     return catalog.update_product_type(rt, who, service_provider, code, body)
 
 
-@router.post("/voucher-types", status_code=CREATED, response_model=VoucherTypePublic)
-def create_voucher_type(body: VoucherTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Json:
-    return catalog.create_voucher_type(rt, who, body)
+@router.post(
+    "/voucher-types", status_code=CREATED, responses=_SAME, response_model=VoucherTypePublic
+)
+def create_voucher_type(body: VoucherTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_voucher_type(rt, who, body))
 
 
 @router.get("/voucher-types", response_model=list[VoucherTypePublic])

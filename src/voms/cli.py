@@ -531,7 +531,7 @@ def batch_generate(
     ] = None,
 ) -> None:
     """Generate a batch of vouchers now, with a progress bar; prints the batch."""
-    from voms.services import generation
+    from voms.services import generation, guessing
 
     expiry = _aware(expires_at, "--expires-at")
     rt = runtime()
@@ -545,6 +545,9 @@ def batch_generate(
             request_id=request_id,
         )
         batch = created.batch
+        warning = guessing.weak_pin_warning(rt, voucher_type)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
         if created.is_new:
             typer.echo(
                 f"batch {batch['batch_id']}: serials {batch['serial_first']}"

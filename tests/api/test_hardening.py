@@ -269,3 +269,19 @@ def test_creating_a_catalog_object_again_is_idempotent_or_names_what_differs(
     changed = client.post("/api/v1/voucher-types", headers=admin, json=body)
     assert changed.status_code == 409
     assert "pin_length" in changed.json()["detail"]
+
+
+def test_generating_vouchers_with_pins_too_short_for_the_budget_warns(
+    rt: Runtime, client: TestClient, shop: Any
+) -> None:
+    admin = bearer(factories.api_key(rt, "admin"))
+    factories.voucher_type(rt, "SHORT", pin_length=8)
+    short = client.post(
+        "/api/v1/batches", headers=admin, json={"voucher_type": "SHORT", "count": 50}
+    )
+    assert short.status_code == 201
+    assert "PINs of 8 digits" in short.json()["warnings"][0]
+    long = client.post(
+        "/api/v1/batches", headers=admin, json={"voucher_type": "TOPUP10", "count": 5}
+    )
+    assert long.json()["warnings"] == []

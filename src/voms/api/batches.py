@@ -4,10 +4,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from voms.api.deps import BatchReader, BatchWriter, RuntimeDep
-from voms.services import generation, lifecycle
+from voms.services import generation, guessing, lifecycle
 from voms.services.generation import BatchIn
 from voms.services.lifecycle import BatchActionIn, BatchUpdate
 
@@ -31,6 +31,9 @@ class BatchPublic(BaseModel):
     updated_at: datetime
     error: str | None
     request_id: str | None
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. a PIN length too short for the live vouchers"
+    )
 
 
 class BatchPage(BaseModel):
@@ -42,7 +45,9 @@ class BatchPage(BaseModel):
 def create_batch(body: BatchIn, rt: RuntimeDep, who: BatchWriter) -> Json:
     """Order vouchers. Above VOMS_BACKGROUND_GENERATION_THRESHOLD they are generated in the
     background: the answer says `generating` and GET /batches/{id} shows the progress."""
-    return generation.order_batch(rt, who, body)
+    ordered = generation.order_batch(rt, who, body)
+    warning = guessing.weak_pin_warning(rt, body.voucher_type)
+    return {**ordered, "warnings": [warning] if warning else []}
 
 
 @router.get("/batches", response_model=BatchPage)

@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from voms.api.deps import LookupCaller, RuntimeDep
 from voms.api.schemas import BIGINT_MAX
@@ -31,7 +31,10 @@ class TransactionPublic(BaseModel):
 
 
 class TransactionPage(BaseModel):
-    transactions: list[TransactionPublic]
+    items: list[TransactionPublic]
+    transactions: list[TransactionPublic] = Field(
+        description="The same list as items, kept under its first name until version 2"
+    )
     next_cursor: str | None
 
 
@@ -47,7 +50,7 @@ def list_transactions(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Newest first; ``msisdn`` matches requester or recipient; pass ``next_cursor`` on."""
-    return transactions.list_transactions(
+    page = transactions.list_transactions(
         rt,
         who,
         msisdn=msisdn,
@@ -57,3 +60,4 @@ def list_transactions(
         limit=limit,
         cursor=cursor,
     )
+    return {**page, "items": page["transactions"]}

@@ -22,7 +22,9 @@ from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from voms.db import tables as t
+from voms.db.types import utcnow
 from voms.domain.errors import ResultError
+from voms.domain.guessing import HOURS_PER_YEAR, hours_to_guess
 from voms.domain.msisdn import mask_msisdn, msisdn_is_authenticated
 from voms.domain.results import Result
 from voms.runtime import Runtime
@@ -198,3 +200,35 @@ def after_failure(
     if attempt.recipient is not None and attempt.recipient not in known:
         attempt.recipient = mask_msisdn(attempt.recipient)
     return error
+
+
+def weak_pin_warning(rt: Runtime, voucher_type: str) -> str | None:
+    """A warning when a guesser at the per-key budget would expect to find one of the
+    live vouchers of ``voucher_type``'s PIN length within a year (SECURITY.md).
+
+    Live vouchers are counted from the batches (their sizes, not their rows): every
+    batch of a type with that PIN length that is neither deleted nor expired.
+    """
+    vt, b = t.voucher_types, t.batches
+    with rt.engine.connect() as conn:
+        pin_length = conn.execute(select(vt.c.pin_length).where(vt.c.code == voucher_type)).scalar()
+        if pin_length is None:
+            return None
+        live = conn.execute(
+            select(func.coalesce(func.sum(b.c.count), 0))
+            .join(vt, vt.c.id == b.c.voucher_type_id)
+            .where(
+                vt.c.pin_length == pin_length,
+                b.c.state != "deleted",
+                b.c.expires_at > utcnow(),
+            )
+        ).scalar_one()
+    budget = rt.settings.lookup_failures_per_key * 60 / rt.settings.lookup_failure_window_minutes
+    hours = hours_to_guess(pin_length, int(live), budget)
+    if hours >= HOURS_PER_YEAR:
+        return None
+    return (
+        f"PINs of {pin_length} digits with {int(live)} live vouchers: a guesser at the key "
+        f"budget ({budget:.0f} failed lookups an hour) expects a hit within {hours / 24:.0f} "
+        "days; use longer PINs (SECURITY.md, PIN guessing)"
+    )

@@ -285,3 +285,14 @@ def test_generating_vouchers_with_pins_too_short_for_the_budget_warns(
         "/api/v1/batches", headers=admin, json={"voucher_type": "TOPUP10", "count": 5}
     )
     assert long.json()["warnings"] == []
+
+
+def test_a_patch_cannot_null_a_required_field(rt: Runtime, client: TestClient, shop: Any) -> None:
+    """Found by schemathesis: {"name": null} reached the database (500)."""
+    admin = bearer(factories.api_key(rt, "admin"))
+    answer = client.patch("/api/v1/balance-types/ACME/CASH", headers=admin, json={"name": None})
+    assert answer.status_code == 422
+    cleared = client.patch(
+        "/api/v1/balance-types/ACME/CASH", headers=admin, json={"max_balance": None}
+    )
+    assert cleared.status_code == 200

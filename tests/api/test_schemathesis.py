@@ -4,7 +4,7 @@ documents (status code, content type, headers, body), for data that fits the sch
 (positive) and data that does not (negative).
 
 Bounded so the whole suite stays fast on a small machine: SCHEMATHESIS_EXAMPLES examples
-per operation and mode (default 4; set the environment variable higher for a deeper
+per operation and mode (default 5; set the environment variable higher for a deeper
 run, e.g. SCHEMATHESIS_EXAMPLES=200 .venv/bin/pytest tests/api/test_schemathesis.py).
 """
 
@@ -23,7 +23,7 @@ from tests.api.conftest import bearer
 from voms.api.app import create_app
 from voms.runtime import Runtime
 
-EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "5"))
 
 # Left out: "schema-valid data is accepted". The services check more than a JSON schema
 # says (a PIN's check digit, an MSISDN's digits, references that must exist) and refuse

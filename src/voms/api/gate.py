@@ -19,9 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from voms.api.deps import Allowed, authenticate_request, require_role
 from voms.domain.errors import Invalid, VomsError
 from voms.domain.roles import Permission
+from voms.openpgp import MAX_KEY_CHARS
 
 API_PREFIX = "/api/v1"
 IMPORT_PATHS = frozenset({"/api/v1/imports"})
+PARTNER_PATHS = "/api/v1/partners"
 MAX_JSON_DEPTH = 64  # the deepest real body (a voucher type) is 5 levels
 
 
@@ -81,10 +83,16 @@ def permission_of(route: APIRoute) -> tuple[Permission, ...] | None:
 
 
 def body_limit(scope: Scope) -> int:
+    """VOMS_MAX_BODY_KB; imports VOMS_MAX_IMPORT_BODY_MB; a partner's OpenPGP key (up to
+    openpgp.MAX_KEY_CHARS characters, four bytes each at most) what it takes."""
     settings = scope["app"].state.runtime.settings
-    if scope["path"] in IMPORT_PATHS:
+    path = scope["path"]
+    limit = int(settings.max_body_kb) << 10
+    if path in IMPORT_PATHS:
         return int(settings.max_import_body_mb) << 20
-    return int(settings.max_body_kb) << 10
+    if path.startswith(PARTNER_PATHS):
+        return max(limit, 4 * MAX_KEY_CHARS + 4096)
+    return limit
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> Receive:

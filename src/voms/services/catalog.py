@@ -152,8 +152,17 @@ def _comparable(field: str, value: Any) -> Any:
     return value
 
 
+# Fields a PATCH may set to null: a limit or currency removed; for the lists, null
+# leaves them as they are.
+_NULLABLE = frozenset({"currency", "max_balance", "allowed_product_types", "scenarios"})
+
+
 def _changes(update_model: BaseModel) -> dict[str, Any]:
-    return update_model.model_dump(exclude_unset=True)
+    changes = update_model.model_dump(exclude_unset=True)
+    cleared = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
+    if cleared:
+        raise Invalid(f"{', '.join(cleared)} cannot be null")
+    return changes
 
 
 # --- service providers -----------------------------------------------------------

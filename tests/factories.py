@@ -87,10 +87,19 @@ def standard_catalog(rt: Runtime, sp: str = "ACME") -> None:
 
 
 def api_key(
-    rt: Runtime, role: str = "admin", sp: str | None = None, name: str | None = None
+    rt: Runtime,
+    role: str = "admin",
+    sp: str | None = None,
+    name: str | None = None,
+    allow: tuple[str, ...] = (),
 ) -> str:
     _, secret = auth.create_api_key(
-        rt, CONSOLE, name=name or f"{role}-{sp or 'all'}", role=role, service_provider=sp
+        rt,
+        CONSOLE,
+        name=name or f"{role}-{sp or 'all'}{''.join('+' + a for a in allow)}",
+        role=role,
+        service_provider=sp,
+        allow=allow,
     )
     return secret
 

@@ -1,6 +1,7 @@
 """First start: keys, schema and a first admin key, so one command runs the service."""
 
 import logging
+import os
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,17 @@ class Prepared:
     first_admin_key: str | None
 
 
+def create_private_database_file(settings: Settings) -> None:
+    """Create a new SQLite database file readable by its owner only (0600): it holds the
+    installation's vouchers and wallets. SQLite gives its -wal and -shm files the same
+    mode."""
+    path = settings.sqlite_path()
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def prepare(settings: Settings) -> Prepared:
     """Make the installation ready to serve, or explain exactly what is missing.
 
@@ -48,6 +60,7 @@ def prepare(settings: Settings) -> Prepared:
         write_keyring(keys_file, Keyring.new())
         created = True
         log.info("created key file %s", keys_file)
+    create_private_database_file(settings)
     engine = make_engine(settings)
     try:
         if settings.is_sqlite:

@@ -129,8 +129,7 @@ def serve(
             "without it no PIN can be redeemed or exported."
         )
     if prepared.first_admin_key:
-        typer.echo("First start: an admin API key was created. It is shown only this once:")
-        typer.echo(f"  {prepared.first_admin_key}")
+        _hand_over_first_key(settings, prepared.first_admin_key)
     n_workers = workers or settings.workers
     if n_workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="voms-metrics-")
@@ -141,7 +140,26 @@ def serve(
         port=port or settings.port,
         workers=n_workers,
         log_config=None,
-        proxy_headers=True,
+        # The app believes X-Forwarded-* from VOMS_TRUSTED_PROXIES only (voms.api.forwarded);
+        # uvicorn's own handling would believe any loopback caller.
+        proxy_headers=False,
+    )
+
+
+def _hand_over_first_key(settings: Settings, key: str) -> None:
+    """Show the first admin key on a terminal; when standard output is a file or a pipe
+    (a log, most likely), write it to a 0600 file beside the database instead."""
+    if sys.stdout.isatty():
+        typer.echo("First start: an admin API key was created. It is shown only this once:")
+        typer.echo(f"  {key}")
+        return
+    path = settings.resolved_keys_file().with_name("voms-first-admin-key").resolve()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    typer.echo(
+        f"First start: an admin API key was created and written to {path} (mode 0600), "
+        "not here, since this output is no terminal. Read it, then delete the file."
     )
 
 
@@ -189,11 +207,14 @@ def agi(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
     """Apply the schema migrations (PostgreSQL: run once before starting servers)."""
+    from voms.bootstrap import create_private_database_file
     from voms.db.engine import make_engine
     from voms.db.migrate import current_revision, upgrade
 
     with handled():
-        engine = make_engine(load_settings())
+        settings = load_settings()
+        create_private_database_file(settings)
+        engine = make_engine(settings)
         upgrade(engine, revision)
         typer.echo(f"database at revision {current_revision(engine)}")
 
@@ -299,6 +320,13 @@ def apikey_create(
         str | None,
         typer.Option(help="A distributor key of this reseller code: its subtree only"),
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A right beyond the role (repeatable): voucher-type-recharge (credit a "
+            "wallet without a voucher)"
+        ),
+    ] = None,
 ) -> None:
     """Create an API key; the key is printed as the last line and never shown again."""
     from voms.services import auth
@@ -311,11 +339,13 @@ def apikey_create(
             role=role,
             service_provider=service_provider,
             reseller=reseller,
+            allow=allow or (),
         )
         scope = record["service_provider"] or "all service providers"
         if reseller:
             scope = f"reseller {reseller}"
-        typer.echo(f"created API key '{name}' (role {record['role']}, {scope}):", err=True)
+        rights = "".join(f", allowed {right}" for right in record["allow"])
+        typer.echo(f"created API key '{name}' (role {record['role']}, {scope}{rights}):", err=True)
         typer.echo(secret)
 
 
@@ -346,14 +376,16 @@ def catalog_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON catalog file")],
 ) -> None:
     """Create the objects of a JSON catalog file: keys service_providers, balance_types,
-    product_types, voucher_types, each a list of bodies as in the REST API."""
+    product_types, voucher_types, each a list of bodies as in the REST API. An object
+    that exists with the same fields is left as it is; with other fields, the import
+    stops and names them."""
     from voms.services import auth, catalog
 
     steps: list[tuple[str, type[Any], Any]] = [
-        ("service_providers", catalog.ServiceProviderIn, catalog.create_service_provider),
-        ("balance_types", catalog.BalanceTypeIn, catalog.create_balance_type),
-        ("product_types", catalog.ProductTypeIn, catalog.create_product_type),
-        ("voucher_types", catalog.VoucherTypeIn, catalog.create_voucher_type),
+        ("service_providers", catalog.ServiceProviderIn, catalog.create_or_find_service_provider),
+        ("balance_types", catalog.BalanceTypeIn, catalog.create_or_find_balance_type),
+        ("product_types", catalog.ProductTypeIn, catalog.create_or_find_product_type),
+        ("voucher_types", catalog.VoucherTypeIn, catalog.create_or_find_voucher_type),
     ]
     try:
         content = json.loads(file.read_text())
@@ -369,8 +401,9 @@ def catalog_import(
                     body = model.model_validate(item)
                 except ValidationError as exc:
                     fail(f"{key}[{index}]: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
-                create(rt, auth.CONSOLE, body)
-                typer.echo(f"created {key[:-1].replace('_', ' ')} {item.get('code')}")
+                _, created = create(rt, auth.CONSOLE, body)
+                done = "created" if created else "already there:"
+                typer.echo(f"{done} {key[:-1].replace('_', ' ')} {item.get('code')}")
 
 
 @catalog_app.command("show")
@@ -519,7 +552,7 @@ def batch_generate(
     ] = None,
 ) -> None:
     """Generate a batch of vouchers now, with a progress bar; prints the batch."""
-    from voms.services import generation
+    from voms.services import generation, guessing
 
     expiry = _aware(expires_at, "--expires-at")
     rt = runtime()
@@ -533,6 +566,9 @@ def batch_generate(
             request_id=request_id,
         )
         batch = created.batch
+        warning = guessing.weak_pin_warning(rt, voucher_type)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
         if created.is_new:
             typer.echo(
                 f"batch {batch['batch_id']}: serials {batch['serial_first']}"

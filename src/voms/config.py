@@ -48,6 +48,34 @@ class Settings(BaseSettings):
         2000.0, gt=0, description="Sustained requests per second allowed per API key."
     )
     rate_limit_burst: int = Field(4000, ge=1, description="Burst allowed per API key.")
+    # --- hardening (SECURITY.md) ---
+    trusted_proxies: str = Field(
+        "",
+        description="Addresses or networks (CIDR) of reverse proxies, comma-separated, whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; unset: nobody's.",
+    )
+    invalid_keys_per_minute: int = Field(
+        30, ge=1, description="Invalid API keys one client address may present a minute."
+    )
+    max_body_kb: int = Field(64, ge=1, description="Largest request body, imports excepted.")
+    max_import_body_mb: int = Field(
+        80, ge=1, description="Largest body of POST /api/v1/imports (the CSV as JSON)."
+    )
+    lookup_failure_window_minutes: int = Field(
+        60, ge=1, le=1440, description="Sliding window of the failed-lookup budgets."
+    )
+    lookup_failures_per_key: int = Field(
+        600, ge=1, description="Failed voucher lookups an API key may make per window."
+    )
+    lookup_failures_per_provider: int = Field(
+        3000, ge=1, description="Failed voucher lookups naming one service provider per window."
+    )
+    lookup_failures_per_client: int = Field(
+        20,
+        ge=1,
+        description="Failed voucher lookups per client address (and key) per window on "
+        "channels where the subscriber types the MSISDN (/m, REST channel rest or web).",
+    )
     idempotency_retention_hours: int = Field(48, ge=24, description="How long request ids live.")
     generation_chunk_size: int = Field(
         20_000, ge=100, description="Vouchers generated and written per chunk."

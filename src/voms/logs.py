@@ -20,7 +20,7 @@ def configure_logging(settings: Settings) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -29,6 +29,21 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+# Control characters a request could smuggle into a message; a line break may stay, but
+# what follows it is indented, so no logged value can start a line of its own.
+_CONTROL = {
+    code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, 0x85] if code not in (0x09, 0x0A)
+} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+class TextFormatter(logging.Formatter):
+    """The text log, safe from log injection: control characters in a message (a path,
+    a name from a request) are escaped, and every continuation line is indented."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).translate(_CONTROL).replace("\n", "\n    ")
 
 
 # Query parameters that carry secrets: Kannel's get-url (SMS text with a PIN, shared

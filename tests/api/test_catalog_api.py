@@ -80,7 +80,7 @@ def test_duplicates_give_409(client: TestClient, admin: dict[str, str]) -> None:
         "/api/v1/service-providers", json={"code": "ACME", "name": "x"}, headers=admin
     )
     assert again.status_code == 409
-    assert again.json() == {"detail": "service provider 'ACME' already exists"}
+    assert again.json() == {"detail": "service provider 'ACME' already exists with other name"}
 
 
 def test_unknown_references_give_404_naming_them(client: TestClient, admin: dict[str, str]) -> None:

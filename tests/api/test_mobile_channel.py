@@ -22,6 +22,7 @@ from tests.channel_support import (
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
+from voms.api.app import create_app
 from voms.runtime import Runtime
 
 
@@ -181,6 +182,51 @@ def test_the_bad_pin_blacklist_of_the_service_applies(rt: Runtime, shop: Shop) -
         page = web.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]})
     assert "Too many wrong PINs" in page.text
     assert balance(rt) == 0
+
+
+def test_bad_pins_typed_for_someone_elses_number_count_against_the_client_not_the_number(
+    rt: Runtime, shop: Shop
+) -> None:
+    """Issue 14, hole 2: five wrong PINs on /m with someone else's number blacklisted
+    that subscriber everywhere. The typed number proves nothing: the attacker's address
+    is throttled (5007), the subscriber redeems from anywhere else."""
+    configure(rt, max_bad_pin_attempts=2, lookup_failures_per_client=3)
+    attacker = app_client(rt)
+    with attacker:
+        for _ in range(3):
+            attacker.post("/m", data={"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[0])})
+        refused = attacker.post("/m", data={"msisdn": OTHER, "pin": shop.pins[1]})
+    assert "Too many attempts" in refused.text
+    assert balance(rt, OTHER) == 0
+    victim = TestClient(create_app(rt), client=("198.51.100.7", 40000))
+    with victim:
+        page = victim.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]})
+    assert "successful" in page.text
+    assert balance(rt) == 1000
+
+
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(rt: Runtime, shop: Shop) -> None:
+    """A loopback caller (or anyone) naming another client in X-Forwarded-For does not
+    escape its own budget; a proxy listed in VOMS_TRUSTED_PROXIES is believed."""
+    configure(rt, lookup_failures_per_client=2)
+    bad = {"msisdn": MSISDN, "pin": bad_check_digit(shop.pins[0])}
+    local = TestClient(create_app(rt), client=("127.0.0.1", 40000))
+    with local:
+        for n in range(3):
+            forged = {"X-Forwarded-For": f"192.0.2.{n}"}
+            local.post("/m", data=bad, headers=forged)
+        page = local.post("/m", data={"msisdn": MSISDN, "pin": shop.pins[0]}, headers=forged)
+    assert "Too many attempts" in page.text
+    configure(rt, trusted_proxies="127.0.0.0/8")
+    proxied = TestClient(create_app(rt), client=("127.0.0.1", 40000))
+    with proxied:
+        page = proxied.post(
+            "/m",
+            data={"msisdn": MSISDN, "pin": shop.pins[0]},
+            headers={"X-Forwarded-For": "203.0.113.50, 127.0.0.2"},
+        )
+    assert "successful" in page.text
+    assert transactions(rt)[-1].channel == "web"
 
 
 def test_the_page_speaks_the_browsers_language_when_texts_exist(

@@ -50,9 +50,14 @@ def test_first_start_creates_database_keys_and_prints_an_admin_key_once(tmp_path
         assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
     finally:
         out = server.stop()
-    key = out.split("shown only this once:")[1].split()[0]
+    # Standard output is a file here, not a terminal: the key went to a 0600 file.
+    assert "voms_" not in out
+    key_file = tmp_path / "voms-first-admin-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert str(key_file) in out
+    key = key_file.read_text().strip()
     assert key.startswith("voms_")
-    assert (tmp_path / "voms.db").exists()
+    assert stat.S_IMODE((tmp_path / "voms.db").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "voms-keys.json").stat().st_mode) == 0o600
 
     again = Server(tmp_path)
@@ -88,6 +93,25 @@ def test_apikey_create_prints_the_key_as_its_last_line(tmp_path: Path) -> None:
     assert duplicate.returncode == 1
     assert duplicate.stderr.strip() == "error: an API key named 'gw' already exists"
     assert "Traceback" not in duplicate.stderr
+    assert stat.S_IMODE((tmp_path / "voms.db").stat().st_mode) == 0o600  # made by db upgrade
+
+
+def test_apikey_create_gives_a_right_by_name(tmp_path: Path) -> None:
+    assert _voms("keys", "init", cwd=tmp_path).returncode == 0
+    assert _voms("db", "upgrade", cwd=tmp_path).returncode == 0
+    shop = _voms(
+        "apikey", "create", "--name", "shop", "--role", "channel",
+        "--allow", "voucher-type-recharge", cwd=tmp_path,
+    )  # fmt: skip
+    assert shop.returncode == 0, shop.stderr
+    assert "allowed voucher-type-recharge" in shop.stderr
+    listed = json.loads(_voms("apikey", "list", cwd=tmp_path).stdout)
+    assert listed[0]["allow"] == ["voucher-type-recharge"]
+    unknown = _voms(
+        "apikey", "create", "--name", "x", "--role", "care", "--allow", "mint", cwd=tmp_path
+    )
+    assert unknown.returncode == 1
+    assert "unknown right 'mint'" in unknown.stderr
 
 
 def test_keys_init_never_overwrites_keys(tmp_path: Path) -> None:

@@ -122,7 +122,12 @@ def keys(rt: Runtime) -> dict[str, str]:
     factories.standard_catalog(rt)
     factories.subscriber(rt, MSISDN)
     return {
-        role: factories.api_key(rt, role, name=f"soap-{role}")
+        role: factories.api_key(
+            rt,
+            role,
+            name=f"soap-{role}",
+            allow=("voucher-type-recharge",) if role == "channel" else (),
+        )
         for role in ("channel", "care", "auditor")
     }
 

@@ -30,12 +30,15 @@ def test_a_voucher_type_comes_back_with_its_scenarios(rt: Runtime) -> None:
     ]
 
 
-def test_a_duplicate_code_is_a_conflict(rt: Runtime) -> None:
+def test_a_duplicate_code_with_other_fields_is_a_conflict_naming_them(rt: Runtime) -> None:
     factories.standard_catalog(rt)
-    with pytest.raises(Conflict, match="balance type 'CASH' already exists"):
-        factories.balance_type(rt, "CASH")
-    with pytest.raises(Conflict, match="voucher type 'TOPUP10' already exists"):
-        factories.voucher_type(rt, "TOPUP10")
+    with pytest.raises(Conflict, match="balance type 'CASH' already exists with other max_balance"):
+        factories.balance_type(rt, "CASH", max_balance=5)
+    with pytest.raises(
+        Conflict, match="voucher type 'TOPUP10' already exists with other pin_length"
+    ):
+        factories.voucher_type(rt, "TOPUP10", pin_length=16)
+    assert factories.balance_type(rt, "CASH")["code"] == "CASH"  # the same again: itself
 
 
 def test_an_unknown_reference_names_what_is_missing(rt: Runtime) -> None:

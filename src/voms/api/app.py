@@ -29,7 +29,10 @@ from voms.api import (
 )
 from voms.api.deps import TokenBuckets, stop_redemption_threads
 from voms.api.errors import install_error_handlers
+from voms.api.forwarded import Network, resolve_client, trusted_networks
+from voms.api.gate import Gate
 from voms.api.metrics import Observe
+from voms.api.schemas import API_ERRORS
 from voms.channels import mobile, sms, soap, ussd
 from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
@@ -50,6 +53,7 @@ class App(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._shortcuts: dict[str, Observe] = {}
+        self.trusted_proxies: tuple[Network, ...] = ()
 
     def shortcut(self, router: APIRouter) -> None:
         """Take ``router``'s POST routes without path parameters the short way; their
@@ -63,6 +67,8 @@ class App(FastAPI):
                 self._shortcuts[route.path] = Observe(_Direct(self, route))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.trusted_proxies and scope["type"] == "http":
+            resolve_client(scope, self.trusted_proxies)
         if scope["type"] == "http" and scope["method"] == "POST":
             direct = self._shortcuts.get(scope["path"])
             if direct is not None:
@@ -138,13 +144,17 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         lifespan=_lifespan(rt, scheduler=scheduler and rt.settings.scheduler_enabled),
     )
     app.state.runtime = rt
+    app.trusted_proxies = trusted_networks(rt.settings.trusted_proxies)
     app.state.rate_limits = TokenBuckets(
-        rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst
+        rt.settings.rate_limit_per_second,
+        rt.settings.rate_limit_burst,
+        rt.settings.invalid_keys_per_minute,
     )
     install_error_handlers(app)
+    app.add_middleware(Gate)  # inside Observe: the refusals are counted too
     app.add_middleware(Observe)
     # Routes are matched in order: the redemption calls, the busiest by far, first.
-    for router in (
+    api_routers = (
         redemptions.router,
         health.router,
         catalog.router,
@@ -162,8 +172,23 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         resellers.router,
         blacklist.router,
         reports.router,
-    ):
-        app.include_router(router)
+    )
+    # What the gate matches a request against (FastAPI keeps included routers nested).
+    app.state.api_routes = [
+        route
+        for router in api_routers
+        if router.prefix.startswith("/api/v1")
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    for router in api_routers:
+        if router.prefix.startswith("/api/v1") and router is not redemptions.router:
+            app.include_router(router, responses=API_ERRORS)
+        else:
+            # The gateways' callbacks (USSD, Kannel) speak their gateway's protocol, not
+            # this API's: they stay out of /openapi.json, as /m and /soap do.
+            gateway = router in (ussd.router, sms.router)
+            app.include_router(router, include_in_schema=not gateway)
     app.shortcut(redemptions.router)
     if served:
         # What start-up built lives as long as the worker: out of the garbage collector's

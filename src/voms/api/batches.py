@@ -4,10 +4,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from voms.api.deps import PrincipalDep, RuntimeDep
-from voms.services import generation, lifecycle
+from voms.api.deps import BatchReader, BatchWriter, RuntimeDep
+from voms.services import generation, guessing, lifecycle
 from voms.services.generation import BatchIn
 from voms.services.lifecycle import BatchActionIn, BatchUpdate
 
@@ -32,6 +32,9 @@ class BatchPublic(BaseModel):
     error: str | None
     request_id: str | None
     parent_batch_id: int | None = None  # a part split off that batch by a range operation
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. a PIN length too short for the live vouchers"
+    )
 
 
 class BatchPage(BaseModel):
@@ -40,16 +43,18 @@ class BatchPage(BaseModel):
 
 
 @router.post("/batches", status_code=status.HTTP_201_CREATED, response_model=BatchPublic)
-def create_batch(body: BatchIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def create_batch(body: BatchIn, rt: RuntimeDep, who: BatchWriter) -> Json:
     """Order vouchers. Above VOMS_BACKGROUND_GENERATION_THRESHOLD they are generated in the
     background: the answer says `generating` and GET /batches/{id} shows the progress."""
-    return generation.order_batch(rt, who, body)
+    ordered = generation.order_batch(rt, who, body)
+    warning = guessing.weak_pin_warning(rt, body.voucher_type)
+    return {**ordered, "warnings": [warning] if warning else []}
 
 
 @router.get("/batches", response_model=BatchPage)
 def list_batches(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: BatchReader,
     state: str | None = None,
     voucher_type: str | None = None,
     service_provider: str | None = None,
@@ -73,12 +78,12 @@ def list_batches(
 
 
 @router.get("/batches/{batch_id}", response_model=BatchPublic)
-def get_batch(batch_id: BatchId, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_batch(batch_id: BatchId, rt: RuntimeDep, who: BatchReader) -> Json:
     return lifecycle.get_batch(rt, who, batch_id)
 
 
 @router.patch("/batches/{batch_id}", response_model=BatchPublic)
-def amend_batch(batch_id: BatchId, body: BatchUpdate, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def amend_batch(batch_id: BatchId, body: BatchUpdate, rt: RuntimeDep, who: BatchWriter) -> Json:
     """Change the batch's expiry (all its vouchers follow at once)."""
     return lifecycle.amend_batch(rt, who, batch_id, body.expires_at)
 
@@ -87,7 +92,7 @@ def _action_route(action: str) -> None:
     def change(
         batch_id: BatchId,
         rt: RuntimeDep,
-        who: PrincipalDep,
+        who: BatchWriter,
         body: Annotated[BatchActionIn | None, Body()] = None,
     ) -> Json:
         return lifecycle.change_batch(rt, who, batch_id, action, body.reason if body else None)

@@ -3,8 +3,10 @@
 from typing import Any
 
 from fastapi import APIRouter, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import CatalogReader, CatalogWriter, RuntimeDep
 from voms.api.schemas import (
     BalanceTypePublic,
     ProductTypePublic,
@@ -25,104 +27,123 @@ from voms.services.catalog import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
+_SAME: dict[int | str, dict[str, Any]] = {
+    200: {"description": "It existed with exactly these fields: creating is idempotent"}
+}
 CREATED = status.HTTP_201_CREATED
 Json = dict[str, Any]
 
 
-@router.post("/service-providers", status_code=CREATED, response_model=ServiceProviderPublic)
-def create_service_provider(body: ServiceProviderIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
-    return catalog.create_service_provider(rt, who, body)
+def _created_or_found(outcome: tuple[Json, bool]) -> Any:
+    """201 with a new object; 200 with the one that existed with the same fields."""
+    found, created = outcome
+    if created:
+        return found
+    return JSONResponse(jsonable_encoder(found), status_code=status.HTTP_200_OK)
+
+
+@router.post(
+    "/service-providers", status_code=CREATED, responses=_SAME, response_model=ServiceProviderPublic
+)
+def create_service_provider(body: ServiceProviderIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_service_provider(rt, who, body))
 
 
 @router.get("/service-providers", response_model=list[ServiceProviderPublic])
-def list_service_providers(rt: RuntimeDep, who: PrincipalDep) -> list[Json]:
+def list_service_providers(rt: RuntimeDep, who: CatalogReader) -> list[Json]:
     return catalog.list_service_providers(rt, who)
 
 
 @router.get("/service-providers/{code}", response_model=ServiceProviderPublic)
-def get_service_provider(code: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_service_provider(code: str, rt: RuntimeDep, who: CatalogReader) -> Json:
     return catalog.get_service_provider(rt, who, code)
 
 
 @router.patch("/service-providers/{code}", response_model=ServiceProviderPublic)
 def update_service_provider(
-    code: str, body: ServiceProviderUpdate, rt: RuntimeDep, who: PrincipalDep
+    code: str, body: ServiceProviderUpdate, rt: RuntimeDep, who: CatalogWriter
 ) -> Json:
     return catalog.update_service_provider(rt, who, code, body)
 
 
-@router.post("/balance-types", status_code=CREATED, response_model=BalanceTypePublic)
-def create_balance_type(body: BalanceTypeIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
-    return catalog.create_balance_type(rt, who, body)
+@router.post(
+    "/balance-types", status_code=CREATED, responses=_SAME, response_model=BalanceTypePublic
+)
+def create_balance_type(body: BalanceTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_balance_type(rt, who, body))
 
 
 @router.get("/balance-types", response_model=list[BalanceTypePublic])
 def list_balance_types(
-    rt: RuntimeDep, who: PrincipalDep, service_provider: str | None = None
+    rt: RuntimeDep, who: CatalogReader, service_provider: str | None = None
 ) -> list[Json]:
     return catalog.list_balance_types(rt, who, service_provider)
 
 
 @router.get("/balance-types/{service_provider}/{code}", response_model=BalanceTypePublic)
-def get_balance_type(service_provider: str, code: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_balance_type(service_provider: str, code: str, rt: RuntimeDep, who: CatalogReader) -> Json:
     return catalog.get_balance_type(rt, who, service_provider, code)
 
 
 @router.patch("/balance-types/{service_provider}/{code}", response_model=BalanceTypePublic)
 def update_balance_type(
-    service_provider: str, code: str, body: BalanceTypeUpdate, rt: RuntimeDep, who: PrincipalDep
+    service_provider: str, code: str, body: BalanceTypeUpdate, rt: RuntimeDep, who: CatalogWriter
 ) -> Json:
     return catalog.update_balance_type(rt, who, service_provider, code, body)
 
 
-@router.post("/product-types", status_code=CREATED, response_model=ProductTypePublic)
-def create_product_type(body: ProductTypeIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
-    return catalog.create_product_type(rt, who, body)
+@router.post(
+    "/product-types", status_code=CREATED, responses=_SAME, response_model=ProductTypePublic
+)
+def create_product_type(body: ProductTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_product_type(rt, who, body))
 
 
 @router.get("/product-types", response_model=list[ProductTypePublic])
 def list_product_types(
-    rt: RuntimeDep, who: PrincipalDep, service_provider: str | None = None
+    rt: RuntimeDep, who: CatalogReader, service_provider: str | None = None
 ) -> list[Json]:
     return catalog.list_product_types(rt, who, service_provider)
 
 
 @router.get("/product-types/{service_provider}/{code}", response_model=ProductTypePublic)
-def get_product_type(service_provider: str, code: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_product_type(service_provider: str, code: str, rt: RuntimeDep, who: CatalogReader) -> Json:
     return catalog.get_product_type(rt, who, service_provider, code)
 
 
 @router.patch("/product-types/{service_provider}/{code}", response_model=ProductTypePublic)
 def update_product_type(
-    service_provider: str, code: str, body: ProductTypeUpdate, rt: RuntimeDep, who: PrincipalDep
+    service_provider: str, code: str, body: ProductTypeUpdate, rt: RuntimeDep, who: CatalogWriter
 ) -> Json:
     return catalog.update_product_type(rt, who, service_provider, code, body)
 
 
-@router.post("/voucher-types", status_code=CREATED, response_model=VoucherTypePublic)
-def create_voucher_type(body: VoucherTypeIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
-    return catalog.create_voucher_type(rt, who, body)
+@router.post(
+    "/voucher-types", status_code=CREATED, responses=_SAME, response_model=VoucherTypePublic
+)
+def create_voucher_type(body: VoucherTypeIn, rt: RuntimeDep, who: CatalogWriter) -> Any:
+    return _created_or_found(catalog.create_or_find_voucher_type(rt, who, body))
 
 
 @router.get("/voucher-types", response_model=list[VoucherTypePublic])
 def list_voucher_types(
-    rt: RuntimeDep, who: PrincipalDep, service_provider: str | None = None
+    rt: RuntimeDep, who: CatalogReader, service_provider: str | None = None
 ) -> list[Json]:
     return catalog.list_voucher_types(rt, who, service_provider)
 
 
 @router.get("/voucher-types/{code}", response_model=VoucherTypePublic)
-def get_voucher_type(code: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_voucher_type(code: str, rt: RuntimeDep, who: CatalogReader) -> Json:
     return catalog.get_voucher_type(rt, who, code)
 
 
 @router.patch("/voucher-types/{code}", response_model=VoucherTypePublic)
 def update_voucher_type(
-    code: str, body: VoucherTypeUpdate, rt: RuntimeDep, who: PrincipalDep
+    code: str, body: VoucherTypeUpdate, rt: RuntimeDep, who: CatalogWriter
 ) -> Json:
     return catalog.update_voucher_type(rt, who, code, body)
 
 
 @router.get("/voucher-types/{code}/scenarios", response_model=list[ScenarioPublic])
-def voucher_type_scenarios(code: str, rt: RuntimeDep, who: PrincipalDep) -> list[Json]:
+def voucher_type_scenarios(code: str, rt: RuntimeDep, who: CatalogReader) -> list[Json]:
     return catalog.scenarios_of(rt, who, code)

@@ -1,6 +1,7 @@
 """Request dependencies: the runtime, the authenticated principal, rate limits."""
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import time
@@ -13,8 +14,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from voms.db.engine import ConnectionKeeper
-from voms.domain.errors import ResultError, VomsError
+from voms.domain.errors import Forbidden, ResultError, VomsError
 from voms.domain.results import Result
+from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services.auth import Principal, authenticate, cached_principal
 
@@ -74,56 +76,118 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 class TokenBuckets:
     """Per-API-key token buckets: ``rate`` requests a second, bursts up to ``burst``."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, invalid_per_minute: int = 30) -> None:
         self.rate = rate
         self.burst = float(burst)
+        self.invalid_per_minute = invalid_per_minute
         self._buckets: dict[int, tuple[float, float]] = {}
+        self._invalid: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: int) -> bool:
+        return self._take(self._buckets, key, self.rate, self.burst)
+
+    def allow_invalid(self, client: str) -> bool:
+        """One more invalid key from ``client``: VOMS_INVALID_KEYS_PER_MINUTE, bursts as
+        large (per process)."""
+        if len(self._invalid) > 100_000:  # forget them all rather than grow without end
+            self._invalid.clear()
+        per_minute = self.invalid_per_minute
+        return self._take(self._invalid, client, per_minute / 60.0, float(per_minute))
+
+    def _take(
+        self, buckets: dict[Any, tuple[float, float]], key: Any, rate: float, burst: float
+    ) -> bool:
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            tokens, last = buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
             allowed = tokens >= 1.0
-            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+            buckets[key] = (tokens - 1.0 if allowed else tokens, now)
             return allowed
 
 
-async def get_principal(
-    request: Request,
-    rt: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The caller behind the Bearer API key: 401 when missing or invalid, 429 when too fast."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("missing API key (Authorization: Bearer <key>)")
-    return await _principal(request, rt, credentials.credentials)
+class Allowed:
+    """A route's dependency: the caller behind the Bearer API key, refused (403) unless
+    its role (or a right given to the key) carries one of ``permissions``.
+
+    The gate (voms.api.gate) runs the same check before the body is read; this one keeps
+    a route safe wherever it is mounted. Service-provider scope is checked by the
+    service, which knows whose object it is.
+    """
+
+    def __init__(self, *permissions: Permission) -> None:
+        self.permissions = permissions  # any one of them will do
+
+    async def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        principal = await principal_of(request)
+        require_role(principal, self.permissions)
+        return principal
+
+
+def require_role(principal: Principal, permissions: tuple[Permission, ...]) -> None:
+    """Refuse (403) a caller whose role and rights carry none of ``permissions``."""
+    if not any(principal.may(p) for p in permissions):
+        raise Forbidden(f"role {principal.role} may not {' or '.join(permissions)}")
 
 
 async def principal_of(request: Request) -> Principal:
-    """:func:`get_principal` without FastAPI's dependency machinery, for the hot routes.
+    """The caller behind the Bearer API key: 401 when missing or invalid, 429 when too fast.
 
-    Solving ``PrincipalDep`` costs more CPU than the check itself; a redemption route
-    calls this directly and documents its security in OpenAPI by hand.
+    Authenticated once per request: the gate's answer is reused. The redemption routes
+    call this directly (solving a dependency costs more CPU than the check itself) and
+    document their security in OpenAPI by hand.
     """
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
+    return await authenticate_request(request)
+
+
+async def authenticate_request(request: Request) -> Principal:
+    """Check the request's Bearer key (401, 429); the principal carries the client."""
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("missing API key (Authorization: Bearer <key>)")
-    return await _principal(request, request.app.state.runtime, secret.strip())
-
-
-async def _principal(request: Request, rt: Runtime, secret: str) -> Principal:
+    rt: Runtime = request.app.state.runtime
+    secret = secret.strip()
+    buckets: TokenBuckets = request.app.state.rate_limits
     known, principal = cached_principal(rt, secret)
     if not known:
         principal = await run_in_threadpool(authenticate, rt, secret)
     if principal is None:
+        # Invalid keys are throttled too, per client address: guessing keys is slow.
+        if not buckets.allow_invalid(client_address(request)):
+            raise ResultError(Result.TOO_MANY_REQUESTS)
         raise Unauthorized("invalid or revoked API key")
-    buckets: TokenBuckets = request.app.state.rate_limits
     if principal.api_key_id is not None and not buckets.allow(principal.api_key_id):
         raise ResultError(Result.TOO_MANY_REQUESTS)
+    principal = dataclasses.replace(principal, client=client_address(request))
     request.state.principal = principal
     return principal
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+def client_address(request: Request) -> str:
+    """The caller's address: the peer, or the client a trusted proxy forwarded for
+    (resolved by voms.api.forwarded before the app sees the request)."""
+    return request.client.host if request.client else "unknown"
+
+
+CatalogReader = Annotated[Principal, Depends(Allowed(Permission.CATALOG_READ))]
+CatalogWriter = Annotated[Principal, Depends(Allowed(Permission.CATALOG_WRITE))]
+BatchReader = Annotated[Principal, Depends(Allowed(Permission.BATCH_READ))]
+BatchWriter = Annotated[Principal, Depends(Allowed(Permission.BATCH_WRITE))]
+LookupCaller = Annotated[Principal, Depends(Allowed(Permission.LOOKUP))]
+SubscriberWriter = Annotated[Principal, Depends(Allowed(Permission.SUBSCRIBER_WRITE))]
+WalletAdjuster = Annotated[Principal, Depends(Allowed(Permission.WALLET_ADJUST))]
+Exporter = Annotated[Principal, Depends(Allowed(Permission.EXPORT))]
+AuditReader = Annotated[Principal, Depends(Allowed(Permission.AUDIT_READ))]
+Housekeeper = Annotated[Principal, Depends(Allowed(Permission.HOUSEKEEPING))]
+HousekeepingReader = Annotated[
+    Principal, Depends(Allowed(Permission.HOUSEKEEPING, Permission.AUDIT_READ))
+]
+KeyAdmin = Annotated[Principal, Depends(Allowed(Permission.APIKEY_ADMIN))]

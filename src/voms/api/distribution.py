@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from voms.api.batches import BatchPublic
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import BatchWriter, Exporter, RuntimeDep
 from voms.services import distribution, voucher_import
 from voms.services.distribution import ExportIn, PartnerIn, PartnerKeyIn
 
@@ -76,35 +76,35 @@ class ImportIn(BaseModel):
 
 
 @router.post("/partners", status_code=status.HTTP_201_CREATED, response_model=PartnerPublic)
-def create_partner(body: PartnerIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def create_partner(body: PartnerIn, rt: RuntimeDep, who: Exporter) -> Json:
     """Add a partner with its ASCII-armored OpenPGP public key; expired, revoked or
     sign-only keys are refused (422)."""
     return distribution.create_partner(rt, who, body)
 
 
 @router.get("/partners", response_model=list[PartnerPublic])
-def list_partners(rt: RuntimeDep, who: PrincipalDep) -> list[Json]:
+def list_partners(rt: RuntimeDep, who: Exporter) -> list[Json]:
     return distribution.list_partners(rt, who)
 
 
 @router.get("/partners/{name}", response_model=PartnerPublic)
-def get_partner(name: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_partner(name: str, rt: RuntimeDep, who: Exporter) -> Json:
     return distribution.get_partner(rt, who, name)
 
 
 @router.put("/partners/{name}/public-key", response_model=PartnerPublic)
-def replace_partner_key(name: str, body: PartnerKeyIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def replace_partner_key(name: str, body: PartnerKeyIn, rt: RuntimeDep, who: Exporter) -> Json:
     """Give the partner a new key (checked as when the partner was added)."""
     return distribution.replace_partner_key(rt, who, name, body)
 
 
 @router.post("/partners/{name}/disable", response_model=PartnerPublic)
-def disable_partner(name: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def disable_partner(name: str, rt: RuntimeDep, who: Exporter) -> Json:
     return distribution.disable_partner(rt, who, name)
 
 
 @router.post("/exports", status_code=status.HTTP_201_CREATED, response_model=ExportCreated)
-def create_export(body: ExportIn, request: Request, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def create_export(body: ExportIn, request: Request, rt: RuntimeDep, who: Exporter) -> Json:
     """Export the matching vouchers (not redeemed, deleted or expired) encrypted to the
     partner's key; vouchers exported before need `"reissue": true`. Above
     VOMS_BACKGROUND_EXPORT_THRESHOLD vouchers it runs in the background: the answer says
@@ -119,7 +119,7 @@ def create_export(body: ExportIn, request: Request, rt: RuntimeDep, who: Princip
 @router.get("/exports", response_model=list[ExportPublic])
 def list_exports(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: Exporter,
     partner: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Json]:
@@ -127,7 +127,7 @@ def list_exports(
 
 
 @router.get("/exports/{export_id}", response_model=ExportPublic)
-def get_export(export_id: ExportId, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def get_export(export_id: ExportId, rt: RuntimeDep, who: Exporter) -> Json:
     return distribution.get_export(rt, who, export_id)
 
 
@@ -141,7 +141,7 @@ def download_export_file(
     export_id: ExportId,
     token: Annotated[str, Query(max_length=100)],
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: Exporter,
 ) -> StreamingResponse:
     """The encrypted file (OpenPGP, binary), while its link is valid: 410 after."""
     found = distribution.open_export_file(rt, who, export_id, token)
@@ -162,7 +162,7 @@ def download_export_file(
     response_model=BatchPublic,
     responses={422: {"description": "bad lines, each with its number; nothing imported"}},
 )
-def import_vouchers(body: ImportIn, rt: RuntimeDep, who: PrincipalDep) -> Any:
+def import_vouchers(body: ImportIn, rt: RuntimeDep, who: BatchWriter) -> Any:
     """Import vouchers made elsewhere into one new, inactive batch, all or nothing."""
     lines = body.csv.splitlines(keepends=True)
     try:

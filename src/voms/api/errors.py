@@ -35,7 +35,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VomsError)
     async def _voms_error(_: Request, exc: VomsError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-        return JSONResponse({"detail": exc.detail}, status_code=exc.http_status, headers=headers)
+        detail: Any = exc.detail
+        if exc.http_status == 422:  # the shape OpenAPI documents for every 422: a list
+            loc = getattr(exc, "loc", None) or ["body"]
+            detail = [{"loc": loc, "msg": exc.detail, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,10 +3,11 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import Housekeeper, HousekeepingReader, RuntimeDep
+from voms.api.schemas import BIGINT_MAX
 from voms.services import housekeeping
 
 router = APIRouter(prefix="/api/v1/housekeeping", tags=["housekeeping"])
@@ -42,7 +43,7 @@ class RunPage(BaseModel):
 
 
 @router.get("/jobs", response_model=list[JobPublic])
-def list_jobs(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
+def list_jobs(rt: RuntimeDep, who: HousekeepingReader) -> list[dict[str, Any]]:
     """Every job with its schedule (cron, UTC), next slot, last run and current runner."""
     return housekeeping.list_jobs(rt, who)
 
@@ -50,13 +51,13 @@ def list_jobs(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
 @router.get("/runs", response_model=RunPage)
 def list_runs(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: HousekeepingReader,
     job: str | None = None,
     outcome: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=housekeeping.MAX_LIMIT)] = 50,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
 ) -> dict[str, Any]:
     """Runs newest first, filtered by job, outcome and start time; pass ``next_cursor`` on."""
     return housekeeping.list_runs(
@@ -65,11 +66,13 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
-def get_run(run_id: int, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def get_run(
+    run_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], rt: RuntimeDep, who: HousekeepingReader
+) -> dict[str, Any]:
     return housekeeping.get_run(rt, who, run_id)
 
 
 @router.post("/jobs/{name}/run", response_model=RunPublic, status_code=202)
-def run_job(name: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def run_job(name: str, rt: RuntimeDep, who: Housekeeper) -> dict[str, Any]:
     """Start the job now in the background (202 with its run); 409 if it is running."""
     return housekeeping.start_job(rt, who, name)

@@ -12,9 +12,8 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from voms.api.deps import PrincipalDep
+from voms.api.deps import Allowed
 from voms.domain.roles import Permission
-from voms.services.auth import Principal
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -23,11 +22,7 @@ def permitted(permission: Permission) -> Any:
     """A dependency: the caller, refused (403) unless its role carries ``permission``;
     the service still checks its service-provider scope against the object."""
 
-    async def check(who: PrincipalDep) -> Principal:
-        who.require(permission)
-        return who
-
-    return Depends(check)
+    return Depends(Allowed(permission))
 
 
 async def json_body(request: Request) -> Any:

@@ -13,8 +13,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from voms.api.deps import principal_of, run_redemption_work
+from voms.api.deps import principal_of, require_role, run_redemption_work
+from voms.api.gate import BodyTooLarge, check_body
+from voms.api.schemas import Problem, ResultAnswer, error_responses
 from voms.domain.errors import VomsError
+from voms.domain.roles import Permission
 from voms.services import redemption
 from voms.services.redemption import (
     RechargeRequest,
@@ -65,43 +68,51 @@ def _documented(model: type[BaseModel], required: bool = True) -> dict[str, Any]
 
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
-    status: {"description": "result_code and result_text (API.md, Result codes)"}
-    for status in (400, 403, 404, 409, 429)
+    **{
+        status: {
+            "model": ResultAnswer,
+            "description": "result_code and result_text (API.md, Result codes)",
+        }
+        for status in (200, 400, 404, 409, 429, 503)
+    },
+    # 403: a blacklisted subscriber (5003), or a key whose role may not call this.
+    403: {"model": ResultAnswer | Problem, "description": "5003, or the key's role"},
+    **error_responses(401, 413, 422),
 }
 
 
-MAX_BODY = 64 * 1024
-
-
-class BodyTooLarge(VomsError):
-    http_status = 413
-
-
 async def _body(request: Request) -> object:
-    """The JSON body; None when it is not JSON. A body above MAX_BODY is refused (413)
-    before more of it is read."""
+    """The JSON body; None when it is not JSON, or holds NUL characters or nesting no
+    request has. A body above VOMS_MAX_BODY_KB is refused (413) before more is read."""
+    limit = request.app.state.runtime.settings.max_body_kb << 10
     raw = b""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect
         raw += message.get("body", b"")
-        if len(raw) > MAX_BODY:
-            raise BodyTooLarge(f"request body larger than {MAX_BODY // 1024} KiB")
+        if len(raw) > limit:
+            raise BodyTooLarge(f"request body larger than {limit >> 10} KiB")
         if not message.get("more_body", False):
             break
     try:
+        check_body(raw)
         return json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, VomsError):
         return None
 
 
 async def _answer(
-    request: Request, parse: Callable[[object], T], service: Callable[..., Response], *args: object
+    request: Request,
+    permission: Permission,
+    parse: Callable[[object], T],
+    service: Callable[..., Response],
+    *args: object,
 ) -> JSONResponse:
-    """Authenticate, parse the body leniently, then run the (blocking) service with the
-    runtime, the caller, ``args`` and the body."""
+    """Authenticate and check the role before reading the body, parse it leniently,
+    then run the (blocking) service with the runtime, the caller, ``args`` and the body."""
     who = await principal_of(request)
+    require_role(who, (permission,))
     body = parse(await _body(request))
     rt = request.app.state.runtime
     return JSONResponse(await run_redemption_work(request, service, rt, who, *args, body))
@@ -110,13 +121,15 @@ async def _answer(
 @router.post("/redemptions", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)
 async def redeem(request: Request) -> JSONResponse:
     """Redeem a voucher: consume it and credit the recipient's wallet."""
-    return await _answer(request, RedemptionRequest.from_json, redemption.redeem)
+    return await _answer(request, Permission.REDEEM, RedemptionRequest.from_json, redemption.redeem)
 
 
 @router.post("/reservations", openapi_extra=_documented(RedemptionBody), responses=_ANSWERS)
 async def reserve(request: Request) -> JSONResponse:
     """Reserve a voucher for an external charging system; commit or revoke it later."""
-    return await _answer(request, RedemptionRequest.from_json, redemption.reserve)
+    return await _answer(
+        request, Permission.REDEEM, RedemptionRequest.from_json, redemption.reserve
+    )
 
 
 _OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
@@ -127,7 +140,9 @@ _OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
 )
 async def commit(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes redeemed (no wallet here changes)."""
-    return await _answer(request, ReservationAction.from_json, redemption.commit, reservation_id)
+    return await _answer(
+        request, Permission.REDEEM, ReservationAction.from_json, redemption.commit, reservation_id
+    )
 
 
 @router.post(
@@ -135,10 +150,14 @@ async def commit(reservation_id: str, request: Request) -> JSONResponse:
 )
 async def revoke(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes available again."""
-    return await _answer(request, ReservationAction.from_json, redemption.revoke, reservation_id)
+    return await _answer(
+        request, Permission.REDEEM, ReservationAction.from_json, redemption.revoke, reservation_id
+    )
 
 
 @router.post("/voucher-type-recharges", openapi_extra=_documented(RechargeBody), responses=_ANSWERS)
 async def recharge(request: Request) -> JSONResponse:
     """Credit a wallet as a voucher of the type would, without a voucher."""
-    return await _answer(request, RechargeRequest.from_json, redemption.recharge)
+    return await _answer(
+        request, Permission.VOUCHER_TYPE_RECHARGE, RechargeRequest.from_json, redemption.recharge
+    )

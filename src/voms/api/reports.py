@@ -1,12 +1,14 @@
 """Reports: GET /api/v1/reports/{name} in JSON, CSV, XLSX or PDF."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import Allowed, RuntimeDep
+from voms.domain.roles import Permission
 from voms.services import reports
+from voms.services.auth import Principal
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
@@ -15,7 +17,7 @@ router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 def get_report(
     name: str,
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: Annotated[Principal, Depends(Allowed(Permission.REPORT_READ))],
     since: str | None = None,
     until: str | None = None,
     service_provider: str | None = None,

@@ -16,7 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep, TokenBuckets
+from voms.api.deps import Allowed, RuntimeDep, TokenBuckets
 from voms.channels import sms
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
@@ -32,20 +32,9 @@ MAX_BODY = 64 * 1024
 _deliveries = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voms-pin-sms")
 
 
-def _allowed(permission: Permission) -> Any:
-    """A dependency: the caller, refused (403) before any parameter is looked at unless
-    its role carries ``permission``."""
-
-    async def check(who: PrincipalDep) -> Principal:
-        who.require(permission)
-        return who
-
-    return Depends(check)
-
-
-Reader = Annotated[Principal, _allowed(Permission.RESELLER_READ)]
-Writer = Annotated[Principal, _allowed(Permission.RESELLER_WRITE)]
-Seller = Annotated[Principal, _allowed(Permission.SELL)]
+Reader = Annotated[Principal, Depends(Allowed(Permission.RESELLER_READ))]
+Writer = Annotated[Principal, Depends(Allowed(Permission.RESELLER_WRITE))]
+Seller = Annotated[Principal, Depends(Allowed(Permission.SELL))]
 Limit = Annotated[int, Query(ge=1, le=accounts.MAX_PAGE)]
 
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ServiceProviderPublic(BaseModel):
@@ -61,6 +61,9 @@ class ApiKeyCreate(BaseModel):
     role: str
     service_provider: str | None = None
     reseller: str | None = None
+    allow: list[str] = Field(
+        default_factory=list, description="Rights beyond the role: voucher-type-recharge"
+    )
 
 
 class ApiKeyCreated(BaseModel):
@@ -69,6 +72,7 @@ class ApiKeyCreated(BaseModel):
     role: str
     service_provider: str | None
     reseller: str | None = None
+    allow: list[str]
     key: str
 
 
@@ -78,6 +82,7 @@ class ApiKeyPublic(BaseModel):
     prefix: str
     role: str
     service_provider: str | None
+    allow: list[str]
     created_by: str
     created_at: datetime
     revoked_at: datetime | None
@@ -92,3 +97,56 @@ class AuditEntry(BaseModel):
     object_id: str
     service_provider_id: int | None
     detail: dict[str, object]
+
+
+BIGINT_MAX = 2**63 - 1  # the largest id or serial a database column holds
+
+
+# --- error answers, as documented on every operation ---------------------------------
+
+
+class Problem(BaseModel):
+    """An error answer: what went wrong, in words."""
+
+    detail: str
+
+
+class ValidationItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422 answer: each refused input with where it is and why."""
+
+    detail: list[ValidationItem]
+
+
+class ResultAnswer(BaseModel):
+    """A redemption-family answer (API.md, Result codes); more fields may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    result_code: int
+    result_text: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` for the error statuses an operation may answer."""
+    known: dict[int, dict[str, object]] = {
+        401: {"model": Problem, "description": "Missing, invalid or revoked API key"},
+        403: {
+            "model": Problem,
+            "description": "The key's role or service provider does not allow this",
+        },
+        404: {"model": Problem, "description": "Not found (told only to an allowed caller)"},
+        409: {"model": Problem, "description": "Conflicts with what exists"},
+        413: {"model": Problem, "description": "Body larger than VOMS_MAX_BODY_KB"},
+        422: {"model": ValidationProblem, "description": "Refused input"},
+        429: {"model": ResultAnswer, "description": "Too many requests (5007)"},
+    }
+    return {status: known[status] for status in statuses}
+
+
+API_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429)

@@ -1,12 +1,12 @@
 """Subscribers of the built-in wallet: create, look up, change, adjust balances."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import LookupCaller, RuntimeDep, SubscriberWriter, WalletAdjuster
 from voms.services import wallet
 from voms.services.wallet import AdjustmentIn, SubscriberIn, SubscriberUpdate
 
@@ -53,18 +53,18 @@ class LedgerEntry(BaseModel):
 
 
 @router.post("/subscribers", status_code=status.HTTP_201_CREATED, response_model=SubscriberPublic)
-def create_subscriber(body: SubscriberIn, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def create_subscriber(body: SubscriberIn, rt: RuntimeDep, who: SubscriberWriter) -> dict[str, Any]:
     return wallet.create_subscriber(rt, who, body)
 
 
 @router.get("/subscribers/{msisdn}", response_model=SubscriberPublic)
-def get_subscriber(msisdn: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def get_subscriber(msisdn: str, rt: RuntimeDep, who: LookupCaller) -> dict[str, Any]:
     return wallet.get_subscriber(rt, who, msisdn)
 
 
 @router.patch("/subscribers/{msisdn}", response_model=SubscriberPublic)
 def update_subscriber(
-    msisdn: str, body: SubscriberUpdate, rt: RuntimeDep, who: PrincipalDep
+    msisdn: str, body: SubscriberUpdate, rt: RuntimeDep, who: SubscriberWriter
 ) -> dict[str, Any]:
     return wallet.update_subscriber(rt, who, msisdn, body)
 
@@ -75,7 +75,7 @@ def update_subscriber(
     response_model=AdjustmentPublic,
 )
 def adjust_balance(
-    msisdn: str, body: AdjustmentIn, rt: RuntimeDep, who: PrincipalDep
+    msisdn: str, body: AdjustmentIn, rt: RuntimeDep, who: WalletAdjuster
 ) -> dict[str, Any]:
     """Credit (positive amount) or debit (negative) one balance; a reason is required."""
     return wallet.adjust_balance(rt, who, msisdn, body)
@@ -83,6 +83,9 @@ def adjust_balance(
 
 @router.get("/subscribers/{msisdn}/ledger", response_model=list[LedgerEntry])
 def ledger(
-    msisdn: str, rt: RuntimeDep, who: PrincipalDep, limit: int = 100
+    msisdn: str,
+    rt: RuntimeDep,
+    who: LookupCaller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return wallet.ledger_of(rt, who, msisdn, limit)

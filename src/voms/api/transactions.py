@@ -6,10 +6,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import LookupCaller, RuntimeDep
 from voms.api.permits import documented, json_body, permitted
+from voms.api.schemas import BIGINT_MAX
 from voms.domain.roles import Permission
 from voms.services import reversal, transactions
 from voms.services.auth import Principal
@@ -39,23 +40,26 @@ class TransactionPublic(BaseModel):
 
 
 class TransactionPage(BaseModel):
-    transactions: list[TransactionPublic]
+    items: list[TransactionPublic]
+    transactions: list[TransactionPublic] = Field(
+        description="The same list as items, kept under its first name until version 2"
+    )
     next_cursor: str | None
 
 
 @router.get("/transactions", response_model=TransactionPage)
 def list_transactions(
     rt: RuntimeDep,
-    who: PrincipalDep,
+    who: LookupCaller,
     msisdn: str | None = None,
-    serial: Annotated[int | None, Query(ge=0)] = None,
+    serial: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=transactions.MAX_LIMIT)] = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Newest first; ``msisdn`` matches requester or recipient; pass ``next_cursor`` on."""
-    return transactions.list_transactions(
+    page = transactions.list_transactions(
         rt,
         who,
         msisdn=msisdn,
@@ -65,6 +69,7 @@ def list_transactions(
         limit=limit,
         cursor=cursor,
     )
+    return {**page, "items": page["transactions"]}
 
 
 class ReversalLine(BaseModel):
@@ -111,6 +116,6 @@ async def reverse(
 
 
 @router.get("/transactions/{transaction_id}/reversal", response_model=ReversalPublic)
-def reversal_of(transaction_id: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+def reversal_of(transaction_id: str, rt: RuntimeDep, who: LookupCaller) -> dict[str, Any]:
     """The reversal of a transaction, as answered when it was made."""
     return reversal.reversal_of(rt, who, transaction_id)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from voms.api.deps import PrincipalDep, RuntimeDep
+from voms.api.deps import BatchWriter, LookupCaller, RuntimeDep
 from voms.api.permits import documented, json_body, permitted, validated
 from voms.domain.roles import Permission
 from voms.services import care, lifecycle, ranges
@@ -78,13 +78,13 @@ class RangeResult(BaseModel):
 
 
 @router.post("/vouchers/lookup", response_model=VoucherPublic)
-def lookup_by_pin(body: PinLookupIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def lookup_by_pin(body: PinLookupIn, rt: RuntimeDep, who: LookupCaller) -> Json:
     """Find a voucher by its PIN (in the body, never in a URL)."""
     return care.voucher_by_pin(rt, who, body.pin)
 
 
 def _range_route(action: str) -> None:
-    def change(body: SerialRangeIn, rt: RuntimeDep, who: PrincipalDep) -> Json:
+    def change(body: SerialRangeIn, rt: RuntimeDep, who: BatchWriter) -> Json:
         return lifecycle.change_vouchers(
             rt, who, action, body.serial_from, body.serial_to, body.reason
         )
@@ -117,9 +117,6 @@ class RangeChange(RangeResult):
     batches: list[RangePart]
 
 
-BatchWriter = Annotated[Principal, permitted(Permission.BATCH_WRITE)]
-
-
 @router.post(
     "/vouchers/activate", response_model=RangeChange, openapi_extra=documented(RangeActivationIn)
 )
@@ -143,7 +140,7 @@ async def amend_vouchers(request: Request, rt: RuntimeDep, who: BatchWriter) -> 
 
 
 @router.get("/vouchers/{serial}", response_model=VoucherPublic)
-def lookup_by_serial(serial: str, rt: RuntimeDep, who: PrincipalDep) -> Json:
+def lookup_by_serial(serial: str, rt: RuntimeDep, who: LookupCaller) -> Json:
     """A voucher's effective state, expiry, redemption and history."""
     return care.voucher_by_serial(rt, who, serial)
 

@@ -3,8 +3,11 @@
 Made for feature-phone browsers (WAP 2.0 / XHTML-MP era): one small page, phone number
 and PIN in, the result out. A voucher with several offers answers with a choice of
 offers and asks for the PIN again, so the PIN is never written into a page. Attempts are
-limited per client address (``VOMS_MOBILE_RATE_LIMIT_PER_MINUTE``, per process); the
-service's bad-PIN blacklist applies per phone number as on every channel.
+limited per client address (``VOMS_MOBILE_RATE_LIMIT_PER_MINUTE``, per process). The
+number is typed, so it proves nothing: bad PINs count against the client address (the
+service's failed-lookup budget, VOMS_LOOKUP_FAILURES_PER_CLIENT), never against the
+number, so nobody can get someone else blacklisted from here. The address is the peer's,
+or the one a proxy of VOMS_TRUSTED_PROXIES forwarded for (voms.api.forwarded).
 """
 
 import math
@@ -17,7 +20,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
-from voms.api.deps import RuntimeDep, run_redemption_work
+from voms.api.deps import RuntimeDep, client_address, run_redemption_work
 from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import Messages
@@ -152,6 +155,7 @@ async def form(request: Request, rt: RuntimeDep) -> HTMLResponse:
 
 def _recharge(
     rt: Runtime,
+    client: str,
     language: str,
     msisdn: str,
     pin: str,
@@ -168,6 +172,7 @@ def _recharge(
         recipient=recipient or None,
         scenario=scenario or None,
         request_id=rid[:100] if rid.startswith("web-") else None,
+        client=client,
     )
     code = answer["result_code"]
     if code == Result.SUCCESS.code:
@@ -203,7 +208,7 @@ async def recharge(
     """Redeem the PIN for the number (or the other number); the result as a page."""
     _enabled(rt)
     language = _language(rt, request)
-    client = request.client.host if request.client else "unknown"
+    client = client_address(request)
     if not _limiter(rt).allow(client):
         said = subscriber.texts(rt).messages(None, language)
         answer = result_body(Result.TOO_MANY_REQUESTS)
@@ -221,6 +226,7 @@ async def recharge(
         request,
         _recharge,
         rt,
+        client,
         language,
         msisdn.strip(),
         pin,

@@ -6,6 +6,7 @@ the accounts it speaks to with the same principal. Nothing here logs a request's
 only result codes and exception types, so no PIN reaches a log line.
 """
 
+import dataclasses
 import logging
 import traceback
 from collections.abc import AsyncIterator, Mapping
@@ -75,8 +76,12 @@ def redeem(
     recipient: str | None = None,
     scenario: int | str | None = None,
     request_id: str | None = None,
+    client: str | None = None,
 ) -> Response:
-    """Redeem through the one redemption service; a failure is a response, not an error."""
+    """Redeem through the one redemption service; a failure is a response, not an error.
+
+    ``client`` is the caller's address where the subscriber types the number (/m): bad
+    PINs then count against it, not against the number."""
     request = RedemptionRequest(
         msisdn=msisdn,
         pin=pin,
@@ -86,7 +91,10 @@ def redeem(
         request_id=request_id,
     )
     try:
-        response = redemption.redeem(rt, principal(channel), request)
+        who = principal(channel)
+        if client is not None:
+            who = dataclasses.replace(who, client=client)
+        response = redemption.redeem(rt, who, request)
     except ResultError as error:
         response = result_body(error.result, **error.extra)
     except Exception as exc:

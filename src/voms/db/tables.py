@@ -143,6 +143,8 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("role", String(16), nullable=False),
     Column("service_provider_id", ForeignKey("service_providers.id")),
+    # Rights beyond the role, comma-separated (voms.domain.roles.GRANTABLE).
+    Column("allow", String(200)),
     Column("created_by", String(100), nullable=False),
     _created_at(),
     Column("revoked_at", UTCDateTime()),
@@ -403,6 +405,16 @@ pin_attempts = Table(
     Column("manual_until", UTCDateTime()),
     Column("note", String(200)),
     Column("blocked_by", String(100)),
+)
+
+# Failed voucher lookups per subject (an API key, a service provider, a client address)
+# and minute: the sliding window of the guessing budget, shared by every process.
+lookup_failures = Table(
+    "lookup_failures",
+    metadata,
+    Column("subject", String(120), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),
+    Column("failures", Integer, nullable=False),
 )
 
 idempotency_keys = Table(

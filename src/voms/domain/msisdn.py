@@ -18,3 +18,20 @@ def normalize_msisdn(raw: str | None) -> str:
     if not MIN_MSISDN_DIGITS <= len(msisdn) <= MAX_MSISDN_DIGITS:
         raise ResultError(Result.INVALID_SUBSCRIBER)
     return msisdn
+
+
+# The channels whose MSISDN the network gives (the caller cannot choose it) or a care
+# agent has checked. On the others (rest, web) the subscriber types it, so it proves
+# nothing about who is asking.
+AUTHENTICATED_CHANNELS = frozenset({"ussd", "sms", "ivr", "soap", "care"})
+
+
+def msisdn_is_authenticated(channel: str) -> bool:
+    """True when ``channel`` delivers the network's MSISDN rather than a typed one."""
+    return channel in AUTHENTICATED_CHANNELS
+
+
+def mask_msisdn(msisdn: str) -> str:
+    """The number with all but its last two digits hidden: kept for a number that
+    matches no subscriber, which may be a PIN typed into the wrong field."""
+    return "*" * (len(msisdn) - 2) + msisdn[-2:]

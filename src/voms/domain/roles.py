@@ -32,6 +32,13 @@ class Permission(StrEnum):
     REVERSE = "transaction:reverse"
     REVERSE_FORCE = "transaction:reverse:force"  # take back a credit already spent
     REPORT_READ = "report:read"
+    # Credits a wallet with no voucher: admin keys, and keys given it by name
+    # (`voms apikey create --allow voucher-type-recharge`), never a role by itself.
+    VOUCHER_TYPE_RECHARGE = "voucher-type-recharge"
+
+
+# Rights a key can be given beyond its role, by the names `--allow` takes.
+GRANTABLE = frozenset({Permission.VOUCHER_TYPE_RECHARGE})
 
 
 _READ = {Permission.CATALOG_READ, Permission.BATCH_READ, Permission.LOOKUP}

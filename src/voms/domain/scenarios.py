@@ -1,11 +1,14 @@
 """Scenario choice and expiry arithmetic of a recharge."""
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from voms.domain.errors import ResultError
 from voms.domain.results import Result
+
+# The last instant an expiry can be (Python's calendar ends with year 9999).
+LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def choose_scenario(scenarios: Sequence[dict[str, Any]], number: int | None) -> dict[str, Any]:
@@ -29,4 +32,6 @@ def extended_expiry(current: datetime | None, days: int, now: datetime) -> datet
     if days <= 0:
         return current
     start = now if current is None or current < now else current
+    if (LATEST_EXPIRY - start).days <= days:  # past the calendar's end: as far as it goes
+        return LATEST_EXPIRY
     return start + timedelta(days=days)

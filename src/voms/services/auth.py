@@ -1,6 +1,7 @@
 """API keys, roles and service-provider scope."""
 
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from voms.db import tables as t
 from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
-from voms.domain.roles import RESELLER_KEY_PERMISSIONS, Permission, Role, allows
+from voms.domain.roles import GRANTABLE, RESELLER_KEY_PERMISSIONS, Permission, Role, allows
 from voms.runtime import Runtime
 from voms.services import audit
 
@@ -37,10 +38,18 @@ class Principal:
     api_key_id: int | None = None
     # A key of one reseller: only the reseller calls, on that reseller's subtree.
     reseller_id: int | None = None
+    # Rights given to this key by name beyond its role (GRANTABLE).
+    allowed: frozenset[Permission] = frozenset()
+    # Where the call came from (the client address, behind trusted proxies), when known.
+    client: str | None = None
+
+    def may(self, permission: Permission) -> bool:
+        """True when the role, or a right given to the key, carries ``permission``."""
+        return allows(self.role, permission) or permission in self.allowed
 
     def require(self, permission: Permission, service_provider_id: int | None = None) -> None:
         """Refuse (403) a call outside this principal's role or service-provider scope."""
-        if not allows(self.role, permission):
+        if not self.may(permission):
             raise Forbidden(f"role {self.role} may not {permission}")
         if self.reseller_id is not None and permission not in RESELLER_KEY_PERMISSIONS:
             raise Forbidden(f"a reseller's key may not {permission}")
@@ -80,15 +89,21 @@ def create_api_key(
     role: str,
     service_provider: str | None = None,
     reseller: str | None = None,
+    allow: Iterable[str] = (),
 ) -> tuple[dict[str, Any], str]:
     """Create a key; returns its public record and the secret, shown this once only.
 
-    A ``reseller`` key is a distributor key of that reseller and its provider."""
+    A ``reseller`` key is a distributor key of that reseller and its provider. ``allow``
+    names rights beyond the role (``voucher-type-recharge``); the creator must hold each
+    itself."""
     actor.require(Permission.APIKEY_ADMIN)
     try:
         role_value = Role(role)
     except ValueError:
         raise Invalid(f"unknown role '{role}'; one of: {', '.join(Role)}") from None
+    granted = _grantable(allow)
+    for permission in granted:
+        actor.require(permission)
     if not name or len(name) > 100:
         raise Invalid("name must be 1 to 100 characters")
     secret = new_api_key()
@@ -121,6 +136,7 @@ def create_api_key(
                     role=role_value.value,
                     service_provider_id=sp_id,
                     reseller_id=reseller_id,
+                    allow=",".join(sorted(granted)) or None,
                     created_by=actor.name,
                     created_at=utcnow(),
                 )
@@ -135,7 +151,7 @@ def create_api_key(
             "api_key",
             key_id,
             sp_id,
-            {"name": name, "role": role, "reseller": reseller},
+            {"name": name, "role": role, "reseller": reseller, "allow": sorted(granted)},
         )
     record = {
         "id": key_id,
@@ -143,8 +159,24 @@ def create_api_key(
         "role": role_value.value,
         "service_provider": service_provider,
         "reseller": reseller,
+        "allow": sorted(granted),
     }
     return record, secret
+
+
+def _grantable(names: Iterable[str]) -> frozenset[Permission]:
+    granted = set()
+    for name in names:
+        permission = next((p for p in GRANTABLE if p.value == name), None)
+        if permission is None:
+            choices = ", ".join(sorted(GRANTABLE))
+            raise Invalid(f"unknown right '{name}' for --allow; one of: {choices}")
+        granted.add(permission)
+    return frozenset(granted)
+
+
+def _allowed(stored: str | None) -> frozenset[Permission]:
+    return frozenset(Permission(name) for name in stored.split(",")) if stored else frozenset()
 
 
 def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
@@ -157,6 +189,7 @@ def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
             k.c.prefix,
             k.c.role,
             sp.c.code.label("service_provider"),
+            k.c.allow,
             k.c.created_by,
             k.c.created_at,
             k.c.revoked_at,
@@ -167,20 +200,40 @@ def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
     if actor.service_provider_id is not None:
         query = query.where(k.c.service_provider_id == actor.service_provider_id)
     with reading(rt.engine) as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [
+            {**row._mapping, "allow": sorted(_allowed(row.allow))} for row in conn.execute(query)
+        ]
+
+
+_k = t.api_keys
+# The keys that can do everything: unscoped, unrevoked admin keys.
+_FULL_ADMINS = select(_k.c.id).where(
+    _k.c.role == Role.ADMIN.value, _k.c.service_provider_id.is_(None), _k.c.revoked_at.is_(None)
+)
 
 
 def revoke_api_key(rt: Runtime, actor: Principal, name: str) -> None:
+    """Revoke a key. A scoped key revokes only its own provider's keys; the last
+    unscoped admin key is never revoked (nobody could administer the installation)."""
     actor.require(Permission.APIKEY_ADMIN)
     with rt.engine.begin() as conn:
         row = conn.execute(
-            select(t.api_keys.c.id, t.api_keys.c.service_provider_id).where(
-                t.api_keys.c.name == name
+            select(_k.c.id, _k.c.service_provider_id, _k.c.role, _k.c.revoked_at).where(
+                _k.c.name == name
             )
         ).first()
         if row is None:
             raise NotFound(f"API key '{name}' not found")
-        actor.require_scope(row.service_provider_id)
+        if actor.service_provider_id is not None and (
+            row.service_provider_id != actor.service_provider_id
+        ):
+            raise Forbidden("a scoped key may only revoke keys of its own service provider")
+        full_admin = row.role == Role.ADMIN.value and row.service_provider_id is None
+        if full_admin and row.revoked_at is None:
+            # Locked, so two revocations at once cannot each leave the other's key last.
+            others = conn.execute(_FULL_ADMINS.where(_k.c.id != row.id).with_for_update()).all()
+            if not others:
+                raise Conflict(f"'{name}' is the last unscoped admin key: create another one first")
         conn.execute(
             update(t.api_keys)
             .where(t.api_keys.c.id == row.id, t.api_keys.c.revoked_at.is_(None))
@@ -241,6 +294,7 @@ def _lookup(rt: Runtime, digest: str) -> Principal | None:
                 t.api_keys.c.role,
                 t.api_keys.c.service_provider_id,
                 t.api_keys.c.reseller_id,
+                t.api_keys.c.allow,
             ).where(t.api_keys.c.key_hash == digest, t.api_keys.c.revoked_at.is_(None))
         ).first()
     if row is None:
@@ -251,4 +305,5 @@ def _lookup(rt: Runtime, digest: str) -> Principal | None:
         service_provider_id=row.service_provider_id,
         api_key_id=row.id,
         reseller_id=row.reseller_id,
+        allowed=_allowed(row.allow),
     )

@@ -16,7 +16,9 @@ from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal, service_provider_id_by_code
 
-Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+# Starts with a letter, digit or underscore: a code starting with "-" would be run as a
+# formula by the spreadsheets that open exports.
+Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -130,8 +132,37 @@ def _insert(conn: Connection, table: Table, what: str, code: str, /, **values: A
         raise Conflict(f"{what} '{code}' already exists") from None
 
 
+def _found(what: str, code: str, existing: dict[str, Any], body: BaseModel) -> dict[str, Any]:
+    """An object that exists already: itself when ``body`` asks for exactly what it is
+    (creating is idempotent), else 409 naming the fields that differ."""
+    wanted = body.model_dump()
+    differ = sorted(
+        k for k, v in wanted.items() if _comparable(k, existing.get(k)) != _comparable(k, v)
+    )
+    if differ:
+        raise Conflict(f"{what} '{code}' already exists with other {', '.join(differ)}")
+    return existing
+
+
+def _comparable(field: str, value: Any) -> Any:
+    if field == "scenarios" and isinstance(value, list):
+        return sorted(value, key=lambda scenario: scenario["number"])
+    if field == "allowed_product_types" and isinstance(value, list):
+        return sorted(value)
+    return value
+
+
+# Fields a PATCH may set to null: a limit or currency removed; for the lists, null
+# leaves them as they are.
+_NULLABLE = frozenset({"currency", "max_balance", "allowed_product_types", "scenarios"})
+
+
 def _changes(update_model: BaseModel) -> dict[str, Any]:
-    return update_model.model_dump(exclude_unset=True)
+    changes = update_model.model_dump(exclude_unset=True)
+    cleared = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
+    if cleared:
+        raise Invalid(f"{', '.join(cleared)} cannot be null")
+    return changes
 
 
 # --- service providers -----------------------------------------------------------
@@ -145,12 +176,26 @@ def create_service_provider(
     rt: Runtime, actor: Principal, body: ServiceProviderIn
 ) -> dict[str, Any]:
     """Create a service provider (brand/MVNO); only unscoped keys may."""
+    return create_or_find_service_provider(rt, actor, body)[0]
+
+
+def create_or_find_service_provider(
+    rt: Runtime, actor: Principal, body: ServiceProviderIn
+) -> tuple[dict[str, Any], bool]:
+    """The provider and True when created; the same one and False when it exists with
+    the same fields (409 with other fields)."""
     actor.require(Permission.CATALOG_WRITE)
     actor.require_unscoped()
     with rt.engine.begin() as conn:
-        sp_id = _insert(
-            conn, t.service_providers, "service provider", body.code, **body.model_dump()
-        )
+        try:
+            sp_id = _insert(
+                conn, t.service_providers, "service provider", body.code, **body.model_dump()
+            )
+        except Conflict:
+            row = conn.execute(
+                select(t.service_providers).where(t.service_providers.c.code == body.code)
+            ).one()
+            return _found("service provider", body.code, _sp_public(row), body), False
         audit.record(
             conn,
             actor,
@@ -162,7 +207,7 @@ def create_service_provider(
         )
         return _sp_public(
             conn.execute(select(t.service_providers).where(t.service_providers.c.id == sp_id)).one()
-        )
+        ), True
 
 
 def list_service_providers(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
@@ -239,13 +284,18 @@ _SIMPLE = {
 
 def _create_simple(
     rt: Runtime, actor: Principal, kind: str, body: BalanceTypeIn | ProductTypeIn
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bool]:
     table, what, public = _SIMPLE[kind]
     with rt.engine.begin() as conn:
         sp_id = service_provider_id_by_code(conn, body.service_provider)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         values = body.model_dump(exclude={"service_provider"})
-        row_id = _insert(conn, table, what, body.code, service_provider_id=sp_id, **values)
+        try:
+            row_id = _insert(conn, table, what, body.code, service_provider_id=sp_id, **values)
+        except Conflict:
+            row_id = _code_id(conn, table, sp_id, body.code, what)
+            row = conn.execute(select(table).where(table.c.id == row_id)).one()
+            return _found(what, body.code, public(row, _sp_codes(conn)), body), False
         audit.record(
             conn,
             actor,
@@ -257,7 +307,7 @@ def _create_simple(
         )
         return public(
             conn.execute(select(table).where(table.c.id == row_id)).one(), _sp_codes(conn)
-        )
+        ), True
 
 
 def _list_simple(
@@ -312,6 +362,13 @@ def _update_simple(
 
 def create_balance_type(rt: Runtime, actor: Principal, body: BalanceTypeIn) -> dict[str, Any]:
     """Create a balance type (cash in a currency, SMS, data, minutes) of one provider."""
+    return _create_simple(rt, actor, "balance_type", body)[0]
+
+
+def create_or_find_balance_type(
+    rt: Runtime, actor: Principal, body: BalanceTypeIn
+) -> tuple[dict[str, Any], bool]:
+    """As create_or_find_service_provider, for a balance type."""
     return _create_simple(rt, actor, "balance_type", body)
 
 
@@ -335,6 +392,13 @@ def update_balance_type(
 
 def create_product_type(rt: Runtime, actor: Principal, body: ProductTypeIn) -> dict[str, Any]:
     """Create a product type (tariff such as Gold or Platinum) of one provider."""
+    return _create_simple(rt, actor, "product_type", body)[0]
+
+
+def create_or_find_product_type(
+    rt: Runtime, actor: Principal, body: ProductTypeIn
+) -> tuple[dict[str, Any], bool]:
+    """As create_or_find_service_provider, for a product type."""
     return _create_simple(rt, actor, "product_type", body)
 
 
@@ -535,19 +599,37 @@ def public_scenario(scenario: dict[str, Any]) -> dict[str, Any]:
 
 def create_voucher_type(rt: Runtime, actor: Principal, body: VoucherTypeIn) -> dict[str, Any]:
     """Create a voucher type with its scenarios; every reference must exist in its provider."""
+    return create_or_find_voucher_type(rt, actor, body)[0]
+
+
+def create_or_find_voucher_type(
+    rt: Runtime, actor: Principal, body: VoucherTypeIn
+) -> tuple[dict[str, Any], bool]:
+    """As create_or_find_service_provider, for a voucher type and its scenarios."""
     with rt.engine.begin() as conn:
         sp_id = service_provider_id_by_code(conn, body.service_provider)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         values = body.model_dump(exclude={"service_provider", "scenarios", "allowed_product_types"})
-        vt_id = _insert(
-            conn, t.voucher_types, "voucher type", body.code, service_provider_id=sp_id, **values
-        )
+        try:
+            vt_id = _insert(
+                conn,
+                t.voucher_types,
+                "voucher type",
+                body.code,
+                service_provider_id=sp_id,
+                **values,
+            )
+        except Conflict:
+            existing = load_voucher_type(conn, code=body.code)
+            if existing["service_provider_id"] != sp_id:  # codes are unique across providers
+                raise
+            return _found("voucher type", body.code, public_voucher_type(existing), body), False
         _write_allowed_product_types(conn, vt_id, sp_id, body.allowed_product_types)
         _write_scenarios(conn, vt_id, sp_id, body.scenarios)
         audit.record(
             conn, actor, "voucher_type.create", "voucher_type", body.code, sp_id, body.model_dump()
         )
-        return public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id))
+        return public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id)), True
 
 
 def list_voucher_types(

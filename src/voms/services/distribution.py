@@ -388,7 +388,7 @@ def _select_slices(
                 serial_from=max(low, row.serial_first),
                 serial_to=min(high, row.serial_last),
                 dense=row._mapping["count"] == row.serial_last - row.serial_first + 1,
-                csv_suffix=",".join("" if v is None else str(v) for v in ["", *tail]) + "\n",
+                csv_suffix=",".join(_csv_cell(v) for v in ["", *tail]) + "\n",
                 xlsx_suffix="".join(xlsx.cell(v) for v in tail) + "</row>",
             )
         )
@@ -651,6 +651,14 @@ def _tracked(chunks: Iterator[Chunk], state: _Progress) -> Generator[Chunk, None
 
 # The formatters decrypt each PIN inside the one expression that writes its line: one
 # pass per chunk, and the plaintext lives only in that chunk's string.
+
+
+def _csv_cell(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ would be run as
+    a formula (a voucher type code made before codes had to start with a letter or
+    digit, say), so it gets a leading apostrophe."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def _csv(

@@ -152,7 +152,7 @@ def list_batches(
                 f"unknown batch state '{state}'; one of: {', '.join(BatchState)}"
             ) from None
     if cursor is not None:
-        if not cursor.isdigit():
+        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
             raise Invalid("malformed cursor")
         query = query.where(_b.c.id < int(cursor))
     for moment in (since, until):

@@ -39,7 +39,7 @@ from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
 from voms.domain.errors import ResultError
-from voms.domain.msisdn import normalize_msisdn
+from voms.domain.msisdn import msisdn_is_authenticated, normalize_msisdn
 from voms.domain.pins import check_pin, normalize_pin
 from voms.domain.results import Result
 from voms.domain.roles import Permission, Role
@@ -47,7 +47,7 @@ from voms.domain.scenarios import choose_scenario
 from voms.domain.serials import format_serial
 from voms.domain.states import BatchState, VoucherState, is_expired, redemption_blocker
 from voms.runtime import Runtime
-from voms.services import catalog_cache, idempotency
+from voms.services import catalog_cache, guessing, idempotency
 from voms.services.auth import Principal
 from voms.services.catalog import public_scenario
 
@@ -329,8 +329,15 @@ def _fail(
         elif stored is None:
             if error is None:
                 raise RuntimeError("a write failed on a unique key other than the request id")
-            if attempt.bad_pin and attempt.msisdn is not None:
+            # Issue 14: a bad PIN counts against the number only where the network gives
+            # it; budgets, subscriber-first answer and masking: voms.services.guessing.
+            if (
+                attempt.bad_pin
+                and attempt.msisdn is not None
+                and msisdn_is_authenticated(attempt.channel)
+            ):
                 _count_bad_pin(rt, conn, attempt.msisdn, now)
+            error = guessing.after_failure(rt, conn, attempt, error, now)
             _record(conn, attempt, error.result, [], now)
             if request_id is not None:
                 body = {
@@ -488,6 +495,8 @@ def _find_voucher(
     The requester's blacklist is checked first (5003 comes before any PIN check); the
     third value says whether the requester has bad PINs to forget after a success.
     """
+    # Issue 14: a caller over its failed-lookup budget is refused before any lookup.
+    guessing.refuse_if_throttled(rt, attempt.actor, attempt.channel, attempt.service_provider_id)
     try:
         pin = _pin(rt, conn, request.pin)
     except ResultError as error:
@@ -797,7 +806,7 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
 
 def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Response:
     """Credit a wallet as a redemption of a voucher type would, with no voucher."""
-    actor.require(Permission.REDEEM)
+    actor.require(Permission.VOUCHER_TYPE_RECHARGE)
     attempt = _Attempt(kind="recharge", actor=actor)
 
     def work(conn: Connection, now: datetime) -> Writes:

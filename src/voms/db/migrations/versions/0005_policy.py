@@ -8,7 +8,7 @@ more: the one-success-per-voucher backstops now count unreversed rows only); a s
 range activated or given another expiry becomes a part of its batch (``parent_batch_id``).
 
 Revision ID: 0005_policy
-Revises: 0005_left
+Revises: 0005_sec
 Create Date: 2026-12-06
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_policy"
-down_revision: str | None = "0005_left"
+down_revision: str | None = "0005_sec"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -186,3 +186,19 @@ def test_care_people_need_no_second_factor_when_only_admins_must(rt: Runtime) ->
     session = people.session_of(rt, people.sign_in(rt, "alice", PASSWORD))
     assert session is not None
     assert not session.second_factor_due
+
+
+def test_wrong_totp_codes_count_towards_the_lockout(rt: Runtime) -> None:
+    configure(rt, ui_require_totp=True, ui_max_failed_sign_ins=2)
+    _person(rt, "root", role="admin")
+    token = people.sign_in(rt, "root", PASSWORD)
+    secret = people.new_totp_secret()
+    for _ in range(2):
+        with pytest.raises(people.SignInRefused):
+            people.verify_second_factor(rt, token, "000000", secret)
+    # Locked now: even the right code is refused.
+    with pytest.raises(people.SignInRefused):
+        people.verify_second_factor(rt, token, pyotp.TOTP(secret).now(), secret)
+    assert [e["action"] for e in audit.read_audit_log(rt, CONSOLE, action="user.locked")] == [
+        "user.locked"
+    ]

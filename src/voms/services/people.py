@@ -269,26 +269,32 @@ def _verify(password_hash: str, password: str) -> bool:
 
 
 def _count_failure(rt: Runtime, row: Any, now: datetime) -> None:
-    """One more failed sign-in in a row; the last one allowed locks the account."""
-    failures = row.failed_sign_ins + 1
-    until = None
-    if failures >= rt.settings.ui_max_failed_sign_ins:
-        until = now + timedelta(minutes=rt.settings.ui_lockout_minutes)
-        failures = 0
+    """One more failed sign-in in a row; the last one allowed locks the account.
+
+    Counted in the database (``failed_sign_ins + 1``), so attempts in parallel each count.
+    """
     with rt.engine.begin() as conn:
+        failures = conn.execute(
+            update(_u)
+            .where(_u.c.id == row.id)
+            .values(failed_sign_ins=_u.c.failed_sign_ins + 1)
+            .returning(_u.c.failed_sign_ins)
+        ).scalar_one()
+        if failures < rt.settings.ui_max_failed_sign_ins:
+            return
+        until = now + timedelta(minutes=rt.settings.ui_lockout_minutes)
         conn.execute(
-            update(_u).where(_u.c.id == row.id).values(failed_sign_ins=failures, locked_until=until)
+            update(_u).where(_u.c.id == row.id).values(failed_sign_ins=0, locked_until=until)
         )
-        if until is not None:
-            audit.record(
-                conn,
-                principal_of(row.username, Role(row.role), row.service_provider_id),
-                "user.locked",
-                "user",
-                row.username,
-                row.service_provider_id,
-                {"until": until.isoformat()},
-            )
+        audit.record(
+            conn,
+            principal_of(row.username, Role(row.role), row.service_provider_id),
+            "user.locked",
+            "user",
+            row.username,
+            row.service_provider_id,
+            {"until": until.isoformat()},
+        )
 
 
 def _signed_in(conn: Connection, row: Any, now: datetime) -> None:
@@ -385,6 +391,8 @@ def verify_second_factor(
         ).first()
     if row is None or not row.second_factor_due:
         raise SignInRefused("no sign-in waiting for a code")
+    if row.state != "active" or (row.locked_until is not None and row.locked_until > now):
+        raise SignInRefused()
     if row.totp_secret is not None:
         secret = rt.keyring.decrypt(row.totp_key_id, row.totp_secret)
     elif enrol_secret is not None and len(enrol_secret) <= 64:

@@ -9,11 +9,12 @@ from sqlalchemy import insert, update
 
 from tests import factories
 from tests.channel_support import configure
+from tests.pgp import PartnerKeys
 from voms.api.app import create_app
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime
-from voms.services import people
+from voms.services import distribution, people
 from voms.services.auth import CONSOLE
 
 PASSWORD = "correct horse battery"
@@ -240,3 +241,29 @@ def test_admins_must_give_a_totp_code_when_required(console: Runtime) -> None:
     assert answer.headers["location"] == "/ui/login/code"
     enrol = browser.get("/ui/login/code")
     assert "authenticator" in enrol.text
+
+
+def test_admins_add_and_disable_partners(console: Runtime, partner_keys: PartnerKeys) -> None:
+    browser = signed_in(console, "root")
+    page = browser.get("/ui/distribution")
+    added = browser.post(
+        "/ui/partners",
+        data={
+            "name": "printshop",
+            "public_key": partner_keys.good,
+            "csrf_token": csrf_of(page.text),
+        },
+    )
+    assert added.status_code == 303
+    refused = browser.post(
+        "/ui/partners",
+        data={"name": "bad", "public_key": partner_keys.expired, "csrf_token": csrf_of(page.text)},
+    )
+    assert refused.status_code == 422
+    assert "public key refused" in refused.text
+    disabled = browser.post(
+        "/ui/partners/printshop/disable", data={"csrf_token": csrf_of(page.text)}
+    )
+    assert disabled.status_code == 303
+    [partner] = distribution.list_partners(console, CONSOLE)
+    assert partner["state"] == "disabled"

@@ -582,6 +582,27 @@ async def partners_csv(request: Request, who: Viewer) -> Response:
     return csv_download(_PARTNER_COLUMNS, listed(partners), "partners.csv")
 
 
+@router.post("/partners")
+async def add_partner(request: Request, who: Viewer) -> Response:
+    require(who, Permission.EXPORT)
+    form = await checked_form(request, who)
+    body = distribution.PartnerIn(
+        name=field(form, "name"),
+        contact=optional(form, "contact"),
+        public_key=field(form, "public_key"),
+    )
+    await call(distribution.create_partner, runtime(request), who.principal, body)
+    return see_other("/ui/distribution")
+
+
+@router.post("/partners/{name}/disable")
+async def disable_partner(request: Request, who: Viewer, name: str) -> Response:
+    require(who, Permission.EXPORT)
+    await checked_form(request, who)
+    await call(distribution.disable_partner, runtime(request), who.principal, name)
+    return see_other("/ui/distribution")
+
+
 @router.post("/exports")
 async def export(request: Request, who: Viewer) -> Response:
     require(who, Permission.EXPORT)

@@ -267,3 +267,36 @@ def test_admins_add_and_disable_partners(console: Runtime, partner_keys: Partner
     assert disabled.status_code == 303
     [partner] = distribution.list_partners(console, CONSOLE)
     assert partner["state"] == "disabled"
+
+
+def test_a_refused_form_comes_back_with_the_error_next_to_its_field(console: Runtime) -> None:
+    browser = signed_in(console, "root")
+    page = browser.get("/ui/batches")
+    answer = browser.post(
+        "/ui/batches",
+        data={"voucher_type": "TOPUP10", "count": "0", "csrf_token": csrf_of(page.text)},
+    )
+    assert answer.status_code == 422
+    field = re.search(
+        r'<input id="f-count"[^>]*>\s*<small class="error" id="e-count">([^<]+)', answer.text
+    )
+    assert field is not None, answer.text
+    assert "greater than or equal to 1" in field.group(1)
+    assert 'aria-invalid="true"' in answer.text
+
+
+def test_a_refused_redemption_on_behalf_never_echoes_the_pin(console: Runtime) -> None:
+    browser = signed_in(console, "carol")
+    page = browser.get("/ui/care?msisdn=254700000001")
+    answer = browser.post(
+        "/ui/care/redeem",
+        data={
+            "msisdn": "254700000001",
+            "pin": "12345678901234",
+            "reason": "",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
+    assert answer.status_code == 422
+    assert "give a reason" in answer.text
+    assert "12345678901234" not in answer.text

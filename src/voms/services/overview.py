@@ -102,3 +102,23 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
         "running_jobs": running if actor.service_provider_id is None else [],
         "alerts": alerts,
     }
+
+
+def batch_events(
+    rt: Runtime, actor: Principal, batch_id: int, limit: int = 50, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Operations on one batch (activate, freeze, amend expiry…), newest first."""
+    from voms.services.lifecycle import get_batch
+
+    get_batch(rt, actor, batch_id)  # the batch exists and the actor may see it
+    ev = t.voucher_events
+    query = (
+        select(ev.c.id, ev.c.at, ev.c.actor, ev.c.action, ev.c.affected, ev.c.reason, ev.c.detail)
+        .where(ev.c.batch_id == batch_id)
+        .order_by(ev.c.id.desc())
+        .limit(max(1, min(limit, 1000)))
+    )
+    if before_id is not None:
+        query = query.where(ev.c.id < before_id)
+    with reading(rt.engine) as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

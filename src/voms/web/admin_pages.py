@@ -6,21 +6,25 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
-from voms.domain.errors import Invalid
+from voms.domain.errors import Invalid, VomsError
 from voms.domain.roles import Permission, Role
 from voms.services import audit, auth, catalog, people
 from voms.services.people import Session
 from voms.web.base import (
+    NO_ERRORS,
     Column,
     ConsoleRoute,
+    FormErrors,
     call,
     checked_form,
     csv_download,
     field,
     filters_of,
+    form_errors,
     listed,
     optional,
     page_url,
+    refused_status,
     render,
     require,
     runtime,
@@ -55,7 +59,11 @@ _KEY_COLUMNS = [
 
 
 async def _people_page(
-    request: Request, who: Session, new_key: dict[str, str] | None = None
+    request: Request,
+    who: Session,
+    new_key: dict[str, str] | None = None,
+    errors: FormErrors = NO_ERRORS,
+    status: int = 200,
 ) -> Response:
     require(who, Permission.APIKEY_ADMIN)
     rt, actor = runtime(request), who.principal
@@ -66,6 +74,8 @@ async def _people_page(
         request,
         who,
         "people.html",
+        status=status,
+        errors=errors,
         title="People and API keys",
         nav="people",
         users=users,
@@ -100,15 +110,19 @@ async def add_person(request: Request, who: Viewer) -> Response:
     require(who, Permission.APIKEY_ADMIN)
     form = await checked_form(request, who)
     password = form.get("password")
-    await call(
-        people.create_user,
-        runtime(request),
-        who.principal,
-        username=field(form, "username"),
-        role=field(form, "role"),
-        password=password if isinstance(password, str) else "",
-        service_provider=optional(form, "service_provider"),
-    )
+    try:
+        await call(
+            people.create_user,
+            runtime(request),
+            who.principal,
+            username=field(form, "username"),
+            role=field(form, "role"),
+            password=password if isinstance(password, str) else "",
+            service_provider=optional(form, "service_provider"),
+        )
+    except VomsError as exc:
+        status = refused_status(exc)
+        return await _people_page(request, who, None, form_errors("person", exc, form), status)
     return see_other("/ui/people")
 
 
@@ -125,9 +139,14 @@ async def set_password(request: Request, who: Viewer, username: str) -> Response
     require(who, Permission.APIKEY_ADMIN)
     form = await checked_form(request, who)
     password = form.get("password")
-    if not isinstance(password, str):
-        raise Invalid("password: give the new password")
-    await call(people.reset_password, runtime(request), who.principal, username, password)
+    try:
+        if not isinstance(password, str):
+            raise Invalid("password: give the new password")
+        await call(people.reset_password, runtime(request), who.principal, username, password)
+    except VomsError as exc:
+        status = refused_status(exc)
+        errors = form_errors(f"password-{username}", exc, form)
+        return await _people_page(request, who, None, errors, status)
     return see_other("/ui/people")
 
 
@@ -135,14 +154,18 @@ async def set_password(request: Request, who: Viewer, username: str) -> Response
 async def create_key(request: Request, who: Viewer) -> Response:
     require(who, Permission.APIKEY_ADMIN)
     form = await checked_form(request, who)
-    record, secret = await call(
-        auth.create_api_key,
-        runtime(request),
-        who.principal,
-        name=field(form, "name"),
-        role=field(form, "role"),
-        service_provider=optional(form, "service_provider"),
-    )
+    try:
+        record, secret = await call(
+            auth.create_api_key,
+            runtime(request),
+            who.principal,
+            name=field(form, "name"),
+            role=field(form, "role"),
+            service_provider=optional(form, "service_provider"),
+        )
+    except VomsError as exc:
+        status = refused_status(exc)
+        return await _people_page(request, who, None, form_errors("key", exc, form), status)
     # Shown on the answer to the POST itself, never in a URL or a later page.
     return await _people_page(request, who, {"name": record["name"], "secret": secret})
 

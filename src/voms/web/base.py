@@ -174,6 +174,65 @@ def optional(form: Mapping[str, Any], name: str) -> str | None:
     return field(form, name) or None
 
 
+class FormErrors:
+    """What was wrong with the form a person just sent, to show next to its fields."""
+
+    def __init__(
+        self,
+        form: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        summary: str | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.form = form
+        self.fields = dict(fields or {})
+        self.summary_text = summary
+        # What the person typed, to fill the form again (never a PIN or a password).
+        self.values = {
+            k: v for k, v in (values or {}).items() if k not in _NEVER_ECHOED and isinstance(v, str)
+        }
+
+    def get(self, form: str, name: str) -> str | None:
+        return self.fields.get(name) if form == self.form else None
+
+    def summary(self, form: str) -> str | None:
+        if form != self.form:
+            return None
+        return self.summary_text or ("Check the fields marked below." if self.fields else None)
+
+    def value(self, form: str, name: str) -> str:
+        return self.values.get(name, "") if form == self.form else ""
+
+
+_NEVER_ECHOED = frozenset({"pin", "password", "csrf_token", "public_key"})
+NO_ERRORS = FormErrors()
+
+
+def form_errors(
+    form_name: str, exc: VomsError | ValidationError, values: Mapping[str, Any]
+) -> FormErrors:
+    """A refused form's errors: pydantic's by field; a service's next to the field it
+    names first ("count must…", "reason: …"), else above the form."""
+    if isinstance(exc, ValidationError):
+        fields: dict[str, str] = {}
+        for err in exc.errors():
+            loc = [str(part) for part in err["loc"]]
+            fields.setdefault(loc[0] if loc else "", err["msg"].removeprefix("Value error, "))
+        summary = fields.pop("", None)
+        return FormErrors(form_name, fields, summary, values)
+    first = exc.detail.split(":", 1)[0].split(" ", 1)[0]
+    if first in values and first not in ("csrf_token",):
+        return FormErrors(form_name, {first: exc.detail}, None, values)
+    return FormErrors(form_name, {}, exc.detail, values)
+
+
+def refused_status(exc: VomsError | ValidationError) -> int:
+    """The status of a refused form shown again with its errors; a 403 stays a 403 page."""
+    if isinstance(exc, Forbidden):
+        raise exc
+    return exc.http_status if isinstance(exc, VomsError) else 422
+
+
 def render(
     request: Request,
     session: people.Session | None,
@@ -184,7 +243,7 @@ def render(
     return templates.TemplateResponse(
         request,
         template,
-        {"viewer": session, **context},
+        {"viewer": session, "errors": NO_ERRORS, **context},
         status_code=status,
         headers=SECURITY_HEADERS,
     )

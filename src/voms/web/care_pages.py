@@ -5,23 +5,28 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from voms.domain.errors import Invalid, NotFound
+from voms.domain.errors import Invalid, NotFound, VomsError
 from voms.domain.roles import Permission, allows
 from voms.domain.serials import parse_serial
 from voms.services import blacklist, care, catalog, transactions, wallet
 from voms.services.people import Session
 from voms.web.base import (
+    NO_ERRORS,
     Column,
     ConsoleRoute,
+    FormErrors,
     call,
     checked_form,
     csv_download,
     field,
     filters_of,
+    form_errors,
     listed,
     page_url,
+    refused_status,
     render,
     require,
     runtime,
@@ -70,6 +75,8 @@ async def _care_page(
     msisdn: str | None,
     serial: str | None,
     result: dict[str, str] | None = None,
+    errors: FormErrors = NO_ERRORS,
+    status: int = 200,
 ) -> Response:
     rt, actor = runtime(request), who.principal
     number = parse_serial(serial, rt.settings.serial_width) if serial else None
@@ -105,6 +112,8 @@ async def _care_page(
         request,
         who,
         "care.html",
+        status=status,
+        errors=errors,
         title="Customer care",
         nav="care",
         msisdn=msisdn or "",
@@ -144,14 +153,19 @@ async def redeem(request: Request, who: Viewer) -> Response:
     require(who, Permission.REDEEM)
     form = await checked_form(request, who)
     msisdn = field(form, "msisdn")
-    response = await call(
-        care.redeem_on_behalf,
-        runtime(request),
-        who.principal,
-        msisdn=msisdn,
-        pin=field(form, "pin"),
-        reason=field(form, "reason"),
-    )
+    try:
+        response = await call(
+            care.redeem_on_behalf,
+            runtime(request),
+            who.principal,
+            msisdn=msisdn,
+            pin=field(form, "pin"),
+            reason=field(form, "reason"),
+        )
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        errors = form_errors("redeem", exc, form)
+        return await _care_page(request, who, msisdn, None, None, errors, status)
     if response["result_code"] == 0:
         credited = ", ".join(f"{c['balance_type']} +{c['amount']}" for c in response["credits"])
         result = {
@@ -172,12 +186,19 @@ async def adjust(request: Request, who: Viewer) -> Response:
     form = await checked_form(request, who)
     msisdn = field(form, "msisdn")
     amount = field(form, "amount")
-    if not amount.lstrip("-").isdigit() or len(amount) > 19:
-        raise Invalid("amount: a whole number of minor units")
-    body = wallet.AdjustmentIn(
-        balance_type=field(form, "balance_type"), amount=int(amount), reason=field(form, "reason")
-    )
-    done = await call(wallet.adjust_balance, runtime(request), who.principal, msisdn, body)
+    try:
+        if not amount.lstrip("-").isdigit() or len(amount) > 19:
+            raise Invalid("amount: a whole number of minor units")
+        body = wallet.AdjustmentIn(
+            balance_type=field(form, "balance_type"),
+            amount=int(amount),
+            reason=field(form, "reason"),
+        )
+        done = await call(wallet.adjust_balance, runtime(request), who.principal, msisdn, body)
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        errors = form_errors("adjust", exc, form)
+        return await _care_page(request, who, msisdn, None, None, errors, status)
     result = {
         "title": "Balance adjusted",
         "text": f"{done['balance_type']} {done['amount']:+d}: balance now {done['balance']}.",
@@ -195,6 +216,12 @@ _BLACKLIST_COLUMNS = [
 
 @router.get("/blacklist")
 async def blacklist_page(request: Request, who: Viewer) -> Response:
+    return await _blacklist_page(request, who)
+
+
+async def _blacklist_page(
+    request: Request, who: Session, errors: FormErrors = NO_ERRORS, status: int = 200
+) -> Response:
     require(who, Permission.LOOKUP)
     rt = runtime(request)
     msisdn = filters_of(request, "msisdn")["msisdn"]
@@ -213,6 +240,8 @@ async def blacklist_page(request: Request, who: Viewer) -> Response:
         request,
         who,
         "blacklist.html",
+        status=status,
+        errors=errors,
         title="Blacklist",
         nav="care",
         msisdn=msisdn,
@@ -229,11 +258,15 @@ async def blacklist_page(request: Request, who: Viewer) -> Response:
 async def release(request: Request, who: Viewer) -> Response:
     require(who, Permission.REDEEM)
     form = await checked_form(request, who)
-    await call(
-        blacklist.release,
-        runtime(request),
-        who.principal,
-        field(form, "msisdn"),
-        field(form, "reason"),
-    )
+    try:
+        await call(
+            blacklist.release,
+            runtime(request),
+            who.principal,
+            field(form, "msisdn"),
+            field(form, "reason"),
+        )
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        return await _blacklist_page(request, who, form_errors("release", exc, form), status)
     return see_other("/ui/care/blacklist?released=1")

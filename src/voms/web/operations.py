@@ -5,9 +5,10 @@ from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from voms.domain.errors import Invalid
+from voms.domain.errors import Forbidden, Invalid, VomsError
 from voms.domain.roles import Permission, allows
 from voms.domain.serials import parse_serial
 from voms.domain.states import BatchState
@@ -24,18 +25,22 @@ from voms.services import (
 )
 from voms.services.people import Session
 from voms.web.base import (
+    NO_ERRORS,
     SECURITY_HEADERS,
     Column,
     ConsoleRoute,
     Fetch,
+    FormErrors,
     call,
     checked_form,
     csv_download,
     field,
     filters_of,
+    form_errors,
     listed,
     optional,
     page_url,
+    refused_status,
     render,
     require,
     runtime,
@@ -120,6 +125,12 @@ async def _voucher_type_codes(request: Request, who: Session) -> list[str]:
 
 @router.get("/batches")
 async def batches(request: Request, who: Viewer) -> Response:
+    return await _batches_page(request, who)
+
+
+async def _batches_page(
+    request: Request, who: Session, errors: FormErrors = NO_ERRORS, status: int = 200
+) -> Response:
     require(who, Permission.BATCH_READ)
     rt = runtime(request)
     wanted = filters_of(request, "state", "voucher_type", "service_provider")
@@ -145,6 +156,9 @@ async def batches(request: Request, who: Viewer) -> Response:
         request,
         who,
         "batches.html",
+        status=status,
+        errors=errors,
+        open_form=errors.form == "generate",
         title="Batches",
         nav="batches",
         voucher_types=types,
@@ -167,14 +181,18 @@ async def batches(request: Request, who: Viewer) -> Response:
 async def generate(request: Request, who: Viewer) -> Response:
     require(who, Permission.BATCH_WRITE)
     form = await checked_form(request, who)
-    body = generation.BatchIn(
-        voucher_type=field(form, "voucher_type"),
-        count=_int(field(form, "count"), "count") or 0,
-        expires_at=_date(optional(form, "expires_at"), "expires_at"),
-    )
     rt = runtime(request)
-    # Always in the background: the page then shows the progress as it goes.
-    created = await call(generation.create_batch, rt, who.principal, **body.model_dump())
+    try:
+        body = generation.BatchIn(
+            voucher_type=field(form, "voucher_type"),
+            count=_int(field(form, "count"), "count") or 0,
+            expires_at=_date(optional(form, "expires_at"), "expires_at"),
+        )
+        # Always in the background: the page then shows the progress as it goes.
+        created = await call(generation.create_batch, rt, who.principal, **body.model_dump())
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        return await _batches_page(request, who, form_errors("generate", exc, form), status)
     batch_id = created.batch["batch_id"]
     if created.is_new:
         generation.fill_in_background(rt, who.principal, batch_id)
@@ -186,17 +204,54 @@ async def _batch(request: Request, who: Session, batch_id: int) -> dict[str, Any
     return await call(lifecycle.get_batch, runtime(request), who.principal, batch_id)
 
 
+_EVENT_COLUMNS = [
+    Column("at", "When", "time"),
+    Column("action", "Action"),
+    Column("actor", "By"),
+    Column("affected", "Vouchers"),
+    Column("reason", "Reason"),
+    Column("detail", "Detail", "json"),
+]
+
+
 @router.get("/batches/{batch_id}")
 async def batch_page(request: Request, who: Viewer, batch_id: int) -> Response:
+    return await _batch_page(request, who, batch_id)
+
+
+async def _batch_page(
+    request: Request,
+    who: Session,
+    batch_id: int,
+    errors: FormErrors = NO_ERRORS,
+    status: int = 200,
+) -> Response:
     batch = await _batch(request, who, batch_id)
+    rt = runtime(request)
+
+    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
+        rows = overview.batch_events(rt, who.principal, batch_id, limit + 1, _int(cursor, "cursor"))
+        more = len(rows) > limit
+        return rows[:limit], (str(rows[limit - 1]["id"]) if more else None)
+
+    answer = await table_or_csv(request, _EVENT_COLUMNS, fetch, f"batch-{batch_id}.csv")
+    if isinstance(answer, StreamingResponse):
+        return answer
+    events, next_cursor = answer
     return render(
         request,
         who,
         "batch.html",
+        status=status,
+        errors=errors,
         title=f"Batch {batch_id}",
         nav="batches",
         batch=batch,
-        require_approval=runtime(request).settings.require_approval,
+        require_approval=rt.settings.require_approval,
+        event_columns=_EVENT_COLUMNS,
+        events=events,
+        events_next=page_url(request, cursor=next_cursor) if next_cursor else None,
+        events_csv=page_url(request, format="csv", cursor=None),
     )
 
 
@@ -211,9 +266,18 @@ async def batch_action(request: Request, who: Viewer, batch_id: int) -> Response
     require(who, Permission.BATCH_WRITE)
     form = await checked_form(request, who)
     action, reason = field(form, "action"), optional(form, "reason")
-    if action in ("freeze", "unfreeze", "delete") and not reason:
-        raise Invalid(f"give a reason to {action} a batch")
-    await call(lifecycle.change_batch, runtime(request), who.principal, batch_id, action, reason)
+    try:
+        if action in ("freeze", "unfreeze", "delete") and not reason:
+            raise Invalid(f"reason: give a reason to {action} a batch")
+        await call(
+            lifecycle.change_batch, runtime(request), who.principal, batch_id, action, reason
+        )
+    except (VomsError, ValidationError) as exc:
+        if isinstance(exc, Forbidden) and "four-eyes" in exc.detail:
+            errors = form_errors("batch", exc, form)
+            return await _batch_page(request, who, batch_id, errors, 403)
+        status = refused_status(exc)
+        return await _batch_page(request, who, batch_id, form_errors("batch", exc, form), status)
     return see_other(f"/ui/batches/{batch_id}")
 
 
@@ -221,10 +285,14 @@ async def batch_action(request: Request, who: Viewer, batch_id: int) -> Response
 async def batch_expiry(request: Request, who: Viewer, batch_id: int) -> Response:
     require(who, Permission.BATCH_WRITE)
     form = await checked_form(request, who)
-    expires_at = _date(optional(form, "expires_at"), "expires_at")
-    if expires_at is None:
-        raise Invalid("expires_at: give the new expiry date")
-    await call(lifecycle.amend_batch, runtime(request), who.principal, batch_id, expires_at)
+    try:
+        expires_at = _date(optional(form, "expires_at"), "expires_at")
+        if expires_at is None:
+            raise Invalid("expires_at: give the new expiry date")
+        await call(lifecycle.amend_batch, runtime(request), who.principal, batch_id, expires_at)
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        return await _batch_page(request, who, batch_id, form_errors("expiry", exc, form), status)
     return see_other(f"/ui/batches/{batch_id}")
 
 
@@ -233,17 +301,21 @@ async def voucher_range(request: Request, who: Viewer) -> Response:
     require(who, Permission.BATCH_WRITE)
     form = await checked_form(request, who)
     reason = optional(form, "reason")
-    if not reason:
-        raise Invalid("reason: say why")
-    done = await call(
-        lifecycle.change_vouchers,
-        runtime(request),
-        who.principal,
-        field(form, "action"),
-        field(form, "serial_from"),
-        optional(form, "serial_to"),
-        reason,
-    )
+    try:
+        if not reason:
+            raise Invalid("reason: say why")
+        done = await call(
+            lifecycle.change_vouchers,
+            runtime(request),
+            who.principal,
+            field(form, "action"),
+            field(form, "serial_from"),
+            optional(form, "serial_to"),
+            reason,
+        )
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        return await _batches_page(request, who, form_errors("range", exc, form), status)
     return render(
         request,
         who,
@@ -279,7 +351,12 @@ _ATTEMPT_COLUMNS = [
 
 
 async def _voucher_page(
-    request: Request, who: Session, voucher: dict[str, Any] | None, serial: str
+    request: Request,
+    who: Session,
+    voucher: dict[str, Any] | None,
+    serial: str,
+    errors: FormErrors = NO_ERRORS,
+    status: int = 200,
 ) -> Response:
     attempts: list[dict[str, Any]] = []
     attempts_next = None
@@ -300,6 +377,8 @@ async def _voucher_page(
         request,
         who,
         "vouchers.html",
+        status=status,
+        errors=errors,
         title="Vouchers",
         nav="vouchers",
         serial=serial,
@@ -317,7 +396,14 @@ async def vouchers(request: Request, who: Viewer) -> Response:
     serial = (request.query_params.get("serial") or "").strip()
     voucher = None
     if serial:
-        voucher = await call(care.voucher_by_serial, runtime(request), who.principal, serial)
+        try:
+            voucher = await call(care.voucher_by_serial, runtime(request), who.principal, serial)
+        except (VomsError, ValidationError) as exc:
+            status = refused_status(exc)
+            values = {"serial": serial}
+            return await _voucher_page(
+                request, who, None, serial, form_errors("serial", exc, values), status
+            )
     return await _voucher_page(request, who, voucher, serial)
 
 
@@ -325,7 +411,13 @@ async def vouchers(request: Request, who: Viewer) -> Response:
 async def voucher_by_pin(request: Request, who: Viewer) -> Response:
     require(who, Permission.LOOKUP)
     form = await checked_form(request, who)
-    voucher = await call(care.voucher_by_pin, runtime(request), who.principal, field(form, "pin"))
+    try:
+        voucher = await call(
+            care.voucher_by_pin, runtime(request), who.principal, field(form, "pin")
+        )
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        return await _voucher_page(request, who, None, "", form_errors("pin", exc, form), status)
     return await _voucher_page(request, who, voucher, "")
 
 
@@ -533,7 +625,11 @@ def _exports_fetch(request: Request, who: Session, partner: str | None) -> Fetch
 
 
 async def _distribution_page(
-    request: Request, who: Session, created: dict[str, Any] | None = None
+    request: Request,
+    who: Session,
+    created: dict[str, Any] | None = None,
+    errors: FormErrors = NO_ERRORS,
+    status: int = 200,
 ) -> Response:
     require(who, Permission.EXPORT)
     rt = runtime(request)
@@ -552,6 +648,8 @@ async def _distribution_page(
         request,
         who,
         "distribution.html",
+        status=status,
+        errors=errors,
         title="Distribution",
         nav="distribution",
         created=created,
@@ -586,12 +684,17 @@ async def partners_csv(request: Request, who: Viewer) -> Response:
 async def add_partner(request: Request, who: Viewer) -> Response:
     require(who, Permission.EXPORT)
     form = await checked_form(request, who)
-    body = distribution.PartnerIn(
-        name=field(form, "name"),
-        contact=optional(form, "contact"),
-        public_key=field(form, "public_key"),
-    )
-    await call(distribution.create_partner, runtime(request), who.principal, body)
+    try:
+        body = distribution.PartnerIn(
+            name=field(form, "name"),
+            contact=optional(form, "contact"),
+            public_key=field(form, "public_key"),
+        )
+        await call(distribution.create_partner, runtime(request), who.principal, body)
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        errors = form_errors("partner", exc, form)
+        return await _distribution_page(request, who, None, errors, status)
     return see_other("/ui/distribution")
 
 
@@ -607,14 +710,19 @@ async def disable_partner(request: Request, who: Viewer, name: str) -> Response:
 async def export(request: Request, who: Viewer) -> Response:
     require(who, Permission.EXPORT)
     form = await checked_form(request, who)
-    body = distribution.ExportIn(
-        partner=field(form, "partner"),
-        batch_id=_int(optional(form, "batch_id"), "batch_id"),
-        serial_from=optional(form, "serial_from"),
-        serial_to=optional(form, "serial_to"),
-        format=field(form, "format") or "csv",
-    )
-    created = await call(distribution.create_export, runtime(request), who.principal, body)
+    try:
+        body = distribution.ExportIn(
+            partner=field(form, "partner"),
+            batch_id=_int(optional(form, "batch_id"), "batch_id"),
+            serial_from=optional(form, "serial_from"),
+            serial_to=optional(form, "serial_to"),
+            format=field(form, "format") or "csv",
+        )
+        created = await call(distribution.create_export, runtime(request), who.principal, body)
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        errors = form_errors("export", exc, form)
+        return await _distribution_page(request, who, None, errors, status)
     return await _distribution_page(request, who, created)
 
 

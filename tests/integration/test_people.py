@@ -202,3 +202,15 @@ def test_wrong_totp_codes_count_towards_the_lockout(rt: Runtime) -> None:
     assert [e["action"] for e in audit.read_audit_log(rt, CONSOLE, action="user.locked")] == [
         "user.locked"
     ]
+
+
+def test_the_right_password_alone_does_not_reset_the_count_of_wrong_codes(rt: Runtime) -> None:
+    configure(rt, ui_require_totp=True, ui_max_failed_sign_ins=3)
+    _person(rt, "root", role="admin")
+    secret = people.new_totp_secret()
+    for _ in range(3):  # each time the password again, then a wrong code
+        token = people.sign_in(rt, "root", PASSWORD)
+        with pytest.raises(people.SignInRefused):
+            people.verify_second_factor(rt, token, "000000", secret)
+    with pytest.raises(people.SignInRefused):  # locked
+        people.sign_in(rt, "root", PASSWORD)

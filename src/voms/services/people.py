@@ -237,13 +237,16 @@ def sign_in(rt: Runtime, username: str, password: str) -> str:
         if row.state == "active" and not locked:
             _count_failure(rt, row, now)
         raise SignInRefused()
-    values: dict[str, Any] = {"failed_sign_ins": 0, "locked_until": None}
-    if _hasher.check_needs_rehash(row.password_hash):
-        values["password_hash"] = _hasher.hash(password)
     token = secrets.token_urlsafe(32)
     due = _second_factor_required(rt, row)
+    # The failure count starts again only once the person is fully signed in: a right
+    # password alone must not reset the count of wrong TOTP codes.
+    values: dict[str, Any] = {} if due else {"failed_sign_ins": 0, "locked_until": None}
+    if _hasher.check_needs_rehash(row.password_hash):
+        values["password_hash"] = _hasher.hash(password)
     with rt.engine.begin() as conn:
-        conn.execute(update(_u).where(_u.c.id == row.id).values(values))
+        if values:
+            conn.execute(update(_u).where(_u.c.id == row.id).values(values))
         conn.execute(delete(_s).where(_s.c.expires_at <= now))
         conn.execute(
             insert(_s).values(
@@ -417,4 +420,7 @@ def verify_second_factor(
                 row.service_provider_id,
             )
         conn.execute(update(_s).where(_s.c.token_hash == digest).values(second_factor_due=False))
+        conn.execute(
+            update(_u).where(_u.c.id == row.id).values(failed_sign_ins=0, locked_until=None)
+        )
         _signed_in(conn, row, now)

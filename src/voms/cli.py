@@ -1299,3 +1299,87 @@ def feed(
 
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="voms")
+
+
+# --- people (web console users) -----------------------------------------------------------
+
+user_app = typer.Typer(help="People who sign in to the web console.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+def _password_from_stdin() -> str:
+    """The first line of standard input, without its line end (never an argument: argv
+    is visible to every user of the machine)."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        fail("no password on standard input")
+    return password
+
+
+@user_app.command("create")
+def user_create(
+    username: Annotated[str, typer.Option(help="Sign-in name, e.g. alice")],
+    role: Annotated[
+        str, typer.Option(help="admin, operator, distributor, care, channel or auditor")
+    ],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+    service_provider: Annotated[
+        str | None, typer.Option(help="Limit the person to this provider code")
+    ] = None,
+) -> None:
+    """Create a person who signs in to the console at /ui/ (password read from stdin)."""
+    from voms.services import people
+
+    if not password_stdin:
+        fail("give the password on standard input with --password-stdin")
+    password = _password_from_stdin()
+    with handled():
+        record = people.create_user(
+            runtime(),
+            _operator(),
+            username=username,
+            role=role,
+            password=password,
+            service_provider=service_provider,
+        )
+        scope = record["service_provider"] or "all service providers"
+        typer.echo(f"created user '{record['username']}' (role {record['role']}, {scope})")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List people: username, role, scope, state, second factor, last sign-in."""
+    from voms.services import people
+
+    with handled():
+        echo_json(people.list_users(runtime(), _operator()))
+
+
+@user_app.command("disable")
+def user_disable(username: Annotated[str, typer.Argument(help="Sign-in name")]) -> None:
+    """Disable a person: no more sign-ins, and their open sessions end now."""
+    from voms.services import people
+
+    with handled():
+        people.disable_user(runtime(), _operator(), username)
+        typer.echo(f"disabled '{username}'")
+
+
+@user_app.command("reset-password")
+def user_reset_password(
+    username: Annotated[str, typer.Argument(help="Sign-in name")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Set a new password (from stdin); lifts a lockout and ends the person's sessions."""
+    from voms.services import people
+
+    if not password_stdin:
+        fail("give the password on standard input with --password-stdin")
+    password = _password_from_stdin()
+    with handled():
+        people.reset_password(runtime(), _operator(), username, password)
+        typer.echo(f"new password set for '{username}'")

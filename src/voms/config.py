@@ -174,6 +174,24 @@ class Settings(BaseSettings):
     mobile_rate_limit_per_minute: int = Field(
         10, ge=1, description="Recharge attempts per minute per client address at /m."
     )
+    ui_session_idle_minutes: int = Field(
+        30, ge=1, le=1440, description="Console: a session unused this long ends."
+    )
+    ui_session_max_hours: int = Field(
+        12, ge=1, le=168, description="Console: a session ends this long after sign-in."
+    )
+    ui_max_failed_sign_ins: int = Field(
+        5, ge=1, description="Console: failed sign-ins in a row before the account locks."
+    )
+    ui_lockout_minutes: int = Field(15, ge=1, description="Console: how long a lockout lasts.")
+    ui_require_totp: bool = Field(
+        False, description="Console: admins must sign in with a TOTP code (second factor)."
+    )
+    ui_cookie_secure: bool | None = Field(
+        None,
+        description="Console cookies' Secure flag; unset: on, except for plain http to a"
+        " loopback address (a local trial).",
+    )
 
     # --- resellers ---
     sales_per_minute: int = Field(

@@ -38,6 +38,7 @@ from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
 from voms.logs import configure_logging, scrub_server_logs
 from voms.runtime import Runtime, build_runtime
+from voms.web import mount as mount_console
 
 
 class App(FastAPI):
@@ -190,6 +191,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
             gateway = router in (ussd.router, sms.router)
             app.include_router(router, include_in_schema=not gateway)
     app.shortcut(redemptions.router)
+    mount_console(app)  # the web console at /ui/, out of the OpenAPI schema
     if served:
         # What start-up built lives as long as the worker: out of the garbage collector's
         # sight, a full collection no longer walks it, which cost tens of milliseconds

@@ -798,3 +798,44 @@ voucher_state_moves = Table(
     Column("state", String(10), primary_key=True),
     Column("net", BigInteger, nullable=False),
 )
+
+
+# --- console: people and their sessions (migration 0005) -------------------------------
+# People who sign in to the web console, with the roles and provider scope of API keys.
+# Passwords are Argon2id hashes; the TOTP secret (second factor) is kept encrypted under
+# the keyring's encryption key, never in clear.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("service_provider_id", ForeignKey("service_providers.id")),
+    Column("state", String(10), nullable=False),
+    Column("totp_secret", LargeBinary),
+    Column("totp_key_id", SmallInteger),
+    Column("failed_sign_ins", Integer, nullable=False, server_default=text("0")),
+    Column("locked_until", UTCDateTime()),
+    Column("last_sign_in_at", UTCDateTime()),
+    Column("password_changed_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    CheckConstraint("state IN ('active', 'disabled')", name="state"),
+)
+
+# Server-side console sessions: the cookie holds a random token, the row its SHA-256.
+# A session ends when unused for the idle timeout or at its absolute expiry.
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("second_factor_due", Boolean, nullable=False),
+    _created_at(),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_ui_sessions_user", "user_id"),
+    Index("ix_ui_sessions_expires_at", "expires_at"),
+)

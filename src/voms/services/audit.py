@@ -43,10 +43,20 @@ def list_entries(
     object_type: str | None = None,
     object_id: str | None = None,
     service_provider_id: int | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    before_id: int | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Newest audit entries first, optionally for one object or one provider."""
+    """Newest audit entries first, optionally for one object, provider, actor or action;
+    ``before_id`` pages on (entries older than that id)."""
     query = select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)
+    if actor:
+        query = query.where(t.audit_log.c.actor == actor)
+    if action:
+        query = query.where(t.audit_log.c.action == action)
+    if before_id is not None:
+        query = query.where(t.audit_log.c.id < before_id)
     if service_provider_id is not None:
         query = query.where(t.audit_log.c.service_provider_id == service_provider_id)
     if object_type:
@@ -65,9 +75,15 @@ def read_audit_log(
     *,
     object_type: str | None = None,
     object_id: str | None = None,
+    by: str | None = None,
+    action: str | None = None,
+    before_id: int | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """The audit log as ``actor`` may see it: a scoped key sees its provider's entries."""
+    """The audit log as ``actor`` may see it: a scoped key sees its provider's entries.
+
+    Filters: object, who acted (``by``), action; ``before_id`` pages on.
+    """
     actor.require(Permission.AUDIT_READ)
     with reading(rt.engine) as conn:
         return list_entries(
@@ -75,5 +91,8 @@ def read_audit_log(
             object_type=object_type,
             object_id=object_id,
             service_provider_id=actor.service_provider_id,
+            actor=by,
+            action=action,
+            before_id=before_id,
             limit=max(1, min(limit, MAX_AUDIT_PAGE)),
         )

@@ -243,3 +243,43 @@ def voucher_attempts(
         )
         _found(actor, row, format_serial(number, width))
         return failed_attempts(conn, number, limit, cursor)
+
+
+def redeem_on_behalf(
+    rt: Runtime,
+    actor: Principal,
+    *,
+    msisdn: str,
+    pin: str,
+    reason: str,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """Redeem a PIN a subscriber reads out to care (channel ``care``); the reason goes to
+    the audit log with the outcome, never the PIN."""
+    from voms.services import audit, redemption
+
+    actor.require(Permission.REDEEM)
+    reason = reason.strip()
+    if not 1 <= len(reason) <= 200:
+        raise Invalid("give a reason of 1 to 200 characters")
+    response = redemption.redeem(
+        rt,
+        actor,
+        redemption.RedemptionRequest(msisdn=msisdn, pin=pin, channel="care", request_id=request_id),
+    )
+    with rt.engine.begin() as conn:
+        audit.record(
+            conn,
+            actor,
+            "care.redeem_on_behalf",
+            "transaction",
+            response.get("transaction_id") or "-",
+            actor.service_provider_id,
+            {
+                "reason": reason,
+                "msisdn": response.get("recipient_msisdn") or msisdn[:32],
+                "serial": response.get("serial"),
+                "result_code": response["result_code"],
+            },
+        )
+    return response

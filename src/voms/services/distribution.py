@@ -1254,11 +1254,18 @@ def get_export(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
 
 
 def list_exports(
-    rt: Runtime, actor: Principal, *, partner: str | None = None, limit: int = 100
+    rt: Runtime,
+    actor: Principal,
+    *,
+    partner: str | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Exports, newest first, optionally to one partner."""
+    """Exports, newest first, optionally to one partner; ``before_id`` pages on."""
     actor.require(Permission.EXPORT)
     query = _export_query().order_by(t.exports.c.id.desc()).limit(max(1, min(limit, 1000)))
+    if before_id is not None:
+        query = query.where(t.exports.c.id < before_id)
     if partner is not None:
         query = query.where(t.partners.c.name == partner)
     if actor.service_provider_id is not None:

@@ -1,0 +1,124 @@
+"""The console's dashboard: what is in stock, what is running, what needs attention.
+
+Every figure comes from small tables (batches, job runs, the blacklist) or from one
+index range over the last hours of transactions; nothing scans the vouchers.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, select
+
+from voms.db import tables as t
+from voms.db.engine import reading
+from voms.db.types import utcnow
+from voms.domain.roles import Permission
+from voms.runtime import Runtime
+from voms.services.auth import Principal
+
+HOURS = 24
+_b, _tx, _r, _pa = t.batches, t.transactions, t.job_runs, t.pin_attempts
+
+
+def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
+    """Vouchers by batch state, redemptions per hour by channel and result over the last
+    day, batches being generated, jobs running, and alerts."""
+    actor.require(Permission.BATCH_READ)
+    now = utcnow()
+    since = (now - timedelta(hours=HOURS - 1)).replace(minute=0, second=0, microsecond=0)
+    scoped: list[ColumnElement[bool]] = []
+    tx_scoped: list[ColumnElement[bool]] = []
+    if actor.service_provider_id is not None:
+        scoped.append(_b.c.service_provider_id == actor.service_provider_id)
+        tx_scoped.append(_tx.c.service_provider_id == actor.service_provider_id)
+    with reading(rt.engine) as conn:
+        by_state = {
+            row.state: {"batches": row.batches, "vouchers": int(row.vouchers or 0)}
+            for row in conn.execute(
+                select(
+                    _b.c.state,
+                    func.count().label("batches"),
+                    func.sum(_b.c["count"]).label("vouchers"),
+                )
+                .where(and_(True, *scoped))
+                .group_by(_b.c.state)
+            )
+        }
+        generating = [
+            dict(row._mapping)
+            for row in conn.execute(
+                select(_b.c.id, _b.c["count"], _b.c.generated_count, _b.c.created_by)
+                .where(_b.c.state == "generating", *scoped)
+                .order_by(_b.c.id.desc())
+                .limit(20)
+            )
+        ]
+        # The hour of each attempt as a CASE over the day's hour boundaries: portable,
+        # and the database hands back one row per hour, channel and outcome.
+        hours = [since + timedelta(hours=n) for n in range(HOURS)]
+        slot = case(*[(_tx.c.at >= hours[n], n) for n in reversed(range(HOURS))], else_=-1)
+        ok = case((_tx.c.result_code == 0, 1), else_=0)
+        attempts = conn.execute(
+            select(slot.label("slot"), _tx.c.channel, ok.label("ok"), func.count())
+            .where(_tx.c.at >= since, _tx.c.kind == "redemption", *tx_scoped)
+            .group_by(slot, _tx.c.channel, ok)
+        ).all()
+        running = [
+            dict(row._mapping)
+            for row in conn.execute(
+                select(_r.c.id, _r.c.job, _r.c.started_at, _r.c.rows_affected).where(
+                    _r.c.outcome == "running"
+                )
+            )
+        ]
+        failed_runs = conn.execute(
+            select(func.count()).where(
+                _r.c.outcome.in_(("failed", "abandoned")), _r.c.started_at >= since
+            )
+        ).scalar_one()
+        failed_batches = conn.execute(
+            select(func.count()).where(_b.c.state == "failed", *scoped)
+        ).scalar_one()
+        blacklisted = conn.execute(
+            select(func.count()).where(_pa.c.blacklisted_until > now)
+        ).scalar_one()
+    per_hour: dict[str, list[int]] = {}
+    for hour, channel, succeeded, count in attempts:
+        series = per_hour.setdefault(f"{channel} {'ok' if succeeded else 'failed'}", [0] * HOURS)
+        if 0 <= hour < HOURS:
+            series[hour] += count
+    alerts = []
+    if failed_batches:
+        alerts.append(f"{failed_batches} batch(es) failed to generate")
+    if failed_runs:
+        alerts.append(f"{failed_runs} housekeeping run(s) failed in the last {HOURS} hours")
+    if blacklisted and actor.service_provider_id is None:
+        alerts.append(f"{blacklisted} MSISDN(s) blacklisted for bad PINs")
+    return {
+        "vouchers_by_state": by_state,
+        "hours": hours,
+        "redemptions_per_hour": dict(sorted(per_hour.items())),
+        "generating": generating,
+        "running_jobs": running if actor.service_provider_id is None else [],
+        "alerts": alerts,
+    }
+
+
+def batch_events(
+    rt: Runtime, actor: Principal, batch_id: int, limit: int = 50, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Operations on one batch (activate, freeze, amend expiry…), newest first."""
+    from voms.services.lifecycle import get_batch
+
+    get_batch(rt, actor, batch_id)  # the batch exists and the actor may see it
+    ev = t.voucher_events
+    query = (
+        select(ev.c.id, ev.c.at, ev.c.actor, ev.c.action, ev.c.affected, ev.c.reason, ev.c.detail)
+        .where(ev.c.batch_id == batch_id)
+        .order_by(ev.c.id.desc())
+        .limit(max(1, min(limit, 1000)))
+    )
+    if before_id is not None:
+        query = query.where(ev.c.id < before_id)
+    with reading(rt.engine) as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

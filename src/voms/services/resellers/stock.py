@@ -308,9 +308,9 @@ def take_electronic(
     be sold (frozen, deleted, exported since): the work is the sale's count, not the
     range's size.
     """
-    taken: list[Row[Any]] = []
+    found: list[Any] = []
     for holder in holders:
-        ranges = conn.execute(
+        found += conn.execute(
             select(_s.c.id, _s.c.batch_id, _b.c.expires_at)
             .join(_b, _b.c.id == _s.c.batch_id)
             .where(
@@ -323,10 +323,17 @@ def take_electronic(
             )
             .order_by(_s.c.id)
         ).all()
-        for held in ranges:
-            taken += _take_from_range(conn, held, count - len(taken))
-            if len(taken) == count:
-                return taken
+    # The batches first, in one order: activating what is sold changes their rows, and
+    # hand-overs and range operations lock a batch before its stock and vouchers.
+    batch_ids = sorted({held.batch_id for held in found})
+    conn.execute(
+        select(_b.c.id).where(_b.c.id.in_(batch_ids)).order_by(_b.c.id).with_for_update()
+    ).all()
+    taken: list[Row[Any]] = []
+    for held in found:
+        taken += _take_from_range(conn, held, count - len(taken))
+        if len(taken) == count:
+            return taken
     return taken
 
 

@@ -17,7 +17,7 @@ from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound, ResultError
 from voms.domain.roles import Role
 from voms.runtime import Runtime
-from voms.services import lifecycle, redemption
+from voms.services import lifecycle, ranges, redemption
 from voms.services.auth import CONSOLE, Principal
 from voms.services.redemption import RedemptionRequest
 from voms.services.reports import Query, render, rollups, run_report
@@ -80,6 +80,9 @@ def _export_to_partner(rt: Runtime, serials: list[str]) -> None:
                 file_name="x.csv.gpg",
                 sha256="0" * 64,
                 size_bytes=1,
+                state="exported",
+                exported_count=len(serials),
+                updated_at=T0 - timedelta(days=1),
                 created_by="test",
                 created_at=T0 - timedelta(days=1),
                 state="exported",
@@ -366,6 +369,9 @@ _OPERATION = st.one_of(
     ),
     st.tuples(st.just("bad_pin"), st.integers(0, 5), st.just("sms")),
     st.tuples(st.just("fold"), st.just(0), st.just("")),
+    # Range operations that move vouchers into a part of their batch (voms.services.ranges):
+    # another expiry for a range of the active batch, a range of an inactive one activated.
+    st.tuples(st.sampled_from(["amend", "activate"]), st.integers(0, 5), st.integers(0, 2)),
 )
 
 
@@ -385,6 +391,7 @@ def test_rollups_equal_a_full_recount_after_random_operations(
         factories.standard_catalog(rt)
         factories.subscriber(rt, MSISDN)
     vouchers = factories.active_batch(rt, count=6)
+    inactive = factories.active_batch(rt, count=6, activate=False)
     reservations: dict[int, str] = {}
     for action, index, extra in operations:
         serial, pin = vouchers[index]
@@ -401,6 +408,15 @@ def test_rollups_equal_a_full_recount_after_random_operations(
             last = vouchers[min(index + extra, len(vouchers) - 1)][0]
             with contextlib.suppress(Conflict):  # none of the range could move
                 lifecycle.change_vouchers(rt, CONSOLE, action, serial, last)
+        elif action == "amend":
+            last = vouchers[min(index + extra, len(vouchers) - 1)][0]
+            expires_at = utcnow() + timedelta(days=400 + index)
+            with contextlib.suppress(Conflict):  # already this expiry
+                ranges.amend_range(rt, CONSOLE, serial, last, expires_at)
+        elif action == "activate":
+            last = inactive[min(index + extra, len(inactive) - 1)][0]
+            with contextlib.suppress(Conflict):  # active already
+                ranges.activate_range(rt, CONSOLE, inactive[index][0], last)
         elif action == "bad_pin":
             _redeem(rt, pin[:-1] + str((int(pin[-1]) + 1) % 10), extra)
         elif action == "fold":

@@ -680,16 +680,6 @@ reseller_stock = Table(
     Index("ix_reseller_stock_serials", "serial_from", "serial_to"),
 )
 
-# The active part of a batch: vouchers sold from a batch that is not active yet move
-# here (their batch_id changes), so a sale activates exactly its vouchers and the rest
-# of the batch stays inactive. One part per source batch.
-batch_sale_parts = Table(
-    "batch_sale_parts",
-    metadata,
-    Column("source_batch_id", Integer, primary_key=True, autoincrement=False),
-    Column("batch_id", Integer, nullable=False, unique=True),
-)
-
 # One row per sale: electronic PINs ('epin') or a range of cards activated ('activation').
 sales = Table(
     "sales",

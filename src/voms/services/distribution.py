@@ -330,8 +330,6 @@ def _select_slices(
         .where(
             b.c.state.in_([s.value for s in EXPORTABLE_BATCH_STATES]),
             b.c.expires_at > now,
-            # A batch's active part holds vouchers sold as electronic PINs: never printed.
-            ~exists().where(t.batch_sale_parts.c.batch_id == b.c.id),
         )
         .order_by(b.c.serial_first)
     )
@@ -406,6 +404,9 @@ def _in_slice(piece: _Slice, low: int | None = None, high: int | None = None) ->
         # the way in, as batches' serial ranges never overlap.
         v.c.batch_id + 0 == piece.batch_id,
         v.c.state.in_([s.value for s in EXPORTABLE_VOUCHER_STATES]),
+        # A voucher sold as an electronic PIN (its batch's part, voms.services.ranges) is
+        # never printed.
+        ~exists().where(t.sale_vouchers.c.serial == v.c.serial),
     )
 
 

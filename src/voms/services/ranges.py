@@ -10,8 +10,11 @@ continues an earlier part with the same state and expiry joins it, so activating
 reseller sells, range after range, keeps one part.
 
 So activating a range of an inactive batch makes exactly that range redeemable: the
-rest of the batch stays inactive. Operations on the batch itself (activate, freeze,
-unfreeze, delete, amend) apply to its parts too (see :mod:`voms.services.lifecycle`).
+rest of the batch stays inactive. Resellers activate what they sell the same way
+(:func:`activate_serials`, inside their own transaction). The per-batch voucher counts
+of the reports move with the vouchers, in the same transaction. Operations on the batch
+itself (activate, freeze, unfreeze, delete, amend) apply to its parts too (see
+:mod:`voms.services.lifecycle`).
 """
 
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
 from voms.services.lifecycle import Reason, record_event
+from voms.services.reports import rollups
 
 Serial = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)]
 
@@ -145,7 +149,8 @@ def _change_range(
             wanted = target(batch) if count else None
             if wanted is None:
                 continue
-            into = _move(conn, actor, batch, low, high, count, wanted, now)
+            which = _in_batch(batch.id, low, high)
+            into = _move(conn, actor.name, batch, which, low, high, count, wanted, now)
             affected += count
             record_event(
                 conn,
@@ -221,18 +226,49 @@ def _count(conn: Connection, batch_id: int, low: int, high: int) -> int:
     )
 
 
+def activate_serials(
+    conn: Connection,
+    actor: str,
+    batch_id: int,
+    serials: list[int] | tuple[int, int],
+    now: datetime,
+) -> int:
+    """Inside the caller's transaction: activate ``serials`` (a list, or an inclusive
+    range) of batch ``batch_id`` while it is inactive, moving them into an active part of
+    it; how many were activated (none once the batch is active)."""
+    batch = conn.execute(select(_b).where(_b.c.id == batch_id).with_for_update()).one()
+    if batch.state != BatchState.GENERATED:
+        return 0
+    if isinstance(serials, tuple):
+        low, high = serials
+        which = _in_batch(batch.id, low, high)
+        count = _count(conn, batch.id, low, high)
+    else:
+        if not serials:
+            return 0
+        low, high = min(serials), max(serials)
+        which = [_v.c.serial.in_(serials), _v.c.batch_id + 0 == batch.id]
+        count = len(serials)
+    if count:
+        new = next_batch_state(BatchState.GENERATED, BatchAction.ACTIVATE)
+        _move(conn, actor, batch, which, low, high, count, (new.value, batch.expires_at), now)
+    return count
+
+
 def _move(
     conn: Connection,
-    actor: Principal,
+    actor: str,
     batch: Row[Any],
+    which: list[Any],
     low: int,
     high: int,
     count: int,
     wanted: tuple[str, datetime],
     now: datetime,
 ) -> int:
-    """Give ``count`` vouchers of ``batch`` from low to high the wanted state and expiry;
-    the id of the batch (or part) that holds them then."""
+    """Give the ``count`` vouchers of ``batch`` matching ``which`` (between ``low`` and
+    ``high``) the wanted state and expiry; the id of the batch (or part) that holds them
+    then. Their per-state counts (voms.services.reports) move with them."""
     state, expires_at = wanted
     if count == _size(batch):  # the whole batch, or the whole part: one row
         conn.execute(
@@ -255,7 +291,7 @@ def _move(
                 serial_first=low,
                 serial_last=high,
                 expires_at=expires_at,
-                created_by=actor.name,
+                created_by=actor,
                 created_at=now,
                 updated_at=now,
                 parent_batch_id=root,
@@ -263,22 +299,21 @@ def _move(
             .returning(_b.c.id)
         ).scalar_one()
     else:
+        sqlite = conn.dialect.name == "sqlite"
         conn.execute(
             update(_b)
             .where(_b.c.id == into)
             .values(
                 count=_b.c.count + count,
                 generated_count=_b.c.generated_count + count,
-                serial_first=func.min(_b.c.serial_first, low)
-                if conn.dialect.name == "sqlite"
-                else func.least(_b.c.serial_first, low),
-                serial_last=func.max(_b.c.serial_last, high)
-                if conn.dialect.name == "sqlite"
-                else func.greatest(_b.c.serial_last, high),
+                serial_first=(func.min if sqlite else func.least)(_b.c.serial_first, low),
+                serial_last=(func.max if sqlite else func.greatest)(_b.c.serial_last, high),
                 updated_at=now,
             )
         )
-    conn.execute(update(_v).where(*_in_batch(batch.id, low, high)).values(batch_id=into))
+    moved = rollups.rebatch_vouchers(conn, which, low, high, batch.id, int(into))
+    if moved != count:  # counted in this transaction under the batch's lock
+        raise Conflict("vouchers of this range changed meanwhile; try again")
     conn.execute(
         update(_b)
         .where(_b.c.id == batch.id)

@@ -11,7 +11,10 @@ redemptions of a batch on one row lock.
 
 Serial-range operations (freeze, unfreeze, delete) move up to millions of vouchers in
 one statement; :func:`move_vouchers` moves them and adds the per-batch counts in the
-same transaction, so the counts never need a scan of ``vouchers``.
+same transaction, so the counts never need a scan of ``vouchers``. Vouchers that change
+batch (a range activated or amended, a reseller's activation or sale moves them into a
+part of their batch, see :mod:`voms.services.ranges`) take their counts along through
+:func:`rebatch_vouchers`.
 """
 
 from collections import defaultdict
@@ -19,7 +22,17 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, insert, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 
 from voms.db import tables as t
 from voms.db.engine import is_postgres, reading
@@ -91,6 +104,88 @@ def move_vouchers(
             total += count
     add_moves(conn, moved)
     return total
+
+
+def rebatch_vouchers(
+    conn: Connection,
+    where: list[ColumnElement[bool]],
+    low: int,
+    high: int,
+    source_id: int,
+    target_id: int,
+) -> int:
+    """Move the vouchers matching ``where`` (all between serials ``low`` and ``high``, in
+    batch ``source_id``) into batch ``target_id`` with their per-state counts; the number
+    moved. The caller moves as many from the source's ``generated_count`` to the target's.
+    """
+    v = t.vouchers
+    since = _unfolded_since(conn)
+    # Transactions not folded yet will be folded into the batch their voucher is in then
+    # (the target): the counts move as they stand before those transactions.
+    unfolded = [
+        _tx.c.at >= since,
+        _tx.c.serial.between(low, high),
+        _tx.c.result_code == 0,
+        _tx.c.kind.in_(sorted(VOUCHER_MOVES)),
+    ]
+    change = update(v).where(*where).values(batch_id=target_id)
+    if is_postgres(conn):
+        # The update's own rows, in one statement: exact under concurrent redemptions.
+        rows = change.returning(v.c.serial, v.c.state).cte("rebatched")
+        found: list[tuple[str, Any, int]] = [
+            (what, name, int(n))
+            for what, name, n in conn.execute(
+                union_all(
+                    select(literal("state"), rows.c.state, func.count()).group_by(rows.c.state),
+                    select(literal("kind"), _tx.c.kind, func.count())
+                    .join(rows, rows.c.serial == _tx.c.serial)
+                    .where(*unfolded)
+                    .group_by(_tx.c.kind),
+                )
+            )
+        ]
+    else:
+        # SQLite: this transaction began IMMEDIATE, so nothing moves between the counts
+        # and the update.
+        found = [
+            ("state", state, n)
+            for state, n in conn.execute(
+                select(v.c.state, func.count()).where(*where).group_by(v.c.state)
+            )
+        ] + [
+            ("kind", kind, n)
+            for kind, n in conn.execute(
+                select(_tx.c.kind, func.count())
+                .join(v, v.c.serial == _tx.c.serial)
+                .where(*where, *unfolded)
+                .group_by(_tx.c.kind)
+            )
+        ]
+        conn.execute(change)
+    per_state: dict[str, int] = defaultdict(int)
+    for what, name, count in found:
+        if what == "state":
+            per_state[name] += count
+        else:  # undo, in the counts moved, what the fold will do to the target
+            source, target = VOUCHER_MOVES[name]
+            per_state[source.value] += count
+            per_state[target.value] -= count
+    total = sum(int(n) for what, _, n in found if what == "state")
+    moved: dict[tuple[int, str], int] = defaultdict(int)
+    for state, count in per_state.items():
+        moved[(source_id, state)] -= count
+        moved[(target_id, state)] += count
+    # What generated_count moves is counted as available: the moves make up for it.
+    moved[(source_id, VoucherState.AVAILABLE.value)] += total
+    moved[(target_id, VoucherState.AVAILABLE.value)] -= total
+    add_moves(conn, moved)
+    return total
+
+
+def _unfolded_since(conn: Connection) -> datetime:
+    """Transactions from this time on are not in the per-batch counts yet."""
+    position, counts_from = _cursor(conn)
+    return max(position, counts_from or position)
 
 
 def add_moves(conn: Connection, moved: dict[tuple[int, str], int]) -> None:

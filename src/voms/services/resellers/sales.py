@@ -25,7 +25,7 @@ from voms.domain.msisdn import normalize_msisdn
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial
 from voms.runtime import Runtime
-from voms.services import audit, idempotency
+from voms.services import audit, idempotency, ranges
 from voms.services.auth import Principal
 from voms.services.catalog import Code
 from voms.services.lifecycle import record_event
@@ -163,7 +163,7 @@ def _sell(
         )
     for batch_id in sorted({row.batch_id for row in taken}):
         serials = [row.serial for row in taken if row.batch_id == batch_id]
-        stock.activate_in_batch(conn, batch_id, serials, now)
+        ranges.activate_serials(conn, actor.name, batch_id, serials, now)
         record_event(
             conn,
             actor,

@@ -5,9 +5,9 @@ a range over, however large, writes one row; passing part of it down the tree sp
 row; selling or activating N vouchers reads and changes those N vouchers only. Stock
 operations on one batch take its row lock first, so two of them never overlap.
 
-Vouchers sold from a batch that is still inactive move to the batch's active part (a
-batch of the same type, range and expiry, made on first use), so they are active at once
-while the rest of the batch stays inactive.
+Vouchers sold or activated from a batch that is still inactive move into an active part
+of it, as an operator's range activation does (:func:`voms.services.ranges.activate_serials`),
+so they are active at once while the rest of the batch stays inactive.
 """
 
 from datetime import datetime
@@ -30,13 +30,12 @@ from sqlalchemy import (
 from voms.db import tables as t
 from voms.db.engine import is_postgres, reading
 from voms.db.types import UTCDateTime, utcnow
-from voms.db.upsert import insert_if_absent
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial, parse_serial_range
 from voms.domain.states import BatchState
 from voms.runtime import Runtime
-from voms.services import audit
+from voms.services import audit, ranges
 from voms.services.auth import Principal
 from voms.services.lifecycle import record_event
 from voms.services.resellers import accounts
@@ -84,13 +83,12 @@ def stock_view(row: Row[Any], holder: str, voucher_type: str, width: int) -> dic
 
 def _source_batch(conn: Connection, first: int, last: int) -> Row[Any]:
     """The generated batch whose range holds ``first``..``last``, locked."""
-    parts = t.batch_sale_parts
     row = conn.execute(
         select(_b)
         .where(
             _b.c.serial_first <= first,
             _b.c.serial_last >= last,
-            ~exists().where(parts.c.batch_id == _b.c.id),
+            _b.c.parent_batch_id.is_(None),  # the batch, not a part split off it
         )
         .with_for_update()
     ).first()
@@ -293,72 +291,6 @@ def list_stock(
 # --- taking vouchers out of stock ---------------------------------------------------------
 
 
-def grow_active_part(conn: Connection, batch: Row[Any], count: int, now: datetime) -> int:
-    """The id of ``batch``'s active part, made on first use, counting ``count`` more."""
-    parts = t.batch_sale_parts
-    part_id = conn.execute(
-        select(parts.c.batch_id).where(parts.c.source_batch_id == batch.id)
-    ).scalar()
-    if part_id is None:
-        part_id = conn.execute(
-            insert(_b)
-            .values(
-                service_provider_id=batch.service_provider_id,
-                voucher_type_id=batch.voucher_type_id,
-                state=BatchState.ACTIVE.value,
-                count=count,
-                generated_count=count,
-                serial_first=batch.serial_first,
-                serial_last=batch.serial_last,
-                expires_at=batch.expires_at,
-                created_by="sales",
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(_b.c.id)
-        ).scalar_one()
-        if insert_if_absent(conn, parts, {"source_batch_id": batch.id, "batch_id": part_id}):
-            return int(part_id)
-        # Another sale made the part meanwhile (PostgreSQL waited for it): use that one.
-        conn.execute(delete(_b).where(_b.c.id == part_id))
-        part_id = conn.execute(
-            select(parts.c.batch_id).where(parts.c.source_batch_id == batch.id)
-        ).scalar_one()
-    conn.execute(
-        update(_b)
-        .where(_b.c.id == part_id)
-        .values(
-            count=_b.c.count + count,
-            generated_count=_b.c.generated_count + count,
-            updated_at=now,
-        )
-    )
-    return int(part_id)
-
-
-def activate_in_batch(
-    conn: Connection, batch_id: int, serials: list[int] | tuple[int, int], now: datetime
-) -> None:
-    """Make ``serials`` (a list, or an inclusive range) of ``batch_id`` active: moved to
-    its active part while the batch itself is inactive, nothing to do once it is active."""
-    batch = conn.execute(select(_b).where(_b.c.id == batch_id)).one()
-    if batch.state != BatchState.GENERATED.value:
-        return
-    if isinstance(serials, tuple):
-        which = _v.c.serial.between(*serials)
-        count = conn.execute(select(func.count()).where(which, _in_batch(batch_id))).scalar_one()
-    else:
-        which, count = _v.c.serial.in_(serials), len(serials)
-    if count == 0:
-        return
-    part_id = grow_active_part(conn, batch, count, now)
-    moved = conn.execute(
-        update(_v).where(which, _in_batch(batch_id)).values(batch_id=part_id)
-    ).rowcount
-    if moved != count:  # the rows were counted in this transaction under the batch's lock
-        raise Conflict("vouchers of this range changed meanwhile; try again")
-
-
 def _in_batch(batch_id: int) -> Any:
     """Vouchers of ``batch_id``, as a check on rows found by serial. "+ 0": given the
     batch index, both databases would otherwise scan the whole batch (millions of rows)
@@ -376,9 +308,9 @@ def take_electronic(
     be sold (frozen, deleted, exported since): the work is the sale's count, not the
     range's size.
     """
-    taken: list[Row[Any]] = []
+    found: list[Any] = []
     for holder in holders:
-        ranges = conn.execute(
+        found += conn.execute(
             select(_s.c.id, _s.c.batch_id, _b.c.expires_at)
             .join(_b, _b.c.id == _s.c.batch_id)
             .where(
@@ -391,10 +323,17 @@ def take_electronic(
             )
             .order_by(_s.c.id)
         ).all()
-        for held in ranges:
-            taken += _take_from_range(conn, held, count - len(taken))
-            if len(taken) == count:
-                return taken
+    # The batches first, in one order: activating what is sold changes their rows, and
+    # hand-overs and range operations lock a batch before its stock and vouchers.
+    batch_ids = sorted({held.batch_id for held in found})
+    conn.execute(
+        select(_b.c.id).where(_b.c.id.in_(batch_ids)).order_by(_b.c.id).with_for_update()
+    ).all()
+    taken: list[Row[Any]] = []
+    for held in found:
+        taken += _take_from_range(conn, held, count - len(taken))
+        if len(taken) == count:
+            return taken
     return taken
 
 
@@ -483,7 +422,7 @@ def take_range(
     if locked is None or locked.next_serial > first or locked.serial_to < last:
         raise Conflict("the range changed meanwhile; try again")
     _split(conn, locked, first, last, locked.reseller_id, taken=True, actor=actor, now=now)
-    activate_in_batch(conn, row.batch_id, (first, last), now)
+    ranges.activate_serials(conn, actor.name, row.batch_id, (first, last), now)
 
 
 def on_hand(conn: Connection, reseller_ids: list[int]) -> dict[tuple[int, int], int]:

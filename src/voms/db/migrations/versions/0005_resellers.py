@@ -5,8 +5,8 @@ has an account with the operator (credit limit, commission, what it owes) and si
 tree of sub-resellers; a distributor API key may be limited to one reseller's subtree
 (api_keys.reseller_id). Stock is recorded as serial ranges with a cursor, so handing a
 ten-million-voucher range over is one row and a sale of N vouchers touches N vouchers.
-Vouchers sold from a batch that is not active yet move to the batch's active part
-(batch_sale_parts), so a sale activates exactly what it sold. sale_vouchers keys each
+Vouchers sold from a batch that is not active yet move to an active part of the batch
+(batches.parent_batch_id, 0005_policy), so a sale activates exactly what it sold. sale_vouchers keys each
 sold voucher once: no PIN is ever sold twice. reseller_entries is each reseller's
 account, from which statements are drawn.
 
@@ -102,13 +102,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_reseller_stock_serials", "reseller_stock", ["serial_from", "serial_to"])
     op.create_table(
-        "batch_sale_parts",
-        sa.Column("source_batch_id", sa.Integer(), autoincrement=False, nullable=False),
-        sa.Column("batch_id", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("source_batch_id", name=op.f("pk_batch_sale_parts")),
-        sa.UniqueConstraint("batch_id", name=op.f("uq_batch_sale_parts_batch_id")),
-    )
-    op.create_table(
         "sales",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
@@ -182,7 +175,6 @@ def downgrade() -> None:
     op.drop_table("sale_vouchers")
     op.drop_index("ix_sales_reseller_at", table_name="sales")
     op.drop_table("sales")
-    op.drop_table("batch_sale_parts")
     op.drop_index("ix_reseller_stock_serials", table_name="reseller_stock")
     op.drop_index("ix_reseller_stock_holder", table_name="reseller_stock")
     op.drop_table("reseller_stock")

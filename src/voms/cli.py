@@ -243,9 +243,10 @@ def keys_show(
             from voms.db.engine import make_engine
             from voms.jobs.reencryption import key_usage
 
-            engine = make_engine(load_settings())
+            settings = load_settings()
+            engine = make_engine(settings)
             try:
-                shown.update(key_usage(engine))
+                shown.update(key_usage(Runtime(settings, engine, keyring)))
             finally:
                 engine.dispose()
         echo_json(shown)

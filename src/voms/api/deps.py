@@ -12,11 +12,11 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from voms.db.engine import ConnectionKeeper
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
 from voms.runtime import Runtime
 from voms.services.auth import Principal, authenticate, cached_principal
+from voms.services.uow import KeptConnections
 
 _bearer = HTTPBearer(auto_error=False, description="API key created with `voms apikey create`")
 
@@ -36,12 +36,12 @@ async def run_redemption_work(request: Request, func: Callable[..., T], *args: o
     their turn in the queue, where waiting costs nothing. A plain executor, not anyio's
     ``to_thread``: handing work to a thread and back costs half the CPU that way, and
     nothing here needs its context variables or cancel scopes. Each thread keeps its
-    database connection between calls (:class:`voms.db.engine.ConnectionKeeper`).
+    database connection between calls (:class:`voms.services.uow.KeptConnections`).
     """
     state = request.app.state
     executor: ThreadPoolExecutor | None = getattr(state, "redemption_executor", None)
     if executor is None:  # made on first use, per app
-        state.connection_keeper = keeper = ConnectionKeeper()
+        state.connection_keeper = keeper = KeptConnections()
         executor = state.redemption_executor = ThreadPoolExecutor(
             state.runtime.settings.redemption_threads,
             thread_name_prefix="voms-redemption",

@@ -2,16 +2,17 @@
 
 The built-in wallet (:mod:`voms.billing.builtin`) is the default engine; an adapter for an
 external charging system implements the same protocol. The redemption service works in
-one database transaction and hands that connection to the engine: the built-in wallet
-writes in it, so the voucher and the wallet change together or not at all. An external
+one unit of work and hands it to the engine: the built-in wallet writes in it, so the
+voucher and the wallet change together or not at all. An external
 engine ignores it (and is driven through reserve → apply → commit/revoke instead).
 """
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Connection
+from sqlalchemy.sql.base import Executable
 
 
 @dataclass(frozen=True)
@@ -80,23 +81,39 @@ class Applied:
     product_type_id: int
 
 
+class Transaction(Protocol):
+    """What an engine that keeps wallets in our database gets of the caller's unit of
+    work (:class:`voms.services.uow.UnitOfWork`): its reads and its deferred writes."""
+
+    def fetch_together(
+        self, statements: Sequence[tuple[Executable, Mapping[str, Any]]]
+    ) -> list[list[Any]]: ...
+
+    def write(
+        self, statement: Executable, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+
 class BillingEngine(Protocol):
     """Where subscribers' balances live."""
 
-    def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
+    def load_account(self, tx: Transaction, msisdn: str, *, lock: bool) -> Account | None:
         """The account of ``msisdn`` or None; ``lock`` holds it until the transaction ends."""
         ...
 
-    def apply(self, conn: Connection, account: Account, change: Change) -> Applied:
-        """Apply ``change`` to a locked account.
-
-        Only writes, statements that return no rows, belong here: the redemption service
-        sends them with its COMMIT in one round trip
-        (:func:`voms.db.pipeline.commit_together`); a read would first send what waits,
-        a round trip more. Read what is needed in :meth:`load_account`.
+    def check(self, account: Account, change: Change) -> None:
+        """Refuse a change that cannot be applied, before anything is taken.
 
         Raises ``ResultError(BALANCE_LIMIT_EXCEEDED)`` when a balance would pass its
-        type's maximum, and ``Conflict`` when one would fall below zero; the caller's
-        transaction is then rolled back, so nothing of the change remains.
+        type's maximum, and ``Conflict`` when one would fall below zero.
+        """
+        ...
+
+    def apply(self, tx: Transaction, account: Account, change: Change) -> Applied:
+        """Apply a checked ``change`` to a locked account.
+
+        Only writes, statements that return no rows, belong here: they go out with the
+        unit of work's COMMIT in one round trip; a read would first send what waits, a
+        round trip more. Read what is needed in :meth:`load_account`.
         """
         ...

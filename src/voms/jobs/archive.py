@@ -23,8 +23,9 @@ from sqlalchemy import (
 )
 
 from voms.db import tables as t
-from voms.db.engine import is_postgres, reading
+from voms.db.engine import is_postgres
 from voms.jobs.context import JobContext
+from voms.services.uow import UnitOfWork
 
 _v, _b, _a = t.vouchers, t.batches, t.voucher_archive
 _ARCHIVE_COLUMNS = (
@@ -155,12 +156,15 @@ def archive_vouchers(ctx: JobContext) -> int:
     ctx.detail["cutoff"] = cutoff.isoformat()
     after, total = 0, 0
     while True:
-        with reading(ctx.rt.engine) as conn:
+        with UnitOfWork(ctx.rt, read_only=True) as uow:
+            conn = uow.conn
             high = _window_end(conn, after, ctx.chunk_size)
         if high is None:
             return total
-        with ctx.rt.engine.begin() as conn:
+        with UnitOfWork(ctx.rt) as uow:
+            conn = uow.conn
             moved = move_window(conn, after, high, cutoff, ctx.now)
+            uow.commit()
         total += moved
         ctx.detail["archived"] = total
         ctx.chunk_done(moved)

@@ -11,12 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from voms.caching import ReadCache
 from voms.crypto import hash_api_key, new_api_key
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission, Role, allows
 from voms.runtime import Runtime
 from voms.services import audit
+from voms.services.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def create_api_key(
     if not name or len(name) > 100:
         raise Invalid("name must be 1 to 100 characters")
     secret = new_api_key()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, service_provider) if service_provider else None
         actor.require_scope(sp_id)
         if actor.service_provider_id is not None and sp_id is None:
@@ -109,6 +110,7 @@ def create_api_key(
         audit.record(
             conn, actor, "apikey.create", "api_key", key_id, sp_id, {"name": name, "role": role}
         )
+        uow.commit()
     record = {
         "id": key_id,
         "name": name,
@@ -137,13 +139,15 @@ def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
     )
     if actor.service_provider_id is not None:
         query = query.where(k.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def revoke_api_key(rt: Runtime, actor: Principal, name: str) -> None:
     actor.require(Permission.APIKEY_ADMIN)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(t.api_keys.c.id, t.api_keys.c.service_provider_id).where(
                 t.api_keys.c.name == name
@@ -158,11 +162,13 @@ def revoke_api_key(rt: Runtime, actor: Principal, name: str) -> None:
             .values(revoked_at=utcnow())
         )
         audit.record(conn, actor, "apikey.revoke", "api_key", row.id, row.service_provider_id)
+        uow.commit()
     _cache(rt).clear()
 
 
 def has_any_api_key(rt: Runtime) -> bool:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return conn.execute(select(t.api_keys.c.id).limit(1)).first() is not None
 
 
@@ -204,7 +210,8 @@ def authenticate(rt: Runtime, secret: str) -> Principal | None:
 
 
 def _lookup(rt: Runtime, digest: str) -> Principal | None:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(
                 t.api_keys.c.id,

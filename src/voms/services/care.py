@@ -6,7 +6,6 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import Connection, Row, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Invalid, NotFound, ResultError
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH, check_pin
@@ -16,6 +15,7 @@ from voms.domain.states import BatchState, VoucherState, effective_voucher_state
 from voms.runtime import Runtime
 from voms.services.auth import Principal
 from voms.services.lifecycle import history
+from voms.services.uow import UnitOfWork
 
 _PIN_LENGTHS = frozenset(range(MIN_PIN_LENGTH, MAX_PIN_LENGTH + 1))
 # Redemption-family attempts that changed the voucher (shown in its history).
@@ -137,7 +137,8 @@ def voucher_by_serial(rt: Runtime, actor: Principal, serial: str) -> dict[str, A
     actor.require(Permission.LOOKUP)
     width = rt.settings.serial_width
     number = parse_serial(serial, width)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         live = conn.execute(_VOUCHER.where(_v.c.serial == number)).first()
         if live is None:
             archived = conn.execute(_ARCHIVED.where(_a.c.serial == number)).first()
@@ -156,7 +157,8 @@ def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
         raise Invalid(f"pin: {exc.result.text.lower()}") from None
     hashes = rt.keyring.lookup_hashes(clean)
     width = rt.settings.serial_width
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         live = conn.execute(_VOUCHER.where(_v.c.pin_hash.in_(hashes))).first()
         if live is None:
             archived = conn.execute(_ARCHIVED.where(_a.c.pin_hash.in_(hashes))).first()

@@ -17,7 +17,6 @@ import secrets
 import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Annotated, Any, Literal
@@ -28,7 +27,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from voms import openpgp, xlsx
 from voms.db import tables as t
-from voms.db.engine import is_postgres, reading
 from voms.db.types import utcnow
 from voms.domain.distribution import (
     EXPORT_COLUMNS,
@@ -44,6 +42,7 @@ from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.lifecycle import record_event
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 PartnerName = Annotated[
     str, StringConstraints(strip_whitespace=True, pattern=r"^[^/\\\x00-\x1f\x7f]{1,100}$")
@@ -138,7 +137,8 @@ def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, 
     """Add a partner; its key must be one valid, encryption-capable OpenPGP public key."""
     actor.require(Permission.EXPORT)
     key = _inspect(rt, body.public_key)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = (
             service_provider_id_by_code(conn, body.service_provider)
             if body.service_provider
@@ -174,7 +174,9 @@ def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, 
             sp_id,
             {"name": body.name, "contact": body.contact, "key_fingerprint": key.fingerprint},
         )
-        return _partner_public(_load_partner(conn, actor, body.name))
+        result = _partner_public(_load_partner(conn, actor, body.name))
+        uow.commit()
+        return result
 
 
 def list_partners(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
@@ -186,18 +188,21 @@ def list_partners(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
             (t.partners.c.service_provider_id == actor.service_provider_id)
             | t.partners.c.service_provider_id.is_(None)
         )
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [_partner_public(row) for row in conn.execute(query)]
 
 
 def get_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return _partner_public(_load_partner(conn, actor, name))
 
 
 def disable_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
     """Stop all further exports to a partner (past exports stay recorded)."""
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _load_partner(conn, actor, name)
         if row.service_provider_id is None:
             actor.require_unscoped()
@@ -208,7 +213,9 @@ def disable_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
                 .values(state="disabled", disabled_at=utcnow())
             )
             audit.record(conn, actor, "partner.disable", "partner", row.id, row.service_provider_id)
-        return _partner_public(_load_partner(conn, actor, name))
+        result = _partner_public(_load_partner(conn, actor, name))
+        uow.commit()
+        return result
 
 
 class PartnerKeyIn(_Input):
@@ -222,7 +229,8 @@ def replace_partner_key(
 ) -> dict[str, Any]:
     """Give a partner a new key (rotation, or the old one expired); checked as on import."""
     key = _inspect(rt, body.public_key)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _load_partner(conn, actor, name)
         if row.service_provider_id is None:
             actor.require_unscoped()
@@ -245,7 +253,9 @@ def replace_partner_key(
             row.service_provider_id,
             {"from": row.key_fingerprint, "to": key.fingerprint},
         )
-        return _partner_public(_load_partner(conn, actor, name))
+        result = _partner_public(_load_partner(conn, actor, name))
+        uow.commit()
+        return result
 
 
 # --- exports: what to export --------------------------------------------------------
@@ -661,12 +671,10 @@ def create_export(
     fingerprint = idempotency.fingerprint(
         rt.keyring, "export.create", body.model_dump(exclude={"request_id"}, mode="json")
     )
-    if body.request_id is not None:
-        replayed = _replay(rt, actor, body.request_id, fingerprint)
-        if replayed is not None:
-            return replayed
     try:
         return _export(rt, actor, body, output, progress, fingerprint)
+    except AnsweredBefore as again:
+        return _replay(rt, actor, int(again.first.body["export_id"]))
     except _TakenMeanwhile:
         raise Conflict("another export took some of these vouchers meanwhile; try again") from None
     except DBAPIError as exc:
@@ -674,16 +682,6 @@ def create_export(
         if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
             raise Conflict("a concurrent export got in the way; try again") from None
         raise
-
-
-@contextmanager
-def _snapshot(rt: Runtime) -> Iterator[Connection]:
-    """A write transaction whose reads all see one snapshot."""
-    with rt.engine.connect() as conn:
-        if is_postgres(conn):
-            conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            yield conn
 
 
 def _export(
@@ -694,8 +692,9 @@ def _export(
     progress: Callable[[int, int], None] | None,
     fingerprint: str,
 ) -> dict[str, Any]:
-    now = utcnow()
-    with _snapshot(rt) as conn:
+    with UnitOfWork(rt, snapshot=True) as uow:
+        conn, now = uow.conn, uow.started_at
+        uow.idempotent(idempotency.scope_of(actor), body.request_id, fingerprint)
         partner = _load_partner(conn, actor, body.partner)
         if partner.state != "active":
             raise Conflict(f"partner '{body.partner}' is disabled")
@@ -817,34 +816,18 @@ def _export(
                 "sha256": sink.digest.hexdigest(),
             },
         )
-        if body.request_id is not None and not idempotency.remember(
-            conn,
-            idempotency.scope_of(actor),
-            body.request_id,
-            fingerprint,
-            {"export_id": export_id},
-            201,
-            now,
-        ):
-            raise Conflict("request id is being used by a concurrent request; retry")
+        uow.answer({"export_id": export_id}, 201)
         record = _export_public(conn, export_id, rt.settings.serial_width)
+        uow.commit()
     record["download_token"] = token
     return record
 
 
-def _replay(
-    rt: Runtime, actor: Principal, request_id: str, fingerprint: str
-) -> dict[str, Any] | None:
+def _replay(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
     """The export an earlier request with this id made, with a new download token when
     its file is still kept (the first answer, and so its token, may have been lost)."""
-    now = utcnow()
-    with rt.engine.begin() as conn:
-        stored = idempotency.find(conn, idempotency.scope_of(actor), request_id)
-        if stored is None:
-            return None
-        if stored.request_hash != fingerprint:
-            raise Conflict("request id reused with different parameters")
-        export_id = int(stored.response["export_id"])
+    with UnitOfWork(rt) as uow:
+        conn, now = uow.conn, uow.started_at
         row = _load_export(conn, actor, export_id)
         token = None
         if row.download_expires_at is not None and row.download_expires_at > now:
@@ -855,6 +838,7 @@ def _replay(
                 .values(download_token_hash=_token_hash(token))
             )
         record = _export_public_row(row, rt.settings.serial_width)
+        uow.commit()
     record["download_token"] = token
     return record
 
@@ -910,7 +894,8 @@ def _load_export(conn: Connection, actor: Principal, export_id: int) -> Row[Any]
 
 
 def get_export(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return _export_public_row(_load_export(conn, actor, export_id), rt.settings.serial_width)
 
 
@@ -924,7 +909,8 @@ def list_exports(
         query = query.where(t.partners.c.name == partner)
     if actor.service_provider_id is not None:
         query = query.where(t.exports.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [_export_public_row(row, rt.settings.serial_width) for row in conn.execute(query)]
 
 
@@ -940,7 +926,8 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
     """The encrypted file behind a download link: right role and provider, valid token,
     link not expired. Each download is audited."""
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _load_export(conn, actor, export_id)
         if row.download_token_hash is None:
             raise NotFound(f"export {export_id} was written to a file; it has no download link")
@@ -956,11 +943,13 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
         audit.record(
             conn, actor, "export.download", "export", export_id, row.service_provider_id, {}
         )
+        uow.commit()
 
     def chunks() -> Iterator[bytes]:
         c = t.export_file_chunks
         for seq in range(chunk_count):
-            with reading(rt.engine) as conn:
+            with UnitOfWork(rt, read_only=True) as uow:
+                conn = uow.conn
                 yield conn.execute(
                     select(c.c.data).where(c.c.export_id == export_id, c.c.seq == seq)
                 ).scalar_one()
@@ -974,8 +963,10 @@ def purge_export_files(rt: Runtime, now: datetime | None = None) -> int:
     Returns the number of file chunks deleted.
     """
     expired = select(t.exports.c.id).where(t.exports.c.download_expires_at <= (now or utcnow()))
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         result = conn.execute(
             delete(t.export_file_chunks).where(t.export_file_chunks.c.export_id.in_(expired))
         )
+        uow.commit()
     return int(result.rowcount)

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission, allows
@@ -22,6 +21,7 @@ from voms.jobs import runner
 from voms.jobs.registry import JOBS, ScheduleError, next_run, schedules
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 log = logging.getLogger("voms.housekeeping")
 MAX_LIMIT = 500
@@ -66,7 +66,8 @@ def list_jobs(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
     except ScheduleError as exc:
         raise Invalid(str(exc)) from None
     now = utcnow()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         leases = {row.job: row for row in conn.execute(select(_l))}
         jobs = []
         for name, job in JOBS.items():
@@ -120,7 +121,8 @@ def list_runs(
         query = query.where(_r.c.started_at < until)
     if cursor is not None:
         query = query.where(_r.c.id < cursor)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         rows = conn.execute(query).all()
     page = rows[:limit]
     return {
@@ -131,7 +133,8 @@ def list_runs(
 
 def get_run(rt: Runtime, actor: Principal, run_id: int) -> dict[str, Any]:
     _require_read(actor)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(select(_r).where(_r.c.id == run_id)).first()
     if row is None:
         raise NotFound(f"run {run_id} not found")
@@ -170,6 +173,7 @@ def start_job(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
             log.exception("job %s: run %s could not be recorded", name, claimed.run_id)
 
     threading.Thread(target=work, name=f"voms-job-{name}", daemon=True).start()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(select(_r).where(_r.c.id == claimed.run_id)).one()
     return _run_view(row)

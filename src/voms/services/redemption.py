@@ -22,23 +22,18 @@ from datetime import datetime, timedelta
 from typing import Any, Self, Union
 
 from sqlalchemy import (
-    Connection,
     bindparam,
     delete,
     insert,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
 from voms.billing.engine import Account, Change, Credit
-from voms.db import hot
 from voms.db import tables as t
-from voms.db.engine import transaction
-from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
-from voms.domain.errors import ResultError
+from voms.domain.errors import RequestIdReused, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.pins import check_pin, normalize_pin
 from voms.domain.results import Result
@@ -50,15 +45,13 @@ from voms.runtime import Runtime
 from voms.services import catalog_cache, idempotency
 from voms.services.auth import Principal
 from voms.services.catalog import public_scenario
+from voms.services.uow import AnsweredBefore, FirstAnswer, Later, UnitOfWork
 
 CHANNELS = frozenset({"rest", "soap", "ussd", "sms", "ivr", "web", "care"})
 SYSTEM_CHANNEL = "system"  # housekeeping acting on its own
 HOUSEKEEPING = Principal(name="housekeeping", role=Role.ADMIN)
 
 Response = dict[str, Any]
-# What a call's checks hand back: its writes, run with the COMMIT (statements returning
-# nothing only; see voms.db.pipeline), and the answer they make.
-Writes = Callable[[], Response]
 AnyRequest = Union["RedemptionRequest", "RechargeRequest", "ReservationAction"]
 
 
@@ -131,15 +124,12 @@ class _Attempt:
 _INSERT_TRANSACTION = insert(t.transactions)
 
 
-def _record(
-    conn: Connection, attempt: _Attempt, result: Result, credits: list[Any], at: datetime
-) -> None:
-    hot.run(
-        conn,
+def _record(uow: UnitOfWork, attempt: _Attempt, result: Result, credits: list[Any]) -> None:
+    uow.write(
         _INSERT_TRANSACTION,
         {
             "id": attempt.id,
-            "at": at,
+            "at": uow.started_at,
             "kind": attempt.kind,
             "channel": attempt.channel,
             "msisdn": attempt.msisdn,
@@ -192,12 +182,12 @@ def _msisdn(raw: object) -> str:
     return normalize_msisdn(_digits(raw))
 
 
-def _pin(rt: Runtime, conn: Connection, raw: object) -> str:
+def _pin(rt: Runtime, uow: UnitOfWork, raw: object) -> str:
     """The PIN without spaces or dashes, checked for format, length and check digit."""
     if raw is not None and _digits(raw) is None:
         raise ResultError(Result.INVALID_VOUCHER_NUMBER)
     pin = normalize_pin(_digits(raw))
-    known = catalog_cache.snapshot_knowing(rt, conn, lambda s: len(pin) in s.pin_lengths)
+    known = catalog_cache.snapshot_knowing(rt, uow.conn, lambda s: len(pin) in s.pin_lengths)
     return check_pin(pin, known.pin_lengths)
 
 
@@ -219,13 +209,13 @@ def _scenario_number(raw: object) -> int | None:
     return int(text)
 
 
-def _service_provider(rt: Runtime, conn: Connection, actor: Principal, raw: object) -> int | None:
+def _service_provider(rt: Runtime, uow: UnitOfWork, actor: Principal, raw: object) -> int | None:
     """The provider a call is limited to: the one named, or the key's own."""
     if raw is None:
         return actor.service_provider_id
     if not isinstance(raw, str):
         raise ResultError(Result.SERVICE_PROVIDER_NOT_FOUND)
-    known = catalog_cache.snapshot_knowing(rt, conn, lambda s: raw in s.service_providers)
+    known = catalog_cache.snapshot_knowing(rt, uow.conn, lambda s: raw in s.service_providers)
     sp_id = known.service_providers.get(raw)
     if sp_id is None or (
         actor.service_provider_id is not None and sp_id != actor.service_provider_id
@@ -242,113 +232,98 @@ def _success(**extra: Any) -> Response:
     return {"result_code": Result.SUCCESS.code, "result_text": Result.SUCCESS.text, **extra}
 
 
-# --- the transaction frame shared by every call ----------------------------------------
+# --- the frame shared by every call: one unit of work, the record of the attempt -------
 
 
-def _execute(
+def _run(
     rt: Runtime,
     attempt: _Attempt,
     request: "AnyRequest",
-    work: Callable[[Connection, datetime], Writes],
+    work: Callable[[UnitOfWork], Response],
 ) -> Response:
-    """Run ``work`` in one transaction, with idempotency and the record of the attempt.
+    """Run ``work`` in one unit of work, recording the attempt whatever its outcome.
 
-    ``work`` reads and checks; the writes it returns, the record of the attempt and the
-    stored answer then go out with the COMMIT, in one round trip on PostgreSQL. A request
-    id is not looked up first: storing it fails if it was used before, and so does a
-    repeated call's work (its voucher is taken); either way the first answer is then
-    looked up and given again.
+    The request id is not looked up first (``look_now=False``): storing it fails if it
+    was used before, and so does a repeated call's work (its voucher is taken); either
+    way the refusal's own unit of work then finds the first answer and gives it again.
     """
-    now = utcnow()
-    request_id: str | None = None
-    scope = idempotency.scope_of(attempt.actor)
-    request_hash = ""
+    key: tuple[str, str | None, str] = (idempotency.scope_of(attempt.actor), None, "")
     try:
         attempt.channel = _channel(request.channel)
-        request_id = _request_id(request.request_id)
-        if request_id is not None:
-            # vars(), not asdict(): the fields are JSON values, asdict() deep-copies them.
-            params = {k: v for k, v in vars(request).items() if k != "request_id"}
-            if attempt.kind in ("commit", "revoke"):
-                params["reservation_id"] = attempt.reservation_id
-            request_hash = idempotency.fingerprint(rt.keyring, attempt.kind, params)
-        with transaction(rt.engine) as conn:
-            writes = work(conn, now)
-            with commit_together(conn):
-                response = writes()
-                _record(conn, attempt, Result.SUCCESS, response.get("credits", []), now)
-                response["transaction_id"] = attempt.id
-                if request_id is not None:
-                    idempotency.remember(
-                        conn, scope, request_id, request_hash, response, 200, now, plain=True
-                    )
+        key = _request_key(rt, attempt, request)
+        with UnitOfWork(rt) as uow:
+            uow.idempotent(*key, look_now=False)
+            response = work(uow)
+            _record(uow, attempt, Result.SUCCESS, response.get("credits", []))
+            response["transaction_id"] = attempt.id
+            uow.answer(response)
+            uow.commit()
         return response
-    except IntegrityError:
-        if request_id is None:
-            raise
-        return _fail(rt, attempt, None, now, scope, request_id, request_hash)
-    except ResultError as error:
-        return _fail(rt, attempt, error, now, scope, request_id, request_hash)
+    except AnsweredBefore as again:
+        return _replay(again.first)
+    except (ResultError, RequestIdReused) as refusal:
+        return _refused(rt, attempt, refusal, key)
 
 
-def _replay_after_race(
-    rt: Runtime, scope: str, request_id: str | None, request_hash: str
-) -> Response:
-    assert request_id is not None
-    with rt.engine.connect() as conn:
-        stored = idempotency.find(conn, scope, request_id)
-    if stored is None:
-        raise ResultError(Result.SYSTEM_ERROR)
-    if stored.request_hash != request_hash:
-        raise ResultError(Result.REQUEST_ID_REUSED)
-    return idempotency.replay(stored)
+def _request_key(
+    rt: Runtime, attempt: _Attempt, request: "AnyRequest"
+) -> tuple[str, str | None, str]:
+    """Scope, request id and fingerprint of the call's body (the PIN only as a keyed hash)."""
+    scope = idempotency.scope_of(attempt.actor)
+    request_id = _request_id(request.request_id)
+    if request_id is None:
+        return scope, None, ""
+    # vars(), not asdict(): the fields are JSON values, asdict() deep-copies them.
+    params = {k: v for k, v in vars(request).items() if k != "request_id"}
+    if attempt.kind in ("commit", "revoke"):
+        params["reservation_id"] = attempt.reservation_id
+    return scope, request_id, idempotency.fingerprint(rt.keyring, attempt.kind, params)
 
 
-def _fail(
+def _refused(
     rt: Runtime,
     attempt: _Attempt,
-    error: ResultError | None,
-    now: datetime,
-    scope: str,
-    request_id: str | None,
-    request_hash: str,
+    refusal: ResultError | RequestIdReused,
+    key: tuple[str, str | None, str],
 ) -> Response:
-    """Answer a call that failed (``error``), or whose request id was taken (None).
+    """Record a refused call in a unit of work of its own (the call's was rolled back).
 
-    A request id used before gets its first answer again, or 5006 when it came with
-    another body. Otherwise the failed attempt (and a bad PIN) is recorded in a
-    transaction of its own, and the error raised.
+    A request id answered before gets its first answer again, or 5006 when it came with
+    another body. Otherwise the refusal (and a bad PIN) is recorded and stored under
+    the request id, and raised.
     """
-    remembered = True
-    with transaction(rt.engine) as conn:
-        stored = idempotency.find(conn, scope, request_id) if request_id is not None else None
-        again = stored is not None and stored.request_hash == request_hash
-        if stored is not None and not again:
-            error = ResultError(Result.REQUEST_ID_REUSED)
-            _record(conn, attempt, error.result, [], now)
-        elif stored is None:
-            if error is None:
-                raise RuntimeError("a write failed on a unique key other than the request id")
-            if attempt.bad_pin and attempt.msisdn is not None:
-                _count_bad_pin(rt, conn, attempt.msisdn, now)
-            _record(conn, attempt, error.result, [], now)
-            if request_id is not None:
-                body = {
-                    "result_code": error.result.code,
-                    "result_text": error.result.text,
-                    **{**error.extra, "transaction_id": attempt.id},
-                }
-                remembered = idempotency.remember(
-                    conn, scope, request_id, request_hash, body, error.result.http_status, now
-                )
-    if again:
-        # The first answer again, success or failure; it was recorded when it happened.
-        assert stored is not None
-        return idempotency.replay(stored)
-    if not remembered:  # a concurrent call with this request id answered first
-        return _replay_after_race(rt, scope, request_id, request_hash)
-    assert error is not None
+    error = refusal if isinstance(refusal, ResultError) else ResultError(Result.REQUEST_ID_REUSED)
+    try:
+        with UnitOfWork(rt) as uow:
+            if isinstance(refusal, ResultError):
+                uow.idempotent(*key)
+                if attempt.bad_pin and attempt.msisdn is not None:
+                    count_bad_pin(rt, uow, attempt.msisdn)
+            _record(uow, attempt, error.result, [])
+            uow.answer(
+                _body(error.result, {**error.extra, "transaction_id": attempt.id}),
+                error.http_status,
+            )
+            uow.commit()
+    except AnsweredBefore as again:
+        return _replay(again.first)
+    except RequestIdReused as reused:
+        return _refused(rt, attempt, reused, key)
     raise ResultError(error.result, **{**error.extra, "transaction_id": attempt.id})
+
+
+def _body(result: Result, extra: dict[str, Any]) -> Response:
+    return {"result_code": result.code, "result_text": result.text, **extra}
+
+
+def _replay(first: FirstAnswer) -> Response:
+    """The first answer again: returned when it was a success, raised when it was not."""
+    response = dict(first.body)
+    code = response.pop("result_code", 0)
+    response.pop("result_text", None)
+    if code == 0:
+        return first.body
+    raise ResultError(Result.from_code(code), **response)
 
 
 # --- bad-PIN blacklist ------------------------------------------------------------------
@@ -359,10 +334,10 @@ _BLACKLIST = select(_pa.c.failures, _pa.c.blacklisted_until).where(
 )
 
 
-def _check_blacklist(conn: Connection, msisdn: str, now: datetime) -> bool:
+def _check_blacklist(uow: UnitOfWork, msisdn: str) -> bool:
     """Raise 5003 while ``msisdn`` is blacklisted; True when it has failures to reset."""
-    row = conn.execute(_BLACKLIST, {"msisdn": msisdn}).first()
-    return _blacklist_verdict(row, now)
+    row = uow.conn.execute(_BLACKLIST, {"msisdn": msisdn}).first()
+    return _blacklist_verdict(row, uow.started_at)
 
 
 def _blacklist_verdict(row: Any, now: datetime) -> bool:
@@ -374,9 +349,9 @@ def _blacklist_verdict(row: Any, now: datetime) -> bool:
     return True
 
 
-def _count_bad_pin(rt: Runtime, conn: Connection, msisdn: str, now: datetime) -> None:
+def count_bad_pin(rt: Runtime, uow: UnitOfWork, msisdn: str) -> None:
     """One more consecutive bad PIN; the last one allowed starts a blacklist."""
-    settings = rt.settings
+    settings, conn, now = rt.settings, uow.conn, uow.started_at
     fresh = {"msisdn": msisdn, "failures": 1, "blacklisted_until": None, "updated_at": now}
     if settings.max_bad_pin_attempts <= 1:
         fresh["blacklisted_until"] = now + timedelta(minutes=settings.blacklist_minutes)
@@ -451,56 +426,58 @@ _MOVES = {state: _move_statement(state) for state in VoucherState}
 
 
 def _move_voucher(
-    conn: Connection,
+    uow: UnitOfWork,
     serial: int,
     from_state: VoucherState,
     to_state: VoucherState,
-    now: datetime,
     redeemed_by: str | None = None,
-) -> hot.Later:
+) -> Later:
     """The conditional update that decides who wins a voucher, sent with the next round
     trip (or when its rows are asked for); a row for the winner."""
-    params: dict[str, Any] = {"move_serial": serial, "from_state": from_state.value, "now": now}
+    params: dict[str, Any] = {
+        "move_serial": serial,
+        "from_state": from_state.value,
+        "now": uow.started_at,
+    }
     if to_state is VoucherState.REDEEMED:
         params["redeemed_by"] = redeemed_by
-    return hot.ahead(conn, _MOVES[to_state], params)
+    return uow.ahead(_MOVES[to_state], params)
 
 
-def _blocker(conn: Connection, serial: int, now: datetime) -> Result:
+def _blocker(uow: UnitOfWork, serial: int) -> Result:
     """Why the voucher could not be taken (read again after losing the race)."""
-    row = conn.execute(_VOUCHER_BY_SERIAL, {"serial": serial}).one()
-    result = redemption_blocker(
-        BatchState(row.batch_state), VoucherState(row.state), is_expired(row.expires_at, now)
-    )
+    row = uow.conn.execute(_VOUCHER_BY_SERIAL, {"serial": serial}).one()
+    expired = is_expired(row.expires_at, uow.started_at)
+    result = redemption_blocker(BatchState(row.batch_state), VoucherState(row.state), expired)
     return result or Result.ALREADY_REDEEMED
 
 
 def _find_voucher(
     rt: Runtime,
-    conn: Connection,
+    uow: UnitOfWork,
     attempt: _Attempt,
     request: RedemptionRequest,
     msisdn: str,
-    now: datetime,
 ) -> tuple[Any, dict[str, Any], bool]:
     """The voucher of the request's PIN, checked up to its state; and its voucher type.
 
     The requester's blacklist is checked first (5003 comes before any PIN check); the
     third value says whether the requester has bad PINs to forget after a success.
     """
+    now = uow.started_at
     try:
-        pin = _pin(rt, conn, request.pin)
+        pin = _pin(rt, uow, request.pin)
     except ResultError as error:
-        _check_blacklist(conn, msisdn, now)
+        _check_blacklist(uow, msisdn)
         attempt.bad_pin = error.result is Result.INVALID_VOUCHER_NUMBER
         raise
     hashes = rt.keyring.lookup_hashes(pin)
     params = {f"hash{i}": each for i, each in enumerate(hashes)}
-    found = hot.fetch(conn, _find_voucher_by(len(hashes)), {**params, "msisdn": msisdn})
+    found = uow.fetch(_find_voucher_by(len(hashes)), {**params, "msisdn": msisdn})
     row = found[0] if found else None
     if row is None:
-        _check_blacklist(conn, msisdn, now)
-        _refuse_archived(conn, attempt, hashes)
+        _check_blacklist(uow, msisdn)
+        _refuse_archived(uow, attempt, hashes)
     had_failures = _blacklist_verdict(row, now)
     if row is None or (
         attempt.service_provider_id is not None
@@ -519,7 +496,7 @@ def _find_voucher(
     )
     if blocker is not None:
         raise ResultError(blocker)
-    voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=row.voucher_type_id)
+    voucher_type = catalog_cache.voucher_type(rt, uow.conn, voucher_type_id=row.voucher_type_id)
     if voucher_type is None:  # deleted from the catalog under a live batch
         raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
     return row, voucher_type, had_failures
@@ -532,13 +509,13 @@ _ARCHIVED_RESULT = {
 }
 
 
-def _refuse_archived(conn: Connection, attempt: _Attempt, hashes: list[bytes]) -> None:
+def _refuse_archived(uow: UnitOfWork, attempt: _Attempt, hashes: list[bytes]) -> None:
     """An archived voucher's PIN is a real PIN: answer its final state, not 'not found'.
 
     Otherwise a subscriber typing an old, used voucher would count towards a blacklist.
     """
     archive, batches = t.voucher_archive, t.batches
-    row = conn.execute(
+    row = uow.conn.execute(
         select(archive.c.serial, archive.c.state, batches.c.service_provider_id)
         .join(batches, batches.c.id == archive.c.batch_id)
         .where(archive.c.pin_hash.in_(hashes))
@@ -590,15 +567,14 @@ def _scenario(attempt: _Attempt, voucher_type: dict[str, Any], raw: object) -> d
 
 def _change(
     rt: Runtime,
-    conn: Connection,
+    uow: UnitOfWork,
     attempt: _Attempt,
     scenario: dict[str, Any],
     cause: str,
-    now: datetime,
 ) -> Change:
     wanted = {c["balance_type_id"] for c in scenario["credits"]}
     balance_types = catalog_cache.snapshot_knowing(
-        rt, conn, lambda s: wanted <= s.balance_types.keys()
+        rt, uow.conn, lambda s: wanted <= s.balance_types.keys()
     ).balance_types
     return Change(
         credits=tuple(
@@ -613,7 +589,7 @@ def _change(
         ),
         cause=cause,
         actor=attempt.actor.name,
-        at=now,
+        at=uow.started_at,
         account_expiry_extension_days=scenario["account_expiry_extension_days"],
         new_product_type_id=scenario["new_product_type_id"],
         transaction_id=attempt.id,
@@ -621,40 +597,27 @@ def _change(
     )
 
 
-def _crediting(
-    rt: Runtime,
-    conn: Connection,
-    attempt: _Attempt,
-    account: Account,
-    scenario: dict[str, Any],
-    cause: str,
-    now: datetime,
-) -> Callable[[], dict[str, Any]]:
-    """Read all a credit needs now; the call returned applies it (writes only)."""
-    change = _change(rt, conn, attempt, scenario, cause, now)
+def _credit(rt: Runtime, uow: UnitOfWork, account: Account, change: Change) -> dict[str, Any]:
+    """Apply ``change`` through the billing engine (its writes wait for the COMMIT)."""
     product_type_id = change.new_product_type_id or account.product_type_id
     product_types = catalog_cache.snapshot_knowing(
-        rt, conn, lambda s: product_type_id in s.product_types
+        rt, uow.conn, lambda s: product_type_id in s.product_types
     ).product_types
-
-    def apply() -> dict[str, Any]:
-        applied = rt.billing.apply(conn, account, change)
-        return {
-            "credits": [
-                {
-                    "balance_type": c.balance_type,
-                    "amount": c.amount,
-                    "balance": c.balance,
-                    "expires_at": _iso(c.expires_at),
-                }
-                for c in applied.credits
-            ],
-            "account_expires_at": _iso(applied.account_expires_at),
-            "product_type": product_types.get(applied.product_type_id),
-            "rewards": [],
-        }
-
-    return apply
+    applied = rt.billing.apply(uow, account, change)
+    return {
+        "credits": [
+            {
+                "balance_type": c.balance_type,
+                "amount": c.amount,
+                "balance": c.balance,
+                "expires_at": _iso(c.expires_at),
+            }
+            for c in applied.credits
+        ],
+        "account_expires_at": _iso(applied.account_expires_at),
+        "product_type": product_types.get(applied.product_type_id),
+        "rewards": [],
+    }
 
 
 def _parties(attempt: _Attempt, request: RedemptionRequest | RechargeRequest) -> tuple[str, str]:
@@ -667,12 +630,12 @@ def _parties(attempt: _Attempt, request: RedemptionRequest | RechargeRequest) ->
 
 
 def _start(
-    rt: Runtime, conn: Connection, attempt: _Attempt, request: RedemptionRequest
+    rt: Runtime, uow: UnitOfWork, attempt: _Attempt, request: RedemptionRequest
 ) -> tuple[str, str]:
     """Requester and recipient; the provider the call is limited to."""
     msisdn, recipient = _parties(attempt, request)
     attempt.service_provider_id = _service_provider(
-        rt, conn, attempt.actor, request.service_provider
+        rt, uow, attempt.actor, request.service_provider
     )
     return msisdn, recipient
 
@@ -680,8 +643,8 @@ def _start(
 _RESET_BAD_PINS = delete(_pa).where(_pa.c.msisdn == bindparam("msisdn"))
 
 
-def _reset_bad_pins(conn: Connection, msisdn: str) -> None:
-    hot.run(conn, _RESET_BAD_PINS, {"msisdn": msisdn})
+def _reset_bad_pins(uow: UnitOfWork, msisdn: str) -> None:
+    uow.write(_RESET_BAD_PINS, {"msisdn": msisdn})
 
 
 # --- the calls ----------------------------------------------------------------------------
@@ -692,38 +655,35 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
     actor.require(Permission.REDEEM)
     attempt = _Attempt(kind="redemption", actor=actor)
 
-    def work(conn: Connection, now: datetime) -> Writes:
-        msisdn, recipient = _start(rt, conn, attempt, request)
-        voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
+    def work(uow: UnitOfWork) -> Response:
+        msisdn, recipient = _start(rt, uow, attempt, request)
+        voucher, voucher_type, had_failures = _find_voucher(rt, uow, attempt, request, msisdn)
         # The voucher is taken in the round trip that locks the account. So a redemption
         # locks the voucher, then the subscriber: no other transaction locks both.
         taken = _move_voucher(
-            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, now, recipient
+            uow, voucher.serial, VoucherState.AVAILABLE, VoucherState.REDEEMED, recipient
         )
-        account = rt.billing.load_account(conn, recipient, lock=True)
+        account = rt.billing.load_account(uow, recipient, lock=True)
         _check_account(account, voucher_type)
         assert account is not None
         scenario = _scenario(attempt, voucher_type, request.scenario)
         if not taken.rows():
-            raise ResultError(_blocker(conn, voucher.serial, now))
-        credit = _crediting(rt, conn, attempt, account, scenario, "redemption", now)
+            raise ResultError(_blocker(uow, voucher.serial))
+        change = _change(rt, uow, attempt, scenario, "redemption")
+        rt.billing.check(account, change)
+        credited = _credit(rt, uow, account, change)
+        if had_failures:
+            _reset_bad_pins(uow, msisdn)
+        return _success(
+            serial=format_serial(voucher.serial, rt.settings.serial_width),
+            voucher_type=voucher_type["code"],
+            scenario=scenario["number"],
+            msisdn=attempt.msisdn,
+            recipient_msisdn=attempt.recipient,
+            **credited,
+        )
 
-        def writes() -> Response:
-            credited = credit()
-            if had_failures:
-                _reset_bad_pins(conn, msisdn)
-            return _success(
-                serial=format_serial(voucher.serial, rt.settings.serial_width),
-                voucher_type=voucher_type["code"],
-                scenario=scenario["number"],
-                msisdn=attempt.msisdn,
-                recipient_msisdn=attempt.recipient,
-                **credited,
-            )
-
-        return writes
-
-    return _execute(rt, attempt, request, work)
+    return _run(rt, attempt, request, work)
 
 
 def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Response:
@@ -736,17 +696,15 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
     attempt = _Attempt(kind="reservation", actor=actor)
     attempt.reservation_id = str(uuid.uuid4())
 
-    def work(conn: Connection, now: datetime) -> Writes:
-        msisdn, recipient = _start(rt, conn, attempt, request)
-        voucher, voucher_type, had_failures = _find_voucher(rt, conn, attempt, request, msisdn, now)
-        taken = _move_voucher(
-            conn, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED, now
-        )
-        account = rt.billing.load_account(conn, recipient, lock=False)  # (sends it)
+    def work(uow: UnitOfWork) -> Response:
+        msisdn, recipient = _start(rt, uow, attempt, request)
+        voucher, voucher_type, had_failures = _find_voucher(rt, uow, attempt, request, msisdn)
+        taken = _move_voucher(uow, voucher.serial, VoucherState.AVAILABLE, VoucherState.RESERVED)
+        account = rt.billing.load_account(uow, recipient, lock=False)  # (sends it)
         _check_account(account, voucher_type, required=False)
         scenario = _scenario(attempt, voucher_type, request.scenario)
         if not taken.rows():
-            raise ResultError(_blocker(conn, voucher.serial, now))
+            raise ResultError(_blocker(uow, voucher.serial))
         credits = [
             {
                 "balance_type": c["balance_type"],
@@ -756,43 +714,43 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
             }
             for c in scenario["credits"]
         ]
-        expires_at = now + timedelta(seconds=voucher_type["reservation_timeout_s"])
+        expires_at = uow.started_at + timedelta(seconds=voucher_type["reservation_timeout_s"])
+        uow.write(
+            _INSERT_RESERVATION,
+            {
+                "id": attempt.reservation_id,
+                "serial": voucher.serial,
+                "voucher_type_id": voucher_type["id"],
+                "channel": attempt.channel,
+                "msisdn": msisdn,
+                "recipient_msisdn": recipient,
+                "scenario": scenario["number"],
+                "state": "open",
+                "credits": credits,
+                "created_at": uow.started_at,
+                "expires_at": expires_at,
+                "api_key_id": actor.api_key_id,
+            },
+        )
+        if had_failures:
+            _reset_bad_pins(uow, msisdn)
+        return _success(
+            reservation_id=attempt.reservation_id,
+            serial=format_serial(voucher.serial, rt.settings.serial_width),
+            voucher_type=voucher_type["code"],
+            scenario=scenario["number"],
+            msisdn=attempt.msisdn,
+            recipient_msisdn=attempt.recipient,
+            credits=credits,
+            account_expiry_extension_days=scenario["account_expiry_extension_days"],
+            new_product_type=scenario["new_product_type"],
+            expires_at=_iso(expires_at),
+        )
 
-        def writes() -> Response:
-            conn.execute(
-                insert(t.reservations).values(
-                    id=attempt.reservation_id,
-                    serial=voucher.serial,
-                    voucher_type_id=voucher_type["id"],
-                    channel=attempt.channel,
-                    msisdn=msisdn,
-                    recipient_msisdn=recipient,
-                    scenario=scenario["number"],
-                    state="open",
-                    credits=credits,
-                    created_at=now,
-                    expires_at=expires_at,
-                    api_key_id=actor.api_key_id,
-                )
-            )
-            if had_failures:
-                _reset_bad_pins(conn, msisdn)
-            return _success(
-                reservation_id=attempt.reservation_id,
-                serial=format_serial(voucher.serial, rt.settings.serial_width),
-                voucher_type=voucher_type["code"],
-                scenario=scenario["number"],
-                msisdn=attempt.msisdn,
-                recipient_msisdn=attempt.recipient,
-                credits=credits,
-                account_expiry_extension_days=scenario["account_expiry_extension_days"],
-                new_product_type=scenario["new_product_type"],
-                expires_at=_iso(expires_at),
-            )
+    return _run(rt, attempt, request, work)
 
-        return writes
 
-    return _execute(rt, attempt, request, work)
+_INSERT_RESERVATION = insert(t.reservations)
 
 
 def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Response:
@@ -800,35 +758,32 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
     actor.require(Permission.REDEEM)
     attempt = _Attempt(kind="recharge", actor=actor)
 
-    def work(conn: Connection, now: datetime) -> Writes:
+    def work(uow: UnitOfWork) -> Response:
         _, recipient = _parties(attempt, request)
-        sp_id = _service_provider(rt, conn, actor, request.service_provider)
+        sp_id = _service_provider(rt, uow, actor, request.service_provider)
         code = request.voucher_type
         voucher_type = (
-            catalog_cache.voucher_type(rt, conn, code=code) if isinstance(code, str) else None
+            catalog_cache.voucher_type(rt, uow.conn, code=code) if isinstance(code, str) else None
         )
         if voucher_type is None or sp_id not in (None, voucher_type["service_provider_id"]):
             raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
         attempt.voucher_type_id = voucher_type["id"]
         attempt.service_provider_id = voucher_type["service_provider_id"]
-        account = rt.billing.load_account(conn, recipient, lock=True)
+        account = rt.billing.load_account(uow, recipient, lock=True)
         _check_account(account, voucher_type)
         assert account is not None
         scenario = _scenario(attempt, voucher_type, request.scenario)
-        credit = _crediting(rt, conn, attempt, account, scenario, "recharge", now)
+        change = _change(rt, uow, attempt, scenario, "recharge")
+        rt.billing.check(account, change)
+        return _success(
+            voucher_type=voucher_type["code"],
+            scenario=scenario["number"],
+            msisdn=attempt.msisdn,
+            recipient_msisdn=attempt.recipient,
+            **_credit(rt, uow, account, change),
+        )
 
-        def writes() -> Response:
-            return _success(
-                voucher_type=voucher_type["code"],
-                scenario=scenario["number"],
-                msisdn=attempt.msisdn,
-                recipient_msisdn=attempt.recipient,
-                **credit(),
-            )
-
-        return writes
-
-    return _execute(rt, attempt, request, work)
+    return _run(rt, attempt, request, work)
 
 
 # --- reservations: commit, revoke, timeout -------------------------------------------------
@@ -838,7 +793,7 @@ _FINISHABLE = ("open", "held")
 
 
 def _finish_reservation(
-    conn: Connection,
+    uow: UnitOfWork,
     reservation_id: str,
     new_state: str,
     now: datetime,
@@ -851,7 +806,7 @@ def _finish_reservation(
         if timed_out
         else _r.c.state.in_(_FINISHABLE) & ((_r.c.state == "held") | (_r.c.expires_at > now))
     )
-    return conn.execute(
+    return uow.conn.execute(
         update(_r)
         .where(_r.c.id == reservation_id, condition)
         .values(state=new_state, finished_at=None if new_state == "held" else now)
@@ -867,7 +822,7 @@ def _finish_reservation(
 
 
 def _settle_voucher(
-    rt: Runtime, conn: Connection, attempt: _Attempt, row: Any, action: str, now: datetime
+    rt: Runtime, uow: UnitOfWork, attempt: _Attempt, row: Any, action: str
 ) -> Response:
     """Apply a commit or revoke to the reserved voucher and describe it."""
     attempt.serial = row.serial
@@ -875,7 +830,7 @@ def _settle_voucher(
         to_state, redeemed_by = VoucherState.REDEEMED, row.recipient_msisdn
     else:
         to_state, redeemed_by = VoucherState.AVAILABLE, None
-    moved = _move_voucher(conn, row.serial, VoucherState.RESERVED, to_state, now, redeemed_by)
+    moved = _move_voucher(uow, row.serial, VoucherState.RESERVED, to_state, redeemed_by)
     if not moved.rows():
         raise RuntimeError(f"voucher {row.serial} of an open reservation is not reserved")
     return _success(
@@ -894,17 +849,17 @@ def _finish(
     actor.require(Permission.REDEEM)
     attempt = _Attempt(kind=action, actor=actor, reservation_id=reservation_id[:36])
 
-    def work(conn: Connection, now: datetime) -> Writes:
+    def work(uow: UnitOfWork) -> Response:
         row = _finish_reservation(
-            conn,
+            uow,
             reservation_id,
             "committed" if action == "commit" else "revoked",
-            now,
+            uow.started_at,
             timed_out=False,
         )
         if row is None:
             raise ResultError(Result.RESERVATION_NOT_FOUND)
-        voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=row.voucher_type_id)
+        voucher_type = catalog_cache.voucher_type(rt, uow.conn, voucher_type_id=row.voucher_type_id)
         attempt.voucher_type_id = row.voucher_type_id
         attempt.scenario = row.scenario
         attempt.msisdn, attempt.recipient = row.msisdn, row.recipient_msisdn
@@ -912,12 +867,12 @@ def _finish(
         attempt.service_provider_id = sp_id
         if actor.service_provider_id is not None and sp_id != actor.service_provider_id:
             raise ResultError(Result.RESERVATION_NOT_FOUND)
-        response = _settle_voucher(rt, conn, attempt, row, action, now)
+        response = _settle_voucher(rt, uow, attempt, row, action)
         response["voucher_type"] = voucher_type["code"] if voucher_type else None
-        return lambda: response
+        return response
 
     _time_out_if_due(rt, reservation_id)
-    return _execute(rt, attempt, request, work)
+    return _run(rt, attempt, request, work)
 
 
 def commit(
@@ -939,17 +894,19 @@ _TIMEOUT_STATE = {"hold": "held", "commit": "committed", "revoke": "revoked"}
 
 def _time_out(rt: Runtime, reservation_id: str, now: datetime) -> str | None:
     """Apply the voucher type's timeout action to one expired open reservation."""
-    with rt.engine.begin() as conn:
-        pending = conn.execute(
+    with UnitOfWork(rt) as uow:
+        pending = uow.conn.execute(
             select(_r.c.voucher_type_id).where(
                 _r.c.id == reservation_id, _r.c.state == "open", _r.c.expires_at <= now
             )
         ).first()
         if pending is None:
             return None
-        voucher_type = catalog_cache.voucher_type(rt, conn, voucher_type_id=pending.voucher_type_id)
+        voucher_type = catalog_cache.voucher_type(
+            rt, uow.conn, voucher_type_id=pending.voucher_type_id
+        )
         action = voucher_type["timeout_action"] if voucher_type else "hold"
-        row = _finish_reservation(conn, reservation_id, _TIMEOUT_STATE[action], now, timed_out=True)
+        row = _finish_reservation(uow, reservation_id, _TIMEOUT_STATE[action], now, timed_out=True)
         if row is None:
             return None
         attempt = _Attempt(
@@ -966,8 +923,9 @@ def _time_out(rt: Runtime, reservation_id: str, now: datetime) -> str | None:
         )
         credits: list[Any] = []
         if action != "hold":
-            credits = _settle_voucher(rt, conn, attempt, row, action, now)["credits"]
-        _record(conn, attempt, Result.SUCCESS, credits, now)
+            credits = _settle_voucher(rt, uow, attempt, row, action)["credits"]
+        _record(uow, attempt, Result.SUCCESS, credits)
+        uow.commit()
         return action
 
 
@@ -981,9 +939,9 @@ def expire_reservations(
 ) -> dict[str, int]:
     """Apply the timeout action (hold, commit, revoke) to every expired open reservation."""
     now = now or utcnow()
-    with rt.engine.connect() as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
         due = (
-            conn.execute(
+            uow.conn.execute(
                 select(_r.c.id)
                 .where(_r.c.state == "open", _r.c.expires_at <= now)
                 .order_by(_r.c.expires_at)

@@ -1,5 +1,6 @@
 """What a process needs to serve: settings, the database engine, the keyring."""
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ class Runtime:
     keyring: Keyring
     # Where wallets live: the built-in wallet unless an adapter is configured.
     billing: BillingEngine = field(default_factory=BuiltinWallet)
+    # Tells the recipient of a recharge made by someone else (an SMS through the
+    # configured gateway), after the commit; None: no notices. Set by the interfaces.
+    notify_recipient: Callable[[Mapping[str, Any]], object] | None = None
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)
 

@@ -15,6 +15,7 @@ from voms.db import tables as t
 from voms.domain.errors import Conflict, ResultError
 from voms.domain.results import Result
 from voms.domain.scenarios import extended_expiry
+from voms.domain.states import SubscriberState
 
 _s, _b = t.subscribers, t.balances
 
@@ -72,7 +73,7 @@ class BuiltinWallet:
             msisdn=row.msisdn,
             service_provider_id=row.service_provider_id,
             product_type_id=row.product_type_id,
-            state=row.state,
+            state=SubscriberState(row.state),
             account_expires_at=row.account_expires_at,
             balances={b.balance_type_id: Balance(b.amount, b.expires_at) for b in balances},
         )
@@ -85,6 +86,15 @@ class BuiltinWallet:
                 raise Conflict(f"the {credit.balance_type} balance would fall below zero")
             if credit.amount > 0 and credit.max_balance is not None and amount > credit.max_balance:
                 raise ResultError(Result.BALANCE_LIMIT_EXCEEDED, balance_type=credit.balance_type)
+
+    def reserve(self, tx: Transaction, account: Account, change: Change) -> None:
+        """Nothing to hold: the account's row lock (``load_account(lock=True)``) holds it."""
+
+    def commit(self, change: Change) -> None:
+        """Nothing to settle: the ledger rows were committed with the transaction."""
+
+    def revoke(self, change: Change) -> None:
+        """Nothing to undo: a failed transaction rolled the writes back."""
 
     def apply(self, tx: Transaction, account: Account, change: Change) -> Applied:
         # Writes only (checked before, by check()): they return nothing, so they go out

@@ -14,16 +14,19 @@ from typing import Any, Protocol
 
 from sqlalchemy.sql.base import Executable
 
+from voms.domain.catalog import Credit
+from voms.domain.states import SubscriberState
 
-@dataclass(frozen=True)
-class Credit:
-    """One credit of a scenario (or an adjustment): amount in the type's minor unit."""
-
-    balance_type_id: int
-    balance_type: str
-    amount: int
-    balance_expiry_extension_days: int = 0
-    max_balance: int | None = None  # the balance type's limit (5004 above it)
+__all__ = [
+    "Account",
+    "Applied",
+    "AppliedCredit",
+    "Balance",
+    "BillingEngine",
+    "Change",
+    "Credit",
+    "Transaction",
+]
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,13 @@ class Account:
     msisdn: str
     service_provider_id: int
     product_type_id: int
-    state: str
+    state: SubscriberState
     account_expires_at: datetime | None
     balances: dict[int, Balance] = field(default_factory=dict)
 
     @property
     def is_active(self) -> bool:
-        return self.state == "active"
+        return self.state is SubscriberState.ACTIVE
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,15 @@ class Transaction(Protocol):
 
 
 class BillingEngine(Protocol):
-    """Where subscribers' balances live."""
+    """Where subscribers' balances live; a credit goes through these steps, in order:
+
+    ``load_account`` → ``check`` → ``reserve`` → ``apply`` → (the unit of work commits)
+    → ``commit``; ``revoke`` undoes a reserved change whose transaction failed or whose
+    outcome the engine never confirmed. The built-in wallet writes in our own
+    transaction, so its reserve, commit and revoke have nothing to do; an external
+    charging system (UCIP, HTTP) holds the credit at ``reserve`` under the change's
+    ``transaction_id`` and settles it at ``commit`` or ``revoke``.
+    """
 
     def load_account(self, tx: Transaction, msisdn: str, *, lock: bool) -> Account | None:
         """The account of ``msisdn`` or None; ``lock`` holds it until the transaction ends."""
@@ -109,11 +120,23 @@ class BillingEngine(Protocol):
         """
         ...
 
+    def reserve(self, tx: Transaction, account: Account, change: Change) -> None:
+        """Hold ``change`` at the engine until :meth:`commit` or :meth:`revoke`."""
+        ...
+
     def apply(self, tx: Transaction, account: Account, change: Change) -> Applied:
-        """Apply a checked ``change`` to a locked account.
+        """Apply a checked ``change`` to a locked account; the account as it is after.
 
         Only writes, statements that return no rows, belong here: they go out with the
         unit of work's COMMIT in one round trip; a read would first send what waits, a
         round trip more. Read what is needed in :meth:`load_account`.
         """
+        ...
+
+    def commit(self, change: Change) -> None:
+        """Make a reserved and applied change final (once our transaction is durable)."""
+        ...
+
+    def revoke(self, change: Change) -> None:
+        """Drop a reserved change: its transaction failed, or its outcome is unknown."""
         ...

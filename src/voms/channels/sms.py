@@ -15,6 +15,7 @@ The shared secret in the URL (``VOMS_SMS_SECRET``) is what lets Kannel in; witho
 the endpoint refuses everything.
 """
 
+import functools
 import hmac
 import logging
 import urllib.parse
@@ -27,12 +28,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import SecretStr
 
-from voms.api.deps import RuntimeDep, run_redemption_work
-from voms.api.errors import result_body
 from voms.channels import subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
 from voms.runtime import Runtime
+from voms.serving import RuntimeDep, run_redemption_work
 
 CHANNEL = "sms"
 MAX_REPLY_CHARS = 459  # three concatenated GSM 7-bit parts
@@ -87,8 +87,6 @@ def _recharge_command(
         command = f"{keyword} PIN" + (f" {recipient}" if recipient else "")
         choices = ", ".join(said.scenario(s) for s in answer.get("scenarios", []))
         return said.text("sms.choose_scenario", choices=choices, command=command)
-    if answer["result_code"] == Result.SUCCESS.code:
-        notify_recipient(rt, answer)
     return said.result(answer)
 
 
@@ -123,7 +121,7 @@ async def kannel_inbound(
     msisdn = subscriber.msisdn_or_none(sender)
     if msisdn is None:
         said = subscriber.texts(rt).messages()
-        return PlainTextResponse(said.result(result_body(Result.INVALID_SUBSCRIBER)))
+        return PlainTextResponse(said.result(Result.INVALID_SUBSCRIBER.body()))
     reply = await run_redemption_work(request, reply_to, rt, msisdn, text, message_id)
     return PlainTextResponse(reply[:MAX_REPLY_CHARS])
 
@@ -160,6 +158,13 @@ def _notice(rt: Runtime, recipient: str, text_for: Mapping[str, Any]) -> None:
         log.warning("sendsms notice failed: %s", exc.__class__.__name__)
         return
     log.info("sendsms notice accepted by Kannel (HTTP %s)", status)
+
+
+def install_notices(rt: Runtime) -> None:
+    """With ``VOMS_KANNEL_SENDSMS_URL`` set, the redemption service tells the recipient of
+    every recharge of another number, whatever the channel, once it is committed."""
+    if rt.settings.kannel_sendsms_url:
+        rt.notify_recipient = functools.partial(notify_recipient, rt)
 
 
 def notify_recipient(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | None":

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from voms.db import tables as t
 from voms.db.types import utcnow
+from voms.domain.catalog import Credit, Scenario, VoucherType
 from voms.domain.errors import Conflict, Invalid, NotFound
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH
 from voms.domain.roles import Permission
@@ -533,6 +534,39 @@ def public_voucher_type(loaded: dict[str, Any]) -> dict[str, Any]:
     shown = {k: v for k, v in loaded.items() if k not in _INTERNAL_KEYS}
     shown["scenarios"] = [public_scenario(s) for s in loaded["scenarios"]]
     return shown
+
+
+def voucher_type_of(loaded: dict[str, Any]) -> VoucherType:
+    """The typed voucher type of what :func:`load_voucher_type` gives."""
+    return VoucherType(
+        id=loaded["id"],
+        code=loaded["code"],
+        service_provider_id=loaded["service_provider_id"],
+        pin_length=loaded["pin_length"],
+        reservation_timeout_s=loaded["reservation_timeout_s"],
+        timeout_action=loaded["timeout_action"],
+        allowed_product_type_ids=frozenset(loaded["allowed_product_type_ids"]),
+        scenarios=tuple(
+            Scenario(
+                number=s["number"],
+                name=s["name"],
+                default=s["default"],
+                credits=tuple(
+                    Credit(
+                        balance_type_id=c["balance_type_id"],
+                        balance_type=c["balance_type"],
+                        amount=c["amount"],
+                        balance_expiry_extension_days=c["balance_expiry_extension_days"],
+                    )
+                    for c in s["credits"]
+                ),
+                account_expiry_extension_days=s["account_expiry_extension_days"],
+                new_product_type_id=s["new_product_type_id"],
+                new_product_type=s["new_product_type"],
+            )
+            for s in loaded["scenarios"]
+        ),
+    )
 
 
 def public_scenario(scenario: dict[str, Any]) -> dict[str, Any]:

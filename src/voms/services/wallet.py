@@ -13,13 +13,14 @@ from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, NotFound, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.roles import Permission
+from voms.domain.states import SubscriberState, check_subscriber_move
 from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.catalog import MAX_AMOUNT, Code
 from voms.services.uow import AnsweredBefore, UnitOfWork
 
-SubscriberState = Literal["active", "frozen", "suspended", "deactivated"]
+SubscriberStateName = Literal["active", "frozen", "suspended", "deactivated"]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
@@ -35,7 +36,7 @@ class SubscriberIn(BaseModel):
     msisdn: Annotated[str, StringConstraints(min_length=1, max_length=32)]
     service_provider: Code
     product_type: Code
-    state: SubscriberState = "active"
+    state: SubscriberStateName = "active"
     account_expires_at: datetime | None = None
 
     _check_expiry = field_validator("account_expires_at")(_aware)
@@ -45,7 +46,7 @@ class SubscriberUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_type: Code | None = None
-    state: SubscriberState | None = None
+    state: SubscriberStateName | None = None
     account_expires_at: datetime | None = None
 
     _check_expiry = field_validator("account_expires_at")(_aware)
@@ -210,6 +211,8 @@ def update_subscriber(
         conn = uow.conn
         row = _subscriber_row(conn, msisdn)
         actor.require(Permission.SUBSCRIBER_WRITE, row.service_provider_id)
+        if body.state is not None:
+            check_subscriber_move(SubscriberState(row.state), SubscriberState(body.state))
         changes = body.model_dump(exclude_unset=True)
         values = {k: v for k, v in changes.items() if k != "product_type"}
         if body.product_type is not None:

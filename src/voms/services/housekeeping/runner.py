@@ -21,9 +21,9 @@ from sqlalchemy.exc import DBAPIError
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
-from voms.jobs.context import JobContext
-from voms.jobs.registry import JOBS
 from voms.runtime import Runtime
+from voms.services.housekeeping.context import JobContext
+from voms.services.housekeeping.registry import JOBS
 from voms.services.uow import UnitOfWork
 
 _l, _r = t.job_leases, t.job_runs

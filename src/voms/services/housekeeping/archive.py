@@ -23,8 +23,7 @@ from sqlalchemy import (
 )
 
 from voms.db import tables as t
-from voms.db.engine import is_postgres
-from voms.jobs.context import JobContext
+from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
 
 _v, _b, _a = t.vouchers, t.batches, t.voucher_archive
@@ -81,7 +80,7 @@ def _window_end(conn: Connection, after: int, size: int) -> int | None:
 def move_window(conn: Connection, low: int, high: int, cutoff: datetime, now: datetime) -> int:
     """Move the archivable vouchers with low < serial <= high; returns how many."""
     window = and_(_v.c.batch_id == _b.c.id, _v.c.serial > low, _v.c.serial <= high)
-    if is_postgres(conn):
+    if conn.dialect.name == "postgresql":
         # Batches of the window cannot change (amend, delete) while it moves; redemptions
         # only read batches, so they never wait on this.
         conn.execute(

@@ -5,8 +5,8 @@ from datetime import timedelta
 from sqlalchemy import delete, or_, select
 
 from voms.db import tables as t
-from voms.jobs.context import JobContext
 from voms.services import channel_sessions, distribution, redemption
+from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
 
 

@@ -15,8 +15,8 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select, upda
 
 from voms.crypto import NONCE_BYTES, Keyring, KeyringError, load_keyring
 from voms.db import tables as t
-from voms.jobs.context import JobContext
 from voms.runtime import Runtime
+from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
 
 JOB = "key_reencryption"

@@ -8,7 +8,7 @@ transaction, read-only on ``vouchers`` (no voucher row is written or locked).
 from sqlalchemy import delete, func, insert, or_, select
 
 from voms.db import tables as t
-from voms.jobs.context import JobContext
+from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
 
 _v, _b, _a, _e = t.vouchers, t.batches, t.voucher_archive, t.batch_expiries

@@ -1,7 +1,9 @@
 """Housekeeping: the jobs, their history, and running one now (CLI, API).
 
-The jobs themselves live in ``voms.jobs``; the scheduler inside `voms serve` runs them on
-their schedules. Reading the jobs and their runs needs the housekeeping or audit-read
+The jobs, one module per family (:mod:`.maintenance`, :mod:`.expiry`, :mod:`.archive`,
+:mod:`.reencryption`), are listed in :mod:`.registry` and run by :mod:`.runner`
+(leases, run records); the scheduler inside `voms serve` (:mod:`voms.jobs`) starts them
+on their schedules. Reading the jobs and their runs needs the housekeeping or audit-read
 permission (operator, admin, auditor); running one needs housekeeping (operator, admin)
 and a key not scoped to one service provider: the jobs act on the whole installation.
 """
@@ -17,10 +19,10 @@ from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission, allows
-from voms.jobs import runner
-from voms.jobs.registry import JOBS, ScheduleError, next_run, schedules
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.housekeeping import runner
+from voms.services.housekeeping.registry import JOBS, ScheduleError, next_run, schedules
 from voms.services.uow import UnitOfWork
 
 log = logging.getLogger("voms.housekeeping")

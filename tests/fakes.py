@@ -16,12 +16,12 @@ from typing import Any, NamedTuple, Self
 from sqlalchemy import Delete, Insert, Join, Select, Update, create_engine
 from sqlalchemy.sql.base import Executable
 
+from voms.billing.builtin import BuiltinWallet
 from voms.billing.engine import Account, Applied, AppliedCredit, Balance, Change, Transaction
 from voms.config import Settings
 from voms.crypto import Keyring
 from voms.domain.catalog import Credit, Scenario, VoucherType
-from voms.domain.errors import Conflict, RequestIdReused, ResultError
-from voms.domain.results import Result
+from voms.domain.errors import RequestIdReused
 from voms.domain.scenarios import extended_expiry
 from voms.domain.states import BatchState, SubscriberState, VoucherState
 from voms.runtime import Runtime
@@ -177,13 +177,7 @@ class MemoryWallet:
         return self.accounts.get(msisdn)
 
     def check(self, account: Account, change: Change) -> None:
-        for credit in change.credits:
-            current = account.balances.get(credit.balance_type_id)
-            amount = (current.amount if current else 0) + credit.amount
-            if amount < 0:
-                raise Conflict(f"the {credit.balance_type} balance would fall below zero")
-            if credit.max_balance is not None and amount > credit.max_balance:
-                raise ResultError(Result.BALANCE_LIMIT_EXCEEDED, balance_type=credit.balance_type)
+        BuiltinWallet().check(account, change)  # the same rules, whoever keeps the wallet
 
     def reserve(self, tx: Transaction, account: Account, change: Change) -> None:
         assert account.msisdn in self.accounts

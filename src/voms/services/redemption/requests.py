@@ -33,30 +33,30 @@ class _FromJson:
 
 
 @dataclass(frozen=True)
-class RedemptionRequest(_FromJson):
-    """A redemption or reservation as received: raw values, checked by the service."""
+class _CreditRequest(_FromJson):
+    """What a redemption and a recharge both carry."""
 
     msisdn: object = None
-    pin: object = None
     recipient_msisdn: object = None
     scenario: object = None
-    serial: object = None
     channel: object = None
     request_id: object = None
     service_provider: object = None
 
 
 @dataclass(frozen=True)
-class RechargeRequest(_FromJson):
+class RedemptionRequest(_CreditRequest):
+    """A redemption or reservation as received: raw values, checked by the service."""
+
+    pin: object = None
+    serial: object = None
+
+
+@dataclass(frozen=True)
+class RechargeRequest(_CreditRequest):
     """A voucher-type recharge: credit a wallet as a voucher of that type would."""
 
-    msisdn: object = None
     voucher_type: object = None
-    recipient_msisdn: object = None
-    scenario: object = None
-    channel: object = None
-    request_id: object = None
-    service_provider: object = None
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from voms.domain.results import Result
 from voms.domain.roles import Permission, Role
 from voms.domain.serials import format_serial
 from voms.domain.states import (
-    RESERVATION_TRANSITIONS,
     RESERVATION_VOUCHER_ACTION,
     ReservationAction,
     ReservationState,
+    next_reservation_state,
     reservation_states_allowing,
 )
 from voms.runtime import Runtime
@@ -62,7 +62,8 @@ def _finish_reservation(
         condition = _r.c.state.in_(states) & (
             (_r.c.state != ReservationState.OPEN.value) | (_r.c.expires_at > now)
         )
-    new_state = RESERVATION_TRANSITIONS[(ReservationState.OPEN, action)]
+    # (From a held reservation a commit or revoke leads to the same state as from an open one.)
+    new_state = next_reservation_state(ReservationState.OPEN, action)
     return uow.conn.execute(
         update(_r)
         .where(_r.c.id == reservation_id, condition)

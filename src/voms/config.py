@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         2000.0, gt=0, description="Sustained requests per second allowed per API key."
     )
     rate_limit_burst: int = Field(4000, ge=1, description="Burst allowed per API key.")
+    msisdn_rate_limit_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Redemptions per minute per MSISDN on the subscriber channels (USSD, "
+        "SMS, IVR, web), bursts as large.",
+    )
     idempotency_retention_hours: int = Field(48, ge=24, description="How long request ids live.")
     generation_chunk_size: int = Field(
         20_000, ge=100, description="Vouchers generated and written per chunk."

@@ -27,7 +27,6 @@ from voms.api import (
     transactions,
     vouchers,
 )
-from voms.api.deps import TokenBuckets, stop_redemption_threads
 from voms.api.errors import install_error_handlers
 from voms.api.metrics import Observe
 from voms.channels import mobile, sms, soap, ussd
@@ -35,6 +34,7 @@ from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
 from voms.logs import configure_logging, scrub_server_logs
 from voms.runtime import Runtime, build_runtime
+from voms.serving import rate_limits, stop_redemption_threads
 
 
 class App(FastAPI):
@@ -138,9 +138,8 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         lifespan=_lifespan(rt, scheduler=scheduler and rt.settings.scheduler_enabled),
     )
     app.state.runtime = rt
-    app.state.rate_limits = TokenBuckets(
-        rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst
-    )
+    sms.install_notices(rt)  # the recipient's SMS notice, on every channel
+    app.state.rate_limits = rate_limits(rt, fresh=True).per_key
     install_error_handlers(app)
     app.add_middleware(Observe)
     # Routes are matched in order: the redemption calls, the busiest by far, first.

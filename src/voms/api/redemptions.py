@@ -13,15 +13,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from voms.api.deps import principal_of, run_redemption_work
+from voms.api.deps import principal_of
 from voms.domain.errors import VomsError
 from voms.services import redemption
 from voms.services.redemption import (
     RechargeRequest,
     RedemptionRequest,
-    ReservationAction,
     Response,
+    SettlementRequest,
 )
+from voms.serving import run_redemption_work
 
 router = APIRouter(prefix="/api/v1", tags=["redemption"])
 T = TypeVar("T")
@@ -127,7 +128,7 @@ _OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
 )
 async def commit(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes redeemed (no wallet here changes)."""
-    return await _answer(request, ReservationAction.from_json, redemption.commit, reservation_id)
+    return await _answer(request, SettlementRequest.from_json, redemption.commit, reservation_id)
 
 
 @router.post(
@@ -135,7 +136,7 @@ async def commit(reservation_id: str, request: Request) -> JSONResponse:
 )
 async def revoke(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes available again."""
-    return await _answer(request, ReservationAction.from_json, redemption.revoke, reservation_id)
+    return await _answer(request, SettlementRequest.from_json, redemption.revoke, reservation_id)
 
 
 @router.post("/voucher-type-recharges", openapi_extra=_documented(RechargeBody), responses=_ANSWERS)

@@ -7,9 +7,6 @@ limited per client address (``VOMS_MOBILE_RATE_LIMIT_PER_MINUTE``, per process);
 service's bad-PIN blacklist applies per phone number as on every channel.
 """
 
-import math
-import threading
-import time
 import uuid
 from typing import Annotated, Any
 
@@ -17,12 +14,11 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
-from voms.api.deps import RuntimeDep, run_redemption_work
-from voms.api.errors import result_body
-from voms.channels import sms, subscriber
+from voms.channels import subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
 from voms.runtime import Runtime
+from voms.serving import RuntimeDep, TokenBuckets, run_redemption_work
 
 CHANNEL = "web"
 
@@ -63,39 +59,12 @@ _PAGE = Environment(autoescape=True).from_string(
 )
 
 
-class AttemptLimiter:
-    """Token buckets per client address: ``per_minute`` attempts, bursts as large."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(per_minute)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._buckets) > 100_000:  # forget addresses whose bucket is full again
-                full = now - self.burst / self.rate
-                self._buckets = {k: v for k, v in self._buckets.items() if v[1] > full}
-            tokens, last = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-            return allowed
-
-    def retry_after(self, client: str) -> int:
-        """Whole seconds until ``client`` has an attempt again (at least 1)."""
-        with self._lock:
-            tokens, last = self._buckets.get(client, (self.burst, time.monotonic()))
-        tokens = min(self.burst, tokens + (time.monotonic() - last) * self.rate)
-        return max(1, math.ceil((1.0 - tokens) / self.rate))
-
-
-def _limiter(rt: Runtime) -> AttemptLimiter:
+def _limiter(rt: Runtime) -> TokenBuckets:
+    """Attempts per client address: ``VOMS_MOBILE_RATE_LIMIT_PER_MINUTE``, bursts as large."""
     limiter = rt.caches.get("mobile_attempts")
-    if not isinstance(limiter, AttemptLimiter):
-        limiter = AttemptLimiter(rt.settings.mobile_rate_limit_per_minute)
+    if not isinstance(limiter, TokenBuckets):
+        per_minute = rt.settings.mobile_rate_limit_per_minute
+        limiter = TokenBuckets(per_minute / 60.0, per_minute)
         rt.caches["mobile_attempts"] = limiter
     return limiter
 
@@ -171,7 +140,6 @@ def _recharge(
     )
     code = answer["result_code"]
     if code == Result.SUCCESS.code:
-        sms.after_recharge(rt, CHANNEL, answer)
         return _page(said, language, form=False, message=said.result(answer))
     if code == Result.SCENARIO_REQUIRED.code:
         offers = [
@@ -206,7 +174,7 @@ async def recharge(
     client = request.client.host if request.client else "unknown"
     if not _limiter(rt).allow(client):
         said = subscriber.texts(rt).messages(None, language)
-        answer = result_body(Result.TOO_MANY_REQUESTS)
+        answer = Result.TOO_MANY_REQUESTS.body()
         wait = _limiter(rt).retry_after(client)
         return _page(
             said,

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from voms.api.errors import result_body
 from voms.channels.texts import Messages, Texts, TextsFile
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.msisdn import normalize_msisdn
@@ -23,6 +22,7 @@ from voms.services import redemption, subscriber_view
 from voms.services.auth import Principal
 from voms.services.redemption import RedemptionRequest
 from voms.services.subscriber_view import Account
+from voms.serving import rate_limits
 
 log = logging.getLogger("voms.channels")
 
@@ -76,7 +76,8 @@ def redeem(
     scenario: int | str | None = None,
     request_id: str | None = None,
 ) -> Response:
-    """Redeem through the one redemption service; a failure is a response, not an error."""
+    """Redeem through the one redemption service, within the channel's and the number's
+    rate limits; a failure is a response, not an error."""
     request = RedemptionRequest(
         msisdn=msisdn,
         pin=pin,
@@ -86,12 +87,14 @@ def redeem(
         request_id=request_id,
     )
     try:
+        if not rate_limits(rt).allow_subscriber(channel, msisdn_or_none(msisdn) or msisdn):
+            raise ResultError(Result.TOO_MANY_REQUESTS)
         response = redemption.redeem(rt, principal(channel), request)
     except ResultError as error:
-        response = result_body(error.result, **error.extra)
+        response = error.result.body(**error.extra)
     except Exception as exc:
         log_unexpected(channel, "redemption", exc)
-        response = result_body(Result.SYSTEM_ERROR)
+        response = Result.SYSTEM_ERROR.body()
     log.info("%s: redemption answered %s", channel, response["result_code"])
     return response
 
@@ -143,7 +146,7 @@ def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
         found = account(rt, channel, msisdn)
     except Exception as exc:
         log_unexpected(channel, "balance", exc)
-        return said.result(result_body(Result.SYSTEM_ERROR))
+        return said.result(Result.SYSTEM_ERROR.body())
     if found is None:
         return said.text("balance.unknown")
     return said.balances(found.balances)

@@ -394,9 +394,9 @@ def _failures(conn: Connection, sp_id: int | None, since: datetime, until: datet
         sums[(code, channel)] += count
     rows = [
         {
+            "channel": channel,
             "result_code": code,
             "result_text": _result_text(code),
-            "channel": channel,
             "count": count,
         }
         for (code, channel), count in sorted(sums.items())

@@ -125,9 +125,11 @@ def sell(rt: Runtime, actor: Principal, body: object) -> Sold:
             uow.answer(answer, 201)
             uow.commit()
             return Sold(_with_pins(answer, pins), first=True)
-    except AnsweredBefore as again:  # the first answer, its PINs read again
-        with UnitOfWork(rt, read_only=True) as uow:
-            return Sold(_again(rt, uow.conn, actor, again.first.body), first=False)
+    except AnsweredBefore as again:  # the first answer, its PINs read again (audited)
+        with UnitOfWork(rt) as uow:
+            sold = Sold(_again(rt, uow.conn, actor, again.first.body), first=False)
+            uow.commit()
+            return sold
 
 
 def _sell(

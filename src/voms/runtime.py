@@ -21,9 +21,9 @@ class Runtime:
     keyring: Keyring
     # Where wallets live: the built-in wallet unless an adapter is configured.
     billing: BillingEngine = field(default_factory=BuiltinWallet)
-    # Called with the channel and the answer of every successful redemption or recharge,
-    # after the commit (the recipient's SMS notice, the confirmation SMS); None: nothing
-    # to send. Set by the interfaces (voms.channels.sms.install_notices).
+    # Called with the channel and the answer of every successful credit (redemption,
+    # recharge, reservation commit) after the commit: the recipient's SMS notice, the
+    # confirmation SMS; None: nothing to send. Set by voms.channels.sms.install_notices.
     after_recharge: Callable[[str, Mapping[str, Any]], object] | None = None
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)

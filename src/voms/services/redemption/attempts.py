@@ -47,12 +47,13 @@ def run(rt: Runtime, attempt: Attempt, request: AnyRequest, work: Work) -> Respo
         return _refused(rt, attempt, refusal, key)
 
 
-_CREDITING = frozenset({"redemption", "recharge"})
+# The attempts that credit a wallet: a redemption, a recharge, a reservation's commit.
+_CREDITING = frozenset({"redemption", "recharge", "commit"})
 
 
 def _after_recharge(rt: Runtime, uow: UnitOfWork, attempt: Attempt, response: Response) -> None:
-    """A successful redemption or recharge is followed by its SMS (the recipient's notice,
-    the confirmation), whatever the channel, once it is durable."""
+    """A successful credit is followed by its SMS (the recipient's notice, the
+    confirmation), whatever the channel, once it is durable."""
     hook = rt.after_recharge
     if hook is not None and attempt.kind in _CREDITING:
         channel = attempt.channel

@@ -274,11 +274,12 @@ def keys_show(
         }
         if counts:
             from voms.db.engine import make_engine
-            from voms.jobs.reencryption import key_usage
+            from voms.services.housekeeping.reencryption import key_usage
 
-            engine = make_engine(load_settings())
+            settings = load_settings()
+            engine = make_engine(settings)
             try:
-                shown.update(key_usage(engine))
+                shown.update(key_usage(Runtime(settings, engine, keyring)))
             finally:
                 engine.dispose()
         echo_json(shown)
@@ -456,8 +457,8 @@ def housekeeping_run(
     ] = None,
 ) -> None:
     """Run jobs now (all by default), with progress; exits 1 if any failed or was busy."""
-    from voms.jobs.registry import JOBS
     from voms.services import housekeeping
+    from voms.services.housekeeping.registry import JOBS
 
     rt = runtime()
     names = job or list(JOBS)

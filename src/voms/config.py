@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="Failed voucher lookups per client address (and key) per window on "
         "channels where the subscriber types the MSISDN (/m, REST channel rest or web).",
     )
+    msisdn_rate_limit_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Redemptions per minute per MSISDN on the subscriber channels (USSD, "
+        "SMS, IVR, web), bursts as large.",
+    )
     idempotency_retention_hours: int = Field(48, ge=24, description="How long request ids live.")
     generation_chunk_size: int = Field(
         20_000, ge=100, description="Vouchers generated and written per chunk."

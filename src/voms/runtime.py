@@ -1,5 +1,6 @@
 """What a process needs to serve: settings, the database engine, the keyring."""
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,10 @@ class Runtime:
     keyring: Keyring
     # Where wallets live: the built-in wallet unless an adapter is configured.
     billing: BillingEngine = field(default_factory=BuiltinWallet)
+    # Called with the channel and the answer of every successful credit (redemption,
+    # recharge, reservation commit) after the commit: the recipient's SMS notice, the
+    # confirmation SMS; None: nothing to send. Set by voms.channels.sms.install_notices.
+    after_recharge: Callable[[str, Mapping[str, Any]], object] | None = None
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)
 

@@ -35,6 +35,7 @@ from tests.api.conftest import bearer
 from tests.pgp import PartnerKeys
 from voms.domain.roles import Role
 from voms.runtime import Runtime
+from voms.serving import TokenBuckets
 
 ALL = frozenset(Role)
 A, OP, D, C, CH, AU = (
@@ -188,7 +189,7 @@ class World:
 @pytest.fixture
 def world(rt: Runtime, client: TestClient, partner_keys: PartnerKeys) -> World:
     # The matrix presents an invalid key once per operation: more than a client may.
-    client.app.state.rate_limits.invalid_per_minute = 10_000  # type: ignore[attr-defined]
+    client.app.state.invalid_keys = TokenBuckets(10_000 / 60, 10_000)  # type: ignore[attr-defined]
     factories.standard_catalog(rt)
     factories.standard_catalog(rt, "OTHER")
     factories.subscriber(rt, MSISDN)

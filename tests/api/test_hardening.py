@@ -13,6 +13,7 @@ from tests.api.conftest import bearer
 from voms.db import tables as t
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
+from voms.serving import TokenBuckets
 
 MSISDN = "254700000001"
 
@@ -229,7 +230,7 @@ def test_an_unknown_subscriber_gets_5001_whatever_the_pin(
 
 
 def test_invalid_keys_are_throttled_per_client(rt: Runtime, client: TestClient) -> None:
-    client.app.state.rate_limits.invalid_per_minute = 3  # type: ignore[attr-defined]
+    client.app.state.invalid_keys = TokenBuckets(3 / 60, 3)  # type: ignore[attr-defined]
     statuses = [
         client.get("/api/v1/batches", headers=bearer(f"voms_guess{n}")).status_code
         for n in range(5)

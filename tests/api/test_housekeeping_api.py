@@ -118,7 +118,7 @@ def test_roles(client: TestClient, rt: Runtime) -> None:
 def test_a_job_already_running_answers_409(
     client: TestClient, rt: Runtime, admin: dict[str, str]
 ) -> None:
-    from voms.jobs import runner
+    from voms.services.housekeeping import runner
 
     held = runner.claim(rt, "expiry_counts", "cli")
     answer = client.post("/api/v1/housekeeping/jobs/expiry_counts/run", headers=admin)

@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 
 from tests import factories
 from tests.api.conftest import bearer
-from voms.jobs import runner
 from voms.runtime import Runtime
 from voms.services import redemption
 from voms.services.auth import CONSOLE
+from voms.services.housekeeping import runner
 from voms.services.redemption import RedemptionRequest
 from voms.services.reports import rollups
 

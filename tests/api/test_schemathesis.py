@@ -22,6 +22,7 @@ from tests import factories
 from tests.api.conftest import bearer
 from voms.api.app import create_app
 from voms.runtime import Runtime
+from voms.serving import TokenBuckets
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "5"))
 
@@ -38,7 +39,7 @@ def api_schema(rt: Runtime) -> Iterator[schemathesis.BaseSchema]:
     factories.subscriber(rt, "254700000001")
     factories.active_batch(rt, count=2)
     app = create_app(rt)
-    app.state.rate_limits.invalid_per_minute = 1_000_000  # no key is presented, often
+    app.state.invalid_keys = TokenBuckets(1_000_000 / 60, 1_000_000)  # no key, often
     with TestClient(app):  # the app's lifespan around the run
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
 

@@ -17,13 +17,18 @@ from tests.channel_support import (
     app_client,
     assert_never_logged,
     balance,
+    configure,
     sendsms_inbox,
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
-from voms.channels.sms import _pin_words
+from voms.channels.sms import _pin_words, install_notices
+from voms.domain.errors import ResultError
 from voms.domain.pins import luhn_valid, with_check_digit
 from voms.runtime import Runtime
+from voms.services import redemption
+from voms.services.auth import CONSOLE
+from voms.services.redemption import RedemptionRequest
 
 SECRET = "kannel-shared-secret"
 
@@ -246,3 +251,34 @@ def test_an_sms_recharge_is_confirmed_by_its_reply_alone(rt: Runtime, shop: Shop
     assert (
         notice["text"] == f"Your number was recharged by {MSISDN}: +10.00 KES, balance 10.00 KES."
     )
+
+
+def test_a_rest_redemption_for_another_number_is_noticed_after_the_commit_not_confirmed(
+    rt: Runtime, shop: Shop
+) -> None:
+    # The one after-commit hook: every channel's credit tells the recipient; only USSD,
+    # IVR and /m confirm by SMS (REST callers get their answer).
+    with sendsms_inbox() as (url, inbox):
+        configure(rt, kannel_sendsms_url=url, confirmation_sms=True)
+        install_notices(rt)
+        answer = redemption.redeem(
+            rt,
+            CONSOLE,
+            RedemptionRequest(msisdn=MSISDN, recipient_msisdn=OTHER, pin=shop.pins[0]),
+        )
+        assert answer["result_code"] == 0
+        notice = inbox.next()
+        assert inbox.empty_after(0.5)
+    assert notice["to"] == OTHER
+    assert notice["text"].startswith(f"Your number was recharged by {MSISDN}")
+
+
+def test_a_failed_redemption_sends_nothing(rt: Runtime, shop: Shop) -> None:
+    with sendsms_inbox() as (url, inbox):
+        configure(rt, kannel_sendsms_url=url, confirmation_sms=True)
+        install_notices(rt)
+        with pytest.raises(ResultError):
+            redemption.redeem(
+                rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, recipient_msisdn=OTHER, pin="1" * 14)
+            )
+        assert inbox.empty_after(0.5)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from voms.jobs.registry import JOBS
+from voms.services.housekeeping.registry import JOBS
 
 VOMS = str(Path(sys.executable).with_name("voms"))
 

@@ -25,13 +25,13 @@ from zeep.wsse.username import UsernameToken
 
 from tests import factories
 from voms.api.app import create_app
-from voms.api.deps import TokenBuckets
 from voms.channels import soap
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
 from voms.services import auth, transactions
 from voms.services.auth import CONSOLE
 from voms.services.redemption import RedemptionRequest
+from voms.serving import TokenBuckets
 
 MSISDN = "254700000001"
 OTHER = "254700000002"

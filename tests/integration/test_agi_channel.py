@@ -30,7 +30,6 @@ from tests.channel_support import (
     shop_fixture,  # noqa: F401 (the shop fixture)
     transactions,
 )
-from voms.api.errors import result_body
 from voms.channels import agi, subscriber
 from voms.channels.agi import AgiError, AgiReply, parse_reply
 from voms.domain.pins import with_check_digit
@@ -242,7 +241,7 @@ def test_each_redemption_has_a_request_id_and_a_lost_answer_is_asked_again_safel
         sent.append(kwargs.get("request_id"))
         answer = real(*args, **kwargs)
         if len(sent) == 1:
-            return result_body(Result.SYSTEM_ERROR)
+            return Result.SYSTEM_ERROR.body()
         return answer
 
     monkeypatch.setattr(agi, "RETRY_DELAY_S", 0)

@@ -1,4 +1,5 @@
-"""The redemption hot path's database plumbing: pipelined commit, direct statements, pings."""
+"""The unit of work's database plumbing: pipelined commit, direct statements, kept
+connections, pings."""
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
@@ -11,9 +12,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from voms.db import engine as db_engine
 from voms.db import hot
 from voms.db import tables as t
-from voms.db.pipeline import commit_together
 from voms.db.types import utcnow
 from voms.runtime import Runtime
+from voms.services import uow as uow_module
+from voms.services.uow import KeptConnections, UnitOfWork
 
 _k = t.idempotency_keys
 
@@ -40,10 +42,11 @@ def _cut(rt: Runtime, pid: int) -> None:
         other.execute(select(func.pg_terminate_backend(pid)))
 
 
-def test_writes_in_commit_together_are_committed(rt: Runtime) -> None:
-    with rt.engine.begin() as conn, commit_together(conn):
-        hot.run(conn, insert(_k), _key("a", {"result_code": 0, "credits": [1, 2]}))
-        hot.run(conn, insert(_k), [_key("b", None), _key("c", "text")])
+def test_writes_of_a_unit_of_work_are_committed(rt: Runtime) -> None:
+    with UnitOfWork(rt) as uow:
+        uow.write(insert(_k), _key("a", {"result_code": 0, "credits": [1, 2]}))
+        uow.write(insert(_k), [_key("b", None), _key("c", "text")])
+        uow.commit()
     assert _stored(rt) == {"a": {"result_code": 0, "credits": [1, 2]}, "b": None, "c": "text"}
 
 
@@ -54,9 +57,10 @@ def test_a_failed_write_rolls_everything_back_and_the_connection_stays_usable(
         hot.run(conn, insert(_k), _key("taken", {}))
 
     def write_both() -> None:
-        with rt.engine.begin() as conn, commit_together(conn):
-            hot.run(conn, insert(_k), _key("new", {}))
-            hot.run(conn, insert(_k), _key("taken", {}))  # the primary key is taken
+        with UnitOfWork(rt) as uow:
+            uow.write(insert(_k), _key("new", {}))
+            uow.write(insert(_k), _key("taken", {}))  # the primary key is taken
+            uow.commit()
 
     with pytest.raises(IntegrityError):
         write_both()
@@ -104,7 +108,7 @@ def test_a_connection_cut_while_idle_is_replaced_before_use(
 def _on_a_keeping_thread(work: Any) -> Any:
     """``work()`` on a new thread that keeps its connection between transactions; the
     connection goes back to the pool afterwards."""
-    keeper = db_engine.ConnectionKeeper()
+    keeper = KeptConnections()
     with ThreadPoolExecutor(1, initializer=keeper.keep_on_this_thread) as pool:
         answer = pool.submit(work).result()
     keeper.release()
@@ -121,16 +125,17 @@ def test_a_keeping_thread_runs_its_transactions_on_one_connection_other_threads_
     def three_transactions() -> list[int]:
         seen = []
         for _ in range(3):
-            with db_engine.transaction(rt.engine) as conn:
-                seen.append(id(conn.connection.dbapi_connection))
-                conn.execute(insert(_k), _key(f"k{len(seen)}", {}))
+            with UnitOfWork(rt) as uow:
+                seen.append(id(uow.conn.connection.dbapi_connection))
+                uow.write(insert(_k), _key(f"k{len(seen)}", {}))
+                uow.commit()
         return seen
 
     kept = _on_a_keeping_thread(three_transactions)
     assert len(set(kept)) == 1
     assert set(_stored(rt)) == {"k1", "k2", "k3"}  # each transaction committed
     assert rt.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    with db_engine.transaction(rt.engine):  # on a thread that keeps nothing
+    with UnitOfWork(rt):  # on a thread that keeps nothing
         assert rt.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
     assert rt.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
@@ -142,12 +147,12 @@ def test_a_kept_connection_cut_while_idle_is_replaced_before_use(
         pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
 
     def cut_then_use() -> tuple[int, int]:
-        with db_engine.transaction(rt.engine) as conn:
-            first = _backend(conn)
+        with UnitOfWork(rt) as uow:
+            first = _backend(uow.conn)
         _cut(rt, first)
-        monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_S", 0.0)
-        with db_engine.transaction(rt.engine) as conn:
-            return first, _backend(conn)
+        monkeypatch.setattr(uow_module, "PING_AFTER_IDLE_S", 0.0)
+        with UnitOfWork(rt) as uow:
+            return first, _backend(uow.conn)
 
     first, then = _on_a_keeping_thread(cut_then_use)
     assert first != then
@@ -161,16 +166,16 @@ def test_a_kept_connection_lost_in_a_transaction_is_replaced_for_the_next(rt: Ru
 
     def lose() -> None:
         nonlocal first
-        with db_engine.transaction(rt.engine) as conn:
-            first = _backend(conn)
+        with UnitOfWork(rt) as uow:
+            first = _backend(uow.conn)
             _cut(rt, first)
-            _backend(conn)
+            _backend(uow.conn)
 
     def lose_then_use() -> tuple[int, int]:
         with pytest.raises(OperationalError):
             lose()
-        with db_engine.transaction(rt.engine) as conn:
-            return first, _backend(conn)
+        with UnitOfWork(rt) as uow:
+            return first, _backend(uow.conn)
 
     first, then = _on_a_keeping_thread(lose_then_use)
     assert first != then
@@ -181,11 +186,11 @@ def test_a_connection_lost_before_the_commit_raises_the_database_error(rt: Runti
         pytest.skip("PostgreSQL only: SQLite has no server to cut the connection")
 
     def write_after_the_server_went() -> None:
-        with rt.engine.begin() as conn:
-            pid = conn.execute(select(func.pg_backend_pid())).scalar_one()
+        with UnitOfWork(rt) as uow:
+            pid = uow.conn.execute(select(func.pg_backend_pid())).scalar_one()
             _cut(rt, pid)
-            with commit_together(conn):
-                hot.run(conn, insert(_k), _key("lost", {}))
+            uow.write(insert(_k), _key("lost", {}))
+            uow.commit()
 
     # SQLAlchemy's error, which tells the pool to drop the connection; not a second
     # error from rolling back on a closed connection.
@@ -248,13 +253,14 @@ def test_hot_reads_are_utc_whatever_the_server_time_zone(rt: Runtime) -> None:
 
 def test_writes_held_for_the_commit_go_out_before_any_other_statement(rt: Runtime) -> None:
     scope_count = select(func.count()).select_from(_k).where(_k.c.scope == bindparam("scope"))
-    with rt.engine.begin() as conn, commit_together(conn):
-        hot.run(conn, insert(_k), _key("first", {}))
+    with UnitOfWork(rt) as uow:
+        uow.write(insert(_k), _key("first", {}))
         # SQLAlchemy's own statement, then a hot read: each sees the writes before it.
-        assert conn.execute(scope_count, {"scope": "test"}).scalar_one() == 1
-        hot.run(conn, insert(_k), _key("second", {}))
-        assert hot.fetch(conn, scope_count, {"scope": "test"})[0][0] == 2
-        hot.run(conn, insert(_k), _key("third", {}))
+        assert uow.conn.execute(scope_count, {"scope": "test"}).scalar_one() == 1
+        uow.write(insert(_k), _key("second", {}))
+        assert uow.fetch(scope_count, {"scope": "test"})[0][0] == 2
+        uow.write(insert(_k), _key("third", {}))
+        uow.commit()
     assert set(_stored(rt)) == {"first", "second", "third"}
 
 

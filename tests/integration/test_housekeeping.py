@@ -12,13 +12,13 @@ from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, ResultError
 from voms.domain.roles import Role
-from voms.jobs import runner
-from voms.jobs.registry import JOBS
 from voms.jobs.scheduler import Scheduler
 from voms.runtime import Runtime
 from voms.services import care, housekeeping, lifecycle, redemption
 from voms.services.auth import CONSOLE, Principal
 from voms.services.generation import Sealer, write_chunk
+from voms.services.housekeeping import runner
+from voms.services.housekeeping.registry import JOBS
 from voms.services.redemption import RedemptionRequest
 
 MSISDN = "254700000001"

@@ -14,10 +14,10 @@ from voms.cli import app
 from voms.config import Settings
 from voms.crypto import load_keyring
 from voms.db import tables as t
-from voms.jobs.reencryption import key_usage
 from voms.runtime import Runtime, build_runtime
 from voms.services import care, housekeeping, redemption
 from voms.services.auth import CONSOLE
+from voms.services.housekeeping.reencryption import key_usage
 from voms.services.redemption import RedemptionRequest
 
 MSISDN = "254700000001"

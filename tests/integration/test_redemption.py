@@ -651,3 +651,24 @@ def test_refused_redemptions_do_not_take_the_prepared_statements_of_the_next(
     assert redeem(rt, pin=pins[1][1])["result_code"] == 0
     assert code_of(rt, pin=pins[1][1]) == 2009
     assert redeem(rt, pin=pins[2][1])["result_code"] == 0
+
+
+def test_a_redemption_with_a_request_id_costs_three_round_trips(
+    rt: Runtime, one_connection: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Find the voucher (with BEGIN); take it with the account's lock and read; write
+    everything with the COMMIT. Nothing else reaches the server."""
+    from sqlalchemy import event
+
+    from voms.db import hot
+
+    first, second = factories.active_batch(rt, count=2)
+    assert redeem(rt, pin=first[1], request_id="warm")["result_code"] == 0  # caches filled
+    round_trips: list[str] = []
+    send = hot._send
+    monkeypatch.setattr(
+        hot, "_send", lambda *args, **kw: round_trips.append("hot") or send(*args, **kw)
+    )
+    event.listen(one_connection, "before_cursor_execute", lambda *_: round_trips.append("sql"))
+    assert redeem(rt, pin=second[1], request_id="counted")["result_code"] == 0
+    assert round_trips == ["hot", "hot", "hot"]

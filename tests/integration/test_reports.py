@@ -80,11 +80,11 @@ def _export_to_partner(rt: Runtime, serials: list[str]) -> None:
                 file_name="x.csv.gpg",
                 sha256="0" * 64,
                 size_bytes=1,
+                created_by="test",
+                created_at=T0 - timedelta(days=1),
                 state="exported",
                 exported_count=len(serials),
                 updated_at=T0 - timedelta(days=1),
-                created_by="test",
-                created_at=T0 - timedelta(days=1),
             )
             .returning(t.exports.c.id)
         ).scalar_one()

@@ -14,10 +14,10 @@ from sqlalchemy import update
 from tests import factories
 from voms.db import tables as t
 from voms.domain.errors import Invalid, ResultError
-from voms.jobs import runner
 from voms.runtime import Runtime
 from voms.services import redemption
 from voms.services.auth import CONSOLE
+from voms.services.housekeeping import runner
 from voms.services.redemption import RedemptionRequest
 from voms.services.reports import feed
 

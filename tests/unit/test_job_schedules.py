@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from voms.jobs.registry import JOBS, ScheduleError, next_run, schedules
+from voms.services.housekeeping.registry import JOBS, ScheduleError, next_run, schedules
 
 
 def test_every_job_has_a_valid_default_schedule() -> None:

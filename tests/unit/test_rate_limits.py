@@ -1,5 +1,5 @@
-from voms.api.deps import TokenBuckets
 from voms.config import Settings
+from voms.serving import TokenBuckets
 
 
 def test_the_default_rate_limit_lets_a_burst_of_hundreds_of_requests_through() -> None:

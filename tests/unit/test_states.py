@@ -6,15 +6,24 @@ from voms.domain.errors import Conflict
 from voms.domain.results import Result
 from voms.domain.states import (
     BATCH_TRANSITIONS,
+    RESERVATION_TRANSITIONS,
+    SUBSCRIBER_TRANSITIONS,
     VOUCHER_TRANSITIONS,
     BatchAction,
     BatchState,
+    ReservationAction,
+    ReservationState,
+    SubscriberState,
     VoucherAction,
     VoucherState,
+    check_subscriber_move,
     effective_voucher_state,
     next_batch_state,
+    next_reservation_state,
     next_voucher_state,
     redemption_blocker,
+    reservation_states_allowing,
+    voucher_move,
 )
 
 
@@ -78,3 +87,41 @@ def test_a_frozen_batch_shows_its_vouchers_frozen() -> None:
     assert (
         effective_voucher_state(BatchState.GENERATED, VoucherState.AVAILABLE, False) == "inactive"
     )
+
+
+@pytest.mark.parametrize(
+    ("state", "action"), list(itertools.product(ReservationState, ReservationAction))
+)
+def test_every_reservation_transition_is_either_in_the_table_or_refused(
+    state: ReservationState, action: ReservationAction
+) -> None:
+    if (state, action) in RESERVATION_TRANSITIONS:
+        assert next_reservation_state(state, action) is RESERVATION_TRANSITIONS[(state, action)]
+        assert state in reservation_states_allowing(action)
+    else:
+        with pytest.raises(Conflict, match=f"cannot {action}"):
+            next_reservation_state(state, action)
+
+
+def test_finished_reservations_stay_finished() -> None:
+    for final in (ReservationState.COMMITTED, ReservationState.REVOKED):
+        assert not any(state is final for state, _ in RESERVATION_TRANSITIONS)
+
+
+@pytest.mark.parametrize(("state", "new"), list(itertools.product(SubscriberState, repeat=2)))
+def test_subscriber_moves_follow_the_table_and_deactivation_is_final(
+    state: SubscriberState, new: SubscriberState
+) -> None:
+    if new is state or new in SUBSCRIBER_TRANSITIONS[state]:
+        check_subscriber_move(state, new)
+    else:
+        assert state is SubscriberState.DEACTIVATED
+        with pytest.raises(Conflict, match="cannot become"):
+            check_subscriber_move(state, new)
+
+
+def test_each_redemption_move_starts_from_one_state() -> None:
+    assert voucher_move(VoucherAction.REDEEM) == (VoucherState.AVAILABLE, VoucherState.REDEEMED)
+    assert voucher_move(VoucherAction.RESERVE) == (VoucherState.AVAILABLE, VoucherState.RESERVED)
+    assert voucher_move(VoucherAction.COMMIT) == (VoucherState.RESERVED, VoucherState.REDEEMED)
+    assert voucher_move(VoucherAction.REVOKE) == (VoucherState.RESERVED, VoucherState.AVAILABLE)

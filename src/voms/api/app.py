@@ -27,7 +27,6 @@ from voms.api import (
     transactions,
     vouchers,
 )
-from voms.api.deps import TokenBuckets, stop_redemption_threads
 from voms.api.errors import install_error_handlers
 from voms.api.forwarded import Network, resolve_client, trusted_networks
 from voms.api.gate import Gate
@@ -38,6 +37,7 @@ from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
 from voms.logs import configure_logging, scrub_server_logs
 from voms.runtime import Runtime, build_runtime
+from voms.serving import TokenBuckets, rate_limits, stop_redemption_threads
 from voms.web import mount as mount_console
 
 
@@ -146,11 +146,11 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
     )
     app.state.runtime = rt
     app.trusted_proxies = trusted_networks(rt.settings.trusted_proxies)
-    app.state.rate_limits = TokenBuckets(
-        rt.settings.rate_limit_per_second,
-        rt.settings.rate_limit_burst,
-        rt.settings.invalid_keys_per_minute,
-    )
+    sms.install_notices(rt)  # the recipient's SMS notice, on every channel
+    app.state.rate_limits = rate_limits(rt, fresh=True).per_key
+    invalid_per_minute = rt.settings.invalid_keys_per_minute
+    # Invalid API keys, per client address: guessing keys is slow.
+    app.state.invalid_keys = TokenBuckets(invalid_per_minute / 60.0, invalid_per_minute)
     install_error_handlers(app)
     app.add_middleware(Gate)  # inside Observe: the refusals are counted too
     app.add_middleware(Observe)

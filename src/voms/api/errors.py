@@ -14,10 +14,6 @@ from voms.logs import traceback_without_message
 log = logging.getLogger("voms.api")
 
 
-def result_body(result: Result, **extra: Any) -> dict[str, Any]:
-    return {"result_code": result.code, "result_text": result.text, **extra}
-
-
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # FastAPI's default echoes the offending input, which may be a PIN: keep only where
     # and why.
@@ -30,7 +26,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ResultError)
     async def _result_error(_: Request, exc: ResultError) -> JSONResponse:
-        return JSONResponse(result_body(exc.result, **exc.extra), status_code=exc.http_status)
+        return JSONResponse(exc.result.body(**exc.extra), status_code=exc.http_status)
 
     @app.exception_handler(VomsError)
     async def _voms_error(_: Request, exc: VomsError) -> JSONResponse:
@@ -56,6 +52,4 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.__class__.__name__,
             traceback_without_message(exc),
         )
-        return JSONResponse(
-            result_body(Result.SYSTEM_ERROR, detail="internal error"), status_code=500
-        )
+        return JSONResponse(Result.SYSTEM_ERROR.body(detail="internal error"), status_code=500)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from voms.api.deps import principal_of, require_role, run_redemption_work
+from voms.api.deps import principal_of, require_role
 from voms.api.gate import BodyTooLarge, check_body
 from voms.api.schemas import Problem, ResultAnswer, error_responses
 from voms.domain.errors import VomsError
@@ -22,9 +22,10 @@ from voms.services import redemption
 from voms.services.redemption import (
     RechargeRequest,
     RedemptionRequest,
-    ReservationAction,
     Response,
+    SettlementRequest,
 )
+from voms.serving import run_redemption_work
 
 router = APIRouter(prefix="/api/v1", tags=["redemption"])
 T = TypeVar("T")
@@ -141,7 +142,7 @@ _OPTIONAL_ACTION_BODY = _documented(ReservationActionBody, required=False)
 async def commit(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes redeemed (no wallet here changes)."""
     return await _answer(
-        request, Permission.REDEEM, ReservationAction.from_json, redemption.commit, reservation_id
+        request, Permission.REDEEM, SettlementRequest.from_json, redemption.commit, reservation_id
     )
 
 
@@ -151,7 +152,7 @@ async def commit(reservation_id: str, request: Request) -> JSONResponse:
 async def revoke(reservation_id: str, request: Request) -> JSONResponse:
     """The reserved voucher becomes available again."""
     return await _answer(
-        request, Permission.REDEEM, ReservationAction.from_json, redemption.revoke, reservation_id
+        request, Permission.REDEEM, SettlementRequest.from_json, redemption.revoke, reservation_id
     )
 
 

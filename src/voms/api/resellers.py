@@ -16,7 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from voms.api.deps import Allowed, RuntimeDep, TokenBuckets
+from voms.api.deps import Allowed, RuntimeDep
 from voms.channels import sms
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
@@ -24,6 +24,7 @@ from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services.auth import Principal
 from voms.services.resellers import accounts, sales, statements, stock
+from voms.serving import TokenBuckets
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["resellers"])

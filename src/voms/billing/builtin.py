@@ -8,14 +8,14 @@ losing updates, and always take their locks in the same order.
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
-from voms.billing.engine import Account, Applied, AppliedCredit, Balance, Change
-from voms.db import hot
+from voms.billing.engine import Account, Applied, AppliedCredit, Balance, Change, Transaction
 from voms.db import tables as t
 from voms.domain.errors import Conflict, ResultError
 from voms.domain.results import Result
 from voms.domain.scenarios import extended_expiry
+from voms.domain.states import SubscriberState
 
 _s, _b = t.subscribers, t.balances
 
@@ -32,7 +32,7 @@ _SUBSCRIBER = select(
 _SUBSCRIBER_LOCKED = _SUBSCRIBER.with_for_update()
 # Read after the lock is granted, in a statement of its own: under READ COMMITTED a
 # join in the locking statement would return the balances as they were before the wait.
-# Sent together with the locking statement (voms.db.hot.fetch_together), it runs after it.
+# Sent together with the locking statement (fetch_together), it runs after it.
 _BALANCES = (
     select(_b.c.balance_type_id, _b.c.amount, _b.c.expires_at)
     .join(_s, _s.c.id == _b.c.subscriber_id)
@@ -60,10 +60,10 @@ _UPDATE_SUBSCRIBER = (
 class BuiltinWallet:
     """The default :class:`~voms.billing.engine.BillingEngine`: wallets in our database."""
 
-    def load_account(self, conn: Connection, msisdn: str, *, lock: bool) -> Account | None:
+    def load_account(self, tx: Transaction, msisdn: str, *, lock: bool) -> Account | None:
         key = {"msisdn": msisdn}
-        rows, balances = hot.fetch_together(
-            conn, [(_SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, key), (_BALANCES, key)]
+        rows, balances = tx.fetch_together(
+            [(_SUBSCRIBER_LOCKED if lock else _SUBSCRIBER, key), (_BALANCES, key)]
         )
         if not rows:
             return None
@@ -73,14 +73,32 @@ class BuiltinWallet:
             msisdn=row.msisdn,
             service_provider_id=row.service_provider_id,
             product_type_id=row.product_type_id,
-            state=row.state,
+            state=SubscriberState(row.state),
             account_expires_at=row.account_expires_at,
             balances={b.balance_type_id: Balance(b.amount, b.expires_at) for b in balances},
         )
 
-    def apply(self, conn: Connection, account: Account, change: Change) -> Applied:
-        # Every check first, then the writes: they return nothing, so the redemption
-        # service can send them with its COMMIT in one round trip.
+    def check(self, account: Account, change: Change) -> None:
+        for credit in change.credits:
+            current = account.balances.get(credit.balance_type_id)
+            amount = (current.amount if current else 0) + credit.amount
+            if amount < 0:
+                raise Conflict(f"the {credit.balance_type} balance would fall below zero")
+            if credit.amount > 0 and credit.max_balance is not None and amount > credit.max_balance:
+                raise ResultError(Result.BALANCE_LIMIT_EXCEEDED, balance_type=credit.balance_type)
+
+    def reserve(self, tx: Transaction, account: Account, change: Change) -> None:
+        """Nothing to hold: the account's row lock (``load_account(lock=True)``) holds it."""
+
+    def commit(self, change: Change) -> None:
+        """Nothing to settle: the ledger rows were committed with the transaction."""
+
+    def revoke(self, change: Change) -> None:
+        """Nothing to undo: a failed transaction rolled the writes back."""
+
+    def apply(self, tx: Transaction, account: Account, change: Change) -> Applied:
+        # Writes only (checked before, by check()): they return nothing, so they go out
+        # with the COMMIT in one round trip.
         applied: list[AppliedCredit] = []
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
@@ -88,10 +106,6 @@ class BuiltinWallet:
         for credit in sorted(change.credits, key=lambda c: c.balance_type_id):
             current = account.balances.get(credit.balance_type_id)
             amount = (current.amount if current else 0) + credit.amount
-            if amount < 0:
-                raise Conflict(f"the {credit.balance_type} balance would fall below zero")
-            if credit.amount > 0 and credit.max_balance is not None and amount > credit.max_balance:
-                raise ResultError(Result.BALANCE_LIMIT_EXCEEDED, balance_type=credit.balance_type)
             expires_at = extended_expiry(
                 current.expires_at if current else None,
                 credit.balance_expiry_extension_days,
@@ -140,13 +154,12 @@ class BuiltinWallet:
             (_INSERT_LEDGER, ledger_rows),
         ):
             if rows:
-                hot.run(conn, statement, rows)
+                tx.write(statement, rows)
         if (
             account_expires_at != account.account_expires_at
             or product_type_id != account.product_type_id
         ):
-            hot.run(
-                conn,
+            tx.write(
                 _UPDATE_SUBSCRIBER,
                 {"sid": account.id, "expires": account_expires_at, "product": product_type_id},
             )

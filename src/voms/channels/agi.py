@@ -36,7 +36,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import DEFAULTS, Messages, Sayable, placeholders
 from voms.domain.pins import MAX_PIN_LENGTH
@@ -312,7 +311,7 @@ class _Call:
                 await self.offers(scenarios)
                 choice = await self.choose("choose_offer", [str(s["number"]) for s in scenarios])
                 if choice is None:
-                    return result_body(Result.INVALID_SCENARIO_NUMBER)
+                    return Result.INVALID_SCENARIO_NUMBER.body()
                 return await self.redeem(requester, recipient, pin, choice)
             if code in subscriber.BAD_PIN_RESULTS and bad_pins < self.settings.channel_pin_retries:
                 bad_pins += 1
@@ -378,12 +377,10 @@ class _Call:
         else:
             recipient = await self.other_number()
         if recipient is None:
-            answer = result_body(Result.INVALID_SUBSCRIBER)
+            answer = Result.INVALID_SUBSCRIBER.body()
             await self.tell(answer, "")
             return int(answer["result_code"])
         answer = await self.recharge(caller or recipient, recipient)
-        if answer["result_code"] == Result.SUCCESS.code:
-            sms.after_recharge(self.rt, CHANNEL, answer)
         await self.tell(answer, recipient)
         return int(answer["result_code"])
 
@@ -462,6 +459,7 @@ async def start(rt: Runtime, hosts: Sequence[str], port: int) -> asyncio.Server:
     """Listen for Asterisk on ``hosts``:``port`` (port 0: any free port)."""
     prompts = prompts_of(rt)
     networks = allowed_networks(rt.settings.agi_allowed_clients)
+    sms.install_notices(rt)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await handle_call(rt, prompts, networks, reader, writer)

@@ -10,9 +10,6 @@ number, so nobody can get someone else blacklisted from here. The address is the
 or the one a proxy of VOMS_TRUSTED_PROXIES forwarded for (voms.api.forwarded).
 """
 
-import math
-import threading
-import time
 import uuid
 from typing import Annotated, Any
 
@@ -20,12 +17,11 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
-from voms.api.deps import RuntimeDep, client_address, run_redemption_work
-from voms.api.errors import result_body
-from voms.channels import sms, subscriber
+from voms.channels import subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
 from voms.runtime import Runtime
+from voms.serving import RuntimeDep, TokenBuckets, client_address, run_redemption_work
 
 CHANNEL = "web"
 
@@ -66,39 +62,12 @@ _PAGE = Environment(autoescape=True).from_string(
 )
 
 
-class AttemptLimiter:
-    """Token buckets per client address: ``per_minute`` attempts, bursts as large."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(per_minute)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._buckets) > 100_000:  # forget addresses whose bucket is full again
-                full = now - self.burst / self.rate
-                self._buckets = {k: v for k, v in self._buckets.items() if v[1] > full}
-            tokens, last = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-            return allowed
-
-    def retry_after(self, client: str) -> int:
-        """Whole seconds until ``client`` has an attempt again (at least 1)."""
-        with self._lock:
-            tokens, last = self._buckets.get(client, (self.burst, time.monotonic()))
-        tokens = min(self.burst, tokens + (time.monotonic() - last) * self.rate)
-        return max(1, math.ceil((1.0 - tokens) / self.rate))
-
-
-def _limiter(rt: Runtime) -> AttemptLimiter:
+def _limiter(rt: Runtime) -> TokenBuckets:
+    """Attempts per client address: ``VOMS_MOBILE_RATE_LIMIT_PER_MINUTE``, bursts as large."""
     limiter = rt.caches.get("mobile_attempts")
-    if not isinstance(limiter, AttemptLimiter):
-        limiter = AttemptLimiter(rt.settings.mobile_rate_limit_per_minute)
+    if not isinstance(limiter, TokenBuckets):
+        per_minute = rt.settings.mobile_rate_limit_per_minute
+        limiter = TokenBuckets(per_minute / 60.0, per_minute)
         rt.caches["mobile_attempts"] = limiter
     return limiter
 
@@ -176,7 +145,6 @@ def _recharge(
     )
     code = answer["result_code"]
     if code == Result.SUCCESS.code:
-        sms.after_recharge(rt, CHANNEL, answer)
         return _page(said, language, form=False, message=said.result(answer))
     if code == Result.SCENARIO_REQUIRED.code:
         offers = [
@@ -211,7 +179,7 @@ async def recharge(
     client = client_address(request)
     if not _limiter(rt).allow(client):
         said = subscriber.texts(rt).messages(None, language)
-        answer = result_body(Result.TOO_MANY_REQUESTS)
+        answer = Result.TOO_MANY_REQUESTS.body()
         wait = _limiter(rt).retry_after(client)
         return _page(
             said,

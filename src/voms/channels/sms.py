@@ -18,6 +18,7 @@ The shared secret in the URL (``VOMS_SMS_SECRET``) is what lets Kannel in; witho
 the endpoint refuses everything.
 """
 
+import functools
 import hmac
 import logging
 import urllib.parse
@@ -30,13 +31,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import SecretStr
 
-from voms.api.deps import RuntimeDep, run_redemption_work
-from voms.api.errors import result_body
 from voms.channels import subscriber
 from voms.channels.texts import Messages
 from voms.domain.pins import MIN_PIN_LENGTH, luhn_valid
 from voms.domain.results import Result
 from voms.runtime import Runtime
+from voms.serving import RuntimeDep, run_redemption_work
 
 CHANNEL = "sms"
 MAX_REPLY_CHARS = 459  # three concatenated GSM 7-bit parts
@@ -124,8 +124,6 @@ def _recharge_command(
         command = f"{keyword} PIN" + (f" {recipient}" if recipient else "")
         choices = ", ".join(said.scenario(s) for s in answer.get("scenarios", []))
         return said.text("sms.choose_scenario", choices=choices, command=command)
-    if answer["result_code"] == Result.SUCCESS.code:
-        after_recharge(rt, CHANNEL, answer)
     return said.result(answer)
 
 
@@ -174,7 +172,7 @@ async def kannel_inbound(
     msisdn = subscriber.msisdn_or_none(sender)
     if msisdn is None:
         said = subscriber.texts(rt).messages()
-        return PlainTextResponse(said.result(result_body(Result.INVALID_SUBSCRIBER)))
+        return PlainTextResponse(said.result(Result.INVALID_SUBSCRIBER.body()))
     if message_id is not None and len(message_id) > MAX_MESSAGE_ID_CHARS:
         message_id = None
     reply = await run_redemption_work(request, reply_to, rt, msisdn, text, message_id)
@@ -239,6 +237,13 @@ def _confirm(rt: Runtime, answer: Mapping[str, Any]) -> None:
     _send(rt, requester, confirmation(said, answer), "confirmation")
 
 
+def install_notices(rt: Runtime) -> None:
+    """With ``VOMS_KANNEL_SENDSMS_URL`` set, the redemption service sends the SMS of every
+    successful recharge (:func:`after_recharge`), whatever the channel, once committed."""
+    if rt.settings.kannel_sendsms_url:
+        rt.after_recharge = functools.partial(after_recharge, rt)
+
+
 def notify_recipient(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | None":
     """After a recharge of another number, tell its owner by SMS (when configured)."""
     recipient = answer.get("recipient_msisdn")
@@ -254,12 +259,15 @@ def confirm_recharge(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | 
     return _senders.submit(_confirm, rt, dict(answer))
 
 
-def after_recharge(rt: Runtime, channel: str, answer: Mapping[str, Any]) -> list["Future[None]"]:
-    """The SMS a successful recharge sends: the recipient's notice and the confirmation.
+# The subscriber channels whose recharges are confirmed by SMS: an SMS recharge is
+# confirmed by its reply already, and the integrations (REST, SOAP) answer their caller.
+CONFIRMED_CHANNELS = frozenset({"ussd", "ivr", "web"})
 
-    An SMS recharge is confirmed by its reply already, so it sends no confirmation.
-    """
+
+def after_recharge(rt: Runtime, channel: str, answer: Mapping[str, Any]) -> list["Future[None]"]:
+    """The SMS a successful recharge sends: the recipient's notice (every channel) and the
+    confirmation (USSD, IVR and web only)."""
     sent = [notify_recipient(rt, answer)]
-    if channel != CHANNEL:
+    if channel in CONFIRMED_CHANNELS:
         sent.append(confirm_recharge(rt, answer))
     return [future for future in sent if future is not None]

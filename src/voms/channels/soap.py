@@ -26,14 +26,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from lxml import etree
 
-from voms.api.deps import TokenBuckets, run_redemption_work
-from voms.api.errors import result_body
 from voms.domain.errors import Forbidden, Invalid, NotFound, ResultError, VomsError
 from voms.domain.results import Result
 from voms.runtime import Runtime
 from voms.services import care, redemption, wallet
 from voms.services.auth import Principal, authenticate
-from voms.services.redemption import RechargeRequest, RedemptionRequest, ReservationAction
+from voms.services.redemption import RechargeRequest, RedemptionRequest, SettlementRequest
+from voms.serving import TokenBuckets, run_redemption_work
 
 log = logging.getLogger("voms.soap")
 
@@ -308,7 +307,7 @@ def _outcome(call: Callable[[], Values]) -> Values:
     try:
         return call()
     except ResultError as error:
-        return result_body(error.result, **error.extra)
+        return error.result.body(**error.extra)
 
 
 def _redemption_request(values: Values) -> RedemptionRequest:
@@ -332,8 +331,8 @@ def _reserve(rt: Runtime, who: Principal, values: Values) -> Values:
     return _outcome(lambda: redemption.reserve(rt, who, _redemption_request(values)))
 
 
-def _reservation_action(values: Values) -> ReservationAction:
-    return ReservationAction(channel=CHANNEL, request_id=values.get("RequestId"))
+def _reservation_action(values: Values) -> SettlementRequest:
+    return SettlementRequest(channel=CHANNEL, request_id=values.get("RequestId"))
 
 
 def _commit(rt: Runtime, who: Principal, values: Values) -> Values:
@@ -368,22 +367,22 @@ def _get_voucher(rt: Runtime, who: Principal, values: Values) -> Values:
         else:
             voucher = care.voucher_by_pin(rt, who, values.get("Pin") or "")
     except NotFound:
-        return result_body(Result.VOUCHER_NOT_FOUND)
+        return Result.VOUCHER_NOT_FOUND.body()
     except Invalid as error:
         # care names the malformed field in its detail (never the PIN itself).
         invalid = Result.INVALID_SERIAL_NUMBER if "Serial" in values else Result.INVALID_PARAMETER
-        return result_body(invalid, detail=error.detail)
-    return result_body(Result.SUCCESS, **voucher)
+        return invalid.body(detail=error.detail)
+    return Result.SUCCESS.body(**voucher)
 
 
 def _get_subscriber(rt: Runtime, who: Principal, values: Values) -> Values:
     try:
         subscriber = wallet.get_subscriber(rt, who, values.get("Msisdn") or "")
     except NotFound:
-        return result_body(Result.SUBSCRIBER_NOT_FOUND)
+        return Result.SUBSCRIBER_NOT_FOUND.body()
     except Invalid as error:
-        return result_body(Result.INVALID_SUBSCRIBER, detail=error.detail)
-    return result_body(Result.SUCCESS, **subscriber)
+        return Result.INVALID_SUBSCRIBER.body(detail=error.detail)
+    return Result.SUCCESS.body(**subscriber)
 
 
 OPERATIONS: dict[str, _Operation] = {
@@ -581,9 +580,7 @@ def handle(rt: Runtime, buckets: TokenBuckets, body: bytes, authorization: str |
         if operation is None:
             raise SoapFault("Client", f"Unknown operation {tag}; see /soap?wsdl")
         if principal.api_key_id is not None and not buckets.allow(principal.api_key_id):
-            return _answer(
-                operation.response, operation.fields, result_body(Result.TOO_MANY_REQUESTS)
-            )
+            return _answer(operation.response, operation.fields, Result.TOO_MANY_REQUESTS.body())
         _validate(element)
         return _answer(
             operation.response, operation.fields, operation.call(rt, principal, _values(element))

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from voms.api.errors import result_body
 from voms.channels.texts import Messages, Texts, TextsFile
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.msisdn import normalize_msisdn
@@ -24,6 +23,7 @@ from voms.services import redemption, subscriber_view
 from voms.services.auth import Principal
 from voms.services.redemption import RedemptionRequest
 from voms.services.subscriber_view import Account
+from voms.serving import rate_limits
 
 log = logging.getLogger("voms.channels")
 
@@ -78,10 +78,12 @@ def redeem(
     request_id: str | None = None,
     client: str | None = None,
 ) -> Response:
-    """Redeem through the one redemption service; a failure is a response, not an error.
+    """Redeem through the one redemption service, within the channel's and the number's
+    rate limits; a failure is a response, not an error.
 
     ``client`` is the caller's address where the subscriber types the number (/m): bad
-    PINs then count against it, not against the number."""
+    PINs then count against it, not against the number, and so does the number's rate
+    limit (nobody can use up someone else's)."""
     request = RedemptionRequest(
         msisdn=msisdn,
         pin=pin,
@@ -91,15 +93,19 @@ def redeem(
         request_id=request_id,
     )
     try:
+        number = msisdn_or_none(msisdn) or msisdn
+        limited = number if client is None else f"{number}@{client}"
+        if not rate_limits(rt).allow_subscriber(channel, limited):
+            raise ResultError(Result.TOO_MANY_REQUESTS)
         who = principal(channel)
         if client is not None:
             who = dataclasses.replace(who, client=client)
         response = redemption.redeem(rt, who, request)
     except ResultError as error:
-        response = result_body(error.result, **error.extra)
+        response = error.result.body(**error.extra)
     except Exception as exc:
         log_unexpected(channel, "redemption", exc)
-        response = result_body(Result.SYSTEM_ERROR)
+        response = Result.SYSTEM_ERROR.body()
     log.info("%s: redemption answered %s", channel, response["result_code"])
     return response
 
@@ -151,7 +157,7 @@ def balance_text(rt: Runtime, channel: str, msisdn: str, said: Messages) -> str:
         found = account(rt, channel, msisdn)
     except Exception as exc:
         log_unexpected(channel, "balance", exc)
-        return said.result(result_body(Result.SYSTEM_ERROR))
+        return said.result(Result.SYSTEM_ERROR.body())
     if found is None:
         return said.text("balance.unknown")
     return said.balances(found.balances)

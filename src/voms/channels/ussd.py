@@ -26,8 +26,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from voms.api.deps import RuntimeDep, run_redemption_work
-from voms.api.errors import result_body
 from voms.channels import sms, subscriber
 from voms.channels.texts import Messages
 from voms.domain.results import Result
@@ -35,6 +33,7 @@ from voms.runtime import Runtime
 from voms.services import channel_sessions
 from voms.services.channel_sessions import MAX_SESSION_ID_LENGTH, Session
 from voms.services.subscriber_view import Account
+from voms.serving import RuntimeDep, run_redemption_work
 
 CHANNEL = "ussd"
 MAX_REPLY_CHARS = 182
@@ -190,7 +189,6 @@ class _Menu:
         )
         code = answer["result_code"]
         if code == Result.SUCCESS.code:
-            sms.after_recharge(self.rt, CHANNEL, answer)
             return self._done(self.said.result(answer))
         if code == Result.SCENARIO_REQUIRED.code and scenario is None:
             self.state.update(
@@ -262,7 +260,7 @@ def _step(rt: Runtime, session_id: str, msisdn: str, text: str) -> str:
     if session.expired:
         return Reply(fresh.text("ussd.expired"), end=True).render()
     if session.msisdn != msisdn:  # a session id is the gateway's, for one subscriber
-        return Reply(fresh.result(result_body(Result.INVALID_SUBSCRIBER)), True).render()
+        return Reply(fresh.result(Result.INVALID_SUBSCRIBER.body()), True).render()
     if session.is_new:
         channel_sessions.purge_expired(rt, actor)
         found = _account_or_none(rt, msisdn)
@@ -317,7 +315,7 @@ async def ussd_callback(
     msisdn = subscriber.msisdn_or_none(phone_number)
     said = subscriber.texts(rt).messages()
     if msisdn is None or not session_id or len(session_id) > MAX_SESSION_ID_LENGTH:
-        answer: dict[str, Any] = result_body(Result.INVALID_SUBSCRIBER)
+        answer: dict[str, Any] = Result.INVALID_SUBSCRIBER.body()
         return PlainTextResponse(Reply(said.result(answer), end=True).render())
     if len(text) > MAX_INPUT_CHARS:
         return PlainTextResponse(Reply(said.text("ussd.too_long"), end=True).render())

@@ -1,9 +1,6 @@
 """Engines: SQLite (embedded default, WAL) and PostgreSQL (psycopg 3, pooled)."""
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
@@ -106,11 +103,12 @@ def _ping_when_idle(engine: Engine) -> None:
         idle_since = record.info.pop("idle_since", None)
         if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
             return
-        if not _alive(engine, dbapi_connection):
+        if not alive(engine, dbapi_connection):
             raise exc.DisconnectionError("the connection did not answer a ping")
 
 
-def _alive(engine: Engine, dbapi_connection: Any) -> bool:
+def alive(engine: Engine, dbapi_connection: Any) -> bool:
+    """Whether a connection answers a ping (a kept one that sat idle, say)."""
     try:
         return bool(engine.dialect.do_ping(dbapi_connection))
     except engine.dialect.loaded_dbapi.Error:
@@ -123,7 +121,7 @@ def _configure_sqlite(engine: Engine) -> None:
     pysqlite's default deferred BEGIN lets two transactions read, then both try to
     upgrade to write; one fails at once with "database is locked". BEGIN IMMEDIATE
     queues writers on the busy timeout instead. Read-only work may ask for DEFERRED
-    through the ``sqlite_begin`` execution option (see :func:`reading`).
+    through the ``sqlite_begin`` execution option (a read-only unit of work does).
     """
 
     @event.listens_for(engine, "connect")
@@ -142,76 +140,6 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-@contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction: never blocks writers or other readers on SQLite."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(sqlite_begin="DEFERRED")
-        with conn.begin():
-            yield conn
-
-
-_this_thread = threading.local()  # a kept connection per engine, on keeping threads
-
-
-class ConnectionKeeper:
-    """Lets the threads of one pool keep a connection each between their transactions.
-
-    For the few threads that run nothing but short transactions, one after the other
-    (the redemption threads): checking a connection out of the pool and back in for
-    each of them cost about 8 % of the server's CPU under load (the pool's lock, a new
-    Connection and its event dispatch, the reset on return). Each thread holds one
-    pooled connection until :meth:`release`.
-    """
-
-    def __init__(self) -> None:
-        self._kept: list[dict[Engine, tuple[Connection, float]]] = []
-
-    def keep_on_this_thread(self) -> None:
-        """Run by each thread as it starts (a ThreadPoolExecutor's initializer)."""
-        _this_thread.kept = {}
-        self._kept.append(_this_thread.kept)
-
-    def release(self) -> None:
-        """Give every kept connection back to its pool, once the threads have stopped."""
-        for kept in self._kept:
-            for conn, _ in kept.values():
-                conn.close()
-            kept.clear()
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    """``engine.begin()``: on the thread's own connection when it keeps one
-    (:class:`ConnectionKeeper`).
-
-    A kept connection is checked as a pooled one is: pinged when it sat idle for
-    ``PING_AFTER_IDLE_S`` or more, replaced when lost. One whose transaction failed goes
-    back to the pool: the error may have left it unusable.
-    """
-    held: dict[Engine, tuple[Connection, float]] | None = getattr(_this_thread, "kept", None)
-    if held is None:
-        with engine.begin() as conn:
-            yield conn
-        return
-    kept = held.pop(engine, None)
-    if kept is None or kept[0].invalidated:
-        conn = engine.connect()  # the pool checks it if it sat idle
-    else:
-        conn, idle_since = kept
-        if time.monotonic() - idle_since >= PING_AFTER_IDLE_S and not _alive(
-            engine, conn.connection.dbapi_connection
-        ):
-            conn.invalidate()  # and the next statement reconnects
-    try:
-        with conn.begin():
-            yield conn
-    except BaseException:
-        conn.close()  # back to the pool, whose reset finds it broken if it is
-        raise
-    held[engine] = (conn, time.monotonic())
 
 
 def is_postgres(conn: Connection | Engine) -> bool:

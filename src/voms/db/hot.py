@@ -16,8 +16,8 @@ Round trips are saved three ways (libpq pipeline mode):
 - A transaction's first statement goes out with its ``BEGIN``.
 - A statement whose rows are needed later (:func:`ahead`) waits and goes out with the
   next round trip, ahead of that round trip's statements.
-- Inside :func:`voms.db.pipeline.commit_together`, writes wait and go out with the
-  ``COMMIT`` in one round trip (:func:`deferring`, :func:`send_deferred`).
+- In a unit of work (:mod:`voms.services.uow`), writes wait and go out with the
+  ``COMMIT`` in one round trip (:func:`defer_writes`, :func:`send_deferred`).
 
 Any other statement on the connection (SQLAlchemy's, or one run here) first sends what
 waits, so statements always reach the server in the order they were run. What waits
@@ -159,7 +159,7 @@ def _rows(session: _Session, compiled: _Compiled, result: pq.abc.PGresult) -> li
 def run(conn: Connection, statement: Executable, params: Params | Sequence[Params]) -> None:
     """A statement that returns no rows, once or (a list of parameters) for each.
 
-    While writes are deferred (:func:`deferring`) the statement waits for the COMMIT.
+    While writes are deferred (:func:`defer_writes`) the statement waits for the COMMIT.
     """
     if conn.dialect.name != "postgresql":
         conn.execute(statement, params)
@@ -176,18 +176,18 @@ def run(conn: Connection, statement: Executable, params: Params | Sequence[Param
         _send(conn, session, [(compiled, p) for p in many])
 
 
-@contextmanager
-def deferring(conn: Connection) -> Iterator[None]:
-    """Hold back :func:`run`'s writes until :func:`send_deferred` (PostgreSQL only)."""
-    session = _session(conn)
-    session.deferring = True
-    try:
-        yield
-    except BaseException:
-        _drop(session)  # the transaction is rolled back: what waits is void
-        raise
-    finally:
+def defer_writes(conn: Connection) -> None:
+    """From now on :func:`run`'s writes wait for :func:`send_deferred` or the next read
+    (PostgreSQL only; the unit of work's transactions)."""
+    _session(conn).deferring = True
+
+
+def stop_deferring(conn: Connection) -> None:
+    """:func:`run` writes at once again; what still waits is dropped (rolled back)."""
+    session: _Session | None = conn.connection.info.get(_SESSION)
+    if session is not None:
         session.deferring = False
+        _drop(session)
 
 
 def send_deferred(conn: Connection, *, commit: bool) -> None:

@@ -27,6 +27,10 @@ class Conflict(VomsError):
     http_status = 409
 
 
+class RequestIdReused(Conflict):
+    """A request id already answered for another body (5006 in the redemption family)."""
+
+
 class Invalid(VomsError):
     """The request is well-formed but its values are unacceptable."""
 

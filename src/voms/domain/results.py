@@ -1,6 +1,8 @@
-"""Result codes of the redemption family (API.md "Result codes")."""
+"""Result codes of the redemption family (API.md "Result codes"), and the body every
+interface answers them with."""
 
 from enum import Enum
+from typing import Any
 
 
 class Result(Enum):
@@ -41,6 +43,10 @@ class Result(Enum):
         self.code = code
         self.text = text
         self.http_status = http_status
+
+    def body(self, **extra: Any) -> dict[str, Any]:
+        """The answer's body: ``result_code`` and ``result_text``, then ``extra``."""
+        return {"result_code": self.code, "result_text": self.text, **extra}
 
     @classmethod
     def from_code(cls, code: int) -> "Result":

@@ -1,9 +1,8 @@
 """Scenario choice and expiry arithmetic of a recharge."""
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from voms.domain.catalog import Scenario, VoucherType
 from voms.domain.errors import ResultError
 from voms.domain.results import Result
 
@@ -11,18 +10,19 @@ from voms.domain.results import Result
 LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
 
 
-def choose_scenario(scenarios: Sequence[dict[str, Any]], number: int | None) -> dict[str, Any]:
+def choose_scenario(voucher_type: VoucherType, number: int | None) -> Scenario:
     """The scenario to apply: the only one, or the one asked for.
 
-    Several scenarios and none asked for: 2008 (the caller lists the choices so that a
-    channel can prompt); a number the voucher type does not have: 4005.
+    Several scenarios and none asked for: 2008, listing the choices so that a channel
+    can prompt; a number the voucher type does not have: 4005.
     """
+    scenarios = voucher_type.scenarios
     if number is None:
         if len(scenarios) == 1:
             return scenarios[0]
-        raise ResultError(Result.SCENARIO_REQUIRED)
+        raise ResultError(Result.SCENARIO_REQUIRED, scenarios=[s.public() for s in scenarios])
     for scenario in scenarios:
-        if scenario["number"] == number:
+        if scenario.number == number:
             return scenario
     raise ResultError(Result.INVALID_SCENARIO_NUMBER)
 

@@ -95,6 +95,86 @@ def voucher_states_allowing(action: VoucherAction) -> frozenset[VoucherState]:
     return frozenset(state for (state, act) in VOUCHER_TRANSITIONS if act is action)
 
 
+def voucher_move(action: VoucherAction) -> tuple[VoucherState, VoucherState]:
+    """The one own state ``action`` takes a voucher from, and the state it leaves it in
+    (for the conditional update that decides who wins a voucher)."""
+    (source,) = voucher_states_allowing(action)
+    return source, VOUCHER_TRANSITIONS[(source, action)]
+
+
+class ReservationState(StrEnum):
+    """A voucher held for an external charging system."""
+
+    OPEN = "open"
+    HELD = "held"  # timed out with the hold action: waits for a commit or a revoke
+    COMMITTED = "committed"
+    REVOKED = "revoked"
+
+
+class ReservationAction(StrEnum):
+    COMMIT = "commit"
+    REVOKE = "revoke"
+    HOLD = "hold"  # the timeout action that keeps the voucher reserved
+
+
+RESERVATION_TRANSITIONS: dict[tuple[ReservationState, ReservationAction], ReservationState] = {
+    (ReservationState.OPEN, ReservationAction.COMMIT): ReservationState.COMMITTED,
+    (ReservationState.OPEN, ReservationAction.REVOKE): ReservationState.REVOKED,
+    (ReservationState.OPEN, ReservationAction.HOLD): ReservationState.HELD,
+    (ReservationState.HELD, ReservationAction.COMMIT): ReservationState.COMMITTED,
+    (ReservationState.HELD, ReservationAction.REVOKE): ReservationState.REVOKED,
+}
+
+# What a reservation's commit or revoke does to its voucher.
+RESERVATION_VOUCHER_ACTION = {
+    ReservationAction.COMMIT: VoucherAction.COMMIT,
+    ReservationAction.REVOKE: VoucherAction.REVOKE,
+}
+
+
+def reservation_states_allowing(action: ReservationAction) -> frozenset[ReservationState]:
+    """Reservation states from which ``action`` is legal."""
+    return frozenset(state for (state, act) in RESERVATION_TRANSITIONS if act is action)
+
+
+def next_reservation_state(state: ReservationState, action: ReservationAction) -> ReservationState:
+    """The reservation state after ``action``; an illegal transition is a Conflict (409)."""
+    try:
+        return RESERVATION_TRANSITIONS[(state, action)]
+    except KeyError:
+        raise Conflict(f"cannot {action} a reservation that is {state}") from None
+
+
+class SubscriberState(StrEnum):
+    """A subscriber's account state; only an active account is recharged."""
+
+    ACTIVE = "active"
+    FROZEN = "frozen"
+    SUSPENDED = "suspended"
+    DEACTIVATED = "deactivated"
+
+
+# Deactivation is final: a deactivated number is given a new account, not reopened.
+SUBSCRIBER_TRANSITIONS: dict[SubscriberState, frozenset[SubscriberState]] = {
+    SubscriberState.ACTIVE: frozenset(
+        {SubscriberState.FROZEN, SubscriberState.SUSPENDED, SubscriberState.DEACTIVATED}
+    ),
+    SubscriberState.FROZEN: frozenset(
+        {SubscriberState.ACTIVE, SubscriberState.SUSPENDED, SubscriberState.DEACTIVATED}
+    ),
+    SubscriberState.SUSPENDED: frozenset(
+        {SubscriberState.ACTIVE, SubscriberState.FROZEN, SubscriberState.DEACTIVATED}
+    ),
+    SubscriberState.DEACTIVATED: frozenset(),
+}
+
+
+def check_subscriber_move(state: SubscriberState, new_state: SubscriberState) -> None:
+    """A subscriber may stay as it is or move as the table allows; otherwise Conflict (409)."""
+    if new_state is not state and new_state not in SUBSCRIBER_TRANSITIONS[state]:
+        raise Conflict(f"a subscriber that is {state} cannot become {new_state}")
+
+
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:
     """Expiry is derived from ``expires_at``: no mass update is ever needed."""
     return expires_at is not None and expires_at <= now

@@ -1,1 +1,3 @@
-"""Housekeeping jobs (one function each), their registry, runner and scheduler."""
+"""The scheduler: a thread in `voms serve` that starts each housekeeping job on its
+schedule. The jobs, their registry and runner are services
+(:mod:`voms.services.housekeeping`)."""

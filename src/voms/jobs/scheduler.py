@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from voms.db.types import utcnow
-from voms.jobs import reencryption, runner
-from voms.jobs.registry import JOBS, next_run, schedules
 from voms.runtime import Runtime
+from voms.services.housekeeping import reencryption, runner
+from voms.services.housekeeping.registry import JOBS, next_run, schedules
 
 log = logging.getLogger("voms.scheduler")
 MAX_SLEEP_S = 30.0

@@ -1,6 +1,6 @@
 """The voucher archive as the rest of the system sees it: lookups and PIN uniqueness.
 
-The archive job (voms.jobs.archive) moves vouchers in; nothing ever moves them out.
+The archive job (voms.services.housekeeping.archive) moves vouchers in; nothing ever moves them out.
 """
 
 from collections.abc import Sequence

@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.roles import Permission
+from voms.services.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from voms.runtime import Runtime
@@ -85,7 +85,8 @@ def read_audit_log(
     Filters: object, who acted (``by``), action; ``before_id`` pages on.
     """
     actor.require(Permission.AUDIT_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return list_entries(
             conn,
             object_type=object_type,

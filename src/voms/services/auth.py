@@ -12,12 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from voms.caching import ReadCache
 from voms.crypto import hash_api_key, new_api_key
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import GRANTABLE, RESELLER_KEY_PERMISSIONS, Permission, Role, allows
 from voms.runtime import Runtime
 from voms.services import audit
+from voms.services.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def create_api_key(
     secret = new_api_key()
     if reseller is not None and role_value is not Role.DISTRIBUTOR:
         raise Invalid("only a distributor key may be scoped to a reseller")
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, service_provider) if service_provider else None
         reseller_id = None
         if reseller is not None:
@@ -153,6 +154,7 @@ def create_api_key(
             sp_id,
             {"name": name, "role": role, "reseller": reseller, "allow": sorted(granted)},
         )
+        uow.commit()
     record = {
         "id": key_id,
         "name": name,
@@ -199,9 +201,10 @@ def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
     )
     if actor.service_provider_id is not None:
         query = query.where(k.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
         return [
-            {**row._mapping, "allow": sorted(_allowed(row.allow))} for row in conn.execute(query)
+            {**row._mapping, "allow": sorted(_allowed(row.allow))}
+            for row in uow.conn.execute(query)
         ]
 
 
@@ -216,7 +219,8 @@ def revoke_api_key(rt: Runtime, actor: Principal, name: str) -> None:
     """Revoke a key. A scoped key revokes only its own provider's keys; the last
     unscoped admin key is never revoked (nobody could administer the installation)."""
     actor.require(Permission.APIKEY_ADMIN)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(_k.c.id, _k.c.service_provider_id, _k.c.role, _k.c.revoked_at).where(
                 _k.c.name == name
@@ -240,11 +244,13 @@ def revoke_api_key(rt: Runtime, actor: Principal, name: str) -> None:
             .values(revoked_at=utcnow())
         )
         audit.record(conn, actor, "apikey.revoke", "api_key", row.id, row.service_provider_id)
+        uow.commit()
     _cache(rt).clear()
 
 
 def has_any_api_key(rt: Runtime) -> bool:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return conn.execute(select(t.api_keys.c.id).limit(1)).first() is not None
 
 
@@ -286,7 +292,8 @@ def authenticate(rt: Runtime, secret: str) -> Principal | None:
 
 
 def _lookup(rt: Runtime, digest: str) -> Principal | None:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(
                 t.api_keys.c.id,

@@ -18,7 +18,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import Connection, Row, and_, delete, select, tuple_, update
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
 from voms.domain.errors import Forbidden, Invalid, NotFound, ResultError
@@ -27,6 +26,7 @@ from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 # "Until released": later than any block that ends, and still a valid date everywhere.
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
@@ -132,7 +132,8 @@ def list_blacklist(
         .order_by(_pa.c.updated_at.desc(), _pa.c.msisdn.desc())
         .limit(limit + 1)
     )
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         rows = conn.execute(query).all()
     page = rows[:limit]
     return {
@@ -156,7 +157,8 @@ def block(rt: Runtime, actor: Principal, body: BlockIn) -> dict[str, Any]:
         "blocked_by": actor.name,
         "updated_at": now,
     }
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = _check_scope(conn, actor, msisdn)
         if not insert_if_absent(conn, _pa, {"msisdn": msisdn, "failures": 0, **manual}):
             conn.execute(update(_pa).where(_pa.c.msisdn == msisdn).values(**manual))
@@ -170,6 +172,7 @@ def block(rt: Runtime, actor: Principal, body: BlockIn) -> dict[str, Any]:
             {"reason": body.reason, "until": None if body.until is None else until.isoformat()},
         )
         row = conn.execute(select(_pa).where(_pa.c.msisdn == msisdn)).one()
+        uow.commit()
         return _entry(row)
 
 
@@ -181,7 +184,8 @@ def release(rt: Runtime, actor: Principal, msisdn: str) -> dict[str, Any]:
     """
     actor.require(Permission.BLACKLIST)
     number = _msisdn(msisdn)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = _check_scope(conn, actor, number)
         row = conn.execute(delete(_pa).where(_pa.c.msisdn == number).returning(*_pa.c)).first()
         if row is None:
@@ -201,4 +205,5 @@ def release(rt: Runtime, actor: Principal, msisdn: str) -> dict[str, Any]:
                 "failures": row.failures,
             },
         )
+        uow.commit()
     return {**was, "was_blocked": blocked, "released_by": actor.name}

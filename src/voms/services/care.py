@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import Connection, Row, select, tuple_
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Invalid, NotFound, ResultError
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH, check_pin
@@ -22,6 +21,7 @@ from voms.runtime import Runtime
 from voms.services.auth import Principal
 from voms.services.lifecycle import history
 from voms.services.transactions import decode_cursor, encode_cursor, result_text
+from voms.services.uow import UnitOfWork
 
 _PIN_LENGTHS = frozenset(range(MIN_PIN_LENGTH, MAX_PIN_LENGTH + 1))
 # Redemption-family attempts that changed the voucher (shown in its history).
@@ -191,7 +191,8 @@ def voucher_by_serial(rt: Runtime, actor: Principal, serial: str) -> dict[str, A
     actor.require(Permission.LOOKUP)
     width = rt.settings.serial_width
     number = parse_serial(serial, width)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         live = conn.execute(_VOUCHER.where(_v.c.serial == number)).first()
         if live is None:
             archived = conn.execute(_ARCHIVED.where(_a.c.serial == number)).first()
@@ -210,7 +211,8 @@ def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
         raise Invalid(f"pin: {exc.result.text.lower()}") from None
     hashes = rt.keyring.lookup_hashes(clean)
     width = rt.settings.serial_width
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         live = conn.execute(_VOUCHER.where(_v.c.pin_hash.in_(hashes))).first()
         if live is None:
             archived = conn.execute(_ARCHIVED.where(_a.c.pin_hash.in_(hashes))).first()
@@ -228,7 +230,8 @@ def voucher_attempts(
         raise Invalid(f"limit must be between 1 and {MAX_ATTEMPTS_PAGE}")
     width = rt.settings.serial_width
     number = parse_serial(serial, width)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = (
             conn.execute(
                 select(_b.c.service_provider_id)
@@ -267,7 +270,8 @@ def redeem_on_behalf(
         actor,
         redemption.RedemptionRequest(msisdn=msisdn, pin=pin, channel="care", request_id=request_id),
     )
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         audit.record(
             conn,
             actor,
@@ -282,4 +286,5 @@ def redeem_on_behalf(
                 "result_code": response["result_code"],
             },
         )
+        uow.commit()
     return response

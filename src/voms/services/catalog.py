@@ -7,14 +7,15 @@ from sqlalchemy import Connection, Row, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
+from voms.domain.catalog import Credit, Scenario, VoucherType
 from voms.domain.errors import Conflict, Invalid, NotFound
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal, service_provider_id_by_code
+from voms.services.uow import UnitOfWork
 
 # Starts with a letter, digit or underscore: a code starting with "-" would be run as a
 # formula by the spreadsheets that open exports.
@@ -186,7 +187,8 @@ def create_or_find_service_provider(
     the same fields (409 with other fields)."""
     actor.require(Permission.CATALOG_WRITE)
     actor.require_unscoped()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         try:
             sp_id = _insert(
                 conn, t.service_providers, "service provider", body.code, **body.model_dump()
@@ -205,9 +207,11 @@ def create_or_find_service_provider(
             sp_id,
             body.model_dump(),
         )
-        return _sp_public(
+        result = _sp_public(
             conn.execute(select(t.service_providers).where(t.service_providers.c.id == sp_id)).one()
-        ), True
+        )
+        uow.commit()
+        return result, True
 
 
 def list_service_providers(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
@@ -215,13 +219,15 @@ def list_service_providers(rt: Runtime, actor: Principal) -> list[dict[str, Any]
     query = select(t.service_providers).order_by(t.service_providers.c.code)
     if actor.service_provider_id is not None:
         query = query.where(t.service_providers.c.id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [_sp_public(row) for row in conn.execute(query)]
 
 
 def get_service_provider(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
     actor.require(Permission.CATALOG_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(t.service_providers).where(t.service_providers.c.code == code)
         ).first()
@@ -234,7 +240,8 @@ def get_service_provider(rt: Runtime, actor: Principal, code: str) -> dict[str, 
 def update_service_provider(
     rt: Runtime, actor: Principal, code: str, body: ServiceProviderUpdate
 ) -> dict[str, Any]:
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, code)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         changes = _changes(body)
@@ -247,9 +254,11 @@ def update_service_provider(
             audit.record(
                 conn, actor, "service_provider.update", "service_provider", code, sp_id, changes
             )
-        return _sp_public(
+        result = _sp_public(
             conn.execute(select(t.service_providers).where(t.service_providers.c.id == sp_id)).one()
         )
+        uow.commit()
+        return result
 
 
 # --- balance types and product types ---------------------------------------------
@@ -286,7 +295,8 @@ def _create_simple(
     rt: Runtime, actor: Principal, kind: str, body: BalanceTypeIn | ProductTypeIn
 ) -> tuple[dict[str, Any], bool]:
     table, what, public = _SIMPLE[kind]
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, body.service_provider)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         values = body.model_dump(exclude={"service_provider"})
@@ -305,9 +315,11 @@ def _create_simple(
             sp_id,
             body.model_dump(),
         )
-        return public(
+        result = public(
             conn.execute(select(table).where(table.c.id == row_id)).one(), _sp_codes(conn)
-        ), True
+        )
+        uow.commit()
+        return result, True
 
 
 def _list_simple(
@@ -315,7 +327,8 @@ def _list_simple(
 ) -> list[dict[str, Any]]:
     table, _, public = _SIMPLE[kind]
     actor.require(Permission.CATALOG_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         query = select(table).order_by(table.c.service_provider_id, table.c.code)
         if service_provider is not None:
             sp_id = service_provider_id_by_code(conn, service_provider)
@@ -332,7 +345,8 @@ def _get_simple(
 ) -> dict[str, Any]:
     table, what, public = _SIMPLE[kind]
     actor.require(Permission.CATALOG_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, service_provider)
         actor.require_scope(sp_id)
         row_id = _code_id(conn, table, sp_id, code, what)
@@ -345,7 +359,8 @@ def _update_simple(
     rt: Runtime, actor: Principal, kind: str, service_provider: str, code: str, body: BaseModel
 ) -> dict[str, Any]:
     table, what, public = _SIMPLE[kind]
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, service_provider)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         row_id = _code_id(conn, table, sp_id, code, what)
@@ -355,9 +370,11 @@ def _update_simple(
             audit.record(
                 conn, actor, f"{kind}.update", kind, f"{service_provider}/{code}", sp_id, changes
             )
-        return public(
+        result = public(
             conn.execute(select(table).where(table.c.id == row_id)).one(), _sp_codes(conn)
         )
+        uow.commit()
+        return result
 
 
 def create_balance_type(rt: Runtime, actor: Principal, body: BalanceTypeIn) -> dict[str, Any]:
@@ -583,6 +600,39 @@ def public_voucher_type(loaded: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+def voucher_type_of(loaded: dict[str, Any]) -> VoucherType:
+    """The typed voucher type of what :func:`load_voucher_type` gives."""
+    return VoucherType(
+        id=loaded["id"],
+        code=loaded["code"],
+        service_provider_id=loaded["service_provider_id"],
+        pin_length=loaded["pin_length"],
+        reservation_timeout_s=loaded["reservation_timeout_s"],
+        timeout_action=loaded["timeout_action"],
+        allowed_product_type_ids=frozenset(loaded["allowed_product_type_ids"]),
+        scenarios=tuple(
+            Scenario(
+                number=s["number"],
+                name=s["name"],
+                default=s["default"],
+                credits=tuple(
+                    Credit(
+                        balance_type_id=c["balance_type_id"],
+                        balance_type=c["balance_type"],
+                        amount=c["amount"],
+                        balance_expiry_extension_days=c["balance_expiry_extension_days"],
+                    )
+                    for c in s["credits"]
+                ),
+                account_expiry_extension_days=s["account_expiry_extension_days"],
+                new_product_type_id=s["new_product_type_id"],
+                new_product_type=s["new_product_type"],
+            )
+            for s in loaded["scenarios"]
+        ),
+    )
+
+
 def public_scenario(scenario: dict[str, Any]) -> dict[str, Any]:
     return {
         "number": scenario["number"],
@@ -606,7 +656,8 @@ def create_or_find_voucher_type(
     rt: Runtime, actor: Principal, body: VoucherTypeIn
 ) -> tuple[dict[str, Any], bool]:
     """As create_or_find_service_provider, for a voucher type and its scenarios."""
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, body.service_provider)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         values = body.model_dump(exclude={"service_provider", "scenarios", "allowed_product_types"})
@@ -629,14 +680,17 @@ def create_or_find_voucher_type(
         audit.record(
             conn, actor, "voucher_type.create", "voucher_type", body.code, sp_id, body.model_dump()
         )
-        return public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id)), True
+        result = public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id))
+        uow.commit()
+        return result, True
 
 
 def list_voucher_types(
     rt: Runtime, actor: Principal, service_provider: str | None = None
 ) -> list[dict[str, Any]]:
     actor.require(Permission.CATALOG_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         query = select(t.voucher_types.c.id).order_by(t.voucher_types.c.code)
         if service_provider is not None:
             sp_id = service_provider_id_by_code(conn, service_provider)
@@ -652,7 +706,8 @@ def list_voucher_types(
 
 def get_voucher_type(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
     actor.require(Permission.CATALOG_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         loaded = load_voucher_type(conn, code=code)
     actor.require_scope(loaded["service_provider_id"])
     return public_voucher_type(loaded)
@@ -662,7 +717,8 @@ def update_voucher_type(
     rt: Runtime, actor: Principal, code: str, body: VoucherTypeUpdate
 ) -> dict[str, Any]:
     """Change a voucher type; given scenarios or allowed product types replace the old ones."""
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         loaded = load_voucher_type(conn, code=code)
         sp_id = loaded["service_provider_id"]
         actor.require(Permission.CATALOG_WRITE, sp_id)
@@ -682,7 +738,9 @@ def update_voucher_type(
             _write_scenarios(conn, loaded["id"], sp_id, body.scenarios)
         if changes:
             audit.record(conn, actor, "voucher_type.update", "voucher_type", code, sp_id, changes)
-        return public_voucher_type(load_voucher_type(conn, voucher_type_id=loaded["id"]))
+        result = public_voucher_type(load_voucher_type(conn, voucher_type_id=loaded["id"]))
+        uow.commit()
+        return result
 
 
 def scenarios_of(rt: Runtime, actor: Principal, code: str) -> list[dict[str, Any]]:

@@ -8,15 +8,15 @@ expiry, one request at a time (:class:`voms.caching.ReadCache`).
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, select
 
 from voms.caching import ReadCache
 from voms.db import tables as t
+from voms.domain.catalog import VoucherType
 from voms.domain.errors import NotFound
 from voms.runtime import Runtime
-from voms.services.catalog import load_voucher_type
+from voms.services.catalog import load_voucher_type, voucher_type_of
 
 TTL_SECONDS = 10.0
 
@@ -39,7 +39,7 @@ def _snapshots(rt: Runtime) -> ReadCache[Snapshot]:
     return rt.read_cache("catalog", TTL_SECONDS)
 
 
-def _voucher_types(rt: Runtime) -> ReadCache[dict[str, Any]]:
+def _voucher_types(rt: Runtime) -> ReadCache[VoucherType]:
     return rt.read_cache("voucher_types", TTL_SECONDS)
 
 
@@ -75,12 +75,15 @@ def snapshot_knowing(rt: Runtime, conn: Connection, knows: Callable[[Snapshot], 
 
 def voucher_type(
     rt: Runtime, conn: Connection, *, voucher_type_id: int | None = None, code: str | None = None
-) -> dict[str, Any] | None:
-    """A voucher type as :func:`load_voucher_type` gives it, or None when it does not exist."""
+) -> VoucherType | None:
+    """A voucher type, or None when it does not exist."""
     key = ("vt", voucher_type_id) if voucher_type_id is not None else ("vt_code", code)
     try:
         return _voucher_types(rt).get(
-            key, lambda: load_voucher_type(conn, voucher_type_id=voucher_type_id, code=code)
+            key,
+            lambda: voucher_type_of(
+                load_voucher_type(conn, voucher_type_id=voucher_type_id, code=code)
+            ),
         )
     except NotFound:
         return None

@@ -18,6 +18,7 @@ from voms.db.upsert import insert_if_absent
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 MAX_SESSION_ID_LENGTH = 100
 _s = t.channel_sessions
@@ -50,8 +51,8 @@ def load(
     """The stored session, a new one, or one marked ``expired`` (its state is gone)."""
     actor.require(Permission.REDEEM)
     now = now or utcnow()
-    with rt.engine.connect() as conn:
-        row = conn.execute(
+    with UnitOfWork(rt, read_only=True) as uow:
+        row = uow.conn.execute(
             select(_s.c.msisdn, _s.c.state, _s.c.version, _s.c.expires_at).where(
                 _s.c.channel == channel, _s.c.session_id == session_id
             )
@@ -74,7 +75,8 @@ def save(
     actor.require(Permission.REDEEM)
     now = now or utcnow()
     expires_at = now + timedelta(seconds=timeout_s)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         if session.is_new:
             saved = insert_if_absent(
                 conn,
@@ -103,6 +105,7 @@ def save(
                 ).first()
                 is not None
             )
+        uow.commit()
     if saved:
         session.version += 1
     return saved
@@ -112,6 +115,9 @@ def purge_expired(rt: Runtime, actor: Principal, now: datetime | None = None) ->
     """Forget every session past its expiry; how many were removed."""
     actor.require(Permission.REDEEM)
     now = now or utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         removed = conn.execute(delete(_s).where(_s.c.expires_at <= now).returning(_s.c.version))
-        return len(removed.all())
+        result = len(removed.all())
+        uow.commit()
+        return result

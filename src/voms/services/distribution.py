@@ -22,7 +22,6 @@ import secrets
 import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -48,7 +47,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from voms import openpgp, xlsx
 from voms.db import tables as t
-from voms.db.engine import is_postgres, reading
 from voms.db.types import utcnow
 from voms.domain.distribution import (
     EXPORT_COLUMNS,
@@ -64,6 +62,7 @@ from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.lifecycle import record_event
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 PartnerName = Annotated[
     str, StringConstraints(strip_whitespace=True, pattern=r"^[^/\\\x00-\x1f\x7f]{1,100}$")
@@ -165,7 +164,8 @@ def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, 
     """Add a partner; its key must be one valid, encryption-capable OpenPGP public key."""
     actor.require(Permission.EXPORT)
     key = _inspect(rt, body.public_key)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = (
             service_provider_id_by_code(conn, body.service_provider)
             if body.service_provider
@@ -201,7 +201,9 @@ def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, 
             sp_id,
             {"name": body.name, "contact": body.contact, "key_fingerprint": key.fingerprint},
         )
-        return _partner_public(_load_partner(conn, actor, body.name))
+        result = _partner_public(_load_partner(conn, actor, body.name))
+        uow.commit()
+        return result
 
 
 def list_partners(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
@@ -213,18 +215,21 @@ def list_partners(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
             (t.partners.c.service_provider_id == actor.service_provider_id)
             | t.partners.c.service_provider_id.is_(None)
         )
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [_partner_public(row) for row in conn.execute(query)]
 
 
 def get_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return _partner_public(_load_partner(conn, actor, name))
 
 
 def disable_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
     """Stop all further exports to a partner (past exports stay recorded)."""
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _load_partner(conn, actor, name)
         if row.service_provider_id is None:
             actor.require_unscoped()
@@ -235,7 +240,9 @@ def disable_partner(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
                 .values(state="disabled", disabled_at=utcnow())
             )
             audit.record(conn, actor, "partner.disable", "partner", row.id, row.service_provider_id)
-        return _partner_public(_load_partner(conn, actor, name))
+        result = _partner_public(_load_partner(conn, actor, name))
+        uow.commit()
+        return result
 
 
 class PartnerKeyIn(_Input):
@@ -249,7 +256,8 @@ def replace_partner_key(
 ) -> dict[str, Any]:
     """Give a partner a new key (rotation, or the old one expired); checked as on import."""
     key = _inspect(rt, body.public_key)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _load_partner(conn, actor, name)
         if row.service_provider_id is None:
             actor.require_unscoped()
@@ -272,7 +280,9 @@ def replace_partner_key(
             row.service_provider_id,
             {"from": row.key_fingerprint, "to": key.fingerprint},
         )
-        return _partner_public(_load_partner(conn, actor, name))
+        result = _partner_public(_load_partner(conn, actor, name))
+        uow.commit()
+        return result
 
 
 # --- exports: what to export --------------------------------------------------------
@@ -555,7 +565,8 @@ class _Claimer:
         while low <= piece.serial_to:
             if self._stopping.is_set():
                 return
-            with _snapshot(self._rt) as conn:
+            with UnitOfWork(self._rt, snapshot=True) as uow:
+                conn = uow.conn
                 if piece.dense:
                     high = min(low + CLAIM_ROWS - 1, piece.serial_to)
                 else:
@@ -575,6 +586,7 @@ class _Claimer:
                     .order_by(v.c.serial)
                 ).all()
                 _step(conn, self._job.export_id, len(rows))
+                uow.commit()
             self.reissued += reissued
             if rows:
                 yield [(row[0], row[1], row[2]) for row in rows]
@@ -722,15 +734,18 @@ def _store_file(rt: Runtime, export_id: int, spool: IO[bytes]) -> None:
     spool.seek(0)
     seq = 0
     while True:
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             for _ in range(FILE_CHUNKS_PER_TRANSACTION):
                 chunk = spool.read(FILE_CHUNK_BYTES)
                 if not chunk:
+                    uow.commit()
                     return
                 conn.execute(
                     insert(t.export_file_chunks).values(export_id=export_id, seq=seq, data=chunk)
                 )
                 seq += 1
+            uow.commit()
 
 
 def _token_hash(token: str) -> str:
@@ -749,12 +764,10 @@ def _replay_or_register(
     """The export an earlier request with this id made, or a new one, registered."""
     actor.require(Permission.EXPORT)
     purge_export_files(rt)
-    fingerprint = _fingerprint(rt, body)
-    if body.request_id is not None:
-        replayed = _replay(rt, actor, body.request_id, fingerprint)
-        if replayed is not None:
-            return replayed
-    return _register(rt, actor, body, fingerprint, keep_file=keep_file)
+    try:
+        return _register(rt, actor, body, _fingerprint(rt, body), keep_file=keep_file)
+    except AnsweredBefore as again:
+        return _replay(rt, actor, int(again.first.body["export_id"]))
 
 
 def create_export(
@@ -787,8 +800,8 @@ def order_export(rt: Runtime, actor: Principal, body: ExportIn) -> dict[str, Any
         return job
     if job.total <= rt.settings.background_export_threshold:
         return _run(rt, actor, job, None, None, keep_failed=False)
-    with reading(rt.engine) as conn:
-        record = _export_public(conn, job.export_id, rt.settings.serial_width)
+    with UnitOfWork(rt, read_only=True) as uow:
+        record = _export_public(uow.conn, job.export_id, rt.settings.serial_width)
     record["download_token"] = job.token
     _in_background(rt, actor, job)
     return record
@@ -806,23 +819,14 @@ def _in_background(rt: Runtime, actor: Principal, job: _Job) -> threading.Thread
     return thread
 
 
-@contextmanager
-def _snapshot(rt: Runtime) -> Iterator[Connection]:
-    """A write transaction whose reads all see one snapshot."""
-    with rt.engine.connect() as conn:
-        if is_postgres(conn):
-            conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            yield conn
-
-
 def _register(
     rt: Runtime, actor: Principal, body: ExportIn, fingerprint: str, *, keep_file: bool
 ) -> _Job:
     """Check the export and record it in state exporting (one short transaction)."""
-    now = utcnow()
     scope = idempotency.scope_of(actor)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn, now = uow.conn, uow.started_at
+        uow.idempotent(scope, body.request_id, fingerprint)
         partner = _load_partner(conn, actor, body.partner)
         if partner.state != "active":
             raise Conflict(f"partner '{body.partner}' is disabled")
@@ -872,10 +876,8 @@ def _register(
             )
             .returning(t.exports.c.id)
         ).scalar_one()
-        if body.request_id is not None and not idempotency.remember(
-            conn, scope, body.request_id, fingerprint, {"export_id": export_id}, 201, now
-        ):
-            raise Conflict("request id is being used by a concurrent request; retry")
+        uow.answer({"export_id": export_id}, 201)
+        uow.commit()
     return _Job(export_id, sp_id, partner, body, slices, total, filters, token, scope)
 
 
@@ -962,7 +964,8 @@ def _write(
             _store_file(rt, export_id, sink.spool)
         now = utcnow()
         x = t.exports
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             done = conn.execute(
                 update(x)
                 .where(x.c.id == export_id, x.c.state == ExportState.EXPORTING)
@@ -1014,6 +1017,7 @@ def _write(
                 },
             )
             record = _export_public(conn, export_id, rt.settings.serial_width)
+            uow.commit()
         if body.reissue:
             _drop_displaced(rt, job)
         record["download_token"] = job.token
@@ -1043,7 +1047,8 @@ def _in_steps(rt: Runtime, table: Table, low: int, high: int, step: Step) -> Non
     """``step(conn, a, b)`` over [low, high], each piece holding at most UNDO_ROWS rows of
     ``table`` (keyed by serial) and done in a transaction of its own."""
     while low <= high:
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             bound = conn.execute(
                 select(table.c.serial)
                 .where(table.c.serial.between(low, high))
@@ -1053,6 +1058,7 @@ def _in_steps(rt: Runtime, table: Table, low: int, high: int, step: Step) -> Non
             ).scalar()
             top = high if bound is None else int(bound)
             step(conn, low, top)
+            uow.commit()
         low = top + 1
 
 
@@ -1092,26 +1098,29 @@ def _stop(rt: Runtime, export_id: int, reason: str, before: datetime | None = No
     condition = [x.c.id == export_id, x.c.state == ExportState.EXPORTING]
     if before is not None:
         condition.append(x.c.updated_at < before)
-    with rt.engine.begin() as conn:
-        return bool(
-            conn.execute(
-                update(x)
-                .where(*condition)
-                .values(
-                    state=ExportState.FAILED,
-                    error=reason[:500],
-                    updated_at=utcnow(),
-                )
-            ).rowcount
-        )
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
+        changed = conn.execute(
+            update(x)
+            .where(*condition)
+            .values(
+                state=ExportState.FAILED,
+                error=reason[:500],
+                updated_at=utcnow(),
+            )
+        ).rowcount
+        uow.commit()
+        return bool(changed)
 
 
 def _undo(rt: Runtime, export_id: int, reissue: bool, low: int, high: int) -> None:
     _in_steps(rt, t.voucher_exports, low, high, _undoer(export_id, reissue))
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         conn.execute(
             delete(t.export_file_chunks).where(t.export_file_chunks.c.export_id == export_id)
         )
+        uow.commit()
 
 
 def _abandon(rt: Runtime, actor: Principal, job: _Job, reason: str, *, keep_record: bool) -> None:
@@ -1121,7 +1130,8 @@ def _abandon(rt: Runtime, actor: Principal, job: _Job, reason: str, *, keep_reco
         if not _stop(rt, job.export_id, reason):
             return  # not exporting any more: fail_stalled_exports has undone it already
         _undo(rt, job.export_id, job.body.reissue, *job.envelope)
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             if keep_record:
                 audit.record(
                     conn,
@@ -1132,6 +1142,7 @@ def _abandon(rt: Runtime, actor: Principal, job: _Job, reason: str, *, keep_reco
                     job.service_provider_id,
                     {"partner": job.body.partner, "filters": job.filters, "error": reason},
                 )
+                uow.commit()
                 return
             conn.execute(delete(t.exports).where(t.exports.c.id == job.export_id))
             if job.body.request_id is not None:
@@ -1139,6 +1150,7 @@ def _abandon(rt: Runtime, actor: Principal, job: _Job, reason: str, *, keep_reco
                 conn.execute(
                     delete(k).where(k.c.scope == job.scope, k.c.request_id == job.body.request_id)
                 )
+            uow.commit()
     except Exception as exc:
         # The export stays exporting, or failed with marks left: fail_stalled_exports
         # finishes the undo once it has not stepped for STALLED_AFTER.
@@ -1150,7 +1162,8 @@ def fail_stalled_exports(rt: Runtime, now: datetime | None = None) -> list[int]:
     STALLED_AFTER: the process running them died (each chunk is a step)."""
     before = (now or utcnow()) - STALLED_AFTER
     x = t.exports
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         stalled = conn.execute(
             select(x.c.id, x.c.reissue, x.c.serial_first, x.c.serial_last).where(
                 x.c.state == ExportState.EXPORTING, x.c.updated_at < before
@@ -1166,20 +1179,12 @@ def fail_stalled_exports(rt: Runtime, now: datetime | None = None) -> list[int]:
     return failed
 
 
-def _replay(
-    rt: Runtime, actor: Principal, request_id: str, fingerprint: str
-) -> dict[str, Any] | None:
+def _replay(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
     """The export an earlier request with this id made, as it is now, with a new
     download token when its file is (or will be) kept: the first answer, and so its
     token, may have been lost."""
-    now = utcnow()
-    with rt.engine.begin() as conn:
-        stored = idempotency.find(conn, idempotency.scope_of(actor), request_id)
-        if stored is None:
-            return None
-        if stored.request_hash != fingerprint:
-            raise Conflict("request id reused with different parameters")
-        export_id = int(stored.response["export_id"])
+    with UnitOfWork(rt) as uow:
+        conn, now = uow.conn, uow.started_at
         row = _load_export(conn, actor, export_id)
         token = None
         running = row.state == ExportState.EXPORTING and row.download_token_hash is not None
@@ -1191,6 +1196,7 @@ def _replay(
                 .values(download_token_hash=_token_hash(token))
             )
         record = _export_public_row(row, rt.settings.serial_width)
+        uow.commit()
     record["download_token"] = token
     return record
 
@@ -1250,7 +1256,8 @@ def _load_export(conn: Connection, actor: Principal, export_id: int) -> Row[Any]
 
 
 def get_export(rt: Runtime, actor: Principal, export_id: int) -> dict[str, Any]:
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return _export_public_row(_load_export(conn, actor, export_id), rt.settings.serial_width)
 
 
@@ -1271,7 +1278,8 @@ def list_exports(
         query = query.where(t.partners.c.name == partner)
     if actor.service_provider_id is not None:
         query = query.where(t.exports.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [_export_public_row(row, rt.settings.serial_width) for row in conn.execute(query)]
 
 
@@ -1287,7 +1295,8 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
     """The encrypted file behind a download link: right role and provider, valid token,
     link not expired. Each download is audited."""
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _load_export(conn, actor, export_id)
         if row.download_token_hash is None:
             raise NotFound(f"export {export_id} was written to a file; it has no download link")
@@ -1305,11 +1314,13 @@ def open_export_file(rt: Runtime, actor: Principal, export_id: int, token: str) 
         audit.record(
             conn, actor, "export.download", "export", export_id, row.service_provider_id, {}
         )
+        uow.commit()
 
     def chunks() -> Iterator[bytes]:
         c = t.export_file_chunks
         for seq in range(chunk_count):
-            with reading(rt.engine) as conn:
+            with UnitOfWork(rt, read_only=True) as uow:
+                conn = uow.conn
                 yield conn.execute(
                     select(c.c.data).where(c.c.export_id == export_id, c.c.seq == seq)
                 ).scalar_one()
@@ -1325,8 +1336,10 @@ def purge_export_files(rt: Runtime, now: datetime | None = None) -> int:
     """
     fail_stalled_exports(rt, now)
     expired = select(t.exports.c.id).where(t.exports.c.download_expires_at <= (now or utcnow()))
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         result = conn.execute(
             delete(t.export_file_chunks).where(t.export_file_chunks.c.export_id.in_(expired))
         )
+        uow.commit()
     return int(result.rowcount)

@@ -38,7 +38,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from voms.db import bulk
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, VomsError
 from voms.domain.roles import Permission
@@ -57,6 +56,7 @@ from voms.services.sealing import (
     seal_in_worker,
     start_worker,
 )
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 log = logging.getLogger("voms.generation")
 
@@ -269,30 +269,17 @@ def create_batch(
     )
     try:
         return _create(rt, actor, body, scope, fingerprint)
-    except _RequestIdTaken:
-        # A concurrent request with this id won; everything of ours was rolled back.
-        assert body.request_id is not None
-        with reading(rt.engine) as conn:
-            stored = idempotency.find(conn, scope, body.request_id)
-            assert stored is not None
-            return Created(
-                _replay(conn, stored, fingerprint, rt.settings.serial_width), is_new=False
-            )
-
-
-class _RequestIdTaken(Exception):
-    pass
+    except AnsweredBefore as again:
+        # The batch an earlier request with this id created, as it is now.
+        with UnitOfWork(rt, read_only=True) as uow:
+            view = batch_view(uow.conn, again.first.body["batch_id"], rt.settings.serial_width)
+        return Created(view, is_new=False)
 
 
 def _create(rt: Runtime, actor: Principal, body: BatchIn, scope: str, fingerprint: str) -> Created:
-    now = utcnow()
-    with rt.engine.begin() as conn:
-        if body.request_id is not None:
-            stored = idempotency.find(conn, scope, body.request_id)
-            if stored is not None:
-                return Created(
-                    _replay(conn, stored, fingerprint, rt.settings.serial_width), is_new=False
-                )
+    with UnitOfWork(rt) as uow:
+        conn, now = uow.conn, uow.started_at
+        uow.idempotent(scope, body.request_id, fingerprint)
         vt = load_voucher_type(conn, code=body.voucher_type)
         actor.require(Permission.BATCH_WRITE, vt["service_provider_id"])
         space = 10 ** (vt["pin_length"] - 1)
@@ -343,22 +330,10 @@ def _create(rt: Runtime, actor: Principal, body: BatchIn, scope: str, fingerprin
             conn, actor, "batch.create", "batch", batch_id, vt["service_provider_id"], detail
         )
         view = batch_view(conn, batch_id, rt.settings.serial_width)
-        if body.request_id is not None and not idempotency.remember(
-            conn, scope, body.request_id, fingerprint, {"batch_id": batch_id}, 201, now
-        ):
-            raise _RequestIdTaken
+        uow.answer({"batch_id": batch_id}, 201)
+        uow.commit()
     log.info("batch %s created: %d vouchers of %s", batch_id, body.count, vt["code"])
     return Created(view, is_new=True)
-
-
-def _replay(
-    conn: Connection, stored: idempotency.Stored, fingerprint: str, width: int
-) -> dict[str, Any]:
-    """The batch an earlier request with this id created, as it is now."""
-    batch_id = stored.response.get("batch_id")
-    if stored.request_hash != fingerprint or not isinstance(batch_id, int):
-        raise Conflict("request id reused with different parameters")
-    return batch_view(conn, batch_id, width)
 
 
 def fill_batch(
@@ -376,7 +351,8 @@ def fill_batch(
     of PIN digits (the OS CSPRNG); ``workers`` 0 seals in this process.
     """
     width, chunk_size = rt.settings.serial_width, rt.settings.generation_chunk_size
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         batch = load_batch(conn, batch_id)
         actor.require(Permission.BATCH_WRITE, batch.service_provider_id)
         pin_length = conn.execute(
@@ -384,6 +360,7 @@ def fill_batch(
                 t.voucher_types.c.id == batch.voucher_type_id
             )
         ).scalar_one()
+        uow.commit()
     if batch.state != BatchState.GENERATING:
         raise Conflict(f"batch {batch_id} is {batch.state}, not generating")
     sealer = Sealer.for_batch(rt.keyring, batch_id, pin_length)
@@ -398,7 +375,8 @@ def fill_batch(
         ) as chunks:
             written = -1
             while done < batch_size(batch) and written:
-                with rt.engine.begin() as conn:
+                with UnitOfWork(rt) as uow:
+                    conn = uow.conn
                     written = 0
                     for sealed in chunks:
                         write_chunk(conn, sealer, sealed.rows, randbytes, sealed.aliases)
@@ -408,6 +386,7 @@ def fill_batch(
                         if written >= per_transaction:
                             break
                     _advance(conn, batch_id, written)
+                    uow.commit()
                 done += written
         _finish(rt, actor, batch_id, BatchAction.COMPLETE, None)
     except BaseException as exc:
@@ -415,8 +394,11 @@ def fill_batch(
         log.error("batch %s failed after %d vouchers: %s", batch_id, done, reason)
         _finish(rt, actor, batch_id, BatchAction.FAIL, reason)
         raise
-    with rt.engine.begin() as conn:
-        return batch_view(conn, batch_id, width)
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
+        result = batch_view(conn, batch_id, width)
+        uow.commit()
+        return result
 
 
 def _advance(conn: Connection, batch_id: int, written: int) -> None:
@@ -447,13 +429,15 @@ def _finish(
         condition.append(b.c.generated_count == b.c.count)
     if stalled_before is not None:
         condition.append(b.c.updated_at < stalled_before)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         changed = conn.execute(
             update(b).where(*condition).values(state=new_state.value, updated_at=now, error=error)
         ).rowcount
         if not changed:
             if action is BatchAction.COMPLETE:
                 raise Conflict(f"batch {batch_id} is incomplete or no longer generating")
+            uow.commit()
             return False
         batch = load_batch(conn, batch_id)
         event = "generated" if action is BatchAction.COMPLETE else "failed"
@@ -477,6 +461,7 @@ def _finish(
             batch.service_provider_id,
             {"generated": batch.generated_count, "error": error},
         )
+        uow.commit()
     if action is BatchAction.COMPLETE:
         log.info("batch %s generated", batch_id)
     return True
@@ -547,8 +532,10 @@ def fail_stalled_batches(rt: Runtime, actor: Principal, stalled_for: timedelta) 
     query = select(b.c.id).where(b.c.state == BatchState.GENERATING.value, b.c.updated_at < before)
     if actor.service_provider_id is not None:
         query = query.where(b.c.service_provider_id == actor.service_provider_id)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         stalled = list(conn.execute(query).scalars())
+        uow.commit()
     failed = []
     for batch_id in stalled:
         # Conditional again: a generation that moved meanwhile is alive and left alone.

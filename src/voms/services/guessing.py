@@ -30,6 +30,7 @@ from voms.domain.results import Result
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 log = logging.getLogger("voms.security")
 
@@ -210,7 +211,8 @@ def weak_pin_warning(rt: Runtime, voucher_type: str) -> str | None:
     batch of a type with that PIN length that is neither deleted nor expired.
     """
     vt, b = t.voucher_types, t.batches
-    with rt.engine.connect() as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         pin_length = conn.execute(select(vt.c.pin_length).where(vt.c.code == voucher_type)).scalar()
         if pin_length is None:
             return None

@@ -13,7 +13,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import Connection, Row, func, insert, select, update
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
@@ -31,6 +30,7 @@ from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
 from voms.services.reports import rollups
+from voms.services.uow import UnitOfWork
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # What operators may ask of a batch; complete/fail belong to generation.
@@ -121,7 +121,8 @@ def batch_view(conn: Connection, batch_id: int, width: int) -> dict[str, Any]:
 def get_batch(rt: Runtime, actor: Principal, batch_id: int) -> dict[str, Any]:
     """One batch with its generation progress."""
     actor.require(Permission.BATCH_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = load_batch(conn, batch_id)
     actor.require_scope(row.service_provider_id)
     return _view(row, rt.settings.serial_width)
@@ -164,7 +165,8 @@ def list_batches(
         query = query.where(_b.c.created_at < until)
     if actor.service_provider_id is not None:
         query = query.where(_b.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         if voucher_type is not None:
             if conn.execute(select(_vt.c.id).where(_vt.c.code == voucher_type)).first() is None:
                 raise NotFound(f"voucher type '{voucher_type}' not found")
@@ -262,7 +264,8 @@ def change_batch(
     if reason is not None and len(reason) > 200:
         raise Invalid("reason is at most 200 characters")
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         batch = load_batch(conn, batch_id)
         actor.require(Permission.BATCH_WRITE, batch.service_provider_id)
         old = BatchState(batch.state)
@@ -305,7 +308,9 @@ def change_batch(
             batch.service_provider_id,
             {"from": old.value, "to": new.value, "reason": reason, "parts": parts},
         )
-        return batch_view(conn, batch_id, rt.settings.serial_width)
+        result = batch_view(conn, batch_id, rt.settings.serial_width)
+        uow.commit()
+        return result
 
 
 def _change_parts(conn: Connection, batch_id: int, action: BatchAction, now: datetime) -> int:
@@ -330,7 +335,8 @@ def amend_batch(
     if expires_at.tzinfo is None:
         raise Invalid("expires_at needs a UTC offset")
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         batch = load_batch(conn, batch_id)
         actor.require(Permission.BATCH_WRITE, batch.service_provider_id)
         if batch.state in (BatchState.DELETED, BatchState.FAILED):
@@ -362,7 +368,9 @@ def amend_batch(
         audit.record(
             conn, actor, "batch.amend_expiry", "batch", batch_id, batch.service_provider_id, detail
         )
-        return batch_view(conn, batch_id, rt.settings.serial_width)
+        result = batch_view(conn, batch_id, rt.settings.serial_width)
+        uow.commit()
+        return result
 
 
 # --- voucher and serial-range operations ------------------------------------------------------
@@ -413,7 +421,8 @@ def change_vouchers(
     label = format_serial(first, width) + (
         "" if first == last else "-" + format_serial(last, width)
     )
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         matched = conn.execute(select(func.count()).select_from(v).where(*in_range)).scalar_one()
         if not matched:
             raise NotFound(f"no voucher with serial {label}")
@@ -447,6 +456,7 @@ def change_vouchers(
             actor.service_provider_id,
             {**detail, "reason": reason},
         )
+        uow.commit()
     return {
         "action": act.value,
         "serial_from": format_serial(first, width),

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 HOURS = 24
 _b, _tx, _r, _pa = t.batches, t.transactions, t.job_runs, t.pin_attempts
@@ -31,7 +31,8 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
     if actor.service_provider_id is not None:
         scoped.append(_b.c.service_provider_id == actor.service_provider_id)
         tx_scoped.append(_tx.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         by_state = {
             row.state: {"batches": row.batches, "vouchers": int(row.vouchers or 0)}
             for row in conn.execute(
@@ -120,5 +121,6 @@ def batch_events(
     )
     if before_id is not None:
         query = query.where(ev.c.id < before_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [dict(row._mapping) for row in conn.execute(query)]

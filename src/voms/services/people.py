@@ -22,13 +22,13 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission, Role
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal, service_provider_id_by_code
+from voms.services.uow import UnitOfWork
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 200
@@ -117,7 +117,8 @@ def create_user(
     _check_password(password)
     password_hash = _hasher.hash(password)
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, service_provider) if service_provider else None
         actor.require_scope(sp_id)
         if actor.service_provider_id is not None and sp_id is None:
@@ -140,6 +141,7 @@ def create_user(
         except IntegrityError:
             raise Conflict(f"a user named '{name}' already exists") from None
         audit.record(conn, actor, "user.create", "user", name, sp_id, {"role": role_value.value})
+        uow.commit()
     return {
         "id": user_id,
         "username": name,
@@ -169,19 +171,22 @@ def list_users(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
     )
     if actor.service_provider_id is not None:
         query = query.where(_u.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def disable_user(rt: Runtime, actor: Principal, username: str) -> None:
     """Disable a person: they cannot sign in, and their open sessions end now."""
     actor.require(Permission.APIKEY_ADMIN)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _user_row(conn, username)
         actor.require_scope(row.service_provider_id)
         conn.execute(update(_u).where(_u.c.id == row.id).values(state="disabled"))
         conn.execute(delete(_s).where(_s.c.user_id == row.id))
         audit.record(conn, actor, "user.disable", "user", username, row.service_provider_id)
+        uow.commit()
 
 
 def reset_password(rt: Runtime, actor: Principal, username: str, password: str) -> None:
@@ -189,7 +194,8 @@ def reset_password(rt: Runtime, actor: Principal, username: str, password: str) 
     actor.require(Permission.APIKEY_ADMIN)
     _check_password(password)
     password_hash = _hasher.hash(password)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _user_row(conn, username)
         actor.require_scope(row.service_provider_id)
         conn.execute(
@@ -204,6 +210,7 @@ def reset_password(rt: Runtime, actor: Principal, username: str, password: str) 
         )
         conn.execute(delete(_s).where(_s.c.user_id == row.id))
         audit.record(conn, actor, "user.reset_password", "user", username, row.service_provider_id)
+        uow.commit()
 
 
 # --- signing in -------------------------------------------------------------------------
@@ -227,7 +234,8 @@ def sign_in(rt: Runtime, username: str, password: str) -> str:
     """
     settings = rt.settings
     now = utcnow()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(select(_u).where(_u.c.username == username.strip())).first()
     if row is None:
         _verify(_DUMMY_HASH, password)
@@ -244,7 +252,8 @@ def sign_in(rt: Runtime, username: str, password: str) -> str:
     values: dict[str, Any] = {} if due else {"failed_sign_ins": 0, "locked_until": None}
     if _hasher.check_needs_rehash(row.password_hash):
         values["password_hash"] = _hasher.hash(password)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         if values:
             conn.execute(update(_u).where(_u.c.id == row.id).values(values))
         conn.execute(delete(_s).where(_s.c.expires_at <= now))
@@ -261,6 +270,7 @@ def sign_in(rt: Runtime, username: str, password: str) -> str:
         )
         if not due:
             _signed_in(conn, row, now)
+        uow.commit()
     return token
 
 
@@ -276,7 +286,8 @@ def _count_failure(rt: Runtime, row: Any, now: datetime) -> None:
 
     Counted in the database (``failed_sign_ins + 1``), so attempts in parallel each count.
     """
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         failures = conn.execute(
             update(_u)
             .where(_u.c.id == row.id)
@@ -284,6 +295,7 @@ def _count_failure(rt: Runtime, row: Any, now: datetime) -> None:
             .returning(_u.c.failed_sign_ins)
         ).scalar_one()
         if failures < rt.settings.ui_max_failed_sign_ins:
+            uow.commit()
             return
         until = now + timedelta(minutes=rt.settings.ui_lockout_minutes)
         conn.execute(
@@ -298,6 +310,7 @@ def _count_failure(rt: Runtime, row: Any, now: datetime) -> None:
             row.service_provider_id,
             {"until": until.isoformat()},
         )
+        uow.commit()
 
 
 def _signed_in(conn: Connection, row: Any, now: datetime) -> None:
@@ -337,17 +350,22 @@ def session_of(rt: Runtime, token: str) -> Session | None:
     now = utcnow()
     digest = _token_hash(token)
     idle = timedelta(minutes=rt.settings.ui_session_idle_minutes)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(_SESSION.where(_s.c.token_hash == digest)).first()
     if row is None:
         return None
     if row.state != "active" or row.expires_at <= now or row.last_seen_at + idle <= now:
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             conn.execute(delete(_s).where(_s.c.token_hash == digest))
+            uow.commit()
         return None
     if now - row.last_seen_at >= _SEEN_EVERY:
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             conn.execute(update(_s).where(_s.c.token_hash == digest).values(last_seen_at=now))
+            uow.commit()
     return Session(
         username=row.username,
         role=Role(row.role),
@@ -362,8 +380,10 @@ def session_of(rt: Runtime, token: str) -> Session | None:
 
 def sign_out(rt: Runtime, token: str) -> None:
     """End a session (its cookie no longer works anywhere)."""
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         conn.execute(delete(_s).where(_s.c.token_hash == _token_hash(token)))
+        uow.commit()
 
 
 # --- second factor (TOTP) ---------------------------------------------------------------
@@ -386,7 +406,8 @@ def verify_second_factor(
     first when the person has none yet. A wrong code counts as a failed sign-in."""
     now = utcnow()
     digest = _token_hash(token)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(_u, _s.c.second_factor_due)
             .select_from(_s.join(_u, _u.c.id == _s.c.user_id))
@@ -405,7 +426,8 @@ def verify_second_factor(
     if not pyotp.TOTP(secret).verify(code.strip(), valid_window=1):
         _count_failure(rt, row, now)
         raise SignInRefused("wrong code")
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         if row.totp_secret is None:
             key_id, blob = rt.keyring.encrypt(secret)
             conn.execute(
@@ -424,3 +446,4 @@ def verify_second_factor(
             update(_u).where(_u.c.id == row.id).values(failed_sign_ins=0, locked_until=None)
         )
         _signed_in(conn, row, now)
+        uow.commit()

@@ -35,6 +35,7 @@ from voms.services import audit
 from voms.services.auth import Principal
 from voms.services.lifecycle import Reason, record_event
 from voms.services.reports import rollups
+from voms.services.uow import UnitOfWork
 
 Serial = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)]
 
@@ -133,7 +134,8 @@ def _change_range(
     overlapping = [_b.c.serial_first <= last, _b.c.serial_last >= first]
     if actor.service_provider_id is not None:
         overlapping.append(_b.c.service_provider_id == actor.service_provider_id)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         # Concurrent range operations on these batches wait here; read again after the
         # wait, so that parts made meanwhile are seen.
         conn.execute(select(_b.c.id).where(*overlapping).with_for_update()).all()
@@ -194,6 +196,7 @@ def _change_range(
             actor.service_provider_id,
             {**detail, "reason": reason},
         )
+        uow.commit()
     return {
         "action": action,
         "serial_from": format_serial(first, width),

@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Row, insert, select, update
 
 from voms.billing.engine import Change, Credit
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, NotFound
 from voms.domain.roles import Permission
@@ -28,6 +27,7 @@ from voms.domain.states import VoucherState
 from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 REVERSIBLE_KINDS = ("redemption", "recharge")
 CHANNEL = "care"
@@ -83,7 +83,8 @@ def reverse(rt: Runtime, actor: Principal, transaction_id: str, raw: object) -> 
     transaction (404) before a bad body (422).
     """
     actor.require(Permission.REVERSE)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         original = _original(conn, transaction_id)
     actor.require_scope(original.service_provider_id)
     body = _body(raw)
@@ -96,29 +97,29 @@ def reverse(rt: Runtime, actor: Principal, transaction_id: str, raw: object) -> 
         {"transaction_id": original.id, **body.model_dump(exclude={"request_id"})},
     )
     now = utcnow()
-    with rt.engine.begin() as conn:
-        if body.request_id is not None:
-            stored = idempotency.find(conn, scope, body.request_id)
-            if stored is not None:
-                if stored.request_hash != request_hash:
-                    raise Conflict("request id reused with different parameters")
-                return stored.response
-        answer = _first_answer(conn, original.id) or _reverse(rt, conn, actor, original, body, now)
-        if body.request_id is not None and not idempotency.remember(
-            conn, scope, body.request_id, request_hash, answer, 200, now
-        ):
-            raise Conflict("a call with this request id is being processed")
-        return answer
+    try:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
+            uow.idempotent(scope, body.request_id, request_hash)
+            answer = _first_answer(conn, original.id) or _reverse(
+                rt, uow, actor, original, body, now
+            )
+            uow.answer(answer, 200)
+            uow.commit()
+            return answer
+    except AnsweredBefore as again:
+        return again.first.body
 
 
 def _reverse(
     rt: Runtime,
-    conn: Connection,
+    uow: UnitOfWork,
     actor: Principal,
     original: Row[Any],
     body: ReversalIn,
     now: datetime,
 ) -> dict[str, Any]:
+    conn = uow.conn
     if original.result_code != 0 or original.kind not in REVERSIBLE_KINDS:
         raise Conflict(
             f"only a successful redemption or voucher-type recharge can be reversed; "
@@ -140,7 +141,7 @@ def _reverse(
     # The voucher before the wallet: the order in which a redemption locks them.
     if body.reactivate_voucher:
         _reactivate(conn, original.serial, now)
-    account = rt.billing.load_account(conn, original.recipient_msisdn, lock=True)
+    account = rt.billing.load_account(uow, original.recipient_msisdn, lock=True)
     if account is None:
         raise Conflict(f"subscriber '{original.recipient_msisdn}' no longer has a wallet")
     credited = conn.execute(
@@ -173,7 +174,7 @@ def _reverse(
         )
     if takes:
         rt.billing.apply(
-            conn,
+            uow,
             account,
             Change(
                 credits=tuple(takes),
@@ -285,7 +286,8 @@ def _reactivate(conn: Connection, serial: int, now: datetime) -> None:
 def reversal_of(rt: Runtime, actor: Principal, transaction_id: str) -> dict[str, Any]:
     """The reversal of a transaction, as answered when it was made."""
     actor.require(Permission.LOOKUP)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         original = _original(conn, transaction_id)
         actor.require_scope(original.service_provider_id)
         answer = _first_answer(conn, original.id)

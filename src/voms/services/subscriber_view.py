@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.domain.errors import Invalid, NotFound, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services import audit, catalog_cache
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 TTL_SECONDS = 10.0
 
@@ -51,7 +51,8 @@ def account(rt: Runtime, actor: Principal, msisdn: str) -> Account | None:
     except ResultError:
         return None
     s, sp, b, bt = t.subscribers, t.service_providers, t.balances, t.balance_types
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(
             select(s.c.id, s.c.msisdn, s.c.state, s.c.language, s.c.service_provider_id, sp.c.code)
             .join(sp, sp.c.id == s.c.service_provider_id)
@@ -82,7 +83,8 @@ def account(rt: Runtime, actor: Principal, msisdn: str) -> Account | None:
 def pin_lengths(rt: Runtime, actor: Principal) -> frozenset[int]:
     """The PIN lengths of the voucher types (a channel splits typed words by them)."""
     actor.require(Permission.CATALOG_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return catalog_cache.snapshot(rt, conn).pin_lengths
 
 
@@ -96,7 +98,8 @@ def set_language(rt: Runtime, actor: Principal, msisdn: str, language: str | Non
     except ResultError:
         raise Invalid(f"'{msisdn}' is not a subscriber number (MSISDN)") from None
     s = t.subscribers
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = conn.execute(
             select(s.c.service_provider_id).where(s.c.msisdn == number)
         ).scalar_one_or_none()
@@ -107,3 +110,4 @@ def set_language(rt: Runtime, actor: Principal, msisdn: str, language: str | Non
         audit.record(
             conn, actor, "subscriber.language", "subscriber", number, sp_id, {"language": language}
         )
+        uow.commit()

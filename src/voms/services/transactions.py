@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.domain.errors import Invalid, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.results import Result
@@ -20,6 +19,7 @@ from voms.domain.roles import Permission
 from voms.domain.serials import format_serial
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.uow import UnitOfWork
 
 MAX_LIMIT = 1000
 
@@ -99,7 +99,8 @@ def list_transactions(
         .order_by(tx.c.at.desc(), tx.c.id.desc())
         .limit(limit + 1)
     )
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         rows = conn.execute(query).all()
     page = rows[:limit]
     width = rt.settings.serial_width

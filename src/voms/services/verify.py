@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, func, select, text
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.runtime import Runtime
+from voms.services.uow import UnitOfWork
 
 EXAMPLES = 5
 
@@ -165,8 +165,9 @@ def _credit_checks(rt: Runtime, report: Report) -> None:
     mismatched: list[str] = []
     unmatched: list[str] = []
     value = {"credited": 0, "ledger": 0}
-    with reading(rt.engine) as tx_conn, reading(rt.engine) as lg_conn:
-        ledger = groupby(_stream(lg_conn, ledger_rows), key=lambda row: row.transaction_id)
+    with UnitOfWork(rt, read_only=True) as on_tx, UnitOfWork(rt, read_only=True) as on_lg:
+        tx_conn = on_tx.conn
+        ledger = groupby(_stream(on_lg.conn, ledger_rows), key=lambda row: row.transaction_id)
         pending = next(ledger, None)
         for row in _stream(tx_conn, credited):
             promised = sorted((c["balance_type"], c["amount"]) for c in row.credits)
@@ -204,7 +205,8 @@ def _credit_checks(rt: Runtime, report: Report) -> None:
 def verify(rt: Runtime) -> Report:
     """Check every invariant; the report names what is broken, with examples."""
     report = Report()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         _voucher_checks(conn, report)
         _reversal_checks(conn, report)
         _balance_checks(conn, report)

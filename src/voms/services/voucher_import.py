@@ -26,7 +26,6 @@ from sqlalchemy import Connection, insert, select, text
 
 from voms.db import bulk
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.pins import luhn_valid
@@ -40,6 +39,7 @@ from voms.services.catalog import load_voucher_type
 from voms.services.generation import issued_hashes
 from voms.services.lifecycle import batch_view, record_event
 from voms.services.sealing import VOUCHER_COLUMNS
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 LEGACY_COLUMNS = ("serial", "pin", "voucher_type", "expires_at")
 CHECK_ROWS = 2_000  # lines checked against the database per query
@@ -251,7 +251,8 @@ def _scan(rt: Runtime, actor: Principal, read: ReadLines, now: datetime) -> tupl
     digest = hashlib.sha256()
     serials, serial_lines = array("q"), array("q")
     pin_keys, pin_lines = array("q"), array("q")
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         parser = _Parser(conn, actor, rt.settings.serial_width, now)
         batches = _batch_ranges(conn)
         for chunk in _chunks(_records(read(), digest), CHECK_ROWS):
@@ -358,7 +359,8 @@ def _refuse_overlap(conn: Connection, first: int, last: int, width: int) -> None
 def _refused(rt: Runtime, actor: Principal, scan: _Scan) -> ImportRefused:
     """Record the refusal (probing for issued PINs shows in the audit log) and say why."""
     issued = sum(1 for reason in scan.bad.values() if reason.startswith("PIN already issued"))
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         audit.record(
             conn,
             actor,
@@ -369,6 +371,7 @@ def _refused(rt: Runtime, actor: Principal, scan: _Scan) -> ImportRefused:
             {"bad_lines": len(scan.bad), "good_lines": scan.good, "issued_pins": issued,
              "file_sha256": scan.file_sha256},
         )  # fmt: skip
+        uow.commit()
     return ImportRefused([BadLine(n, reason) for n, reason in sorted(scan.bad.items())])
 
 
@@ -376,18 +379,11 @@ def _fingerprint(rt: Runtime, file_sha256: str) -> str:
     return idempotency.fingerprint(rt.keyring, "batch.import", {"file_sha256": file_sha256})
 
 
-def _replay(rt: Runtime, scope: str, request_id: str, read: ReadLines) -> dict[str, Any] | None:
-    """The batch an earlier import with this request id made, if there was one."""
-    with reading(rt.engine) as conn:
-        stored = idempotency.find(conn, scope, request_id)
-        if stored is None:
-            return None
-        digest = hashlib.sha256()
-        for line in read():
-            digest.update(line.encode())
-        if stored.request_hash != _fingerprint(rt, digest.hexdigest()):
-            raise Conflict("request id reused with different parameters")
-        return batch_view(conn, int(stored.response["batch_id"]), rt.settings.serial_width)
+def _digest(read: ReadLines) -> str:
+    digest = hashlib.sha256()
+    for line in read():
+        digest.update(line.encode())
+    return digest.hexdigest()
 
 
 def import_vouchers(
@@ -404,13 +400,28 @@ def import_vouchers(
     :class:`ImportRefused` listing every bad line; on success returns the batch.
     """
     actor.require(Permission.BATCH_WRITE)
+    try:
+        if request_id is not None:  # a retry is answered before the file is checked again
+            with UnitOfWork(rt, read_only=True) as uow:
+                uow.idempotent(
+                    idempotency.scope_of(actor), request_id, _fingerprint(rt, _digest(read))
+                )
+        return _import(rt, actor, read, request_id, progress)
+    except AnsweredBefore as again:
+        # The batch an earlier import with this request id made, as it is now.
+        with UnitOfWork(rt, read_only=True) as uow:
+            return batch_view(uow.conn, int(again.first.body["batch_id"]), rt.settings.serial_width)
+
+
+def _import(
+    rt: Runtime,
+    actor: Principal,
+    read: ReadLines,
+    request_id: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     now = utcnow()
     width = rt.settings.serial_width
-    scope = idempotency.scope_of(actor)
-    if request_id is not None:
-        replayed = _replay(rt, scope, request_id, read)
-        if replayed is not None:
-            return replayed
     scan, batch = _scan(rt, actor, read, now)
     if scan.bad:
         raise _refused(rt, actor, scan)
@@ -418,10 +429,13 @@ def import_vouchers(
         raise Invalid("the file holds no vouchers")
     vt, expires_at = batch.voucher_type, batch.expires_at
     assert expires_at is not None
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         _refuse_overlap(conn, scan.serial_first, scan.serial_last, width)
     fingerprint = _fingerprint(rt, scan.file_sha256)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
+        uow.idempotent(idempotency.scope_of(actor), request_id, fingerprint)
         # First move the serial counter past the imported serials (generation queues on
         # this row meanwhile), then make sure no batch took the range since the check.
         conn.execute(
@@ -477,8 +491,7 @@ def import_vouchers(
         audit.record(
             conn, actor, "batch.import", "batch", batch_id, vt["service_provider_id"], detail
         )
-        if request_id is not None and not idempotency.remember(
-            conn, scope, request_id, fingerprint, {"batch_id": batch_id}, 201, now
-        ):
-            raise Conflict("request id is being used by a concurrent request; retry")
-        return batch_view(conn, batch_id, width)
+        uow.answer({"batch_id": batch_id}, 201)
+        result = batch_view(conn, batch_id, width)
+        uow.commit()
+        return result

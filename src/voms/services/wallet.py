@@ -9,17 +9,18 @@ from sqlalchemy.exc import IntegrityError
 
 from voms.billing.engine import Account, Change, Credit
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, NotFound, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.roles import Permission
+from voms.domain.states import SubscriberState, check_subscriber_move
 from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.catalog import MAX_AMOUNT, Code
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
-SubscriberState = Literal["active", "frozen", "suspended", "deactivated"]
+SubscriberStateName = Literal["active", "frozen", "suspended", "deactivated"]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
@@ -35,7 +36,7 @@ class SubscriberIn(BaseModel):
     msisdn: Annotated[str, StringConstraints(min_length=1, max_length=32)]
     service_provider: Code
     product_type: Code
-    state: SubscriberState = "active"
+    state: SubscriberStateName = "active"
     account_expires_at: datetime | None = None
 
     _check_expiry = field_validator("account_expires_at")(_aware)
@@ -45,7 +46,7 @@ class SubscriberUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_type: Code | None = None
-    state: SubscriberState | None = None
+    state: SubscriberStateName | None = None
     account_expires_at: datetime | None = None
 
     _check_expiry = field_validator("account_expires_at")(_aware)
@@ -118,7 +119,8 @@ def _public(conn: Connection, row: Row[Any]) -> dict[str, Any]:
 def get_subscriber(rt: Runtime, actor: Principal, msisdn: str) -> dict[str, Any]:
     """A subscriber's state, product type, account expiry and balances."""
     actor.require(Permission.LOOKUP)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = _subscriber_row(conn, _msisdn(msisdn))
         actor.require_scope(row.service_provider_id)
         return _public(conn, row)
@@ -128,7 +130,8 @@ def ledger_of(rt: Runtime, actor: Principal, msisdn: str, limit: int = 100) -> l
     """The newest ledger rows of a subscriber: every change of a balance, with its cause."""
     actor.require(Permission.LOOKUP)
     lg, bt = t.ledger, t.balance_types
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = _subscriber_row(conn, _msisdn(msisdn))
         actor.require_scope(row.service_provider_id)
         entries = conn.execute(
@@ -168,7 +171,8 @@ def _product_type_id(conn: Connection, sp_id: int, code: str) -> int:
 def create_subscriber(rt: Runtime, actor: Principal, body: SubscriberIn) -> dict[str, Any]:
     """Create a subscriber with an empty wallet."""
     msisdn = _msisdn(body.msisdn)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         sp_id = service_provider_id_by_code(conn, body.service_provider)
         actor.require(Permission.SUBSCRIBER_WRITE, sp_id)
         values = {
@@ -193,7 +197,9 @@ def create_subscriber(rt: Runtime, actor: Principal, body: SubscriberIn) -> dict
             sp_id,
             body.model_dump(mode="json"),
         )
-        return _public(conn, _subscriber_row(conn, msisdn))
+        result = _public(conn, _subscriber_row(conn, msisdn))
+        uow.commit()
+        return result
 
 
 def update_subscriber(
@@ -201,9 +207,12 @@ def update_subscriber(
 ) -> dict[str, Any]:
     """Change a subscriber's state, product type or account expiry."""
     msisdn = _msisdn(msisdn)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         row = _subscriber_row(conn, msisdn)
         actor.require(Permission.SUBSCRIBER_WRITE, row.service_provider_id)
+        if body.state is not None:
+            check_subscriber_move(SubscriberState(row.state), SubscriberState(body.state))
         changes = body.model_dump(exclude_unset=True)
         values = {k: v for k, v in changes.items() if k != "product_type"}
         if body.product_type is not None:
@@ -221,7 +230,9 @@ def update_subscriber(
                 row.service_provider_id,
                 body.model_dump(mode="json", exclude_unset=True),
             )
-        return _public(conn, _subscriber_row(conn, msisdn))
+        result = _public(conn, _subscriber_row(conn, msisdn))
+        uow.commit()
+        return result
 
 
 def adjust_balance(
@@ -229,57 +240,48 @@ def adjust_balance(
 ) -> dict[str, Any]:
     """Credit or debit one balance with a reason; written to the ledger and the audit log."""
     msisdn = _msisdn(msisdn)
-    now = utcnow()
-    scope = idempotency.scope_of(actor)
-    request_hash = idempotency.fingerprint(
+    fingerprint = idempotency.fingerprint(
         rt.keyring, "adjustment", {"msisdn": msisdn, **body.model_dump(exclude={"request_id"})}
     )
-    with rt.engine.begin() as conn:
-        if body.request_id is not None:
-            stored = idempotency.find(conn, scope, body.request_id)
-            if stored is not None:
-                if stored.request_hash != request_hash:
-                    raise Conflict("request id reused with different parameters")
-                return stored.response
-        account = rt.billing.load_account(conn, msisdn, lock=True)
-        if account is None:
-            raise NotFound(f"subscriber '{msisdn}' not found")
-        actor.require(Permission.WALLET_ADJUST, account.service_provider_id)
-        credit = _credit(conn, account, body)
-        applied = rt.billing.apply(
-            conn,
-            account,
-            Change(
-                credits=(credit,),
+    try:
+        with UnitOfWork(rt) as uow:
+            uow.idempotent(idempotency.scope_of(actor), body.request_id, fingerprint)
+            account = rt.billing.load_account(uow, msisdn, lock=True)
+            if account is None:
+                raise NotFound(f"subscriber '{msisdn}' not found")
+            actor.require(Permission.WALLET_ADJUST, account.service_provider_id)
+            change = Change(
+                credits=(_credit(uow.conn, account, body),),
                 cause="adjustment",
                 actor=actor.name,
-                at=now,
+                at=uow.started_at,
                 reason=body.reason,
-            ),
-        )
-        result = {
-            "msisdn": msisdn,
-            "balance_type": body.balance_type,
-            "amount": body.amount,
-            "balance": applied.credits[0].balance,
-            "expires_at": _iso(applied.credits[0].expires_at),
-            "reason": body.reason,
-            "at": now.isoformat(),
-        }
-        audit.record(
-            conn,
-            actor,
-            "wallet.adjust",
-            "subscriber",
-            msisdn,
-            account.service_provider_id,
-            body.model_dump(exclude={"request_id"}),
-        )
-        if body.request_id is not None and not idempotency.remember(
-            conn, scope, body.request_id, request_hash, result, 200, now
-        ):
-            raise Conflict("a call with this request id is being processed")
-        return result
+            )
+            rt.billing.check(account, change)
+            applied = rt.billing.apply(uow, account, change)
+            result = {
+                "msisdn": msisdn,
+                "balance_type": body.balance_type,
+                "amount": body.amount,
+                "balance": applied.credits[0].balance,
+                "expires_at": _iso(applied.credits[0].expires_at),
+                "reason": body.reason,
+                "at": uow.started_at.isoformat(),
+            }
+            audit.record(
+                uow.conn,
+                actor,
+                "wallet.adjust",
+                "subscriber",
+                msisdn,
+                account.service_provider_id,
+                body.model_dump(exclude={"request_id"}),
+            )
+            uow.answer(result)
+            uow.commit()
+    except AnsweredBefore as again:
+        return again.first.body
+    return result
 
 
 def _credit(conn: Connection, account: Account, body: AdjustmentIn) -> Credit:

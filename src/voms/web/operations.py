@@ -12,7 +12,6 @@ from voms.domain.errors import Forbidden, Invalid, VomsError
 from voms.domain.roles import Permission, allows
 from voms.domain.serials import parse_serial
 from voms.domain.states import BatchState
-from voms.jobs.registry import JOBS
 from voms.services import (
     care,
     catalog,
@@ -23,6 +22,7 @@ from voms.services import (
     overview,
     transactions,
 )
+from voms.services.housekeeping.registry import JOBS
 from voms.services.people import Session
 from voms.web.base import (
     NO_ERRORS,

@@ -12,18 +12,20 @@ import json
 import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select, update
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Invalid
-from voms.jobs.context import JobContext
 from voms.runtime import Runtime
+from voms.services.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the housekeeping registry imports this module to run it
+    from voms.services.housekeeping.context import JobContext
 
 JOB = "transaction_feed"
 CHUNK = 50_000
@@ -89,8 +91,9 @@ def export_day(rt: Runtime, day: date, directory: Path | None = None) -> dict[st
     with (
         pq.ParquetWriter(_partial(parquet_path), SCHEMA, compression="zstd") as parquet,
         open(_partial(csv_path), "w", newline="", encoding="utf-8") as csv_file,
-        reading(rt.engine) as conn,
+        UnitOfWork(rt, read_only=True) as uow,
     ):
+        conn = uow.conn
         writer = csv.writer(csv_file, lineterminator="\r\n")
         writer.writerow(COLUMNS)
         result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(
@@ -143,7 +146,7 @@ def _digest(path: Path) -> dict[str, Any]:
     return {"sha256": sha.hexdigest(), "bytes": path.stat().st_size}
 
 
-def export_days(ctx: JobContext) -> int:
+def export_days(ctx: "JobContext") -> int:
     """The transaction_feed job: every finished day since the last one exported (the
     day before yesterday's catch-up included), up to yesterday."""
     rt = ctx.rt
@@ -152,17 +155,20 @@ def export_days(ctx: JobContext) -> int:
         return 0
     yesterday = ctx.now.date() - timedelta(days=1)
     c = t.job_cursors
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(select(c.c.position).where(c.c.job == JOB)).first()
     day = date.fromordinal(row.position + 1) if row is not None else yesterday
     total, days = 0, []
     while day <= yesterday:
         written = export_day(rt, day)
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             values = {"position": day.toordinal(), "detail": {"day": day.isoformat()}}
             values["updated_at"] = utcnow()
             if not conn.execute(update(c).where(c.c.job == JOB).values(**values)).rowcount:
                 conn.execute(c.insert().values(job=JOB, **values))
+            uow.commit()
         total += written["rows"]
         days.append(day.isoformat())
         ctx.chunk_done(written["rows"])

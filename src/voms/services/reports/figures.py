@@ -6,11 +6,11 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.states import BatchState, VoucherState, effective_voucher_state, is_expired
 from voms.runtime import Runtime
 from voms.services.reports.queries import batch_counts
+from voms.services.uow import UnitOfWork
 
 RECENT = timedelta(hours=24)
 
@@ -19,7 +19,8 @@ def business_figures(rt: Runtime) -> dict[str, list[tuple[dict[str, str], float]
     """Each figure's samples as (labels, value): redemption attempts by result and
     channel, vouchers by state per provider, job runs and durations."""
     now = utcnow()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         providers = {
             i: c
             for i, c in conn.execute(select(t.service_providers.c.id, t.service_providers.c.code))

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import Connection, Table, and_, func, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Forbidden, Invalid, NotFound
 from voms.domain.results import Result
@@ -22,6 +21,7 @@ from voms.domain.states import BatchState, VoucherState, effective_voucher_state
 from voms.runtime import Runtime
 from voms.services.auth import Principal
 from voms.services.reports.rollups import as_utc
+from voms.services.uow import UnitOfWork
 
 NAMES = ("inventory", "liability", "redemptions", "failures", "expiries", "partners", "summary")
 GROUP_BY = ("hour", "day", "month")
@@ -81,7 +81,8 @@ class Query:
 def run_report(rt: Runtime, actor: Principal, name: str, query: Query) -> Report:
     """One report, checked for role and provider scope before anything else."""
     actor.require(Permission.REPORT_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         sp_id = _scope(conn, actor, query.service_provider)
         if name not in NAMES:
             raise NotFound(f"unknown report '{name}'; one of: {', '.join(NAMES)}")
@@ -393,9 +394,9 @@ def _failures(conn: Connection, sp_id: int | None, since: datetime, until: datet
         sums[(code, channel)] += count
     rows = [
         {
+            "channel": channel,
             "result_code": code,
             "result_text": _result_text(code),
-            "channel": channel,
             "count": count,
         }
         for (code, channel), count in sorted(sums.items())

@@ -20,7 +20,7 @@ part of their batch, see :mod:`voms.services.ranges`) take their counts along th
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -35,12 +35,14 @@ from sqlalchemy import (
 )
 
 from voms.db import tables as t
-from voms.db.engine import is_postgres, reading
 from voms.db.types import utcnow
 from voms.db.upsert import add_to_rows
 from voms.domain.states import VoucherState
-from voms.jobs.context import JobContext
 from voms.runtime import Runtime
+from voms.services.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the housekeeping registry imports this module to run it
+    from voms.services.housekeeping.context import JobContext
 
 JOB = "report_rollups"
 # Longer than any redemption-family transaction stays open (a charging system's timeout
@@ -83,7 +85,7 @@ def move_vouchers(
             .where(*where, v.c.state == from_state)
             .values(state=to_state, state_changed_at=now)
         )
-        if is_postgres(conn):
+        if conn.dialect.name == "postgresql":
             # The update's own rows, counted in the database: exact under concurrency.
             rows = change.returning(v.c.batch_id).cte("moved")
             per_batch = conn.execute(
@@ -129,7 +131,7 @@ def rebatch_vouchers(
         _tx.c.kind.in_(sorted(VOUCHER_MOVES)),
     ]
     change = update(v).where(*where).values(batch_id=target_id)
-    if is_postgres(conn):
+    if conn.dialect.name == "postgresql":
         # The update's own rows, in one statement: exact under concurrent redemptions.
         rows = change.returning(v.c.serial, v.c.state).cte("rebatched")
         found: list[tuple[str, Any, int]] = [
@@ -201,7 +203,7 @@ def add_moves(conn: Connection, moved: dict[tuple[int, str], int]) -> None:
 # --- the job ---------------------------------------------------------------------------------
 
 
-def fold_transactions(ctx: JobContext) -> int:
+def fold_transactions(ctx: "JobContext") -> int:
     """The report_rollups job: fold transactions older than ``SETTLE`` into the rollups."""
     result = fold(ctx.rt, until=ctx.now - SETTLE, on_window=ctx.chunk_done)
     ctx.detail.update(result)
@@ -217,7 +219,8 @@ def fold(
     until = min(until, utcnow())
     folded = windows = 0
     while True:
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             watermark, counts_from = _cursor(conn)
             start = _first_after(conn, watermark, until)
             if start is None:
@@ -226,6 +229,7 @@ def fold(
             end = min(start + WINDOW, until)
             count = _fold_window(conn, start, end, counts_from)
             _save_cursor(conn, end, counts_from)
+            uow.commit()
         folded += count
         windows += 1
         if on_window is not None:
@@ -235,7 +239,8 @@ def fold(
 
 def watermark(rt: Runtime) -> datetime:
     """Transactions before this time are in the rollups."""
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return _cursor(conn)[0]
 
 
@@ -272,7 +277,7 @@ def hour_of(conn: Connection, column: Any) -> Any:
     """The UTC hour a timestamp falls in, in the dialect's words."""
     # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression and the
     # selected one as the same.
-    if is_postgres(conn):
+    if conn.dialect.name == "postgresql":
         utc = func.timezone(literal_column("'UTC'"), column)
         return func.date_trunc(literal_column("'hour'"), utc)
     return func.strftime(literal_column("'%Y-%m-%d %H:00:00'"), column)

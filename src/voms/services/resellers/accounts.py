@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from sqlalchemy import Connection, Row, insert, select, update
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
@@ -21,6 +20,7 @@ from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.catalog import Code, Currency, Name
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 MAX_DEPTH = 8  # levels of the tree; its paths fit their column
 MAX_AMOUNT = 10**15  # minor units: far above any credit line, far below 64 bits
@@ -153,7 +153,8 @@ def view(row: Row[Any]) -> dict[str, Any]:
 def get_reseller(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
     """One reseller with what it owes and the credit it has left."""
     actor.require(Permission.RESELLER_READ)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         return view(visible(conn, actor, code))
 
 
@@ -174,7 +175,8 @@ def list_resellers(
         query = query.where(_r.c.code > cursor)
     if actor.service_provider_id is not None:
         query = query.where(_r.c.service_provider_id == actor.service_provider_id)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         if actor.reseller_id is not None:
             query = query.where(_r.c.path.startswith(path_of(conn, actor.reseller_id)))
         if parent is not None:
@@ -219,7 +221,8 @@ def create_reseller(rt: Runtime, actor: Principal, body: object) -> tuple[dict[s
     actor.require(Permission.RESELLER_WRITE)
     data = parse(ResellerIn, body)
     commission_bp = int(data.commission_percent * 100)
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         parent = visible(conn, actor, data.parent) if data.parent is not None else None
         if actor.reseller_id is not None and parent is None:
             raise Forbidden("a reseller's key creates resellers below its own only")
@@ -247,6 +250,7 @@ def create_reseller(rt: Runtime, actor: Principal, body: object) -> tuple[dict[s
                 raise Conflict(
                     f"reseller '{data.code}' exists with other values of: {', '.join(differ)}"
                 )
+            uow.commit()
             return view(existing), False
         now = utcnow()
         new_id = conn.execute(
@@ -267,6 +271,7 @@ def create_reseller(rt: Runtime, actor: Principal, body: object) -> tuple[dict[s
         )
         row = find(conn, data.code)
         assert row is not None
+        uow.commit()
         return view(row), True
 
 
@@ -370,19 +375,21 @@ def record_payment(
     actor.require(Permission.RESELLER_WRITE)
     if actor.reseller_id is not None:
         raise Forbidden("a reseller's key may not record payments")
-    with rt.engine.begin() as conn:
+    try:
+        return _record_payment(rt, actor, code, body), True
+    except AnsweredBefore as again:
+        return again.first.body, False
+
+
+def _record_payment(rt: Runtime, actor: Principal, code: str, body: object) -> dict[str, Any]:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         reseller = visible(conn, actor, code)
         data = parse(PaymentIn, body)
-        scope = idempotency.scope_of(actor)
         fingerprint = idempotency.fingerprint(
             rt.keyring, "reseller.payment", {"reseller": code, **data.model_dump()}
         )
-        if data.request_id is not None:
-            stored = idempotency.find(conn, scope, data.request_id)
-            if stored is not None:
-                if stored.request_hash != fingerprint:
-                    raise Conflict("request_id already used with different parameters")
-                return stored.response, False
+        uow.idempotent(idempotency.scope_of(actor), data.request_id, fingerprint)
         due = conn.execute(
             update(_r)
             .where(_r.c.id == reseller.id)
@@ -407,8 +414,6 @@ def record_payment(
             "balance_due": int(due),
             "available_credit": reseller.credit_limit - int(due),
         }
-        if data.request_id is not None and not idempotency.remember(
-            conn, scope, data.request_id, fingerprint, answer, 201, utcnow()
-        ):
-            raise Conflict("request_id is being used by another payment at this moment")
-        return answer, True
+        uow.answer(answer, 201)
+        uow.commit()
+        return answer

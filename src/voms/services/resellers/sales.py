@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from sqlalchemy import Connection, Row, insert, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, NotFound, ResultError
 from voms.domain.msisdn import normalize_msisdn
@@ -30,6 +29,7 @@ from voms.services.auth import Principal
 from voms.services.catalog import Code
 from voms.services.lifecycle import record_event
 from voms.services.resellers import accounts, stock
+from voms.services.uow import AnsweredBefore, UnitOfWork
 
 MAX_SALE_COUNT = 100  # PINs in one answer
 _sales, _sold, _v, _vt = t.sales, t.sale_vouchers, t.vouchers, t.voucher_types
@@ -119,29 +119,17 @@ def sell(rt: Runtime, actor: Principal, body: object) -> Sold:
     scope = idempotency.scope_of(actor)
     fingerprint = idempotency.fingerprint(rt.keyring, "sale", data.model_dump())
     try:
-        with rt.engine.begin() as conn:
-            stored = idempotency.find(conn, scope, data.request_id)
-            if stored is None:
-                answer, pins = _sell(rt, conn, actor, data)
-                if not idempotency.remember(
-                    conn, scope, data.request_id, fingerprint, answer, 201, utcnow()
-                ):
-                    raise _TakenMeanwhile
-                return Sold(_with_pins(answer, pins), first=True)
-            if stored.request_hash != fingerprint:
-                raise Conflict("request_id already used with different parameters")
-            return Sold(_again(rt, conn, actor, stored.response), first=False)
-    except _TakenMeanwhile:  # the same request won on another connection: answer that one
-        with rt.engine.begin() as conn:
-            stored = idempotency.find(conn, scope, data.request_id)
-            assert stored is not None
-            if stored.request_hash != fingerprint:
-                raise Conflict("request_id already used with different parameters") from None
-            return Sold(_again(rt, conn, actor, stored.response), first=False)
-
-
-class _TakenMeanwhile(Exception):
-    """Rolls a sale back whose request id another transaction recorded first."""
+        with UnitOfWork(rt) as uow:
+            uow.idempotent(scope, data.request_id, fingerprint)
+            answer, pins = _sell(rt, uow.conn, actor, data)
+            uow.answer(answer, 201)
+            uow.commit()
+            return Sold(_with_pins(answer, pins), first=True)
+    except AnsweredBefore as again:  # the first answer, its PINs read again (audited)
+        with UnitOfWork(rt) as uow:
+            sold = Sold(_again(rt, uow.conn, actor, again.first.body), first=False)
+            uow.commit()
+            return sold
 
 
 def _sell(
@@ -274,7 +262,8 @@ def activate(rt: Runtime, actor: Principal, code: str, body: object) -> dict[str
     value minus commission) as for a sale; frozen and deleted cards are not charged."""
     actor.require(Permission.SELL)
     width = rt.settings.serial_width
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         seller = accounts.visible(conn, actor, code)
         first, last = stock.serial_range(rt, body)
         held = stock.held_range(conn, seller, first, last)
@@ -338,6 +327,7 @@ def activate(rt: Runtime, actor: Principal, code: str, body: object) -> dict[str
             seller.service_provider_id,
             {"reseller": code, "serial_from": first, "serial_to": last, "count": count},
         )
+        uow.commit()
         return answer
 
 
@@ -391,7 +381,8 @@ def list_sales(
         raise Invalid(f"limit must be between 1 and {accounts.MAX_PAGE}")
     after = _cursor(cursor) if cursor is not None else None
     r = t.resellers
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         reseller = accounts.visible(conn, actor, code)
         query = (
             select(_sales, r.c.code.label("reseller"), _vt.c.code.label("voucher_type"))

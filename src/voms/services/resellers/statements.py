@@ -15,12 +15,12 @@ from sqlalchemy import Connection, func, select
 
 from voms import pdf
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.domain.errors import Invalid
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services.auth import Principal
 from voms.services.resellers import accounts, stock
+from voms.services.uow import UnitOfWork
 
 _e, _r = t.reseller_entries, t.resellers
 STATEMENT_COLUMNS = ("at", "kind", "amount", "balance_due", "sale_id", "reference", "actor")
@@ -60,7 +60,8 @@ def statement(
     opening and closing balance due, the period's totals and its entries."""
     actor.require(Permission.RESELLER_READ)
     since, until = _period(since, until)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         reseller = accounts.visible(conn, actor, code)
         opening = _opening(conn, reseller.id, since)
         rows = conn.execute(
@@ -148,7 +149,8 @@ def sell_through(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
     of those were redeemed (archived ones included)."""
     actor.require(Permission.RESELLER_READ)
     s, v, a, vt = t.sales, t.vouchers, t.voucher_archive, t.voucher_types
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         top = accounts.visible(conn, actor, code)
         subtree = {
             row.id: row.code

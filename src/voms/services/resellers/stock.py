@@ -28,7 +28,6 @@ from sqlalchemy import (
 )
 
 from voms.db import tables as t
-from voms.db.engine import is_postgres, reading
 from voms.db.types import UTCDateTime, utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission
@@ -39,6 +38,7 @@ from voms.services import audit, ranges
 from voms.services.auth import Principal
 from voms.services.lifecycle import record_event
 from voms.services.resellers import accounts
+from voms.services.uow import UnitOfWork
 
 _s, _b, _v, _vt = t.reseller_stock, t.batches, t.vouchers, t.voucher_types
 Serial = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
@@ -166,7 +166,8 @@ def hand_over(rt: Runtime, actor: Principal, code: str, body: object) -> dict[st
     or part of a range held above it in its tree (moved down)."""
     actor.require(Permission.RESELLER_WRITE)
     width = rt.settings.serial_width
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         target = accounts.visible(conn, actor, code)
         first, last = serial_range(rt, body)
         batch = _source_batch(conn, first, last)
@@ -197,6 +198,7 @@ def hand_over(rt: Runtime, actor: Principal, code: str, body: object) -> dict[st
             detail={"reseller": code},
             now=now,
         )
+        uow.commit()
         return stock_view(row, code, voucher_type, width)
 
 
@@ -269,7 +271,8 @@ def list_stock(
         raise Invalid(f"limit must be between 1 and {accounts.MAX_PAGE}")
     if cursor is not None and not cursor.isdigit():
         raise Invalid("malformed cursor")
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         reseller = accounts.visible(conn, actor, code)
         query = (
             select(_s, _vt.c.code.label("voucher_type"))
@@ -365,7 +368,7 @@ def _take_from_range(conn: Connection, held: Any, wanted: int) -> list[Row[Any]]
             )
             .order_by(_v.c.serial)
         )
-        if is_postgres(conn):  # no redemption or freeze may take them meanwhile
+        if conn.dialect.name == "postgresql":  # no redemption or freeze may take them meanwhile
             query = query.with_for_update()
         found += conn.execute(query).all()
     return found

@@ -21,9 +21,10 @@ from sqlalchemy.exc import DBAPIError
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
-from voms.jobs.context import JobContext
-from voms.jobs.registry import JOBS
 from voms.runtime import Runtime
+from voms.services.housekeeping.context import JobContext
+from voms.services.housekeeping.registry import JOBS
+from voms.services.uow import UnitOfWork
 
 _l, _r = t.job_leases, t.job_runs
 MAX_ERROR_LENGTH = 1000
@@ -58,9 +59,12 @@ def claim(
         raise KeyError(job)
     holder = holder or new_holder()
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         insert_if_absent(conn, _l, {"job": job})
-    with rt.engine.begin() as conn:
+        uow.commit()
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
         free = and_(_l.c.job == job, or_(_l.c.expires_at.is_(None), _l.c.expires_at <= now))
         values: dict[str, Any] = {
             "holder": holder,
@@ -95,6 +99,7 @@ def claim(
             .returning(_r.c.id)
         ).scalar_one()
         conn.execute(update(_l).where(_l.c.job == job).values(run_id=run_id))
+        uow.commit()
     return Claim(job=job, run_id=run_id, holder=holder, started_at=now)
 
 
@@ -118,7 +123,8 @@ def execute(
     def on_chunk(rows: int) -> None:
         nonlocal done
         done += rows
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             renewed = conn.execute(
                 update(_l)
                 .where(_l.c.job == claimed.job, _l.c.holder == claimed.holder)
@@ -129,6 +135,7 @@ def execute(
                 .where(_r.c.id == claimed.run_id)
                 .values(rows_affected=done, detail=ctx.detail)
             )
+            uow.commit()
         if renewed != 1:
             raise LeaseLost(f"job {claimed.job}: lease lost")
         if progress is not None:
@@ -150,7 +157,8 @@ def execute(
     finally:
         if outcome != "succeeded":
             rows = done
-        with rt.engine.begin() as conn:
+        with UnitOfWork(rt) as uow:
+            conn = uow.conn
             conn.execute(
                 update(_r)
                 .where(_r.c.id == claimed.run_id)
@@ -167,6 +175,7 @@ def execute(
                 .where(_l.c.job == claimed.job, _l.c.holder == claimed.holder)
                 .values(holder=None, expires_at=None, run_id=None)
             )
+            uow.commit()
     return {
         "run_id": claimed.run_id,
         "job": claimed.job,

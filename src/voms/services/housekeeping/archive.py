@@ -23,8 +23,8 @@ from sqlalchemy import (
 )
 
 from voms.db import tables as t
-from voms.db.engine import is_postgres, reading
-from voms.jobs.context import JobContext
+from voms.services.housekeeping.context import JobContext
+from voms.services.uow import UnitOfWork
 
 _v, _b, _a = t.vouchers, t.batches, t.voucher_archive
 _ARCHIVE_COLUMNS = (
@@ -80,7 +80,7 @@ def _window_end(conn: Connection, after: int, size: int) -> int | None:
 def move_window(conn: Connection, low: int, high: int, cutoff: datetime, now: datetime) -> int:
     """Move the archivable vouchers with low < serial <= high; returns how many."""
     window = and_(_v.c.batch_id == _b.c.id, _v.c.serial > low, _v.c.serial <= high)
-    if is_postgres(conn):
+    if conn.dialect.name == "postgresql":
         # Batches of the window cannot change (amend, delete) while it moves; redemptions
         # only read batches, so they never wait on this.
         conn.execute(
@@ -155,12 +155,15 @@ def archive_vouchers(ctx: JobContext) -> int:
     ctx.detail["cutoff"] = cutoff.isoformat()
     after, total = 0, 0
     while True:
-        with reading(ctx.rt.engine) as conn:
+        with UnitOfWork(ctx.rt, read_only=True) as uow:
+            conn = uow.conn
             high = _window_end(conn, after, ctx.chunk_size)
         if high is None:
             return total
-        with ctx.rt.engine.begin() as conn:
+        with UnitOfWork(ctx.rt) as uow:
+            conn = uow.conn
             moved = move_window(conn, after, high, cutoff, ctx.now)
+            uow.commit()
         total += moved
         ctx.detail["archived"] = total
         ctx.chunk_done(moved)

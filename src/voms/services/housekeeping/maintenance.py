@@ -5,8 +5,9 @@ from datetime import timedelta
 from sqlalchemy import delete, or_, select
 
 from voms.db import tables as t
-from voms.jobs.context import JobContext
 from voms.services import channel_sessions, distribution, redemption
+from voms.services.housekeeping.context import JobContext
+from voms.services.uow import UnitOfWork
 
 
 def time_out_reservations(ctx: JobContext) -> int:
@@ -30,7 +31,8 @@ def release_blacklists(ctx: JobContext) -> int:
     """Forget ended blacklists, and bad-PIN counts from long ago."""
     pa = t.pin_attempts
     quiet_since = ctx.now - timedelta(minutes=ctx.rt.settings.blacklist_minutes)
-    with ctx.rt.engine.begin() as conn:
+    with UnitOfWork(ctx.rt) as uow:
+        conn = uow.conn
         released = conn.execute(
             delete(pa).where(
                 or_(
@@ -39,6 +41,7 @@ def release_blacklists(ctx: JobContext) -> int:
                 )
             )
         ).rowcount
+        uow.commit()
     ctx.chunk_done(released)
     return released
 
@@ -49,7 +52,8 @@ def purge_request_ids(ctx: JobContext) -> int:
     cutoff = ctx.now - timedelta(hours=ctx.rt.settings.idempotency_retention_hours)
     total = 0
     while True:
-        with ctx.rt.engine.begin() as conn:
+        with UnitOfWork(ctx.rt) as uow:
+            conn = uow.conn
             # The chunk's newest timestamp bounds it: one index range per transaction.
             bound = conn.execute(
                 select(k.c.created_at)
@@ -61,6 +65,7 @@ def purge_request_ids(ctx: JobContext) -> int:
             last = bound is None
             limit = (k.c.created_at <= bound) if bound is not None else (k.c.created_at < cutoff)
             removed = conn.execute(delete(k).where(limit, k.c.created_at < cutoff)).rowcount
+            uow.commit()
         total += removed
         if removed:
             ctx.chunk_done(removed)

@@ -10,8 +10,8 @@ from datetime import datetime
 
 from croniter import croniter
 
-from voms.jobs import archive, expiry, maintenance, reencryption
-from voms.jobs.context import JobContext
+from voms.services.housekeeping import archive, expiry, maintenance, reencryption
+from voms.services.housekeeping.context import JobContext
 from voms.services.reports import feed, rollups
 
 OFF = "off"

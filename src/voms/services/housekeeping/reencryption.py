@@ -11,13 +11,13 @@ import os
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from voms.crypto import NONCE_BYTES, Keyring, KeyringError, load_keyring
 from voms.db import tables as t
-from voms.db.engine import reading
-from voms.jobs.context import JobContext
 from voms.runtime import Runtime
+from voms.services.housekeeping.context import JobContext
+from voms.services.uow import UnitOfWork
 
 JOB = "key_reencryption"
 _v, _c = t.vouchers, t.job_cursors
@@ -55,8 +55,8 @@ def reencrypt_pins(ctx: JobContext) -> int:
     target = keyring.active_encryption_key_id
     encrypt = AESGCM(keyring.encryption_keys[target]).encrypt
     decrypt = keyring.pin_decryptor()
-    with ctx.rt.engine.connect() as conn:
-        position, detail = _cursor(conn)
+    with UnitOfWork(ctx.rt, read_only=True) as uow:
+        position, detail = _cursor(uow.conn)
     if detail.get("target_key") != target:
         position, detail = 0, {"target_key": target, "done": False}
     ctx.detail.update(target_key=target, resumed_from=position)
@@ -64,7 +64,8 @@ def reencrypt_pins(ctx: JobContext) -> int:
         return 0
     total = 0
     while True:
-        with ctx.rt.engine.begin() as conn:
+        with UnitOfWork(ctx.rt) as uow:
+            conn = uow.conn
             rows = conn.execute(
                 select(_v.c.serial, _v.c.encryption_key_id, _v.c.pin_ciphertext)
                 .where(_v.c.serial > position)
@@ -91,6 +92,7 @@ def reencrypt_pins(ctx: JobContext) -> int:
                 position = rows[-1].serial
             detail = {"target_key": target, "done": len(rows) < ctx.chunk_size}
             _save(conn, position, detail, ctx)
+            uow.commit()
         total += len(changes)
         ctx.detail["position"] = position
         ctx.chunk_done(len(changes))
@@ -98,10 +100,11 @@ def reencrypt_pins(ctx: JobContext) -> int:
             return total
 
 
-def key_usage(engine: Engine) -> dict[str, dict[int, int]]:
+def key_usage(rt: Runtime) -> dict[str, dict[int, int]]:
     """How many vouchers (live and archived) use each key id."""
     a = t.voucher_archive
-    with reading(engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         encryption = conn.execute(
             select(_v.c.encryption_key_id, func.count()).group_by(_v.c.encryption_key_id)
         ).all()

@@ -8,8 +8,8 @@ transaction, read-only on ``vouchers`` (no voucher row is written or locked).
 from sqlalchemy import delete, func, insert, or_, select
 
 from voms.db import tables as t
-from voms.db.engine import reading
-from voms.jobs.context import JobContext
+from voms.services.housekeeping.context import JobContext
+from voms.services.uow import UnitOfWork
 
 _v, _b, _a, _e = t.vouchers, t.batches, t.voucher_archive, t.batch_expiries
 # Batches whose vouchers can expire (a deleted or failed batch's vouchers never count).
@@ -19,7 +19,8 @@ UNUSED = ("available", "frozen")
 
 def count_expiries(ctx: JobContext) -> int:
     """Count the unused vouchers of every batch that expired since it was last counted."""
-    with reading(ctx.rt.engine) as conn:
+    with UnitOfWork(ctx.rt, read_only=True) as uow:
+        conn = uow.conn
         due = conn.execute(
             select(_b.c.id, _b.c.service_provider_id, _b.c.voucher_type_id, _b.c.expires_at)
             .select_from(_b.outerjoin(_e, _e.c.batch_id == _b.c.id))
@@ -32,7 +33,8 @@ def count_expiries(ctx: JobContext) -> int:
         ).all()
     total = 0
     for batch in due:
-        with ctx.rt.engine.begin() as conn:
+        with UnitOfWork(ctx.rt) as uow:
+            conn = uow.conn
             unused = conn.execute(
                 select(func.count())
                 .select_from(_v)
@@ -54,13 +56,16 @@ def count_expiries(ctx: JobContext) -> int:
                     counted_at=ctx.now,
                 )
             )
+            uow.commit()
         total += unused + archived
         ctx.chunk_done(unused + archived)
     # Batches amended into the future, or deleted, no longer count as expired.
-    with ctx.rt.engine.begin() as conn:
+    with UnitOfWork(ctx.rt) as uow:
+        conn = uow.conn
         stale = select(_b.c.id).where(
             _b.c.id == _e.c.batch_id, or_(_b.c.expires_at > ctx.now, _b.c.state.not_in(_LIVE))
         )
         withdrawn = conn.execute(delete(_e).where(stale.exists())).rowcount
+        uow.commit()
     ctx.detail.update(batches=len(due), withdrawn=withdrawn)
     return total

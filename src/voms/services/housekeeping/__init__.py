@@ -1,7 +1,9 @@
 """Housekeeping: the jobs, their history, and running one now (CLI, API).
 
-The jobs themselves live in ``voms.jobs``; the scheduler inside `voms serve` runs them on
-their schedules. Reading the jobs and their runs needs the housekeeping or audit-read
+The jobs, one module per family (:mod:`.maintenance`, :mod:`.expiry`, :mod:`.archive`,
+:mod:`.reencryption`), are listed in :mod:`.registry` and run by :mod:`.runner`
+(leases, run records); the scheduler inside `voms serve` (:mod:`voms.jobs`) starts them
+on their schedules. Reading the jobs and their runs needs the housekeeping or audit-read
 permission (operator, admin, auditor); running one needs housekeeping (operator, admin)
 and a key not scoped to one service provider: the jobs act on the whole installation.
 """
@@ -14,14 +16,14 @@ from typing import Any
 from sqlalchemy import select
 
 from voms.db import tables as t
-from voms.db.engine import reading
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from voms.domain.roles import Permission, allows
-from voms.jobs import runner
-from voms.jobs.registry import JOBS, ScheduleError, next_run, schedules
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.housekeeping import runner
+from voms.services.housekeeping.registry import JOBS, ScheduleError, next_run, schedules
+from voms.services.uow import UnitOfWork
 
 log = logging.getLogger("voms.housekeeping")
 MAX_LIMIT = 500
@@ -66,7 +68,8 @@ def list_jobs(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
     except ScheduleError as exc:
         raise Invalid(str(exc)) from None
     now = utcnow()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         leases = {row.job: row for row in conn.execute(select(_l))}
         jobs = []
         for name, job in JOBS.items():
@@ -120,7 +123,8 @@ def list_runs(
         query = query.where(_r.c.started_at < until)
     if cursor is not None:
         query = query.where(_r.c.id < cursor)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         rows = conn.execute(query).all()
     page = rows[:limit]
     return {
@@ -131,7 +135,8 @@ def list_runs(
 
 def get_run(rt: Runtime, actor: Principal, run_id: int) -> dict[str, Any]:
     _require_read(actor)
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(select(_r).where(_r.c.id == run_id)).first()
     if row is None:
         raise NotFound(f"run {run_id} not found")
@@ -170,6 +175,7 @@ def start_job(rt: Runtime, actor: Principal, name: str) -> dict[str, Any]:
             log.exception("job %s: run %s could not be recorded", name, claimed.run_id)
 
     threading.Thread(target=work, name=f"voms-job-{name}", daemon=True).start()
-    with reading(rt.engine) as conn:
+    with UnitOfWork(rt, read_only=True) as uow:
+        conn = uow.conn
         row = conn.execute(select(_r).where(_r.c.id == claimed.run_id)).one()
     return _run_view(row)

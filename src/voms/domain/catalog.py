@@ -1,0 +1,70 @@
+"""The catalog as a redemption sees it: voucher types, their scenarios and credits.
+
+Frozen values, loaded by the catalog service and cached per process; the redemption
+reads them and never changes them.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+TimeoutAction = Literal["hold", "commit", "revoke"]
+
+
+@dataclass(frozen=True)
+class Credit:
+    """One credit of a scenario (or an adjustment): amount in the type's minor unit."""
+
+    balance_type_id: int
+    balance_type: str
+    amount: int
+    balance_expiry_extension_days: int = 0
+    max_balance: int | None = None  # the balance type's limit (5004 above it)
+
+    def public(self) -> dict[str, Any]:
+        """As an API answer shows it."""
+        return {
+            "balance_type": self.balance_type,
+            "amount": self.amount,
+            "balance_expiry_extension_days": self.balance_expiry_extension_days,
+        }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a voucher of a type credits: one of its numbered offers."""
+
+    number: int
+    name: str
+    default: bool
+    credits: tuple[Credit, ...]
+    account_expiry_extension_days: int = 0
+    new_product_type_id: int | None = None
+    new_product_type: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """As an API answer shows it (a 2008 lists the choices this way)."""
+        return {
+            "number": self.number,
+            "name": self.name,
+            "default": self.default,
+            "credits": [credit.public() for credit in self.credits],
+            "account_expiry_extension_days": self.account_expiry_extension_days,
+            "new_product_type": self.new_product_type,
+        }
+
+
+@dataclass(frozen=True)
+class VoucherType:
+    """A voucher type with what a redemption needs of it."""
+
+    id: int
+    code: str
+    service_provider_id: int
+    pin_length: int
+    reservation_timeout_s: int
+    timeout_action: TimeoutAction
+    allowed_product_type_ids: frozenset[int]  # empty: every product type
+    scenarios: tuple[Scenario, ...]
+
+    def allows_product_type(self, product_type_id: int) -> bool:
+        return not self.allowed_product_type_ids or product_type_id in self.allowed_product_type_ids

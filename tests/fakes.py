@@ -46,6 +46,10 @@ class VoucherRow(NamedTuple):
     blacklisted_until: datetime | None
 
 
+class _Subscriber(NamedTuple):
+    msisdn: str
+
+
 @dataclass
 class Tables:
     """What the fake unit of work keeps: committed rows only."""
@@ -73,6 +77,7 @@ class FakeUnitOfWork:
 
     def __init__(self, rt: Runtime, *, read_only: bool = False, snapshot: bool = False) -> None:
         self.tables: Tables = rt.caches["tables"]  # type: ignore[assignment]
+        self._rt = rt
         self.started_at = NOW
         self._writes: list[Callable[[], None]] = []
         self._after: list[Callable[[], object]] = []
@@ -102,6 +107,10 @@ class FakeUnitOfWork:
             return [VoucherRow(**v, failures=None, blacklisted_until=None) for v in found]
         if table in ("pin_attempts", "voucher_archive"):
             return []
+        if table == "subscribers":  # the numbers among those asked for with an account
+            accounts = getattr(self._rt.billing, "accounts", {})
+            asked = {params["msisdn"], params["recipient"]}
+            return [_Subscriber(n) for n in sorted(asked - {None}) if n in accounts]
         raise AssertionError(f"unexpected read of {table}")
 
     def fetch_together(self, statements: Sequence[tuple[Executable, Any]]) -> list[list[Any]]:

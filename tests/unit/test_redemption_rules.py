@@ -23,13 +23,17 @@ from tests.fakes import (
 from voms.domain.catalog import Credit
 from voms.domain.errors import ResultError
 from voms.domain.pins import with_check_digit
-from voms.domain.roles import Role
+from voms.domain.roles import Permission, Role
 from voms.domain.states import BatchState, VoucherState
 from voms.services import redemption
 from voms.services.auth import Principal
 from voms.services.redemption import RechargeRequest, RedemptionRequest, attempts
 
 CHANNEL = Principal(name="test", role=Role.CHANNEL)
+# Recharging by voucher type is a right given to a key (issue 14), not the channel role's.
+RECHARGER = Principal(
+    name="test", role=Role.CHANNEL, allowed=frozenset({Permission.VOUCHER_TYPE_RECHARGE})
+)
 PIN = with_check_digit("1234567890123")
 ALICE, BOB = "254700000001", "254700000002"
 
@@ -53,7 +57,7 @@ def _redeem(shop: Shop, **fields: Any) -> Any:
 
 def _recharge(shop: Shop, **fields: Any) -> Any:
     body = {"msisdn": ALICE, "voucher_type": "GOLD", **fields}
-    return lambda: redemption.recharge(shop.rt, CHANNEL, RechargeRequest(**body))
+    return lambda: redemption.recharge(shop.rt, RECHARGER, RechargeRequest(**body))
 
 
 def test_a_redemption_takes_the_voucher_credits_the_wallet_and_records_the_attempt() -> None:
@@ -95,11 +99,14 @@ def test_a_refused_redemption_changes_nothing_but_is_recorded() -> None:
         (VoucherState.FROZEN, BatchState.ACTIVE, 2012),
     ],
 )
-def test_the_voucher_state_answers_before_the_subscriber(
+def test_the_voucher_state_answers_for_a_subscriber_and_5001_for_anyone_else(
     voucher_state: VoucherState, batch_state: BatchState, expected: int
 ) -> None:
-    shop = Shop()  # and ALICE has no wallet: 5001 would come later
+    shop = Shop()
     shop.voucher(PIN, 1001, state=voucher_state, batch_state=batch_state)
+    # Issue 14: for a number that is no subscriber the PIN tells a guesser nothing.
+    assert _code(_redeem(shop)) == 5001
+    shop.subscriber(ALICE)
     assert _code(_redeem(shop)) == expected
 
 

@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from voms.db import tables as t
@@ -173,22 +173,30 @@ def _forget_old(rt: Runtime, conn: Connection, before: int) -> None:
     conn.execute(delete(_lf).where(_lf.c.minute <= before))
 
 
+_KNOWN_SUBSCRIBERS = select(t.subscribers.c.msisdn).where(
+    t.subscribers.c.msisdn.in_([bindparam("msisdn"), bindparam("recipient")])
+)
+
+
 def after_failure(
-    rt: Runtime, conn: Connection, attempt: Attempt, error: ResultError, now: datetime
+    rt: Runtime, uow: UnitOfWork, attempt: Attempt, error: ResultError
 ) -> ResultError:
-    """In a failed attempt's own transaction, before it is recorded: count a bad PIN
+    """In a failed attempt's own unit of work, before it is recorded: count a bad PIN
     against the budgets; answer 5001 for a redemption to no subscriber whatever the PIN
     said; mask the numbers that match no subscriber (they may be a mistyped PIN)."""
     if attempt.bad_pin:
-        count_failure(rt, conn, attempt.actor, attempt.channel, attempt.service_provider_id, now)
-    numbers = {n for n in (attempt.msisdn, attempt.recipient) if n is not None}
-    if not numbers:
+        count_failure(
+            rt,
+            uow.conn,
+            attempt.actor,
+            attempt.channel,
+            attempt.service_provider_id,
+            uow.started_at,
+        )
+    if attempt.msisdn is None and attempt.recipient is None:
         return error
-    known = set(
-        conn.execute(
-            select(t.subscribers.c.msisdn).where(t.subscribers.c.msisdn.in_(sorted(numbers)))
-        ).scalars()
-    )
+    rows = uow.fetch(_KNOWN_SUBSCRIBERS, {"msisdn": attempt.msisdn, "recipient": attempt.recipient})
+    known = {row.msisdn for row in rows}
     if (
         attempt.kind == "redemption"
         and attempt.recipient is not None

@@ -86,7 +86,7 @@ def _refused(
                     and msisdn_is_authenticated(attempt.channel)
                 ):
                     blacklist.count_bad_pin(rt, uow, attempt.msisdn)
-                error = guessing.after_failure(rt, uow.conn, attempt, error, uow.started_at)
+                error = guessing.after_failure(rt, uow, attempt, error)
                 extra = {**error.extra, "transaction_id": attempt.id}
             record(uow, attempt, error.result, [])
             uow.answer(error.result.body(**extra), error.http_status)

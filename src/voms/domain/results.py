@@ -1,4 +1,4 @@
-"""Result codes of the redemption family (API.md "Result codes")."""
+"""Result codes of the redemption family (docs/api.md "Result codes")."""
 
 from enum import Enum
 

@@ -1,4 +1,4 @@
-"""Batch routes (API.md "Administration"): generate, list, show, change state, amend."""
+"""Batch routes (docs/api.md "Administration"): generate, list, show, change state, amend."""
 
 from datetime import datetime
 from typing import Annotated, Any

@@ -1,4 +1,4 @@
-"""The bad-PIN blacklist as care sees it (API.md "Blacklist"; roles care, admin)."""
+"""The bad-PIN blacklist as care sees it (docs/api.md "Blacklist"; roles care, admin)."""
 
 from datetime import datetime
 from typing import Annotated, Any

@@ -1,4 +1,4 @@
-"""Catalog routes (API.md "Administration"): translate HTTP to catalog services."""
+"""Catalog routes (docs/api.md "Administration"): translate HTTP to catalog services."""
 
 from typing import Any
 

@@ -1,4 +1,4 @@
-"""Distribution routes (API.md "Distribution"): partners, exports and their download
+"""Distribution routes (docs/api.md "Distribution"): partners, exports and their download
 links, and the import of legacy vouchers."""
 
 from datetime import datetime

@@ -1,6 +1,6 @@
 """The gate every HTTP request passes first: the key, then the role, then the body.
 
-API.md ("Consistency rules"): a caller without a valid key gets 401 and one without the
+docs/api.md ("Consistency rules"): a caller without a valid key gets 401 and one without the
 right role 403, whatever its body, before anything looks the body up or validates it.
 So under ``/api/v1`` the key and the route's permission (its :class:`~voms.api.deps.Allowed`
 dependency) are checked here, before one byte of the body is read. Every body, on every

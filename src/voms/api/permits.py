@@ -1,4 +1,4 @@
-"""Authorization before validation for routes with a body (API.md, consistency rules).
+"""Authorization before validation for routes with a body (docs/api.md, consistency rules).
 
 FastAPI decodes and validates a body before the route runs, so a service's own role
 check would come after a 422. These routes take their body raw instead: the caller's

@@ -1,4 +1,4 @@
-"""Redemption family (API.md): redeem, reserve/commit/revoke, voucher-type recharges.
+"""Redemption family (docs/api.md): redeem, reserve/commit/revoke, voucher-type recharges.
 
 Bodies are read leniently so that every answer carries ``result_code`` and
 ``result_text``, a malformed body included: the service decides which code applies.
@@ -72,7 +72,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     **{
         status: {
             "model": ResultAnswer,
-            "description": "result_code and result_text (API.md, Result codes)",
+            "description": "result_code and result_text (docs/api.md, Result codes)",
         }
         for status in (200, 400, 404, 409, 429, 503)
     },

@@ -1,4 +1,4 @@
-"""Reseller routes (API.md "Resellers and electronic PINs"): resellers, stock,
+"""Reseller routes (docs/api.md "Resellers and electronic PINs"): resellers, stock,
 activations, electronic PIN sales, payments, statements and sell-through.
 
 Bodies are read here and validated by the services after the caller's role, scope and

@@ -124,7 +124,7 @@ class ValidationProblem(BaseModel):
 
 
 class ResultAnswer(BaseModel):
-    """A redemption-family answer (API.md, Result codes); more fields may follow."""
+    """A redemption-family answer (docs/api.md, Result codes); more fields may follow."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -12,7 +12,7 @@ EXPORTABLE_BATCH_STATES = frozenset({BatchState.GENERATED, BatchState.ACTIVE, Ba
 # already been presented by a subscriber, so it is in someone's hands.
 EXPORTABLE_VOUCHER_STATES = frozenset({VoucherState.AVAILABLE, VoucherState.FROZEN})
 
-# The fixed start of every export (API.md "Distribution"); more columns follow.
+# The fixed start of every export (docs/api.md "Distribution"); more columns follow.
 EXPORT_COLUMNS = (
     "serial",
     "pin",

@@ -1,4 +1,4 @@
-"""Result codes of the redemption family (API.md "Result codes"), and the body every
+"""Result codes of the redemption family (docs/api.md "Result codes"), and the body every
 interface answers them with."""
 
 from enum import Enum

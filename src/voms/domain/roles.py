@@ -1,4 +1,4 @@
-"""Roles of API keys and users, and what each may do (API.md "Authentication")."""
+"""Roles of API keys and users, and what each may do (docs/api.md "Authentication")."""
 
 from enum import StrEnum
 

@@ -185,7 +185,7 @@ def redemption_blocker(
 ) -> Result | None:
     """Why a voucher cannot be redeemed or reserved now, or None when it can.
 
-    Precedence is fixed by API.md: 2009, 2010, 2013, 2011, 2001, 2012, 2014.
+    Precedence is fixed by docs/api.md: 2009, 2010, 2013, 2011, 2001, 2012, 2014.
     """
     if voucher_state is VoucherState.REDEEMED:
         return Result.ALREADY_REDEEMED

@@ -85,9 +85,6 @@ def _export_to_partner(rt: Runtime, serials: list[str]) -> None:
                 updated_at=T0 - timedelta(days=1),
                 created_by="test",
                 created_at=T0 - timedelta(days=1),
-                state="exported",
-                exported_count=len(serials),
-                updated_at=T0 - timedelta(days=1),
             )
             .returning(t.exports.c.id)
         ).scalar_one()

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pypdf import PdfReader
 from sqlalchemy import func, select
 
 from tests import factories
@@ -253,7 +254,19 @@ def test_statements_balance_over_periods(rt: Runtime) -> None:
     assert whole["closing_balance"] == after["closing_balance"] == due == 5 * NET - 3500
     assert after["opening_balance"] == before["closing_balance"] == 2 * NET - 1500
     assert (after["sales"], after["payments"]) == (3 * PRICE, 2000)
-    assert statements.statement_pdf(whole).startswith(b"%PDF-1.4")
+    printed = PdfReader(io.BytesIO(statements.statement_pdf(after)), strict=True)
+    text = "\n".join(page.extract_text() for page in printed.pages).splitlines()
+    start = text.index(f"opening balance {after['opening_balance']}")
+    assert text[start : start + 5] == [
+        f"opening balance {2 * NET - 1500}",
+        f"sales {3 * PRICE}",
+        f"commission {after['commission']}",
+        "payments 2000",
+        f"closing balance {due}",
+    ]
+    entries = [line.split()[2:] for line in text if line.startswith("20")]
+    assert [entry[0] for entry in entries] == [line["kind"] for line in after["lines"]]
+    assert entries[-1] == ["payment", "2000", str(due), "bank", "2"]
     assert "closing_balance," in statements.statement_csv(whole)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from fpdf import FPDF
 
-from voms import xlsx
+from voms import printout, xlsx
 from voms.domain.errors import Invalid
 from voms.services.reports.queries import Report
 
@@ -67,18 +67,13 @@ def to_xlsx(report: Report) -> bytes:
 
 def to_pdf(report: Report) -> bytes:
     """A printable page: title, period, the table, and any sections (summary)."""
-    pdf = FPDF(orientation="landscape", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=12)
-    pdf.add_page()
-    pdf.set_font("Helvetica", "B", 16)
-    pdf.cell(0, 10, _title(report), new_x="LMARGIN", new_y="NEXT")
+    pdf = printout.document(_title(report), orientation="landscape")
     _pdf_table(pdf, report)
     for name, section in report.sections.items():
         pdf.ln(4)
-        pdf.set_font("Helvetica", "B", 13)
-        pdf.cell(0, 8, name.replace("_", " ").capitalize(), new_x="LMARGIN", new_y="NEXT")
+        printout.heading(pdf, name.replace("_", " ").capitalize())
         _pdf_table(pdf, section)
-    return bytes(pdf.output())
+    return printout.output(pdf)
 
 
 def _title(report: Report) -> str:
@@ -88,15 +83,9 @@ def _title(report: Report) -> str:
 
 
 def _pdf_table(pdf: FPDF, report: Report) -> None:
-    pdf.set_font("Helvetica", "", 9)
     if report.since is not None and report.until is not None:
-        period = f"{report.since.isoformat()} to {report.until.isoformat()} (UTC)"
-        pdf.cell(0, 6, period, new_x="LMARGIN", new_y="NEXT")
-    with pdf.table(text_align="LEFT", first_row_as_headings=True) as table:
-        for line in _table(report):
-            cells = table.row()
-            for value in line:
-                cells.cell("" if value is None else str(value))
+        printout.line(pdf, f"{report.since.isoformat()} to {report.until.isoformat()} (UTC)")
+    printout.table(pdf, _table(report))
 
 
 def to_json(report: Report) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from voms import pdf
+from voms import printout
 from voms.db import tables as t
 from voms.domain.errors import Invalid
 from voms.domain.roles import Permission
@@ -128,16 +128,31 @@ def statement_csv(found: dict[str, Any]) -> str:
 
 def statement_pdf(found: dict[str, Any]) -> bytes:
     """The statement as a printable PDF: the summary, then the entries."""
-    lines = [f"Statement of reseller {found['reseller']} ({found['name']})", ""]
-    lines += [f"{name.replace('_', ' '):<16} {value}" for name, value in _summary(found)[1:]]
-    lines += ["", f"{'at (UTC)':<20} {'kind':<11} {'amount':>14} {'balance due':>14}  reference"]
-    for line in found["lines"]:
-        lines.append(
-            f"{line['at'].strftime('%Y-%m-%d %H:%M:%S'):<20} {line['kind']:<11} "
-            f"{line['amount']:>14} {line['balance_due']:>14}  "
-            f"{line['reference'] or line['sale_id'] or ''}"
+    title = f"Statement of reseller {found['reseller']} ({found['name']})"
+    pdf = printout.document(title, orientation="portrait")
+    pdf.set_title(title)
+    summary = [(name.replace("_", " "), value) for name, value in _summary(found)[1:]]
+    printout.table(pdf, summary, align=("LEFT", "RIGHT"), widths=(1, 3), headings=False)
+    pdf.ln(4)
+    printout.heading(pdf, "Entries")
+    header = ("at (UTC)", "kind", "amount", "balance due", "reference")
+    entries = (
+        (
+            line["at"].strftime("%Y-%m-%d %H:%M:%S"),
+            line["kind"],
+            line["amount"],
+            line["balance_due"],
+            line["reference"] or line["sale_id"],
         )
-    return pdf.text_document(f"Statement {found['reseller']}", lines)
+        for line in found["lines"]
+    )
+    printout.table(
+        pdf,
+        [header, *entries],
+        align=("LEFT", "LEFT", "RIGHT", "RIGHT", "LEFT"),
+        widths=(7, 5, 5, 5, 16),
+    )
+    return printout.output(pdf)
 
 
 # --- sell-through -------------------------------------------------------------------------

@@ -1,9 +1,5 @@
 """Migration 0002 on a database that already holds vouchers."""
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import psycopg
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
@@ -18,22 +14,6 @@ _BATCH = (
     "VALUES (:id, 1, 1, 'generated', :count, :first, :last, '2030-01-01', 'x', "
     "'2026-01-01', '2026-01-01')"
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    base: str = request.getfixturevalue("postgres_url")
-    admin = base.rsplit("/", 1)[0] + "/postgres"
-    name = base.rsplit("/", 1)[1] + "_m2"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield base.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_upgrading_a_database_with_vouchers_keeps_them_and_allows_gapped_batches(

@@ -1,9 +1,5 @@
 """Migration 0005 on a database that already holds redemptions, and back."""
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import text
@@ -17,22 +13,6 @@ _LEDGER = (
     "INSERT INTO ledger (at, subscriber_id, balance_type_id, amount, balance_after, cause, "
     "transaction_id, serial, actor) VALUES ('2026-01-01', 1, 1, :amount, 0, :cause, :tx, 5, 'x')"
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    base: str = request.getfixturevalue("postgres_url")
-    admin = base.rsplit("/", 1)[0] + "/postgres"
-    name = base.rsplit("/", 1)[1] + "_m5"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield base.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_upgrading_keeps_the_ledger_and_lets_a_reversed_voucher_be_credited_again(

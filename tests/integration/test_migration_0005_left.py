@@ -2,13 +2,12 @@
 
 from sqlalchemy import text
 
-from tests.integration.test_migration_0002 import empty_url  # noqa: F401 (the fixture)
 from voms.config import Settings
 from voms.db.engine import make_engine
 from voms.db.migrate import upgrade
 
 
-def test_exports_made_before_the_upgrade_are_complete(empty_url: str) -> None:  # noqa: F811
+def test_exports_made_before_the_upgrade_are_complete(empty_url: str) -> None:
     engine = make_engine(Settings(database_url=empty_url))
     upgrade(engine, "0004")
     with engine.begin() as conn:

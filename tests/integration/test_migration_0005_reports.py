@@ -2,12 +2,9 @@
 per-batch counts start from the vouchers present; earlier transactions reach the
 rollups, not the counts a second time."""
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-import pytest
 from sqlalchemy import insert, select, text
 
 from voms.config import Settings
@@ -16,23 +13,6 @@ from voms.db.engine import make_engine
 from voms.db.migrate import upgrade
 from voms.runtime import Runtime
 from voms.services.reports import rollups
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    base: str = request.getfixturevalue("postgres_url")
-    admin = base.rsplit("/", 1)[0] + "/postgres"
-    name = base.rsplit("/", 1)[1] + "_m5"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield base.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 _VOUCHER = (
     "INSERT INTO vouchers (serial, batch_id, pin_hash, lookup_key_id, pin_ciphertext, "

@@ -175,10 +175,20 @@ SUBSCRIBER_TRANSITIONS: dict[SubscriberState, frozenset[SubscriberState]] = {
         }
     ),
     SubscriberState.FROZEN: frozenset(
-        {SubscriberState.ACTIVE, SubscriberState.SUSPENDED, SubscriberState.DEACTIVATED}
+        {
+            SubscriberState.ACTIVE,
+            SubscriberState.EXPIRED,
+            SubscriberState.SUSPENDED,
+            SubscriberState.DEACTIVATED,
+        }
     ),
     SubscriberState.SUSPENDED: frozenset(
-        {SubscriberState.ACTIVE, SubscriberState.FROZEN, SubscriberState.DEACTIVATED}
+        {
+            SubscriberState.ACTIVE,
+            SubscriberState.EXPIRED,
+            SubscriberState.FROZEN,
+            SubscriberState.DEACTIVATED,
+        }
     ),
     SubscriberState.DEACTIVATED: frozenset(),
 }

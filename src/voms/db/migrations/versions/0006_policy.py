@@ -56,7 +56,7 @@ def _subscriber_states(old: str, new: str) -> None:
     name = "ck_subscribers_state"
     bind = op.get_bind()
     if bind.dialect.name != "sqlite":
-        op.drop_constraint(name, "subscribers", type_="check")
+        op.drop_constraint(op.f(name), "subscribers", type_="check")
         bind.exec_driver_sql(
             f"ALTER TABLE subscribers ADD CONSTRAINT {name} CHECK ({new}) NOT VALID"
         )

@@ -13,7 +13,7 @@ from tests import factories
 from tests.api.conftest import bearer
 from tests.api.test_ussd_channel import SECRET, Phone
 from tests.channel_support import MSISDN, OTHER, Shop, app_client, balance
-from tests.channel_support import shop_fixture as shop_fixture  # noqa: F401 (the shop fixture)
+from tests.channel_support import shop_fixture as shop_fixture
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime
@@ -45,10 +45,12 @@ def test_limits_are_set_by_patch_and_answered_with_5008(
     patch = {"recharge_limits": {"max_per_day": 1, "max_value_per_day": {"CASH": 5000}}}
     assert app.patch("/api/v1/service-providers/ACME", headers=care, json=patch).status_code == 403
     bad = {"recharge_limits": {"max_per_day": -1}}
-    assert app.patch("/api/v1/service-providers/ACME", headers=operator, json=bad).status_code == 422
+    answer = app.patch("/api/v1/service-providers/ACME", headers=operator, json=bad)
+    assert answer.status_code == 422
     unknown = {"recharge_limits": {"max_value_per_day": {"NOPE": 1}}}
     answer = app.patch("/api/v1/service-providers/ACME", headers=operator, json=unknown)
-    assert answer.status_code == 404 and "NOPE" in answer.json()["detail"]
+    assert answer.status_code == 404
+    assert "NOPE" in answer.json()["detail"]
     answer = app.patch("/api/v1/service-providers/ACME", headers=operator, json=patch)
     assert answer.status_code == 200
     assert answer.json()["recharge_limits"] == patch["recharge_limits"]

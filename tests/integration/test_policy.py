@@ -3,7 +3,6 @@ states and the expiry jobs, and the bad-PIN counter beside blocks set by hand; o
 and PostgreSQL."""
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -237,7 +236,7 @@ def test_old_counters_are_purged(shop: Runtime) -> None:
 
 def test_frozen_answers_5010_suspended_and_deactivated_5002(shop: Runtime) -> None:
     rt = shop
-    [(serial, pin)] = factories.active_batch(rt, count=1)
+    [(_, pin)] = factories.active_batch(rt, count=1)
     for state, code in (("frozen", 5010), ("suspended", 5002), ("deactivated", 5002)):
         set_account(rt, state=state)
         assert redeem(rt, pin) == code
@@ -279,7 +278,8 @@ def test_the_lifecycle_job_expires_and_deactivates_in_bulk(shop: Runtime) -> Non
     ]
     assert housekeeping.run_job(rt, CONSOLE, "account_lifecycle")["rows_affected"] == 0
     assert recharge(rt, OTHER) == 5002
-    assert recharge(rt, MSISDN) == 0 and state_of(rt, MSISDN) == "active"
+    assert recharge(rt, MSISDN) == 0
+    assert state_of(rt, MSISDN) == "active"
     # An expired account past the grace period is deactivated on the next run.
     set_account(rt, MSISDN, state="expired", account_expires_at=now - timedelta(days=31))
     assert housekeeping.run_job(rt, CONSOLE, "account_lifecycle")["rows_affected"] == 1
@@ -292,7 +292,8 @@ def test_the_lifecycle_job_expires_and_deactivates_in_bulk(shop: Runtime) -> Non
 def test_the_expiry_job_empties_expired_balances_with_ledger_rows(shop: Runtime) -> None:
     rt = shop
     rt.settings = rt.settings.model_copy(update={"housekeeping_chunk_size": 100})
-    assert recharge(rt) == 0 and recharge(rt, OTHER) == 0
+    assert recharge(rt) == 0
+    assert recharge(rt, OTHER) == 0
     assert recharge(rt, vt="TOPUP10") == 0
     with rt.engine.begin() as conn:
         mine = select(t.subscribers.c.id).where(t.subscribers.c.msisdn == MSISDN)
@@ -336,7 +337,7 @@ def set_balance_expiry(rt: Runtime, when: Any) -> None:
 
 
 @pytest.fixture
-def blocked(shop: Runtime) -> Iterator[Runtime]:
+def blocked(shop: Runtime) -> Runtime:
     """MSISDN with two bad PINs, then blocked by hand (after a redemption read its row)."""
     rt = shop
     for _ in range(2):
@@ -344,7 +345,7 @@ def blocked(shop: Runtime) -> Iterator[Runtime]:
             bad_pins.count_bad_pin(rt, uow, MSISDN)
             uow.commit()
     blacklist.block(rt, CONSOLE, blacklist.BlockIn(msisdn=MSISDN, reason="fraud case"))
-    yield rt
+    return rt
 
 
 def entry(rt: Runtime) -> dict[str, Any]:

@@ -37,8 +37,8 @@ def main() -> None:
 
     import psycopg
     from sqlalchemy import text
-
     from tests import factories
+
     from voms.config import Settings
     from voms.crypto import Keyring, write_keyring
     from voms.db.engine import make_engine

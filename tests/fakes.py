@@ -25,7 +25,7 @@ from voms.domain.errors import RequestIdReused
 from voms.domain.scenarios import extended_expiry
 from voms.domain.states import BatchState, SubscriberState, VoucherState
 from voms.runtime import Runtime
-from voms.services import catalog_cache
+from voms.services import catalog_cache, recharge_limits
 from voms.services.catalog_cache import BalanceTypeInfo, Snapshot
 from voms.services.uow import AnsweredBefore, FirstAnswer
 
@@ -270,6 +270,7 @@ class Shop:
             pin_lengths=frozenset({14}),
         )
         catalog_cache._snapshots(self.rt).get("snapshot", lambda: snapshot)
+        recharge_limits._cache(self.rt).get(PROVIDER, lambda: recharge_limits.NONE)
         for each in types or (voucher_type(),):
             cache = catalog_cache._voucher_types(self.rt)
             cache.get(("vt", each.id), lambda each=each: each)

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     archive_retention_days: int = Field(
         180, ge=1, description="Redeemed, expired and deleted vouchers archived after this."
     )
+    account_grace_days: int = Field(
+        30,
+        ge=0,
+        le=36_500,
+        description="Days after its expiry date an expired account is revived by a "
+        "recharge; after them the account_lifecycle job deactivates it.",
+    )
     job_lease_seconds: int = Field(
         300, ge=10, description="A job's lease; renewed every chunk, so a dead runner frees it."
     )

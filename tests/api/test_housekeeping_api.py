@@ -56,6 +56,9 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
         "key_reencryption",
         "report_rollups",
         "transaction_feed",
+        "account_lifecycle",
+        "balance_expiry",
+        "recharge_counter_purge",
     }
     assert jobs["voucher_archive"]["last_run"]["id"] == run["id"]
     assert jobs["voucher_archive"]["schedule"] == "30 2 * * *"

@@ -126,6 +126,8 @@ def test_the_subscriber_answers_before_the_product_type_and_the_scenario() -> No
     shop.voucher(PIN, 1001)
     assert _code(_redeem(shop)) == 5001  # no wallet
     shop.subscriber(ALICE, state="frozen")
+    assert _code(_redeem(shop)) == 5010  # frozen: a code of its own
+    shop.subscriber(ALICE, state="suspended")
     assert _code(_redeem(shop)) == 5002
     shop.subscriber(ALICE, product_type_id=PREPAID)
     assert _code(_redeem(shop)) == 2007  # not for prepaid

@@ -1,6 +1,7 @@
 """Response models of the REST API (request models live with their services)."""
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -8,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class ServiceProviderPublic(BaseModel):
     code: str
     name: str
+    recharge_limits: dict[str, Any] | None = None
     created_at: datetime
 
 
@@ -53,6 +55,7 @@ class VoucherTypePublic(BaseModel):
     timeout_action: str
     allowed_product_types: list[str]
     scenarios: list[ScenarioPublic]
+    scenario_selection: str = "prompt"
     created_at: datetime
 
 

@@ -6,6 +6,7 @@ balance always equals the sum of its ledger rows. Writers lock the subscriber ro
 losing updates, and always take their locks in the same order.
 """
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -57,6 +58,31 @@ _UPDATE_SUBSCRIBER = (
 )
 
 
+def _unexpired(current: Balance | None, at: datetime) -> Balance | None:
+    """The balance as a credit at ``at`` finds it: past its expiry date, it is empty."""
+    if current is None or current.amount <= 0 or current.expires_at is None:
+        return current
+    return current if current.expires_at > at else Balance(0, current.expires_at)
+
+
+def _expiry_row(
+    subscriber_id: int, balance_type_id: int, expired: Balance, change: Change
+) -> dict[str, Any]:
+    """The ledger row that takes an expired amount out (cause ``expiry``)."""
+    return {
+        "at": change.at,
+        "subscriber_id": subscriber_id,
+        "balance_type_id": balance_type_id,
+        "amount": -expired.amount,
+        "balance_after": 0,
+        "cause": "expiry",
+        "transaction_id": None,
+        "serial": None,
+        "reason": "balance expired",
+        "actor": change.actor,
+    }
+
+
 class BuiltinWallet:
     """The default :class:`~voms.billing.engine.BillingEngine`: wallets in our database."""
 
@@ -80,7 +106,7 @@ class BuiltinWallet:
 
     def check(self, account: Account, change: Change) -> None:
         for credit in change.credits:
-            current = account.balances.get(credit.balance_type_id)
+            current = _unexpired(account.balances.get(credit.balance_type_id), change.at)
             amount = (current.amount if current else 0) + credit.amount
             if amount < 0:
                 raise Conflict(f"the {credit.balance_type} balance would fall below zero")
@@ -105,6 +131,10 @@ class BuiltinWallet:
         ledger_rows: list[dict[str, Any]] = []
         for credit in sorted(change.credits, key=lambda c: c.balance_type_id):
             current = account.balances.get(credit.balance_type_id)
+            if current is not None and _unexpired(current, change.at) is not current:
+                # Expired, and the balance_expiry job has not been by yet: it expires now.
+                ledger_rows.append(_expiry_row(account.id, credit.balance_type_id, current, change))
+                current = Balance(0, current.expires_at)
             amount = (current.amount if current else 0) + credit.amount
             expires_at = extended_expiry(
                 current.expires_at if current else None,

@@ -77,6 +77,8 @@ RESULT_TEXTS: dict[Result, str] = {
     Result.VOUCHER_TYPE_NOT_FOUND: "This voucher cannot be used. Please call customer care.",
     Result.REQUEST_ID_REUSED: "Sorry, recharges are unavailable. Please try again later.",
     Result.TOO_MANY_REQUESTS: "Too many attempts. Please wait a minute and try again.",
+    Result.RECHARGE_LIMIT_REACHED: "Recharge limit reached for this number. Try again later.",
+    Result.SUBSCRIBER_FROZEN: "This account is frozen. Please call customer care.",
 }
 
 DEFAULTS: dict[str, str] = {

@@ -49,6 +49,9 @@ service_providers = Table(
     Column("code", String(32), nullable=False, unique=True),
     Column("name", String(200), nullable=False),
     _created_at(),
+    # {"max_per_day", "max_per_month", "max_value_per_day": {balance type code: amount}}
+    # per recipient MSISDN (0006; services/recharge_limits.py); None: no limit.
+    Column("recharge_limits", JSON),
 )
 
 balance_types = Table(
@@ -91,6 +94,9 @@ voucher_types = Table(
     Column("reservation_timeout_s", Integer, nullable=False),
     Column("timeout_action", String(8), nullable=False),
     _created_at(),
+    # 'prompt': a redemption without a scenario answers 2008 with the choices; 'default':
+    # it gets the default scenario (0006).
+    Column("scenario_selection", String(8), nullable=False, server_default="prompt"),
     CheckConstraint("pin_length BETWEEN 8 AND 24", name="pin_length_range"),
     CheckConstraint("validity_days > 0", name="validity_positive"),
     CheckConstraint("reservation_timeout_s > 0", name="timeout_positive"),
@@ -267,7 +273,11 @@ subscribers = Table(
     Column("account_expires_at", UTCDateTime()),
     Column("language", String(16)),  # what the channels speak to them; None: the default
     _created_at(),
-    CheckConstraint("state IN ('active', 'frozen', 'suspended', 'deactivated')", name="state"),
+    # 'expired' (0006): the account expiry has passed; a redemption within the grace
+    # period revives it, the account_lifecycle job deactivates it after.
+    CheckConstraint(
+        "state IN ('active', 'expired', 'frozen', 'suspended', 'deactivated')", name="state"
+    ),
 )
 
 balances = Table(
@@ -405,6 +415,20 @@ pin_attempts = Table(
     Column("manual_until", UTCDateTime()),
     Column("note", String(200)),
     Column("blocked_by", String(100)),
+)
+
+# Recharges per recipient MSISDN and UTC period ('D20261206', 'M202612'): the count
+# (balance_type_id 0) or, per balance type, the value credited; written by one upsert
+# in the redemption's transaction when its provider has limits (0006).
+recharge_counters = Table(
+    "recharge_counters",
+    metadata,
+    Column("msisdn", String(15), primary_key=True),
+    Column("period", String(9), primary_key=True),
+    Column("balance_type_id", Integer, primary_key=True, autoincrement=False),
+    Column("count", BigInteger, nullable=False),
+    Column("value", BigInteger, nullable=False),
+    Index("ix_recharge_counters_period", "period"),
 )
 
 # Failed voucher lookups per subject (an API key, a service provider, a client address)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 TimeoutAction = Literal["hold", "commit", "revoke"]
+ScenarioSelection = Literal["prompt", "default"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class VoucherType:
     timeout_action: TimeoutAction
     allowed_product_type_ids: frozenset[int]  # empty: every product type
     scenarios: tuple[Scenario, ...]
+    # 'default': a redemption without a scenario gets the default one instead of 2008.
+    scenario_selection: ScenarioSelection = "prompt"
 
     def allows_product_type(self, product_type_id: int) -> bool:
         return not self.allowed_product_type_ids or product_type_id in self.allowed_product_type_ids

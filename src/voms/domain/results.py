@@ -38,6 +38,8 @@ class Result(Enum):
     VOUCHER_TYPE_NOT_FOUND = (5005, "Voucher type not found", 404)
     REQUEST_ID_REUSED = (5006, "Request id reused with different parameters", 409)
     TOO_MANY_REQUESTS = (5007, "Too many requests", 429)
+    RECHARGE_LIMIT_REACHED = (5008, "Recharge limit reached", 409)
+    SUBSCRIBER_FROZEN = (5010, "Subscriber account frozen", 409)
 
     def __init__(self, code: int, text: str, http_status: int) -> None:
         self.code = code

@@ -10,16 +10,24 @@ from voms.domain.results import Result
 LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
 
 
-def choose_scenario(voucher_type: VoucherType, number: int | None) -> Scenario:
-    """The scenario to apply: the only one, or the one asked for.
+def choose_scenario(
+    voucher_type: VoucherType, number: int | None, *, use_default: bool = False
+) -> Scenario:
+    """The scenario to apply: the only one, the one asked for, or the default one.
 
-    Several scenarios and none asked for: 2008, listing the choices so that a channel
-    can prompt; a number the voucher type does not have: 4005.
+    None asked for: the only scenario; else the type's default scenario when
+    ``use_default`` (a voucher-type recharge) or the type's ``scenario_selection`` is
+    ``default``; else (or with no default flagged) 2008, listing the choices so that a
+    channel can prompt. A number the voucher type does not have: 4005.
     """
     scenarios = voucher_type.scenarios
     if number is None:
         if len(scenarios) == 1:
             return scenarios[0]
+        if use_default or voucher_type.scenario_selection == "default":
+            for scenario in scenarios:
+                if scenario.default:
+                    return scenario
         raise ResultError(Result.SCENARIO_REQUIRED, scenarios=[s.public() for s in scenarios])
     for scenario in scenarios:
         if scenario.number == number:

@@ -146,9 +146,11 @@ def next_reservation_state(state: ReservationState, action: ReservationAction) -
 
 
 class SubscriberState(StrEnum):
-    """A subscriber's account state; only an active account is recharged."""
+    """A subscriber's account state; only an active account is recharged (an expired
+    one within its grace period is revived by the recharge: docs/policy.md)."""
 
     ACTIVE = "active"
+    EXPIRED = "expired"
     FROZEN = "frozen"
     SUSPENDED = "suspended"
     DEACTIVATED = "deactivated"
@@ -157,13 +159,36 @@ class SubscriberState(StrEnum):
 # Deactivation is final: a deactivated number is given a new account, not reopened.
 SUBSCRIBER_TRANSITIONS: dict[SubscriberState, frozenset[SubscriberState]] = {
     SubscriberState.ACTIVE: frozenset(
-        {SubscriberState.FROZEN, SubscriberState.SUSPENDED, SubscriberState.DEACTIVATED}
+        {
+            SubscriberState.EXPIRED,
+            SubscriberState.FROZEN,
+            SubscriberState.SUSPENDED,
+            SubscriberState.DEACTIVATED,
+        }
+    ),
+    SubscriberState.EXPIRED: frozenset(
+        {
+            SubscriberState.ACTIVE,
+            SubscriberState.FROZEN,
+            SubscriberState.SUSPENDED,
+            SubscriberState.DEACTIVATED,
+        }
     ),
     SubscriberState.FROZEN: frozenset(
-        {SubscriberState.ACTIVE, SubscriberState.SUSPENDED, SubscriberState.DEACTIVATED}
+        {
+            SubscriberState.ACTIVE,
+            SubscriberState.EXPIRED,
+            SubscriberState.SUSPENDED,
+            SubscriberState.DEACTIVATED,
+        }
     ),
     SubscriberState.SUSPENDED: frozenset(
-        {SubscriberState.ACTIVE, SubscriberState.FROZEN, SubscriberState.DEACTIVATED}
+        {
+            SubscriberState.ACTIVE,
+            SubscriberState.EXPIRED,
+            SubscriberState.FROZEN,
+            SubscriberState.DEACTIVATED,
+        }
     ),
     SubscriberState.DEACTIVATED: frozenset(),
 }

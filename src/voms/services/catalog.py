@@ -8,13 +8,14 @@ from sqlalchemy.exc import IntegrityError
 
 from voms.db import tables as t
 from voms.db.types import utcnow
-from voms.domain.catalog import Credit, Scenario, VoucherType
+from voms.domain.catalog import Credit, Scenario, ScenarioSelection, VoucherType
 from voms.domain.errors import Conflict, Invalid, NotFound
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
-from voms.services import audit
+from voms.services import audit, recharge_limits
 from voms.services.auth import Principal, service_provider_id_by_code
+from voms.services.recharge_limits import RechargeLimitsIn
 from voms.services.uow import UnitOfWork
 
 # Starts with a letter, digit or underscore: a code starting with "-" would be run as a
@@ -38,6 +39,7 @@ class ServiceProviderIn(_Input):
 
 class ServiceProviderUpdate(_Input):
     name: Name | None = None
+    recharge_limits: RechargeLimitsIn | None = None
 
 
 class BalanceTypeIn(_Input):
@@ -91,6 +93,7 @@ class VoucherTypeIn(_Input):
     timeout_action: TimeoutAction = "revoke"
     allowed_product_types: list[Code] = Field(default_factory=list)
     scenarios: list[ScenarioIn] = Field(min_length=1, max_length=99)
+    scenario_selection: ScenarioSelection = "prompt"
 
 
 class VoucherTypeUpdate(_Input):
@@ -102,6 +105,7 @@ class VoucherTypeUpdate(_Input):
     timeout_action: TimeoutAction | None = None
     allowed_product_types: list[Code] | None = None
     scenarios: list[ScenarioIn] | None = Field(None, min_length=1, max_length=99)
+    scenario_selection: ScenarioSelection | None = None
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -155,7 +159,9 @@ def _comparable(field: str, value: Any) -> Any:
 
 # Fields a PATCH may set to null: a limit or currency removed; for the lists, null
 # leaves them as they are.
-_NULLABLE = frozenset({"currency", "max_balance", "allowed_product_types", "scenarios"})
+_NULLABLE = frozenset(
+    {"currency", "max_balance", "allowed_product_types", "scenarios", "recharge_limits"}
+)
 
 
 def _changes(update_model: BaseModel) -> dict[str, Any]:
@@ -170,7 +176,12 @@ def _changes(update_model: BaseModel) -> dict[str, Any]:
 
 
 def _sp_public(row: Row[Any]) -> dict[str, Any]:
-    return {"code": row.code, "name": row.name, "created_at": row.created_at}
+    return {
+        "code": row.code,
+        "name": row.name,
+        "recharge_limits": row.recharge_limits,
+        "created_at": row.created_at,
+    }
 
 
 def create_service_provider(
@@ -245,6 +256,9 @@ def update_service_provider(
         sp_id = service_provider_id_by_code(conn, code)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         changes = _changes(body)
+        if "recharge_limits" in changes:  # merged into the current ones (docs/policy.md)
+            changes["recharge_limits"] = recharge_limits.merged(conn, sp_id, body.recharge_limits)
+            uow.after_commit(lambda: recharge_limits.forget(rt))
         if changes:
             conn.execute(
                 update(t.service_providers)
@@ -458,6 +472,12 @@ def _check_scenarios(scenarios: list[ScenarioIn]) -> None:
             raise Invalid(f"scenario {scenario.number} gives nothing")
 
 
+def _check_selection(selection: str, scenarios: list[dict[str, Any]]) -> None:
+    """``scenario_selection: default`` needs a default scenario to apply."""
+    if selection == "default" and not any(s["default"] for s in scenarios):
+        raise Invalid("scenario_selection 'default' needs a scenario with default: true")
+
+
 def _write_scenarios(conn: Connection, vt_id: int, sp_id: int, scenarios: list[ScenarioIn]) -> None:
     _check_scenarios(scenarios)
     conn.execute(delete(t.scenarios).where(t.scenarios.c.voucher_type_id == vt_id))
@@ -586,6 +606,7 @@ def load_voucher_type(
         "allowed_product_types": [a.code for a in allowed],
         "allowed_product_type_ids": [a.id for a in allowed],
         "scenarios": scenarios,
+        "scenario_selection": row.scenario_selection,
         "created_at": row.created_at,
     }
 
@@ -630,6 +651,7 @@ def voucher_type_of(loaded: dict[str, Any]) -> VoucherType:
             )
             for s in loaded["scenarios"]
         ),
+        scenario_selection=loaded["scenario_selection"],
     )
 
 
@@ -681,6 +703,7 @@ def create_or_find_voucher_type(
             conn, actor, "voucher_type.create", "voucher_type", body.code, sp_id, body.model_dump()
         )
         result = public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id))
+        _check_selection(body.scenario_selection, result["scenarios"])
         uow.commit()
         return result, True
 
@@ -739,6 +762,7 @@ def update_voucher_type(
         if changes:
             audit.record(conn, actor, "voucher_type.update", "voucher_type", code, sp_id, changes)
         result = public_voucher_type(load_voucher_type(conn, voucher_type_id=loaded["id"]))
+        _check_selection(result["scenario_selection"], result["scenarios"])
         uow.commit()
         return result
 

@@ -20,7 +20,7 @@ from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.catalog import MAX_AMOUNT, Code
 from voms.services.uow import AnsweredBefore, UnitOfWork
 
-SubscriberStateName = Literal["active", "frozen", "suspended", "deactivated"]
+SubscriberStateName = Literal["active", "expired", "frozen", "suspended", "deactivated"]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 

@@ -506,7 +506,12 @@ async def run_progress(request: Request, who: Viewer, run_id: int) -> Response:
 _CATALOG: dict[str, tuple[str, list[Column]]] = {
     "service_providers": (
         "Service providers",
-        [Column("code", "Code"), Column("name", "Name"), Column("created_at", "Created", "time")],
+        [
+            Column("code", "Code"),
+            Column("name", "Name"),
+            Column("recharge_limits", "Recharge limits", "json"),
+            Column("created_at", "Created", "time"),
+        ],
     ),
     "balance_types": (
         "Balance types",
@@ -533,6 +538,7 @@ _CATALOG: dict[str, tuple[str, list[Column]]] = {
             Column("validity_days", "Validity (days)"),
             Column("allowed_product_types", "Product types", "json"),
             Column("scenarios", "Scenarios", "json"),
+            Column("scenario_selection", "Scenario selection"),
         ],
     ),
 }

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from croniter import croniter
 
-from voms.services.housekeeping import archive, expiry, maintenance, reencryption
+from voms.services.housekeeping import accounts, archive, expiry, maintenance, reencryption
 from voms.services.housekeeping.context import JobContext
 from voms.services.reports import feed, rollups
 
@@ -90,6 +90,25 @@ JOBS: dict[str, Job] = {
             "into the archive (lookups still find them; their PINs are never reissued).",
             "30 2 * * *",
             archive.archive_vouchers,
+        ),
+        Job(
+            "account_lifecycle",
+            "Expire accounts past their expiry date; deactivate those expired longer than "
+            "VOMS_ACCOUNT_GRACE_DAYS.",
+            "5 * * * *",
+            accounts.apply_account_lifecycle,
+        ),
+        Job(
+            "balance_expiry",
+            "Zero balances past their expiry date, each with a ledger row of cause expiry.",
+            "10 * * * *",
+            accounts.expire_balances,
+        ),
+        Job(
+            "recharge_counter_purge",
+            "Delete recharge-limit counters of past days and months.",
+            "45 3 * * *",
+            accounts.purge_recharge_counters,
         ),
         Job(
             "key_reencryption",

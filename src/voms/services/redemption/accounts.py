@@ -9,6 +9,7 @@ from voms.domain.catalog import Scenario, VoucherType
 from voms.domain.errors import ResultError
 from voms.domain.results import Result
 from voms.domain.scenarios import choose_scenario
+from voms.domain.states import SubscriberState
 from voms.runtime import Runtime
 from voms.services import catalog_cache
 from voms.services.redemption import requests
@@ -29,16 +30,22 @@ def check_account(
         if required:
             raise ResultError(Result.SUBSCRIBER_NOT_FOUND)
         return
+    if account.state is SubscriberState.FROZEN:
+        raise ResultError(Result.SUBSCRIBER_FROZEN)
     if not account.is_active:
         raise ResultError(Result.SUBSCRIBER_NOT_ACTIVE)
     if not voucher_type.allows_product_type(account.product_type_id):
         raise ResultError(Result.NOT_VALID_FOR_PRODUCT_TYPE)
 
 
-def scenario(attempt: Attempt, voucher_type: VoucherType, raw: object) -> Scenario:
-    """The scenario asked for, or the only one (4005, 2008 listing the choices)."""
+def scenario(
+    attempt: Attempt, voucher_type: VoucherType, raw: object, *, use_default: bool = False
+) -> Scenario:
+    """The scenario asked for, the only one, or the default one (``use_default``: a
+    voucher-type recharge; or the type's ``scenario_selection``); 4005, 2008 listing
+    the choices."""
     number = attempt.scenario = requests.scenario_number(raw)
-    chosen = choose_scenario(voucher_type, number)
+    chosen = choose_scenario(voucher_type, number, use_default=use_default)
     attempt.scenario = chosen.number
     return chosen
 

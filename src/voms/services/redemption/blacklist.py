@@ -9,7 +9,7 @@ forgets the count (:func:`forget_bad_pins`).
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 
 from voms.db import tables as t
 from voms.db.upsert import insert_if_absent
@@ -20,6 +20,12 @@ from voms.services.uow import UnitOfWork
 
 _pa = t.pin_attempts
 BLACKLIST = select(_pa.c.failures, _pa.c.blacklisted_until).where(
+    _pa.c.msisdn == bindparam("msisdn")
+)
+
+
+# The counter's own read, under the row lock: with the block care may have set by hand.
+_COUNTED = select(_pa.c.failures, _pa.c.blacklisted_until, _pa.c.manual_until).where(
     _pa.c.msisdn == bindparam("msisdn")
 )
 
@@ -48,7 +54,11 @@ def count_bad_pin(rt: Runtime, uow: UnitOfWork, msisdn: str) -> None:
         fresh["blacklisted_until"] = now + timedelta(minutes=settings.blacklist_minutes)
     if insert_if_absent(conn, _pa, fresh):
         return
-    row = conn.execute(BLACKLIST.with_for_update(), {"msisdn": msisdn}).one()
+    row = conn.execute(_COUNTED.with_for_update(), {"msisdn": msisdn}).one()
+    if row.manual_until is not None and row.manual_until > now:
+        # Blocked by hand since this attempt read the row: count, keep care's block.
+        conn.execute(update(_pa).where(_pa.c.msisdn == msisdn).values(failures=row.failures + 1))
+        return
     ended = row.blacklisted_until is not None and row.blacklisted_until <= now
     failures = 1 if ended else row.failures + 1
     until = None
@@ -61,9 +71,14 @@ def count_bad_pin(rt: Runtime, uow: UnitOfWork, msisdn: str) -> None:
     )
 
 
-_FORGET_BAD_PINS = delete(_pa).where(_pa.c.msisdn == bindparam("msisdn"))
+# A block care set by hand and not yet ended stays: only care releases it.
+_FORGET_BAD_PINS = delete(_pa).where(
+    _pa.c.msisdn == bindparam("msisdn"),
+    or_(_pa.c.manual_until.is_(None), _pa.c.manual_until <= bindparam("now")),
+)
 
 
 def forget_bad_pins(uow: UnitOfWork, msisdn: str) -> None:
-    """A success: the requester's count starts again (written with the COMMIT)."""
-    uow.write(_FORGET_BAD_PINS, {"msisdn": msisdn})
+    """A success: the requester's count starts again (written with the COMMIT), unless
+    care blocked the MSISDN by hand meanwhile."""
+    uow.write(_FORGET_BAD_PINS, {"msisdn": msisdn, "now": uow.started_at})

@@ -22,9 +22,9 @@ from voms.domain.roles import Permission
 from voms.domain.serials import format_serial
 from voms.domain.states import ReservationState, VoucherAction
 from voms.runtime import Runtime
-from voms.services import catalog_cache
+from voms.services import accounts_lifecycle, catalog_cache
 from voms.services.auth import Principal
-from voms.services.redemption import accounts, attempts, blacklist, requests, vouchers
+from voms.services.redemption import accounts, attempts, blacklist, limits, requests, vouchers
 from voms.services.redemption.attempts import iso, success
 from voms.services.redemption.requests import (
     Attempt,
@@ -48,12 +48,14 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         found = vouchers.find(rt, uow, attempt, request, msisdn)
         taken = vouchers.move(uow, found.serial, VoucherAction.REDEEM, redeemed_by=recipient)
         account = rt.billing.load_account(uow, recipient, lock=True)  # (sends the move too)
+        account = accounts_lifecycle.admit(rt, uow, account)
         accounts.check_account(account, found.voucher_type)
         assert account is not None
         scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
         vouchers.ensure_taken(uow, taken, found.serial)
         change = accounts.change(rt, uow, attempt, scenario, "redemption")
         rt.billing.check(account, change)
+        limits.count(rt, uow, found.voucher_type.service_provider_id, recipient, change)
         credited = accounts.credit(rt, uow, account, change)
         if found.had_failures:
             blacklist.forget_bad_pins(uow, msisdn)
@@ -89,6 +91,7 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
         found = vouchers.find(rt, uow, attempt, request, msisdn)
         taken = vouchers.move(uow, found.serial, VoucherAction.RESERVE)
         account = rt.billing.load_account(uow, recipient, lock=False)  # (sends the move too)
+        account = accounts_lifecycle.admit(rt, uow, account, revive=False)
         accounts.check_account(account, found.voucher_type, required=False)
         scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
         vouchers.ensure_taken(uow, taken, found.serial)
@@ -146,11 +149,13 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
         attempt.voucher_type_id = voucher_type.id
         attempt.service_provider_id = voucher_type.service_provider_id
         account = rt.billing.load_account(uow, recipient, lock=True)
+        account = accounts_lifecycle.admit(rt, uow, account)
         accounts.check_account(account, voucher_type)
         assert account is not None
-        scenario = accounts.scenario(attempt, voucher_type, request.scenario)
+        scenario = accounts.scenario(attempt, voucher_type, request.scenario, use_default=True)
         change = accounts.change(rt, uow, attempt, scenario, "recharge")
         rt.billing.check(account, change)
+        limits.count(rt, uow, voucher_type.service_provider_id, recipient, change)
         return success(
             voucher_type=voucher_type.code,
             scenario=scenario.number,

@@ -393,6 +393,15 @@ class PatroniCluster:
             parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-1500:]}")
         return "\n".join(parts)
 
+    def maintenance(self, on: bool) -> None:
+        """Patroni's pause: it neither fails over nor touches the instances (it would
+        resume a standby's paused WAL replay otherwise)."""
+        answer = httpx.patch(
+            f"http://127.0.0.1:{self.nodes[0].api_port}/config", json={"pause": on}, timeout=10
+        )
+        answer.raise_for_status()
+        time.sleep(3)  # every Patroni has run its loop (loop_wait 1 s) and seen it
+
     # --- who is who --------------------------------------------------------------------------
 
     def primary(self) -> Node | None:

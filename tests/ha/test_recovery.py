@@ -83,7 +83,8 @@ def test_a_lost_connection_replaces_the_connections_other_threads_keep(
             )
         # The first thread's call meets its dead connection: an error (the API's 3000).
         ok, error = first.call(redeem(pins[2]))
-        assert not ok and isinstance(error, DBAPIError), error
+        assert not ok
+        assert isinstance(error, DBAPIError), error
         # The second thread's kept connection, as dead and used a moment ago, is not
         # tried: it was made before the loss, and is replaced before its call.
         assert second.call(redeem(pins[2])) == (True, 0)

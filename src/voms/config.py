@@ -30,7 +30,22 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=256, description="Worker processes of `voms serve`.")
     db_pool_size: int = Field(5, ge=1, description="Connections kept open per process.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections under load.")
-    db_pool_timeout_s: float = Field(10.0, gt=0, description="Wait for a free connection.")
+    db_pool_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Wait for a free connection; also bounds connecting and a silent server"
+        " (docs/operations.md, High availability).",
+    )
+    read_database_url: str | None = Field(
+        None,
+        description="A standby (streaming replica) that serves reports, lookups and lists;"
+        " unset: the primary serves them. Redemptions and changes always go to the primary.",
+    )
+    db_prepared_statements: bool = Field(
+        True,
+        description="The redemption's statements are prepared once per connection; false"
+        " behind a pooler in transaction mode that does not keep them (PgBouncer < 1.21).",
+    )
     redemption_threads: int = Field(
         4,
         ge=1,

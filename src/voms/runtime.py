@@ -27,6 +27,9 @@ class Runtime:
     after_recharge: Callable[[str, Mapping[str, Any]], object] | None = None
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)
+    # The standby behind VOMS_READ_DATABASE_URL that serves reports, lookups and lists
+    # (a unit of work with replica=True); None: the primary serves them.
+    read_engine: Engine | None = None
 
     def read_cache(self, name: str, ttl: float) -> ReadCache[Any]:
         """The process's :class:`ReadCache` called ``name``, made on first use."""
@@ -43,4 +46,5 @@ def build_runtime(settings: Settings) -> Runtime:
         settings=settings,
         engine=make_engine(settings),
         keyring=load_keyring(settings.resolved_keys_file()),
+        read_engine=make_engine(settings, read=True) if settings.read_database_url else None,
     )

@@ -1,5 +1,6 @@
 """Engines: SQLite (embedded default, WAL) and PostgreSQL (psycopg 3, pooled)."""
 
+import math
 import time
 from typing import Any
 
@@ -22,9 +23,12 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(settings: Settings, **overrides: Any) -> Engine:
-    """An engine configured for the database behind ``settings.database_url``."""
-    url = normalize_url(settings.database_url)
+def make_engine(settings: Settings, *, read: bool = False, **overrides: Any) -> Engine:
+    """An engine configured for the database behind ``settings.database_url`` (``read``:
+    ``settings.read_database_url``, the standby that serves reports and lists)."""
+    url = normalize_url(
+        settings.read_database_url if read and settings.read_database_url else settings.database_url
+    )
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -40,7 +44,11 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
     # ROLLBACK (a refused redemption's, say) it then runs DEALLOCATE ALL: that took the
     # hot path's own prepared statements (voms.db.hot) with it, and the next redemption
     # on that connection failed. Only the hot path prepares statements.
-    connect_args = {"prepare_threshold": None, **overrides.pop("connect_args", {})}
+    connect_args = {
+        "prepare_threshold": None,
+        **_bounded_waits(settings, url),
+        **overrides.pop("connect_args", {}),
+    }
     engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -53,7 +61,43 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
     _ping_when_idle(engine)
     _utc_sessions(engine)
     _hot_writes_first(engine)
+    hot.prepare_statements(engine, settings.db_prepared_statements)
     return engine
+
+
+def _bounded_waits(settings: Settings, url: str) -> dict[str, Any]:
+    """libpq parameters that keep a lost server from holding anyone up for long.
+
+    A server that is gone (a failover, a cut network) must make its calls fail within
+    ``VOMS_DB_POOL_TIMEOUT_S``, not hang: connecting gives up on each host of the URL
+    after a third of it (a refused connection fails at once); TCP keepalives and
+    ``tcp_user_timeout`` notice a peer that vanished without closing its connections.
+    A parameter the URL sets itself wins.
+    """
+    given = make_url(url).query
+    timeout_s = settings.db_pool_timeout_s
+    waits: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(timeout_s / 3)),
+        "keepalives": 1,
+        "keepalives_idle": max(1, math.ceil(timeout_s / 3)),
+        "keepalives_interval": max(1, math.ceil(timeout_s / 10)),
+        "keepalives_count": 3,
+        "tcp_user_timeout": math.ceil(timeout_s * 1000),
+    }
+    return {name: value for name, value in waits.items() if name not in given}
+
+
+def outdated(engine: Engine, conn: Connection) -> bool:
+    """Whether ``conn`` (a kept one) was made before the pool last lost a connection.
+
+    A lost connection invalidates every pooled connection made before it (SQLAlchemy
+    does it for its own statements, voms.db.hot for the hot path's); the pool replaces
+    them at checkout. A connection kept outside the pool by a redemption thread is
+    checked here instead, so that after a failover none of them meets the old primary.
+    """
+    record = getattr(conn.connection, "_connection_record", None)
+    invalidated_at: float = getattr(engine.pool, "_invalidate_time", 0)
+    return record is not None and invalidated_at > record.starttime
 
 
 def _hot_writes_first(engine: Engine) -> None:

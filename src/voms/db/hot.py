@@ -26,13 +26,20 @@ when its transaction ends is dropped unsent.
 Rows come back as named tuples (``row.serial``), as SQLAlchemy's rows do. The session
 time zone is UTC (see :mod:`voms.db.engine`), so datetimes read are aware UTC
 datetimes, as :class:`~voms.db.types.UTCDateTime` gives them. Errors are raised as
-SQLAlchemy raises them (IntegrityError, …), and a lost connection is invalidated.
+SQLAlchemy raises them (IntegrityError, …), and a lost connection is invalidated, with
+every pooled connection made before it (a failover: they all led to the old primary).
+
+Behind a pooler in transaction mode that does not carry prepared statements from one
+server connection to the next (PgBouncer before 1.21), ``VOMS_DB_PREPARED_STATEMENTS=false``
+sends each statement unnamed instead (:func:`prepare_statements`): parsed on every run,
+still pipelined.
 """
 
 import itertools
 import json
 import re
 import select
+import weakref
 from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,7 +50,7 @@ import psycopg
 import psycopg.abc
 from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
-from sqlalchemy import JSON, Connection
+from sqlalchemy import JSON, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 
@@ -69,6 +76,16 @@ _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
 _NAMES = itertools.count(1)
 _COMPILED: dict[tuple[int, tuple[str, ...]], tuple[Executable, _Compiled]] = {}
 _SESSION = "voms.hot"  # the key of a connection's _Session in SQLAlchemy's connection info
+_UNPREPARED: "weakref.WeakSet[Engine]" = weakref.WeakSet()  # engines that prepare nothing
+
+
+def prepare_statements(engine: Engine, prepare: bool) -> None:
+    """Whether the connections of ``engine`` prepare the statements run here (the
+    default), or send each unnamed (behind a pooler in transaction mode)."""
+    if prepare:
+        _UNPREPARED.discard(engine)
+    else:
+        _UNPREPARED.add(engine)
 
 
 @dataclass(eq=False)
@@ -100,6 +117,7 @@ class _Session:
     # (no Later) and reads whose rows a Later receives.
     queue: list[tuple[_Compiled, Params, Later | None]] = field(default_factory=list)
     deferring: bool = False  # run()'s writes wait for the COMMIT
+    prepare: bool = True  # False: every statement is sent unnamed (parsed each time)
 
 
 def fetch(conn: Connection, statement: Executable, params: Params) -> list[Any]:
@@ -237,6 +255,7 @@ def _session(conn: Connection) -> _Session:
         readable = select.poll()
         readable.register(driver.pgconn.socket, select.POLLIN)
         session = info[_SESSION] = _Session(Transformer(driver), driver.info.encoding, readable)
+        session.prepare = conn.engine not in _UNPREPARED
     return session
 
 
@@ -258,8 +277,11 @@ def _send(
     alone = not waiting and not commit and len(statements) == 1
     if alone and pgconn.transaction_status != pq.TransactionStatus.IDLE:
         # No BEGIN to go with it: one libpq call, without pipeline mode.
-        name, values, formats = _bound(pgconn, session, *statements[0])
-        result = pgconn.exec_prepared(name, values, formats)
+        bound = _bound(pgconn, session, *statements[0])
+        if bound.name is None:
+            result = pgconn.exec_params(bound.sql, bound.values, bound.types, bound.formats)
+        else:
+            result = pgconn.exec_prepared(bound.name, bound.values, bound.formats)
         _check(conn, session, result)
         return [result]
     for _, _, later in waiting:
@@ -295,8 +317,11 @@ def _pipeline(
     bound = [_bound(pgconn, session, compiled, params) for compiled, params in statements]
     pgconn.enter_pipeline_mode()
     try:
-        for name, values, formats in bound:
-            pgconn.send_query_prepared(name, values, formats)
+        for one in bound:
+            if one.name is None:
+                pgconn.send_query_params(one.sql, one.values, one.types, one.formats)
+            else:
+                pgconn.send_query_prepared(one.name, one.values, one.formats)
         pgconn.pipeline_sync()
         _flush(pgconn)
         results = [_next_result(session, pgconn) for _ in bound]
@@ -316,13 +341,24 @@ def _pipeline(
     return results[begin : len(results) - commit]
 
 
-def _bound(
-    pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params: Params
-) -> tuple[bytes, Sequence[Any], list[pq.Format]]:
-    """Name, values and formats of a prepared execution; prepared first if need be."""
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """One execution: the prepared statement's name (None: sent unnamed, as ``sql``)."""
+
+    name: bytes | None
+    sql: bytes
+    values: Sequence[Any]
+    types: Sequence[int]
+    formats: list[pq.Format]
+
+
+def _bound(pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params: Params) -> _Bound:
+    """Name, values and formats of an execution; prepared first if need be."""
     tx = session.transformer
     values = tx.dump_sequence(_values(compiled, params), [PyFormat.AUTO] * len(compiled.names))
     types = tx.types or ()
+    if not session.prepare:
+        return _Bound(None, compiled.sql, values, types, list(tx.formats or ()))
     # psycopg picks the type from the value (an int as int2, int4 or int8): one prepared
     # statement for each combination met.
     name = session.prepared.get((compiled.name, types))
@@ -332,7 +368,7 @@ def _bound(
         if result.status != pq.ExecStatus.COMMAND_OK:
             raise _error(pgconn, session, result)
         session.prepared[compiled.name, types] = name
-    return name, values, list(tx.formats or ())
+    return _Bound(name, compiled.sql, values, types, list(tx.formats or ()))
 
 
 def _values(compiled: _Compiled, params: Params) -> list[Any]:
@@ -389,14 +425,16 @@ def _error(pgconn: pq.abc.PGconn, session: _Session, result: pq.abc.PGresult) ->
 def _as_sqlalchemy_errors(conn: Connection, sql: bytes) -> Iterator[None]:
     """psycopg's errors raised as SQLAlchemy raises them (IntegrityError, …).
 
-    A lost connection is also invalidated, as SQLAlchemy would: the pool then opens a
-    new one instead of handing the broken one out again.
+    A lost connection is also invalidated, as SQLAlchemy would, and so is every pooled
+    connection made before it: the pool then opens new ones (to the new primary, after
+    a failover) instead of handing broken ones out again.
     """
     try:
         yield
     except psycopg.Error as error:
         lost = conn.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
         if lost:
+            conn.engine.pool._invalidate(conn.connection, error)  # as SQLAlchemy does
             conn.invalidate()
         raise DBAPIError.instance(
             sql.decode(), None, error, psycopg.Error, connection_invalidated=lost

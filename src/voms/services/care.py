@@ -191,7 +191,7 @@ def voucher_by_serial(rt: Runtime, actor: Principal, serial: str) -> dict[str, A
     actor.require(Permission.LOOKUP)
     width = rt.settings.serial_width
     number = parse_serial(serial, width)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         live = conn.execute(_VOUCHER.where(_v.c.serial == number)).first()
         if live is None:
@@ -211,7 +211,7 @@ def voucher_by_pin(rt: Runtime, actor: Principal, pin: str) -> dict[str, Any]:
         raise Invalid(f"pin: {exc.result.text.lower()}") from None
     hashes = rt.keyring.lookup_hashes(clean)
     width = rt.settings.serial_width
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         live = conn.execute(_VOUCHER.where(_v.c.pin_hash.in_(hashes))).first()
         if live is None:
@@ -230,7 +230,7 @@ def voucher_attempts(
         raise Invalid(f"limit must be between 1 and {MAX_ATTEMPTS_PAGE}")
     width = rt.settings.serial_width
     number = parse_serial(serial, width)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         row = (
             conn.execute(

@@ -121,7 +121,7 @@ def batch_view(conn: Connection, batch_id: int, width: int) -> dict[str, Any]:
 def get_batch(rt: Runtime, actor: Principal, batch_id: int) -> dict[str, Any]:
     """One batch with its generation progress."""
     actor.require(Permission.BATCH_READ)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         row = load_batch(conn, batch_id)
     actor.require_scope(row.service_provider_id)
@@ -165,7 +165,7 @@ def list_batches(
         query = query.where(_b.c.created_at < until)
     if actor.service_provider_id is not None:
         query = query.where(_b.c.service_provider_id == actor.service_provider_id)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         if voucher_type is not None:
             if conn.execute(select(_vt.c.id).where(_vt.c.code == voucher_type)).first() is None:

@@ -31,7 +31,7 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
     if actor.service_provider_id is not None:
         scoped.append(_b.c.service_provider_id == actor.service_provider_id)
         tx_scoped.append(_tx.c.service_provider_id == actor.service_provider_id)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         by_state = {
             row.state: {"batches": row.batches, "vouchers": int(row.vouchers or 0)}
@@ -121,6 +121,6 @@ def batch_events(
     )
     if before_id is not None:
         query = query.where(ev.c.id < before_id)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         return [dict(row._mapping) for row in conn.execute(query)]

@@ -99,7 +99,7 @@ def list_transactions(
         .order_by(tx.c.at.desc(), tx.c.id.desc())
         .limit(limit + 1)
     )
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         rows = conn.execute(query).all()
     page = rows[:limit]

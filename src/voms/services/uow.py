@@ -13,11 +13,13 @@
 
 The API, all of it:
 
-- ``UnitOfWork(rt, read_only=False, snapshot=False)``; ``with uow:`` opens one
-  transaction on the thread's kept connection (a redemption thread,
+- ``UnitOfWork(rt, read_only=False, snapshot=False, replica=False)``; ``with uow:``
+  opens one transaction on the thread's kept connection (a redemption thread,
   :class:`KeptConnections`) or on one from the pool. ``read_only`` never blocks writers
   on SQLite; with ``snapshot`` every read sees one snapshot (REPEATABLE READ on
-  PostgreSQL; SQLite's transactions always do).
+  PostgreSQL; SQLite's transactions always do). ``replica`` (read-only work that may
+  lag the primary a little: reports, lookups, lists) runs on the standby of
+  ``VOMS_READ_DATABASE_URL`` when one is configured.
 - ``uow.conn``: the SQLAlchemy connection, for set-based and bulk statements.
 - ``fetch``, ``fetch_together``, ``ahead``: reads that cost the fewest round trips;
   ``write``: a statement returning nothing, sent with the COMMIT (or before the next
@@ -57,7 +59,7 @@ from sqlalchemy.sql.base import Executable
 
 from voms.db import hot
 from voms.db import tables as t
-from voms.db.engine import PING_AFTER_IDLE_S, alive
+from voms.db.engine import PING_AFTER_IDLE_S, alive, outdated
 from voms.db.types import utcnow
 from voms.domain.errors import RequestIdReused, VomsError
 from voms.runtime import Runtime
@@ -102,9 +104,11 @@ _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 class UnitOfWork:
     """One database transaction of a service call; see the module's docstring."""
 
-    def __init__(self, rt: Runtime, *, read_only: bool = False, snapshot: bool = False) -> None:
-        self._engine = rt.engine
-        self._read_only = read_only
+    def __init__(
+        self, rt: Runtime, *, read_only: bool = False, snapshot: bool = False, replica: bool = False
+    ) -> None:
+        self._engine = rt.read_engine if replica and rt.read_engine is not None else rt.engine
+        self._read_only = read_only or replica
         self._snapshot = snapshot
         self._conn: Connection | None = None
         self._transaction: RootTransaction | None = None
@@ -260,7 +264,9 @@ class UnitOfWork:
         if kept is None or kept[0].invalidated:
             return self._engine.connect()  # the pool checks it if it sat idle
         kept_conn, idle_since = kept
-        if time.monotonic() - idle_since >= PING_AFTER_IDLE_S and not alive(
+        if outdated(self._engine, kept_conn):  # a connection of the pool's was lost since
+            kept_conn.invalidate()
+        elif time.monotonic() - idle_since >= PING_AFTER_IDLE_S and not alive(
             self._engine, kept_conn.connection.dbapi_connection
         ):
             kept_conn.invalidate()  # and the next statement reconnects

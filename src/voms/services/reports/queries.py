@@ -81,7 +81,7 @@ class Query:
 def run_report(rt: Runtime, actor: Principal, name: str, query: Query) -> Report:
     """One report, checked for role and provider scope before anything else."""
     actor.require(Permission.REPORT_READ)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         sp_id = _scope(conn, actor, query.service_provider)
         if name not in NAMES:

@@ -381,7 +381,7 @@ def list_sales(
         raise Invalid(f"limit must be between 1 and {accounts.MAX_PAGE}")
     after = _cursor(cursor) if cursor is not None else None
     r = t.resellers
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         reseller = accounts.visible(conn, actor, code)
         query = (

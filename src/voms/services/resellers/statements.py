@@ -60,7 +60,7 @@ def statement(
     opening and closing balance due, the period's totals and its entries."""
     actor.require(Permission.RESELLER_READ)
     since, until = _period(since, until)
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         reseller = accounts.visible(conn, actor, code)
         opening = _opening(conn, reseller.id, since)
@@ -164,7 +164,7 @@ def sell_through(rt: Runtime, actor: Principal, code: str) -> dict[str, Any]:
     of those were redeemed (archived ones included)."""
     actor.require(Permission.RESELLER_READ)
     s, v, a, vt = t.sales, t.vouchers, t.voucher_archive, t.voucher_types
-    with UnitOfWork(rt, read_only=True) as uow:
+    with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         top = accounts.visible(conn, actor, code)
         subtree = {

@@ -170,6 +170,7 @@ def _bulk_fill(rt: Any, count: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")  # no per-row FK check
         conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute("VACUUM vouchers")  # the space of earlier checkpoints' churn, for reuse
         conn.execute("ALTER TABLE vouchers DROP CONSTRAINT uq_vouchers_pin_hash")
         while left:
             size = min(FILL_BATCH, left)

@@ -19,9 +19,9 @@ random hash order into the same live indexes, so the index load is the generator
    p99; median of ``--rounds`` runs);
 3. a range freeze of 1,000,000 vouchers (``lifecycle.change_vouchers``), then the
    unfreeze of the same range;
-4. the archive job (``voucher_archive``) over an expired batch of 1,000,000 vouchers
+4. every report through the real service (the slowest one is printed);
+5. the archive job (``voucher_archive``) over an expired batch of 1,000,000 vouchers
    (30 % redeemed) written in SQL just before;
-5. every report through the real service (the slowest one is printed);
 6. database size (``pg_database_size``) and the ``vouchers`` table with its indexes,
    per voucher.
 
@@ -386,10 +386,10 @@ def checkpoint(
     )
     freeze_s, unfreeze_s = _freeze(rt, freeze_from)
     log(f"  freeze 1M: {freeze_s:.1f} s (unfreeze {unfreeze_s:.1f} s)")
-    archive_s, archived = _archive(rt)
-    log(f"  archive job: {archived:,} vouchers in {archive_s:.1f} s")
     report, report_s = _reports(rt)
     log(f"  slowest report: {report} in {report_s:.2f} s")
+    archive_s, archived = _archive(rt)
+    log(f"  archive job: {archived:,} vouchers in {archive_s:.1f} s")
     after = _sizes(rt)
     log(f"  after: {after[0]:,} vouchers, database {after[1] / 2**30:.2f} GiB")
     return {
@@ -436,6 +436,10 @@ def _table(rows: list[dict[str, Any]], first_fill_rate: float) -> None:
         )
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vouchers", type=int, default=10 * MILLION)
@@ -449,6 +453,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _stop)  # a kill still stops the server, drops the database
     if args.probe < 500 + args.rounds * args.requests:
         parser.error("--probe must cover the warm-up and every HTTP run")
     admin_url = os.environ.get(

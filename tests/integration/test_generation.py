@@ -177,20 +177,26 @@ def test_a_failure_midway_leaves_a_failed_batch_whose_vouchers_are_never_usable(
 ) -> None:
     rt.settings = rt.settings.model_copy(update={"generation_chunk_size": 100})
     monkeypatch.setattr(bulk, "SQLITE_ROWS_PER_TRANSACTION", 200)
-    real_load, loads = bulk.load, []
+    real_load, real_copy, loads = bulk.load, bulk.copy_binary, []
 
-    def load_that_breaks_on_the_fourth_chunk(*args: Any, **kwargs: Any) -> list[Any]:
-        loads.append(1)
-        if len(loads) == 4:
-            raise OSError("disk full")
-        return real_load(*args, **kwargs)
+    def breaks_on_the_fourth_chunk(real: Any) -> Any:
+        def load(*args: Any, **kwargs: Any) -> Any:
+            loads.append(1)
+            if len(loads) == 4:
+                raise OSError("disk full")
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(bulk, "load", load_that_breaks_on_the_fourth_chunk)
+        return load
+
+    # Rows (SQLite) or binary COPY streams (PostgreSQL): whichever the generator writes.
+    monkeypatch.setattr(bulk, "load", breaks_on_the_fourth_chunk(real_load))
+    monkeypatch.setattr(bulk, "copy_binary", breaks_on_the_fourth_chunk(real_copy))
     factories.subscriber(rt, "254700000001")
     batch = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=1000).batch
     with pytest.raises(OSError, match="disk full"):
         generation.fill_batch(rt, CONSOLE, batch["batch_id"], workers=0)
     monkeypatch.setattr(bulk, "load", real_load)
+    monkeypatch.setattr(bulk, "copy_binary", real_copy)
 
     failed = lifecycle.get_batch(rt, CONSOLE, batch["batch_id"])
     assert failed["state"] == "failed"

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from voms.crypto import Keyring
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH, luhn_check_digit, luhn_valid
-from voms.services.sealing import Sealer, check_digit, draw_pins
+from voms.services.sealing import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    Sealer,
+    check_digit,
+    draw_pins,
+    seal_copy,
+)
 
 pin_lengths = st.integers(min_value=MIN_PIN_LENGTH, max_value=MAX_PIN_LENGTH)
 
@@ -121,3 +128,23 @@ def test_leading_digits_are_roughly_uniform() -> None:
     for digit in _digits_of(iter(draw_pins(20_000, 10))):
         counts[digit] += 1
     assert all(1_700 < n < 2_300 for n in counts), counts
+
+
+def test_binary_copy_records_hold_what_the_rows_hold() -> None:
+    keyring = Keyring.new()
+    sealer = Sealer.for_batch(keyring, batch_id=7, pin_length=14)
+    # The same random source twice: the same PINs, a duplicate among them drawn again.
+    source = (1, 1, 2, 3, 4)
+    sealed = seal_copy(sealer, range(1000, 1004), randbytes=words(*source))
+    rows = sealer.seal(range(1000, 1004), randbytes=words(*source))
+    assert sealed.data.startswith(COPY_HEADER)
+    assert sealed.data.endswith(COPY_TRAILER)
+    assert sealed.count == 4
+    copied = sorted(sealed.rows())  # a PIN drawn again comes last
+    assert [row[0] for row in copied] == list(range(1000, 1004))
+    for made, row in zip(copied, rows, strict=True):
+        assert made[:4] == row[:4]
+        assert made[5:] == row[5:]
+        assert keyring.decrypt(made[5], made[4]) == keyring.decrypt(row[5], row[4])
+        assert made[2] == keyring.lookup_hash(keyring.decrypt(made[5], made[4]), made[3])
+    assert len({row[2] for row in copied}) == 4

@@ -123,6 +123,18 @@ def _copy(conn: Connection, table: Table, columns: Sequence[str], rows: Sequence
             copy.write_row(row)
 
 
+def copy_binary(conn: Connection, table: Table, columns: Sequence[str], data: bytes) -> None:
+    """COPY a whole binary stream (header, records, trailer) made elsewhere, as it is."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    names = ", ".join(columns)
+    with (
+        driver.cursor() as cursor,
+        cursor.copy(f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.write(data)
+
+
 def _copy_skipping(
     conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Any], skip_taken: str
 ) -> list[Any]:

@@ -17,6 +17,11 @@ _ANY = select(_a.c.pin_hash).where(
 )
 
 
+def any_archived(conn: Connection) -> bool:
+    """Whether any voucher was ever archived (if not, no PIN can have been)."""
+    return bool(conn.execute(select(exists().select_from(_a))).scalar())
+
+
 def archived_hashes(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
     """Which of ``hashes`` belong to archived vouchers (their PINs are never reissued)."""
     if not hashes or not conn.execute(select(exists().select_from(_a))).scalar():

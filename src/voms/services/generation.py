@@ -9,13 +9,15 @@ generating nor a failed batch can ever be activated, so their vouchers are never
 redeemable or exportable.
 """
 
+import importlib.util
 import logging
 import os
+import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -51,8 +53,11 @@ from voms.services.sealing import (
     VOUCHER_COLUMNS,
     RandomBytes,
     Sealed,
+    SealedCopy,
     Sealer,
     VoucherRow,
+    seal_copy,
+    seal_copy_in_worker,
     seal_in_worker,
     start_worker,
 )
@@ -94,21 +99,29 @@ def _chunks(
     chunk_size: int,
     workers: int,
     randbytes: RandomBytes,
-) -> Generator[Sealed, None, None]:
+    binary: bool = False,
+) -> Generator[Sealed | SealedCopy, None, None]:
     """The batch's rows, chunk by chunk; at most a few chunks in memory.
 
     Worker processes seal ahead of the writer. Whenever the next worker chunk is not
     ready (the pool takes a moment to start), this process seals one itself rather than
-    wait.
+    wait. With ``binary``, chunks come as binary COPY streams (:class:`SealedCopy`).
     """
     spans = (
         (start, min(chunk_size, first + count - start))
         for start in range(first, first + count, chunk_size)
     )
+
+    def here(start: int, size: int) -> Sealed | SealedCopy:
+        if binary:
+            return seal_copy(sealer, range(start, start + size), randbytes)
+        return sealer.seal_chunk(range(start, start + size), randbytes=randbytes)
+
     if workers == 0:
         for start, size in spans:
-            yield sealer.seal_chunk(range(start, start + size), randbytes=randbytes)
+            yield here(start, size)
         return
+    in_worker = seal_copy_in_worker if binary else seal_in_worker
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
@@ -116,24 +129,42 @@ def _chunks(
         initargs=(sealer,),
     )
     try:
-        ahead: deque[Future[Sealed]] = deque(
-            pool.submit(seal_in_worker, start, size)
-            for start, size in islice(spans, workers * CHUNKS_AHEAD_PER_WORKER)
-        )
+        with _light_spawn():  # the workers start at these first submissions
+            ahead: deque[Future[Sealed | SealedCopy]] = deque(
+                pool.submit(in_worker, start, size)
+                for start, size in islice(spans, workers * CHUNKS_AHEAD_PER_WORKER)
+            )
         while ahead:
             if not ahead[0].done():
                 for start, size in islice(spans, 1):
-                    yield sealer.seal_chunk(range(start, start + size), randbytes=randbytes)
+                    yield here(start, size)
                     break
                 else:
                     yield ahead.popleft().result()
                 continue
             rows = ahead.popleft().result()
             for start, size in islice(spans, 1):
-                ahead.append(pool.submit(seal_in_worker, start, size))
+                ahead.append(pool.submit(in_worker, start, size))
             yield rows
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _light_spawn() -> Iterator[None]:
+    """Spawned workers run the parent's ``__main__`` again, by file when it was started
+    as a script: for ``voms`` that is the whole CLI and its imports (a second or more of
+    a core at each start). Named after the sealing module instead while they start, they
+    import only that."""
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+        yield  # started with -m (named already) or interactively (nothing to run)
+        return
+    main.__spec__ = importlib.util.find_spec("voms.services.sealing")
+    try:
+        yield
+    finally:
+        main.__spec__ = None
 
 
 # --- writing ------------------------------------------------------------------------
@@ -168,6 +199,35 @@ def write_chunk(
         rows, aliases = again.rows, again.aliases
         avoid.update(row[2] for row in rows)
     raise Conflict("could not draw unique PINs: the PIN space of this voucher type is full")
+
+
+def write_copy(
+    conn: Connection, sealer: Sealer, sealed: SealedCopy, randbytes: RandomBytes = os.urandom
+) -> None:
+    """Write one chunk made by :func:`seal_copy`: one binary COPY, no per-row work here.
+
+    On a PIN collision (the COPY fails on the UNIQUE lookup hash, and nothing of it was
+    written) or a PIN an archived voucher had, the chunk takes :func:`write_chunk`'s
+    path, row by row.
+    """
+    try:
+        with conn.begin_nested():
+            bulk.copy_binary(conn, t.vouchers, VOUCHER_COLUMNS, sealed.data)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != bulk.UNIQUE_VIOLATION:
+            raise
+        write_chunk(conn, sealer, sealed.rows(), randbytes)
+        return
+    if not archive.any_archived(conn):
+        return
+    rows = sealed.rows()
+    again = _withdraw_issued(conn, rows, {}, [])
+    if again:
+        log.info("batch %s: %d PINs archived before, drawn again", sealer.batch_id, len(again))
+        avoid = {row[2] for row in rows}
+        write_chunk(
+            conn, sealer, sealer.seal([row[0] for row in again], avoid, randbytes), randbytes
+        )
 
 
 def _withdraw_issued(
@@ -369,9 +429,18 @@ def fill_batch(
         workers = default_workers() if remaining > 2 * chunk_size else 0
     per_transaction = bulk.rows_per_transaction(rt.engine, chunk_size)
     done = batch.generated_count
+    binary = rt.engine.dialect.name == "postgresql" and not sealer.other_lookup_keys
     try:
         with closing(
-            _chunks(sealer, batch.serial_first + done, remaining, chunk_size, workers, randbytes)
+            _chunks(
+                sealer,
+                batch.serial_first + done,
+                remaining,
+                chunk_size,
+                workers,
+                randbytes,
+                binary,
+            )
         ) as chunks:
             written = -1
             while done < batch_size(batch) and written:
@@ -379,8 +448,12 @@ def fill_batch(
                     conn = uow.conn
                     written = 0
                     for sealed in chunks:
-                        write_chunk(conn, sealer, sealed.rows, randbytes, sealed.aliases)
-                        written += len(sealed.rows)
+                        if isinstance(sealed, SealedCopy):
+                            write_copy(conn, sealer, sealed, randbytes)
+                            written += sealed.count
+                        else:
+                            write_chunk(conn, sealer, sealed.rows, randbytes, sealed.aliases)
+                            written += len(sealed.rows)
                         if progress is not None:
                             progress(done + written)
                         if written >= per_transaction:

@@ -378,3 +378,36 @@ def test_limits_are_read_again_after_a_change(shop: Runtime) -> None:
     limit(rt, max_per_day=0)  # the process that changed them forgets its cached copy
     assert recharge(rt) == 5008
     recharge_limits.forget(rt)
+
+
+def test_balance_expiry_beside_concurrent_recharges_keeps_every_balance_to_its_ledger(
+    settings: Settings,
+) -> None:
+    rt = build_runtime(settings.model_copy(update={"db_pool_size": 20}))
+    try:
+        rt.settings = rt.settings.model_copy(update={"housekeeping_chunk_size": 100})
+        factories.standard_catalog(rt)
+        msisdns = [f"2547100{i:05d}" for i in range(16)]
+        for msisdn in msisdns:
+            factories.subscriber(rt, msisdn)
+            assert recharge(rt, msisdn) == 0
+        set_balance_expiry(rt, utcnow() - timedelta(minutes=1))
+
+        def work(i: int) -> int:
+            if i == 0:
+                return int(housekeeping.run_job(rt, CONSOLE, "balance_expiry")["rows_affected"])
+            return recharge(rt, msisdns[i % len(msisdns)])
+
+        results = at_once(17, work)
+        assert results[1:] == [0] * 16
+        assert verify.verify(rt).problems == []
+        # Whatever the order, every expired 1000 went out once and every recharge stayed.
+        for msisdn in msisdns:
+            assert balances(rt, msisdn) == {"CASH": 1000}
+        with rt.engine.connect() as conn:
+            expired = conn.execute(
+                select(func.count()).where(t.ledger.c.cause == "expiry")
+            ).scalar_one()
+        assert expired == len(msisdns)
+    finally:
+        rt.engine.dispose()

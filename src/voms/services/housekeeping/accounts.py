@@ -9,11 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
     and_,
-    any_,
-    bindparam,
     case,
     delete,
     func,
@@ -21,10 +18,10 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from voms.db import tables as t
 from voms.domain.states import SubscriberState
@@ -98,32 +95,59 @@ def apply_account_lifecycle(ctx: JobContext) -> int:
 # --- balance expiry ------------------------------------------------------------------
 
 
+# PostgreSQL, one statement: what is zeroed is exactly what the ledger takes out, row by
+# row. A balance a wallet writer changed after this statement's snapshot fails
+# ``b.amount = old.amount`` when PostgreSQL checks the row again as it is now, and waits
+# for the next run; so no ledger row ever disagrees with its balance.
+_EXPIRE_PG = text(
+    """
+    WITH old AS (
+        SELECT subscriber_id, balance_type_id, amount FROM balances
+        WHERE subscriber_id > :low AND subscriber_id <= :high
+          AND expires_at <= :now AND amount > 0
+    ), zeroed AS (
+        UPDATE balances b SET amount = 0 FROM old
+        WHERE b.subscriber_id = old.subscriber_id AND b.balance_type_id = old.balance_type_id
+          AND b.amount = old.amount AND b.expires_at <= :now
+          AND b.subscriber_id > :low AND b.subscriber_id <= :high
+        RETURNING b.subscriber_id, b.balance_type_id, old.amount
+    ), written AS (
+        INSERT INTO ledger (at, subscriber_id, balance_type_id, amount, balance_after, cause,
+                            reason, actor)
+        SELECT :now, subscriber_id, balance_type_id, -amount, 0, 'expiry', :reason, :actor
+        FROM zeroed
+        RETURNING 1
+    )
+    SELECT count(*) FROM written
+    """
+)
+REASON = "balance expired"
+
+
 def expire_balances_in(conn: Connection, low: int, high: int, now: datetime) -> int:
     """Zero the balances of the window whose expiry has passed, each with a ledger row
-    of cause ``expiry`` taking its amount out: INSERT … SELECT, then UPDATE.
+    of cause ``expiry`` taking its amount out (set-based: INSERT … SELECT).
 
     Every writer of a wallet locks its subscriber row first; on PostgreSQL the window's
-    subscribers with something to expire are locked the same way first, so the two
-    statements see the same amounts. SQLite has one writer at a time.
+    subscribers with something to expire are locked the same way first (the same lock
+    order as a redemption's), then one statement zeroes and writes the ledger. SQLite
+    has one writer at a time: INSERT … SELECT, then UPDATE.
     """
     due = and_(_b.c.expires_at <= now, _b.c.amount > 0)
     window = and_(_b.c.subscriber_id > low, _b.c.subscriber_id <= high)
     if conn.dialect.name == "postgresql":
-        locked = list(
-            conn.execute(
-                select(_s.c.id)
-                .where(
-                    _s.c.id > low,
-                    _s.c.id <= high,
-                    _s.c.id.in_(select(_b.c.subscriber_id).where(window, due)),
-                )
-                .order_by(_s.c.id)
-                .with_for_update()
-            ).scalars()
+        conn.execute(
+            select(_s.c.id)
+            .where(
+                _s.c.id > low,
+                _s.c.id <= high,
+                _s.c.id.in_(select(_b.c.subscriber_id).where(window, due)),
+            )
+            .order_by(_s.c.id)
+            .with_for_update()
         )
-        if not locked:
-            return 0
-        window = _b.c.subscriber_id == any_(bindparam("ids", locked, type_=ARRAY(BigInteger)))
+        params = {"low": low, "high": high, "now": now, "reason": REASON, "actor": ACTOR}
+        return int(conn.execute(_EXPIRE_PG, params).scalar_one())
     source = select(
         literal(now, _lg.c.at.type),
         _b.c.subscriber_id,
@@ -131,7 +155,7 @@ def expire_balances_in(conn: Connection, low: int, high: int, now: datetime) -> 
         -_b.c.amount,
         literal(0),
         literal("expiry"),
-        literal("balance expired"),
+        literal(REASON),
         literal(ACTOR),
     ).where(window, due)
     columns = (

@@ -15,6 +15,7 @@ The package, in the order a redemption runs through it:
   taking it through the voucher transition table;
 - :mod:`.accounts`: the recipient's account check, the scenario, and the credit through
   the billing engine;
+- :mod:`.limits`: the recipient's recharge limits, counted by one upsert (5008);
 - :mod:`.calls`: redeem, reserve and recharge, each readable top to bottom;
 - :mod:`.reservations`: commit, revoke and the timeout action.
 
@@ -22,8 +23,9 @@ Checks, in order (the first that applies answers):
 channel or request id malformed (4008) · request id replay, or reuse (5006) · msisdn,
 recipient (4006) · service provider (4000) · blacklist (5003) · PIN missing (4007), length (4001),
 check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch state
-(2009, 2010, 2013, 2011, 2001, 2012, 2014) · subscriber (5001, 5002) · product type
-(2007) · scenario (4005, 2008) · balance limit (5004).
+(2009, 2010, 2013, 2011, 2001, 2012, 2014) · subscriber (5001, 5010 frozen, 5002; an
+expired account within its grace period is revived: services/accounts_lifecycle.py) ·
+product type (2007) · scenario (4005, 2008) · balance limit (5004) · recharge limit (5008).
 """
 
 from voms.services.redemption.calls import recharge, redeem, reserve

@@ -430,7 +430,7 @@ def patroni_cluster() -> Iterator[PatroniCluster]:
 class PgBouncer:
     """PgBouncer in transaction mode in front of one PostgreSQL, few server connections."""
 
-    def __init__(self, target_port: int, port: int, pool_size: int = 2) -> None:
+    def __init__(self, target_host: str, target_port: int, port: int, pool_size: int = 2) -> None:
         require_packages()
         self.port = port
         self.directory = _workdir("pgbouncer")
@@ -439,7 +439,7 @@ class PgBouncer:
         (self.directory / "users.txt").write_text('"postgres" ""\n')
         config.write_text(
             "[databases]\n"
-            f"* = host=127.0.0.1 port={target_port}\n"
+            f"* = host={target_host} port={target_port}\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {port}\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from tests import factories
 from tests.conftest import _empty_postgres
@@ -35,10 +36,11 @@ SUBSCRIBERS = [f"25473000{n:04d}" for n in range(THREADS)]
 @pytest.fixture
 def bouncer_url(postgres_url: str) -> Iterator[str]:
     _empty_postgres(postgres_url)
-    bouncer = PgBouncer(target_port=5432, port=BOUNCER_PORT, pool_size=2)
+    url = make_url(postgres_url)
+    bouncer = PgBouncer(url.host or "127.0.0.1", url.port or 5432, BOUNCER_PORT, pool_size=2)
     bouncer.start()
     try:
-        yield postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{BOUNCER_PORT}")
+        yield url.set(host="127.0.0.1", port=BOUNCER_PORT).render_as_string(hide_password=False)
     finally:
         bouncer.stop()
 

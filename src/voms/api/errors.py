@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from voms.domain.errors import ResultError, VomsError
 from voms.domain.results import Result
@@ -40,6 +41,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database went away (a failover, a cut network): an operational event, not
+        # a bug. One line; a retry with the same request id settles the call.
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            exc.orig.__class__.__name__ if exc.orig is not None else exc.__class__.__name__,
+        )
+        return JSONResponse(Result.SYSTEM_ERROR.body(detail="internal error"), status_code=500)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -83,6 +83,15 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
         blacklisted = conn.execute(
             select(func.count()).where(_pa.c.blacklisted_until > now)
         ).scalar_one()
+        _al = t.audit_log
+        guessing = conn.execute(
+            select(func.count()).where(
+                _al.c.object_type == "lookup_budget",
+                _al.c.action.in_(("guessing.alert", "guessing.throttled")),
+                _al.c.at >= since,
+                *([_al.c.service_provider_id == actor.service_provider_id] if scoped else []),
+            )
+        ).scalar_one()
     per_hour: dict[str, list[int]] = {}
     for hour, channel, succeeded, count in attempts:
         series = per_hour.setdefault(f"{channel} {'ok' if succeeded else 'failed'}", [0] * HOURS)
@@ -93,6 +102,10 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
         alerts.append(f"{failed_batches} batch(es) failed to generate")
     if failed_runs:
         alerts.append(f"{failed_runs} housekeeping run(s) failed in the last {HOURS} hours")
+    if guessing:
+        alerts.append(
+            f"{guessing} PIN-guessing alert(s) in the last {HOURS} hours (audit log: guessing.*)"
+        )
     if blacklisted and actor.service_provider_id is None:
         alerts.append(f"{blacklisted} MSISDN(s) blacklisted for bad PINs")
     return {

@@ -213,6 +213,7 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
         },
     ),
     ("GET", "/api/v1/resellers/{code}"): Rule(roles(A, D, AU)),
+    ("PATCH", "/api/v1/resellers/{code}"): Rule(roles(A, D), body={"credit_limit": 500}),
     ("GET", "/api/v1/resellers/{code}/stock"): Rule(roles(A, D, AU)),
     ("POST", "/api/v1/resellers/{code}/stock"): Rule(
         roles(A, D), body={"serial_from": "{serial}", "serial_to": "{serial}"}

@@ -39,6 +39,7 @@ _USER_COLUMNS = [
     Column("username", "Username"),
     Column("role", "Role"),
     Column("service_provider", "Provider"),
+    Column("reseller", "Reseller"),
     Column("state", "State"),
     Column("totp", "TOTP"),
     Column("locked_until", "Locked until", "time"),
@@ -118,6 +119,7 @@ async def add_person(request: Request, who: Viewer) -> Response:
             role=field(form, "role"),
             password=password if isinstance(password, str) else "",
             service_provider=optional(form, "service_provider"),
+            reseller=optional(form, "reseller"),
         )
     except VomsError as exc:
         status = refused_status(exc)

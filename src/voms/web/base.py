@@ -26,7 +26,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from voms.domain.errors import Forbidden, Invalid, VomsError
 from voms.domain.money import minor_unit, split
-from voms.domain.roles import Permission, allows
+from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services import people
 
@@ -184,7 +184,7 @@ def not_found_page(request: Request, session: people.Session | None) -> Response
 def require(session: people.Session, *permissions: Permission) -> None:
     """403 unless the viewer's role carries one of ``permissions`` (the services check
     again, with the provider scope, on every call)."""
-    if not any(allows(session.role, p) for p in permissions):
+    if not any(session.may(p) for p in permissions):
         raise Forbidden(f"role {session.role} may not open this page")
 
 

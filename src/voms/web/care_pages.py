@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from voms.domain.errors import Invalid, NotFound, VomsError
-from voms.domain.roles import Permission, allows
+from voms.domain.roles import Permission
 from voms.domain.serials import parse_serial
 from voms.services import blacklist, care, catalog, transactions, wallet
 from voms.services.people import Session
@@ -119,7 +119,7 @@ async def _care_page(
         if isinstance(answer, StreamingResponse):
             return answer
         ledger = answer
-        if allows(who.role, Permission.WALLET_ADJUST):
+        if who.may(Permission.WALLET_ADJUST):
             types = await call(
                 catalog.list_balance_types, rt, actor, subscriber["service_provider"]
             )
@@ -266,7 +266,7 @@ async def _blacklist_page(
         nav="care",
         msisdn=msisdn,
         table=table,
-        can_release=allows(who.role, Permission.BLACKLIST),
+        can_release=who.may(Permission.BLACKLIST),
         notice=request.query_params.get("released") and "Released.",
     )
 

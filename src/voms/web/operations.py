@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from voms.domain.errors import Forbidden, Invalid, VomsError
-from voms.domain.roles import Permission, allows
+from voms.domain.roles import Permission
 from voms.domain.serials import parse_serial
 from voms.domain.states import BatchState
 from voms.services import (
@@ -79,7 +79,7 @@ def _int(text: str | None, name: str) -> int | None:
 
 @router.get("/")
 async def dashboard(request: Request, who: Viewer) -> Response:
-    if not allows(who.role, Permission.BATCH_READ):
+    if not who.may(Permission.BATCH_READ):
         return render(request, who, "dashboard.html", title="Dashboard", nav="dashboard")
     figures = await call(overview.overview, runtime(request), who.principal)
     states = figures["vouchers_by_state"]
@@ -464,7 +464,7 @@ async def housekeeping_page(request: Request, who: Viewer) -> Response:
         title="Housekeeping",
         nav="housekeeping",
         jobs=jobs,
-        can_run=allows(who.role, Permission.HOUSEKEEPING) and who.service_provider_id is None,
+        can_run=who.may(Permission.HOUSEKEEPING) and who.service_provider_id is None,
         filter_items=[
             ("job", "Job", wanted["job"], sorted(JOBS)),
             ("outcome", "Outcome", wanted["outcome"], list(housekeeping.OUTCOMES)),

@@ -217,3 +217,30 @@ def test_the_reports_page_keeps_to_the_viewers_role_and_provider(console: Runtim
     assert carol.get("/ui/reports?name=liability").status_code == 200
     other = carol.get("/ui/reports?name=liability&service_provider=OTHER")
     assert other.status_code == 403
+
+
+def _providers_shown(html: str) -> list[str]:
+    section = html.split('id="s-service_providers"', 1)[1].split('id="s-balance_types"', 1)[0]
+    return re.findall(r"<tr><td>(\w+)</td>", section)
+
+
+def test_catalog_tables_page_by_key_each_with_its_own_cursor(console: Runtime) -> None:
+    for n in range(55):
+        factories.service_provider(console, f"SP{n:02d}")
+    browser = signed_in(console, "root")
+    first = browser.get("/ui/catalog")
+    assert first.status_code == 200
+    shown = _providers_shown(first.text)
+    assert len(shown) == 50
+    found = re.search(
+        r'href="(/ui/catalog\?service_providers_cursor=[^"]+)" rel="next"', first.text
+    )
+    assert found is not None
+    rest = browser.get(found.group(1).replace("&amp;", "&")).text
+    more = _providers_shown(rest)
+    assert sorted(shown + more) == sorted(["ACME", "OTHER", *(f"SP{n:02d}" for n in range(55))])
+    assert not set(shown) & set(more)
+    csv = browser.get("/ui/catalog?table=service_providers&format=csv").text.splitlines()
+    assert len(csv) == 1 + 57
+    one = browser.get("/ui/catalog?service_provider=SP07").text
+    assert _providers_shown(one) == ["SP07"]

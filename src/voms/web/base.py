@@ -28,7 +28,7 @@ from voms.domain.errors import Forbidden, Invalid, VomsError
 from voms.domain.money import minor_unit, split
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
-from voms.services import people
+from voms.services import paging, people
 
 SESSION_COOKIE = "voms_session"
 LOGIN_CSRF_COOKIE = "voms_login_csrf"
@@ -397,6 +397,20 @@ def newest_first(read: Callable[[int | None, int], Sequence[Mapping[str, Any]]],
         rows = read(int(cursor) if cursor else None, limit + 1)
         more = len(rows) > limit
         return rows[:limit], (str(rows[limit - 1][key]) if more else None)
+
+    return fetch
+
+
+def by_key(
+    read: Callable[[paging.Key | None, int], Sequence[Mapping[str, Any]]],
+    key: Callable[[Mapping[str, Any]], paging.Key],
+    *types: type,
+) -> Fetch:
+    """A table read in key order (the catalog by code): ``read(after, limit)`` is asked
+    for one row more than the page; the cursor is the page's last key (services/paging)."""
+
+    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
+        return paged(paging.page(read(paging.decode(cursor, *types), limit + 1), limit, key))
 
     return fetch
 

@@ -31,6 +31,7 @@ from voms.web.base import (
     ConsoleRoute,
     Fetch,
     FormErrors,
+    by_key,
     call,
     checked_form,
     csv_download,
@@ -539,32 +540,48 @@ async def catalog_page(request: Request, who: Viewer) -> Response:
     rt, actor = runtime(request), who.principal
     provider = filters_of(request, "service_provider")["service_provider"]
 
-    def load() -> dict[str, list[dict[str, Any]]]:
-        providers = catalog.list_service_providers(rt, actor)
-        return {
-            "service_providers": [
-                p for p in providers if provider is None or p["code"] == provider
-            ],
-            "balance_types": catalog.list_balance_types(rt, actor, provider),
-            "product_types": catalog.list_product_types(rt, actor, provider),
-            "voucher_types": catalog.list_voucher_types(rt, actor, provider),
-            "codes": providers,
-        }
+    def by_code(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (row["code"],)
 
-    found = await call(load)
-    wanted_csv = request.query_params.get("table")
-    if request.query_params.get("format") == "csv" and wanted_csv in _CATALOG:
-        return csv_download(_CATALOG[wanted_csv][1], listed(found[wanted_csv]), f"{wanted_csv}.csv")
-    sections = [
-        {
-            "name": name,
-            "title": title,
-            "columns": columns,
-            "rows": found[name],
-            "csv_url": page_url(request, table=name, format="csv"),
-        }
-        for name, (title, columns) in _CATALOG.items()
-    ]
+    def by_provider_and_code(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (row["service_provider"], row["code"])
+
+    # Each table pages by its own key (services/paging), with its own cursor parameter.
+    fetches: dict[str, Fetch] = {
+        "service_providers": by_key(
+            lambda after, n: (
+                ([] if after else [catalog.get_service_provider(rt, actor, provider)])
+                if provider
+                else catalog.list_service_providers(rt, actor, after=after, limit=n)
+            ),
+            by_code,
+            str,
+        ),
+        "balance_types": by_key(
+            lambda after, n: catalog.list_balance_types(rt, actor, provider, after=after, limit=n),
+            by_provider_and_code,
+            str,
+            str,
+        ),
+        "product_types": by_key(
+            lambda after, n: catalog.list_product_types(rt, actor, provider, after=after, limit=n),
+            by_provider_and_code,
+            str,
+            str,
+        ),
+        "voucher_types": by_key(
+            lambda after, n: catalog.list_voucher_types(rt, actor, provider, after=after, limit=n),
+            by_code,
+            str,
+        ),
+    }
+    sections = []
+    for name, (title, columns) in _CATALOG.items():
+        table = await table_page(request, columns, fetches[name], f"{name}.csv", title, name=name)
+        if isinstance(table, StreamingResponse):
+            return table
+        sections.append({"name": name, "table": table})
+    providers = await call(catalog.list_service_providers, rt, actor)
     return render(
         request,
         who,
@@ -573,7 +590,7 @@ async def catalog_page(request: Request, who: Viewer) -> Response:
         nav="catalog",
         sections=sections,
         service_provider=provider,
-        provider_codes=[p["code"] for p in found["codes"]],
+        provider_codes=[p["code"] for p in providers],
     )
 
 

@@ -1329,6 +1329,10 @@ def user_create(
     service_provider: Annotated[
         str | None, typer.Option(help="Limit the person to this provider code")
     ] = None,
+    reseller: Annotated[
+        str | None,
+        typer.Option(help="Limit a distributor to this reseller and the resellers below it"),
+    ] = None,
 ) -> None:
     """Create a person who signs in to the console at /ui/ (password read from stdin)."""
     from voms.services import people
@@ -1344,8 +1348,11 @@ def user_create(
             role=role,
             password=password,
             service_provider=service_provider,
+            reseller=reseller,
         )
         scope = record["service_provider"] or "all service providers"
+        if record["reseller"]:
+            scope = f"reseller {record['reseller']} of {scope}"
         typer.echo(f"created user '{record['username']}' (role {record['role']}, {scope})")
 
 

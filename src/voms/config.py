@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         description="Failed voucher lookups per client address (and key) per window on "
         "channels where the subscriber types the MSISDN (/m, REST channel rest or web).",
     )
+    lookup_failure_alert_factor: float = Field(
+        5.0,
+        ge=1,
+        description="A subject's failed lookups in one minute this many times its average "
+        "minute over the window raise the alert guessing.alert.",
+    )
+    lookup_failure_alert_minimum: int = Field(
+        30, ge=1, description="Failed lookups in one minute below which no alert is raised."
+    )
     msisdn_rate_limit_per_minute: int = Field(
         30,
         ge=1,

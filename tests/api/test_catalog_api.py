@@ -60,13 +60,16 @@ def test_the_catalog_is_created_read_and_updated_over_rest(
     got = client.get("/api/v1/voucher-types/TOPUP10", headers=admin).json()
     assert got["scenarios"] == TOPUP["scenarios"]
     scenarios = client.get("/api/v1/voucher-types/TOPUP10/scenarios", headers=admin).json()
-    assert scenarios == TOPUP["scenarios"]
+    assert scenarios["items"] == scenarios["scenarios"] == TOPUP["scenarios"]
+    assert scenarios["next_cursor"] is None
     patched = client.patch(
         "/api/v1/balance-types/ACME/CASH", json={"max_balance": 5}, headers=admin
     )
     assert patched.json()["max_balance"] == 5
     assert (
-        client.get("/api/v1/balance-types?service_provider=ACME", headers=admin).json()[0]["code"]
+        client.get("/api/v1/balance-types?service_provider=ACME", headers=admin).json()["items"][0][
+            "code"
+        ]
         == "CASH"
     )
     assert client.get("/api/v1/product-types/ACME/GOLD", headers=admin).json()["name"] == "Gold"
@@ -145,16 +148,16 @@ def test_a_scoped_key_is_held_to_its_provider(
         ).status_code
         == 201
     )
-    assert [sp["code"] for sp in client.get("/api/v1/service-providers", headers=beta).json()] == [
-        "BETA"
-    ]
+    assert [
+        sp["code"] for sp in client.get("/api/v1/service-providers", headers=beta).json()["items"]
+    ] == ["BETA"]
     assert client.get("/api/v1/product-types/ACME/GOLD", headers=beta).status_code == 403
 
 
 def test_every_change_is_in_the_audit_log(client: TestClient, admin: dict[str, str]) -> None:
     _base(client, admin)
     client.post("/api/v1/voucher-types", json=TOPUP, headers=admin)
-    entries = client.get("/api/v1/audit", headers=admin).json()
+    entries = client.get("/api/v1/audit", headers=admin).json()["items"]
     actions = [e["action"] for e in entries]
     assert actions[:4] == [
         "voucher_type.create",
@@ -174,7 +177,7 @@ def test_a_scoped_auditor_reads_only_its_providers_audit_entries(
     assert client.post("/api/v1/product-types", json=beta_type, headers=admin).status_code == 201
     beta = bearer(factories.api_key(rt, "auditor", "BETA"))
 
-    entries = client.get("/api/v1/audit?limit=3", headers=beta).json()
+    entries = client.get("/api/v1/audit?limit=3", headers=beta).json()["items"]
 
     assert [(e["action"], e["object_id"]) for e in entries] == [
         ("apikey.create", "2"),
@@ -183,3 +186,48 @@ def test_a_scoped_auditor_reads_only_its_providers_audit_entries(
     ]
     channel = bearer(factories.api_key(rt, "channel"))
     assert client.get("/api/v1/audit", headers=channel).status_code == 403
+
+
+def test_every_collection_answers_items_and_pages_with_a_keyset_cursor(
+    client: TestClient, rt: Runtime, admin: dict[str, str]
+) -> None:
+    for code in ("SP3", "SP1", "SP2"):
+        assert (
+            client.post(
+                "/api/v1/service-providers", json={"code": code, "name": code}, headers=admin
+            ).status_code
+            == 201
+        )
+    seen: list[str] = []
+    url = "/api/v1/service-providers?limit=2"
+    while True:
+        page = client.get(url, headers=admin).json()
+        assert set(page) == {"items", "next_cursor"}
+        assert len(page["items"]) <= 2
+        seen += [sp["code"] for sp in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        url = f"/api/v1/service-providers?limit=2&cursor={page['next_cursor']}"
+    assert seen == ["SP1", "SP2", "SP3"]
+    for url in (
+        "/api/v1/service-providers?limit=1001",
+        "/api/v1/service-providers?limit=0",
+        "/api/v1/service-providers?cursor=not-a-cursor",
+        "/api/v1/audit?cursor=WyJ4Il0",  # a cursor of another collection (a string)
+    ):
+        assert client.get(url, headers=admin).status_code == 422, url
+    spec = client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        get = operations.get("get")
+        if get is None or not path.startswith("/api/v1"):
+            continue
+        schema = get["responses"]["200"]["content"].get("application/json", {}).get("schema", {})
+        ref = schema.get("$ref", "")
+        if schema.get("type") == "array":
+            raise AssertionError(f"GET {path} answers a bare list")
+        if ref:
+            model = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            if "items" in model.get("properties", {}):
+                names = {p["name"] for p in get.get("parameters", [])}
+                assert {"limit", "cursor"} <= names, f"GET {path} pages without limit/cursor"
+                assert "next_cursor" in model["properties"], path

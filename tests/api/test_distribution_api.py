@@ -62,7 +62,7 @@ def test_a_distributor_exports_and_downloads_a_file_only_the_partner_opens(
         assert pin not in created.text
         assert pin.encode() not in download.content
 
-    listed = client.get("/api/v1/exports", headers=distributor).json()
+    listed = client.get("/api/v1/exports", headers=distributor).json()["items"]
     assert [e["export_id"] for e in listed] == [record["export_id"]]
     shown = client.get(f"/api/v1/exports/{record['export_id']}", headers=distributor).json()
     assert shown["sha256"] == record["sha256"]
@@ -152,7 +152,7 @@ def test_a_retried_export_request_gives_the_same_export_and_a_fresh_link(
     assert again.json()["export_id"] == first["export_id"]
     assert client.get(again.json()["download_url"], headers=distributor).status_code == 200
     assert client.get(first["download_url"], headers=distributor).status_code == 403
-    assert len(client.get("/api/v1/exports", headers=distributor).json()) == 1
+    assert len(client.get("/api/v1/exports", headers=distributor).json()["items"]) == 1
 
 
 def test_bad_export_requests_are_422_and_unknown_names_404(
@@ -172,7 +172,8 @@ def test_partners_are_listed_shown_and_disabled(
 ) -> None:
     created = add_partner(client, distributor, partner_keys.good).json()
     assert created["service_provider"] == "ACME"  # the key's scope
-    assert client.get("/api/v1/partners", headers=distributor).json() == [created]
+    listed = client.get("/api/v1/partners", headers=distributor).json()
+    assert listed == {"items": [created], "next_cursor": None}
     assert client.get("/api/v1/partners/printshop", headers=distributor).json() == created
     disabled = client.post("/api/v1/partners/printshop/disable", headers=distributor)
     assert disabled.json()["state"] == "disabled"

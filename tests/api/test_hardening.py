@@ -13,6 +13,8 @@ from tests.api.conftest import bearer
 from voms.db import tables as t
 from voms.domain.pins import with_check_digit
 from voms.runtime import Runtime
+from voms.services import overview
+from voms.services.auth import CONSOLE
 from voms.serving import TokenBuckets
 
 MSISDN = "254700000001"
@@ -67,9 +69,9 @@ def test_voucher_type_recharges_need_the_right_given_by_name(
     answer = client.post("/api/v1/voucher-type-recharges", headers=given, json=body)
     assert answer.json()["result_code"] == 0
     keys = client.get("/api/v1/api-keys", headers=bearer(factories.api_key(rt, "admin")))
-    assert {k["name"]: k["allow"] for k in keys.json()}[f"{role}-all+voucher-type-recharge"] == [
-        "voucher-type-recharge"
-    ]
+    assert {k["name"]: k["allow"] for k in keys.json()["items"]}[
+        f"{role}-all+voucher-type-recharge"
+    ] == ["voucher-type-recharge"]
 
 
 # --- 6. bodies read before the key -------------------------------------------------------
@@ -135,6 +137,35 @@ def test_a_key_without_the_role_gets_403_whatever_the_body(rt: Runtime, client: 
             content=body,
         )
         assert answer.status_code == 403
+
+
+def test_scope_and_existence_come_before_the_body(
+    rt: Runtime, client: TestClient, shop: Any
+) -> None:
+    admin = bearer(factories.api_key(rt, "admin"))
+    other = bearer(factories.api_key(rt, "admin", "OTHER"))
+    batch_id = client.get("/api/v1/batches", headers=admin).json()["items"][0]["batch_id"]
+    for body in ("{not json", '{"reason": 12, "junk": 1}', "[" * 5000):
+        sent = {"content": body, "headers": {"content-type": "application/json"}}
+        # another provider's admin: 403 whatever the body
+        answer = client.post(
+            f"/api/v1/batches/{batch_id}/freeze",
+            **{**sent, "headers": {**sent["headers"], **other}},
+        )
+        assert answer.status_code == 403, (body[:20], answer.text)
+        # no such batch: 404 before the body is looked at
+        answer = client.post(
+            "/api/v1/batches/99999/freeze", **{**sent, "headers": {**sent["headers"], **admin}}
+        )
+        assert answer.status_code == 404, (body[:20], answer.text)
+    # the object's own provider with a bad body: now the body's 422
+    answer = client.patch(
+        f"/api/v1/batches/{batch_id}", headers=admin, json={"expires_at": "someday"}
+    )
+    assert answer.status_code == 422
+    # a NUL in the path of a write is refused before any lookup
+    answer = client.patch("/api/v1/service-providers/AC%00ME", headers=admin, json={"name": "N"})
+    assert answer.status_code == 422
 
 
 # --- 7. 500s from bad input ----------------------------------------------------------------
@@ -297,3 +328,33 @@ def test_a_patch_cannot_null_a_required_field(rt: Runtime, client: TestClient, s
         "/api/v1/balance-types/ACME/CASH", headers=admin, json={"max_balance": None}
     )
     assert cleared.status_code == 200
+
+
+def test_a_jump_in_failed_lookups_raises_the_guessing_alert_once(
+    rt: Runtime, client: TestClient, shop: Any
+) -> None:
+    rt.settings = rt.settings.model_copy(
+        update={
+            "lookup_failure_alert_minimum": 4,
+            "lookup_failure_alert_factor": 3.0,
+            "max_bad_pin_attempts": 100,
+        }
+    )
+    gateway = bearer(factories.api_key(rt, "channel", "ACME"))
+    admin = bearer(factories.api_key(rt, "admin"))
+
+    def alerts() -> list[str]:
+        found = client.get("/api/v1/audit?action=guessing.alert", headers=admin).json()
+        return sorted(entry["object_id"].split(":")[0] for entry in found["items"])
+
+    for n in range(7):
+        answer = client.post(
+            "/api/v1/redemptions",
+            headers=gateway,
+            json={"msisdn": MSISDN, "pin": with_check_digit(f"{n:013d}"), "channel": "ussd"},
+        )
+        assert answer.json()["result_code"] == 2004
+        # three failures in a minute are no jump; the fourth is, for the key and for
+        # the provider, each alerted once
+        assert alerts() == (["key", "sp"] if n >= 3 else []), n
+    assert any("PIN-guessing" in line for line in overview.overview(rt, CONSOLE)["alerts"])

@@ -62,7 +62,7 @@ def test_api_keys_over_rest_return_the_secret_once(
     )
     assert created.status_code == 201
     secret = created.json()["key"]
-    listed = client.get("/api/v1/api-keys", headers=admin).json()
+    listed = client.get("/api/v1/api-keys", headers=admin).json()["items"]
     assert {k["name"] for k in listed} >= {"gw"}
     assert secret not in str(listed)
     assert client.get("/api/v1/voucher-types", headers=bearer(secret)).status_code == 200

@@ -43,7 +43,8 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
     assert (found["state"], found["archived"]) == ("expired", True)
     assert "pin" not in found
     jobs = {
-        job["name"]: job for job in client.get("/api/v1/housekeeping/jobs", headers=operator).json()
+        job["name"]: job
+        for job in client.get("/api/v1/housekeeping/jobs", headers=operator).json()["items"]
     }
     assert set(jobs) == {
         "reservation_timeouts",

@@ -78,7 +78,7 @@ def test_care_adjusts_balances_with_a_reason_and_the_ledger_shows_it(
         path, headers=care, json={"balance_type": "CASH", "amount": -301, "reason": "oops"}
     )
     assert too_much.status_code == 409
-    ledger = client.get(f"/api/v1/subscribers/{MSISDN}/ledger", headers=care).json()
+    ledger = client.get(f"/api/v1/subscribers/{MSISDN}/ledger", headers=care).json()["items"]
     assert [(e["amount"], e["cause"], e["reason"]) for e in ledger] == [
         (-200, "adjustment", "fix"),
         (500, "adjustment", "goodwill"),

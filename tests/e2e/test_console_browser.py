@@ -237,9 +237,25 @@ def test_operations_and_care_work_their_day_in_the_console(
             ("/ui/catalog", "catalog"),
             ("/ui/people", "people"),
             ("/ui/care?serial=" + serial, "care-by-serial"),
+            ("/ui/reports?name=inventory", "reports-inventory"),
+            ("/ui/reports?name=summary", "reports-summary"),
         ]:
             ada.go(path)
             ada.check(name)
+
+        # Reports: a chart drawn by the shipped Chart.js, and the files to download.
+        ada.go("/ui/reports?name=liability")
+        drawn = ada.page.evaluate("() => Chart.getChart('chart-report').data.datasets.length")
+        assert drawn == 1
+        ada.check("reports-liability")
+        with ada.page.expect_download() as download:
+            ada.page.get_by_role("link", name="XLSX").click()
+        assert Path(download.value.path()).read_bytes()[:2] == b"PK"
+
+        # An unknown console page is the console's own 404 page.
+        assert ada.go("/ui/no-such-page").status == 404
+        assert "Page not found" in ada.page.content()
+        ada.check("not-found")
 
         # A session idle past its timeout sends the browser back to sign in.
         with shop.engine.begin() as conn:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import reseller_support
 from voms.config import Settings
-from voms.runtime import build_runtime
+from voms.runtime import Runtime, build_runtime
 from voms.services import people
+from voms.services.resellers import accounts
 
 VOMS = str(Path(sys.executable).with_name("voms"))
 PASSWORD = "correct horse battery"
@@ -90,3 +92,49 @@ def test_a_password_is_never_taken_from_the_command_line(
     )
     assert short.returncode == 1
     assert "10 to 200 characters" in short.stderr
+
+
+def test_a_distributor_is_scoped_to_a_reseller_from_the_command_line(
+    database_url: str, keys_file: Path, rt: Runtime
+) -> None:
+    reseller_support.stocked_reseller(rt, "DIST")
+    reseller_support.reseller(rt, "SHOP", parent="DIST")
+    created = _voms(
+        database_url,
+        keys_file,
+        "user",
+        "create",
+        "--username",
+        "sam",
+        "--role",
+        "distributor",
+        "--reseller",
+        "SHOP",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert "reseller SHOP of ACME" in created.stdout
+    [sam] = json.loads(_voms(database_url, keys_file, "user", "list").stdout)
+    assert (sam["reseller"], sam["service_provider"]) == ("SHOP", "ACME")
+    token = people.sign_in(rt, "sam", PASSWORD)
+    session = people.session_of(rt, token)
+    assert session is not None
+    listed = accounts.list_resellers(rt, session.principal)
+    assert [r["code"] for r in listed["items"]] == ["SHOP"]
+    refused = _voms(
+        database_url,
+        keys_file,
+        "user",
+        "create",
+        "--username",
+        "cara",
+        "--role",
+        "care",
+        "--reseller",
+        "SHOP",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert refused.returncode == 1
+    assert "only a distributor" in refused.stderr

@@ -1,12 +1,13 @@
 """API keys and the audit log."""
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from voms.api.deps import AuditReader, KeyAdmin, RuntimeDep
+from voms.api.paging import LIMIT_DEFAULT, Cursor, Limit, Page
 from voms.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, AuditEntry
-from voms.services import audit, auth
+from voms.services import audit, auth, paging
 
 router = APIRouter(prefix="/api/v1", tags=["administration"])
 
@@ -25,9 +26,14 @@ def create_api_key(body: ApiKeyCreate, rt: RuntimeDep, who: KeyAdmin) -> dict[st
     return {**record, "key": secret}
 
 
-@router.get("/api-keys", response_model=list[ApiKeyPublic])
-def list_api_keys(rt: RuntimeDep, who: KeyAdmin) -> list[dict[str, Any]]:
-    return auth.list_api_keys(rt, who)
+@router.get("/api-keys", response_model=Page[ApiKeyPublic])
+def list_api_keys(
+    rt: RuntimeDep, who: KeyAdmin, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
+) -> dict[str, Any]:
+    """Keys in the order they were created."""
+    after = paging.decode(cursor, int)
+    rows = auth.list_api_keys(rt, who, after_id=after[0] if after else None, limit=limit + 1)
+    return paging.page(rows, limit, lambda row: (row["id"],))
 
 
 @router.delete("/api-keys/{name}", status_code=status.HTTP_204_NO_CONTENT)
@@ -35,12 +41,27 @@ def revoke_api_key(name: str, rt: RuntimeDep, who: KeyAdmin) -> None:
     auth.revoke_api_key(rt, who, name)
 
 
-@router.get("/audit", response_model=list[AuditEntry])
+@router.get("/audit", response_model=Page[AuditEntry])
 def audit_log(
     rt: RuntimeDep,
     who: AuditReader,
     object_type: str | None = None,
     object_id: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict[str, Any]]:
-    return audit.read_audit_log(rt, who, object_type=object_type, object_id=object_id, limit=limit)
+    by: str | None = None,
+    action: str | None = None,
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Newest first; filter by object, who acted (`by`) and action."""
+    before = paging.decode(cursor, int)
+    rows = audit.read_audit_log(
+        rt,
+        who,
+        object_type=object_type,
+        object_id=object_id,
+        by=by,
+        action=action,
+        before_id=before[0] if before else None,
+        limit=limit + 1,
+    )
+    return paging.page(rows, limit, lambda row: (row["id"],))

@@ -5,8 +5,10 @@ from typing import Any
 from fastapi import APIRouter, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from voms.api.deps import CatalogReader, CatalogWriter, RuntimeDep
+from voms.api.paging import LIMIT_DEFAULT, Cursor, Limit, Page
 from voms.api.schemas import (
     BalanceTypePublic,
     ProductTypePublic,
@@ -14,7 +16,7 @@ from voms.api.schemas import (
     ServiceProviderPublic,
     VoucherTypePublic,
 )
-from voms.services import catalog
+from voms.services import catalog, paging
 from voms.services.catalog import (
     BalanceTypeIn,
     BalanceTypeUpdate,
@@ -49,9 +51,15 @@ def create_service_provider(body: ServiceProviderIn, rt: RuntimeDep, who: Catalo
     return _created_or_found(catalog.create_or_find_service_provider(rt, who, body))
 
 
-@router.get("/service-providers", response_model=list[ServiceProviderPublic])
-def list_service_providers(rt: RuntimeDep, who: CatalogReader) -> list[Json]:
-    return catalog.list_service_providers(rt, who)
+@router.get("/service-providers", response_model=Page[ServiceProviderPublic])
+def list_service_providers(
+    rt: RuntimeDep, who: CatalogReader, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
+) -> Json:
+    """Service providers by code."""
+    rows = catalog.list_service_providers(
+        rt, who, after=paging.decode(cursor, str), limit=limit + 1
+    )
+    return paging.page(rows, limit, lambda row: (row["code"],))
 
 
 @router.get("/service-providers/{code}", response_model=ServiceProviderPublic)
@@ -73,11 +81,18 @@ def create_balance_type(body: BalanceTypeIn, rt: RuntimeDep, who: CatalogWriter)
     return _created_or_found(catalog.create_or_find_balance_type(rt, who, body))
 
 
-@router.get("/balance-types", response_model=list[BalanceTypePublic])
+@router.get("/balance-types", response_model=Page[BalanceTypePublic])
 def list_balance_types(
-    rt: RuntimeDep, who: CatalogReader, service_provider: str | None = None
-) -> list[Json]:
-    return catalog.list_balance_types(rt, who, service_provider)
+    rt: RuntimeDep,
+    who: CatalogReader,
+    service_provider: str | None = None,
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> Json:
+    """By service provider, then code."""
+    after = paging.decode(cursor, str, str)
+    rows = catalog.list_balance_types(rt, who, service_provider, after=after, limit=limit + 1)
+    return paging.page(rows, limit, lambda row: (row["service_provider"], row["code"]))
 
 
 @router.get("/balance-types/{service_provider}/{code}", response_model=BalanceTypePublic)
@@ -99,11 +114,18 @@ def create_product_type(body: ProductTypeIn, rt: RuntimeDep, who: CatalogWriter)
     return _created_or_found(catalog.create_or_find_product_type(rt, who, body))
 
 
-@router.get("/product-types", response_model=list[ProductTypePublic])
+@router.get("/product-types", response_model=Page[ProductTypePublic])
 def list_product_types(
-    rt: RuntimeDep, who: CatalogReader, service_provider: str | None = None
-) -> list[Json]:
-    return catalog.list_product_types(rt, who, service_provider)
+    rt: RuntimeDep,
+    who: CatalogReader,
+    service_provider: str | None = None,
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> Json:
+    """By service provider, then code."""
+    after = paging.decode(cursor, str, str)
+    rows = catalog.list_product_types(rt, who, service_provider, after=after, limit=limit + 1)
+    return paging.page(rows, limit, lambda row: (row["service_provider"], row["code"]))
 
 
 @router.get("/product-types/{service_provider}/{code}", response_model=ProductTypePublic)
@@ -125,11 +147,18 @@ def create_voucher_type(body: VoucherTypeIn, rt: RuntimeDep, who: CatalogWriter)
     return _created_or_found(catalog.create_or_find_voucher_type(rt, who, body))
 
 
-@router.get("/voucher-types", response_model=list[VoucherTypePublic])
+@router.get("/voucher-types", response_model=Page[VoucherTypePublic])
 def list_voucher_types(
-    rt: RuntimeDep, who: CatalogReader, service_provider: str | None = None
-) -> list[Json]:
-    return catalog.list_voucher_types(rt, who, service_provider)
+    rt: RuntimeDep,
+    who: CatalogReader,
+    service_provider: str | None = None,
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> Json:
+    """Voucher types by code."""
+    after = paging.decode(cursor, str)
+    rows = catalog.list_voucher_types(rt, who, service_provider, after=after, limit=limit + 1)
+    return paging.page(rows, limit, lambda row: (row["code"],))
 
 
 @router.get("/voucher-types/{code}", response_model=VoucherTypePublic)
@@ -144,6 +173,24 @@ def update_voucher_type(
     return catalog.update_voucher_type(rt, who, code, body)
 
 
-@router.get("/voucher-types/{code}/scenarios", response_model=list[ScenarioPublic])
-def voucher_type_scenarios(code: str, rt: RuntimeDep, who: CatalogReader) -> list[Json]:
-    return catalog.scenarios_of(rt, who, code)
+class ScenarioPage(Page[ScenarioPublic]):
+    scenarios: list[ScenarioPublic] = Field(
+        description="The same list as items, kept under its first name until version 2"
+    )
+
+
+@router.get("/voucher-types/{code}/scenarios", response_model=ScenarioPage)
+def voucher_type_scenarios(
+    code: str,
+    rt: RuntimeDep,
+    who: CatalogReader,
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> Json:
+    """The voucher type's scenarios by number (a handful: read whole, answered by page)."""
+    after = paging.decode(cursor, int)
+    rows = [
+        s for s in catalog.scenarios_of(rt, who, code) if after is None or s["number"] > after[0]
+    ]
+    page = paging.page(rows, limit, lambda row: (row["number"],))
+    return {**page, "scenarios": page["items"]}

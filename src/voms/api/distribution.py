@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from voms.api.batches import BatchPublic
 from voms.api.deps import BatchWriter, Exporter, RuntimeDep
-from voms.services import distribution, voucher_import
+from voms.api.paging import LIMIT_DEFAULT, Cursor, Limit, Page
+from voms.services import distribution, paging, voucher_import
 from voms.services.distribution import ExportIn, PartnerIn, PartnerKeyIn
 
 router = APIRouter(prefix="/api/v1", tags=["distribution"])
@@ -82,9 +83,14 @@ def create_partner(body: PartnerIn, rt: RuntimeDep, who: Exporter) -> Json:
     return distribution.create_partner(rt, who, body)
 
 
-@router.get("/partners", response_model=list[PartnerPublic])
-def list_partners(rt: RuntimeDep, who: Exporter) -> list[Json]:
-    return distribution.list_partners(rt, who)
+@router.get("/partners", response_model=Page[PartnerPublic])
+def list_partners(
+    rt: RuntimeDep, who: Exporter, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
+) -> Json:
+    """Partners by name."""
+    after = paging.decode(cursor, str)
+    rows = distribution.list_partners(rt, who, after=after[0] if after else None, limit=limit + 1)
+    return paging.page(rows, limit, lambda row: (row["name"],))
 
 
 @router.get("/partners/{name}", response_model=PartnerPublic)
@@ -116,14 +122,20 @@ def create_export(body: ExportIn, request: Request, rt: RuntimeDep, who: Exporte
     return record
 
 
-@router.get("/exports", response_model=list[ExportPublic])
+@router.get("/exports", response_model=Page[ExportPublic])
 def list_exports(
     rt: RuntimeDep,
     who: Exporter,
     partner: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[Json]:
-    return distribution.list_exports(rt, who, partner=partner, limit=limit)
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> Json:
+    """Exports newest first, optionally to one partner."""
+    before = paging.decode(cursor, int)
+    rows = distribution.list_exports(
+        rt, who, partner=partner, before_id=before[0] if before else None, limit=limit + 1
+    )
+    return paging.page(rows, limit, lambda row: (row["export_id"],))
 
 
 @router.get("/exports/{export_id}", response_model=ExportPublic)

@@ -3,7 +3,10 @@
 docs/api.md ("Consistency rules"): a caller without a valid key gets 401 and one without the
 right role 403, whatever its body, before anything looks the body up or validates it.
 So under ``/api/v1`` the key and the route's permission (its :class:`~voms.api.deps.Allowed`
-dependency) are checked here, before one byte of the body is read. Every body, on every
+dependency) are checked here, before one byte of the body is read; then, for a route
+whose path names an object and that takes a body or a query, the caller's scope over
+that object and the object's existence (voms.services.owners): 403, then 404, and only
+then the body's or the query's 422. Every body, on every
 path, is then capped (VOMS_MAX_BODY_KB; imports VOMS_MAX_IMPORT_BODY_MB) and refused
 when it carries NUL characters or JSON nested deeper than any real request.
 """
@@ -12,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,10 +24,14 @@ from voms.api.deps import Allowed, authenticate_request, require_role
 from voms.domain.errors import Invalid, VomsError
 from voms.domain.roles import Permission
 from voms.openpgp import MAX_KEY_CHARS
+from voms.services import owners
 
 API_PREFIX = "/api/v1"
 IMPORT_PATHS = frozenset({"/api/v1/imports"})
 PARTNER_PATHS = "/api/v1/partners"
+# Methods that send no body: their object is checked before a query only.
+BODILESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Paths that cap their bodies themselves, answering in their own protocol (a SOAP fault).
 OWN_LIMITS = frozenset({"/soap"})
 MAX_JSON_DEPTH = 64  # the deepest real body (a voucher type) is 5 levels
@@ -38,7 +46,7 @@ class Gate:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes: dict[int, tuple[tuple[Permission, ...] | None, frozenset[str]]] = {}
+        self._routes: dict[int, RouteFacts] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,10 +56,22 @@ class Gate:
         try:
             if scope["path"].startswith(API_PREFIX):
                 principal = await authenticate_request(request)
-                permissions, query_names = self._route_of(scope)
+                permissions, query_names, kind, params = self._route_of(scope)
                 if permissions is not None:
                     require_role(principal, permissions)
-                check_query_names(scope, query_names)
+                    check_target(scope)
+                    if kind is not None and (
+                        scope["method"] not in BODILESS or scope.get("query_string")
+                    ):
+                        rt = scope["app"].state.runtime
+                        write = scope["method"] not in READS
+                        await run_in_threadpool(
+                            owners.check, rt, principal, kind, params, write=write
+                        )
+                    # Routes that check their caller themselves (the redemption family)
+                    # read no query: one they are sent is ignored, not refused before
+                    # them.
+                    check_query_names(scope, query_names)
             if scope["path"] not in OWN_LIMITS:
                 receive = await read_body(scope, receive, body_limit(scope))
         except Exception as exc:
@@ -60,18 +80,28 @@ class Gate:
             return
         await self.app(scope, receive, send)
 
-    def _route_of(self, scope: Scope) -> tuple[tuple[Permission, ...] | None, frozenset[str]]:
-        """The permissions the matching route's Allowed dependency asks for, and the
-        names of its query parameters."""
+    def _route_of(
+        self, scope: Scope
+    ) -> tuple[tuple[Permission, ...] | None, frozenset[str], owners.Kind | None, dict[str, str]]:
+        """The permissions the matching route's Allowed dependency asks for, the names
+        of its query parameters, the kind of object its path names and the path's
+        parameters."""
         routes: list[APIRoute] = scope["app"].state.api_routes
         for route in routes:
-            if route.matches(scope)[0] is Match.FULL:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
                 key = id(route)
                 if key not in self._routes:
                     names = frozenset(p.alias for p in route.dependant.query_params)
-                    self._routes[key] = (permission_of(route), names)
-                return self._routes[key]
-        return None, frozenset()
+                    kind = owners.kind_of(route.path_format)
+                    self._routes[key] = (permission_of(route), names, kind)
+                permissions, names, kind = self._routes[key]
+                params = {k: str(v) for k, v in child.get("path_params", {}).items()}
+                return permissions, names, kind, params
+        return None, frozenset(), None, {}
+
+
+RouteFacts = tuple[tuple[Permission, ...] | None, frozenset[str], owners.Kind | None]
 
 
 def permission_of(route: APIRoute) -> tuple[Permission, ...] | None:

@@ -4,11 +4,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from voms.api.deps import Housekeeper, HousekeepingReader, RuntimeDep
+from voms.api.paging import LIMIT_DEFAULT, Cursor, Limit, Page
 from voms.api.schemas import BIGINT_MAX
-from voms.services import housekeeping
+from voms.services import housekeeping, paging
 
 router = APIRouter(prefix="/api/v1/housekeeping", tags=["housekeeping"])
 
@@ -37,15 +38,22 @@ class JobPublic(BaseModel):
     last_run: RunPublic | None
 
 
-class RunPage(BaseModel):
-    runs: list[RunPublic]
-    next_cursor: str | None
+class RunPage(Page[RunPublic]):
+    runs: list[RunPublic] = Field(
+        description="The same list as items, kept under its first name until version 2"
+    )
 
 
-@router.get("/jobs", response_model=list[JobPublic])
-def list_jobs(rt: RuntimeDep, who: HousekeepingReader) -> list[dict[str, Any]]:
-    """Every job with its schedule (cron, UTC), next slot, last run and current runner."""
-    return housekeeping.list_jobs(rt, who)
+@router.get("/jobs", response_model=Page[JobPublic])
+def list_jobs(
+    rt: RuntimeDep, who: HousekeepingReader, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
+) -> dict[str, Any]:
+    """Every job with its schedule (cron, UTC), next slot, last run and current runner,
+    by name (the installation's few jobs: read whole, answered by page)."""
+    after = paging.decode(cursor, str)
+    jobs = sorted(housekeeping.list_jobs(rt, who), key=lambda job: str(job["name"]))
+    rows = [job for job in jobs if after is None or job["name"] > after[0]]
+    return paging.page(rows, limit, lambda row: (row["name"],))
 
 
 @router.get("/runs", response_model=RunPage)

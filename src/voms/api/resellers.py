@@ -88,6 +88,13 @@ def get_reseller(code: str, rt: RuntimeDep, who: Reader) -> Json:
     return accounts.get_reseller(rt, who, code)
 
 
+@router.patch("/resellers/{code}", openapi_extra=_documented(accounts.ResellerUpdate))
+async def update_reseller(code: str, request: Request, rt: RuntimeDep, who: Writer) -> Json:
+    """Change the reseller's name, credit limit, commission or contact; fields not given
+    stay. A reseller's key changes only the resellers below its own."""
+    return await run_in_threadpool(accounts.update_reseller, rt, who, code, await _body(request))
+
+
 @router.post(
     "/resellers/{code}/stock",
     status_code=status.HTTP_201_CREATED,

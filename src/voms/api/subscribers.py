@@ -1,13 +1,14 @@
 """Subscribers of the built-in wallet: create, look up, change, adjust balances."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel
 
 from voms.api.deps import LookupCaller, RuntimeDep, SubscriberWriter, WalletAdjuster
-from voms.services import wallet
+from voms.api.paging import LIMIT_DEFAULT, Cursor, Limit, Page
+from voms.services import paging, wallet
 from voms.services.wallet import AdjustmentIn, SubscriberIn, SubscriberUpdate
 
 router = APIRouter(prefix="/api/v1", tags=["wallet"])
@@ -81,11 +82,15 @@ def adjust_balance(
     return wallet.adjust_balance(rt, who, msisdn, body)
 
 
-@router.get("/subscribers/{msisdn}/ledger", response_model=list[LedgerEntry])
+@router.get("/subscribers/{msisdn}/ledger", response_model=Page[LedgerEntry])
 def ledger(
     msisdn: str,
     rt: RuntimeDep,
     who: LookupCaller,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict[str, Any]]:
-    return wallet.ledger_of(rt, who, msisdn, limit)
+    limit: Limit = LIMIT_DEFAULT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Every change of a balance, newest first."""
+    before = paging.decode(cursor, int)
+    rows = wallet.ledger_of(rt, who, msisdn, limit + 1, before[0] if before else None)
+    return paging.page(rows, limit, lambda row: (row["id"],))

@@ -55,7 +55,7 @@ def list_transactions(
     serial: Annotated[int | None, Query(ge=0, le=BIGINT_MAX)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=transactions.MAX_LIMIT)] = 100,
+    limit: Annotated[int, Query(ge=1, le=transactions.MAX_LIMIT)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Newest first; ``msisdn`` matches requester or recipient; pass ``next_cursor`` on."""

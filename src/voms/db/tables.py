@@ -826,6 +826,8 @@ users = Table(
     Column("password_hash", String(200), nullable=False),
     Column("role", String(16), nullable=False),
     Column("service_provider_id", ForeignKey("service_providers.id")),
+    # A person of one reseller (a distributor): sees that reseller's subtree only.
+    Column("reseller_id", Integer),
     Column("state", String(10), nullable=False),
     Column("totp_secret", LargeBinary),
     Column("totp_key_id", SmallInteger),

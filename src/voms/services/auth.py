@@ -181,7 +181,10 @@ def _allowed(stored: str | None) -> frozenset[Permission]:
     return frozenset(Permission(name) for name in stored.split(",")) if stored else frozenset()
 
 
-def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
+def list_api_keys(
+    rt: Runtime, actor: Principal, *, after_id: int | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Keys in the order they were made; ``after_id`` and ``limit`` page through them."""
     actor.require(Permission.APIKEY_ADMIN)
     k, sp = t.api_keys, t.service_providers
     query = (
@@ -198,7 +201,10 @@ def list_api_keys(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
         )
         .select_from(k.outerjoin(sp, sp.c.id == k.c.service_provider_id))
         .order_by(k.c.id)
+        .limit(limit)
     )
+    if after_id is not None:
+        query = query.where(k.c.id > after_id)
     if actor.service_provider_id is not None:
         query = query.where(k.c.service_provider_id == actor.service_provider_id)
     with UnitOfWork(rt, read_only=True) as uow:

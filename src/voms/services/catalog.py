@@ -13,7 +13,7 @@ from voms.domain.errors import Conflict, Invalid, NotFound
 from voms.domain.pins import MAX_PIN_LENGTH, MIN_PIN_LENGTH
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
-from voms.services import audit, recharge_limits
+from voms.services import audit, paging, recharge_limits
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.recharge_limits import RechargeLimitsIn
 from voms.services.uow import UnitOfWork
@@ -225,9 +225,14 @@ def create_or_find_service_provider(
         return result, True
 
 
-def list_service_providers(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
+def list_service_providers(
+    rt: Runtime, actor: Principal, *, after: paging.Key | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Providers by code; ``after`` (a code) and ``limit`` page through them."""
     actor.require(Permission.CATALOG_READ)
-    query = select(t.service_providers).order_by(t.service_providers.c.code)
+    query = select(t.service_providers).order_by(t.service_providers.c.code).limit(limit)
+    if after is not None:
+        query = query.where(t.service_providers.c.code > after[0])
     if actor.service_provider_id is not None:
         query = query.where(t.service_providers.c.id == actor.service_provider_id)
     with UnitOfWork(rt, read_only=True) as uow:
@@ -337,13 +342,27 @@ def _create_simple(
 
 
 def _list_simple(
-    rt: Runtime, actor: Principal, kind: str, service_provider: str | None
+    rt: Runtime,
+    actor: Principal,
+    kind: str,
+    service_provider: str | None,
+    after: paging.Key | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
+    """By provider code and code; ``after`` ((provider, code)) and ``limit`` page."""
     table, _, public = _SIMPLE[kind]
+    sp = t.service_providers
     actor.require(Permission.CATALOG_READ)
     with UnitOfWork(rt, read_only=True) as uow:
         conn = uow.conn
-        query = select(table).order_by(table.c.service_provider_id, table.c.code)
+        query = (
+            select(table)
+            .join(sp, sp.c.id == table.c.service_provider_id)
+            .order_by(sp.c.code, table.c.code)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(paging.after((sp.c.code, table.c.code), after))
         if service_provider is not None:
             sp_id = service_provider_id_by_code(conn, service_provider)
             actor.require_scope(sp_id)
@@ -404,9 +423,14 @@ def create_or_find_balance_type(
 
 
 def list_balance_types(
-    rt: Runtime, actor: Principal, service_provider: str | None = None
+    rt: Runtime,
+    actor: Principal,
+    service_provider: str | None = None,
+    *,
+    after: paging.Key | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    return _list_simple(rt, actor, "balance_type", service_provider)
+    return _list_simple(rt, actor, "balance_type", service_provider, after, limit)
 
 
 def get_balance_type(
@@ -434,9 +458,14 @@ def create_or_find_product_type(
 
 
 def list_product_types(
-    rt: Runtime, actor: Principal, service_provider: str | None = None
+    rt: Runtime,
+    actor: Principal,
+    service_provider: str | None = None,
+    *,
+    after: paging.Key | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    return _list_simple(rt, actor, "product_type", service_provider)
+    return _list_simple(rt, actor, "product_type", service_provider, after, limit)
 
 
 def get_product_type(
@@ -709,12 +738,20 @@ def create_or_find_voucher_type(
 
 
 def list_voucher_types(
-    rt: Runtime, actor: Principal, service_provider: str | None = None
+    rt: Runtime,
+    actor: Principal,
+    service_provider: str | None = None,
+    *,
+    after: paging.Key | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
+    """Voucher types by code; ``after`` (a code) and ``limit`` page through them."""
     actor.require(Permission.CATALOG_READ)
     with UnitOfWork(rt, read_only=True) as uow:
         conn = uow.conn
-        query = select(t.voucher_types.c.id).order_by(t.voucher_types.c.code)
+        query = select(t.voucher_types.c.id).order_by(t.voucher_types.c.code).limit(limit)
+        if after is not None:
+            query = query.where(t.voucher_types.c.code > after[0])
         if service_provider is not None:
             sp_id = service_provider_id_by_code(conn, service_provider)
             actor.require_scope(sp_id)

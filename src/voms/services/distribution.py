@@ -206,10 +206,15 @@ def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, 
         return result
 
 
-def list_partners(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
-    """Partners the caller may export to (a scoped key: its provider's and shared ones)."""
+def list_partners(
+    rt: Runtime, actor: Principal, *, after: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Partners the caller may export to (a scoped key: its provider's and shared ones),
+    by name; ``after`` (a name) and ``limit`` page through them."""
     actor.require(Permission.EXPORT)
-    query = _partner_query().order_by(t.partners.c.name)
+    query = _partner_query().order_by(t.partners.c.name).limit(limit)
+    if after is not None:
+        query = query.where(t.partners.c.name > after)
     if actor.service_provider_id is not None:
         query = query.where(
             (t.partners.c.service_provider_id == actor.service_provider_id)

@@ -5,7 +5,11 @@ provider and, where the subscriber types the MSISDN, per client address, in one-
 buckets of the table ``lookup_failures`` that every process and host shares. Past a
 budget in the sliding window (VOMS_LOOKUP_FAILURES_PER_KEY, _PER_PROVIDER, _PER_CLIENT
 over VOMS_LOOKUP_FAILURE_WINDOW_MINUTES) the subject is refused with 5007, an audit
-entry ``guessing.throttled`` is written and a warning logged.
+entry ``guessing.throttled`` is written and a warning logged. Before that, when the
+failure rate jumps (one minute's failures reach VOMS_LOOKUP_FAILURE_ALERT_FACTOR times
+the subject's average minute over the window, and at least
+VOMS_LOOKUP_FAILURE_ALERT_MINIMUM), the alert ``guessing.alert`` is raised once for
+that minute: an audit entry, a logged warning, and a line on the console's dashboard.
 
 Only a failed lookup touches the database here. A process learns that a subject is
 over its budget when one of that subject's lookups fails in it, and from then on
@@ -14,11 +18,12 @@ and a guesser spread over N processes gets at most N more failures past the budg
 """
 
 import logging
+import math
 import time
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import Connection, bindparam, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from voms.db import tables as t
@@ -133,16 +138,19 @@ def count_failure(
         _increment(conn.dialect.name),
         [{"subject": subject, "minute": minute, "failures": 1} for subject, _ in found],
     )
-    totals = dict(
-        conn.execute(
-            select(_lf.c.subject, func.sum(_lf.c.failures))
+    this_minute = func.sum(case((_lf.c.minute == minute, _lf.c.failures), else_=0))
+    totals = {
+        row[0]: (int(row[1] or 0), int(row[2] or 0))
+        for row in conn.execute(
+            select(_lf.c.subject, func.sum(_lf.c.failures), this_minute)
             .where(_lf.c.subject.in_([s for s, _ in found]), _lf.c.minute > minute - window)
             .group_by(_lf.c.subject)
         ).all()
-    )
+    }
     throttled = _throttled(rt)
     for subject, budget in found:
-        total = int(totals.get(subject, 0))
+        total, now_count = totals.get(subject, (0, 0))
+        _alert_on_jump(rt, conn, actor, channel, sp_id, subject, total, now_count)
         if total < budget:
             continue
         throttled[subject] = time.monotonic() + THROTTLE_SECONDS
@@ -163,6 +171,50 @@ def count_failure(
                 {"failures": total, "window_minutes": window, "channel": channel},
             )
     _forget_old(rt, conn, minute - window)
+
+
+def alert_threshold(rt: Runtime, earlier_failures: int) -> int:
+    """Failed lookups in one minute that raise the alert, given the subject's failures
+    in the window's other minutes: a jump of the rate, never below the minimum."""
+    settings = rt.settings
+    window = settings.lookup_failure_window_minutes
+    average = earlier_failures / max(1, window - 1)
+    return max(
+        settings.lookup_failure_alert_minimum,
+        math.ceil(settings.lookup_failure_alert_factor * max(1.0, average)),
+    )
+
+
+def _alert_on_jump(
+    rt: Runtime,
+    conn: Connection,
+    actor: Principal,
+    channel: str,
+    sp_id: int | None,
+    subject: str,
+    total: int,
+    now_count: int,
+) -> None:
+    """Raise ``guessing.alert`` when this minute's failures cross the jump threshold:
+    exactly once per subject and minute, by whichever process crossed it."""
+    threshold = alert_threshold(rt, total - now_count)
+    if now_count != threshold:
+        return
+    log.warning(
+        "guessing alert: %s made %d failed voucher lookups this minute (%d in the window)",
+        subject,
+        now_count,
+        total,
+    )
+    audit.record(
+        conn,
+        actor,
+        "guessing.alert",
+        "lookup_budget",
+        subject,
+        sp_id,
+        {"failures_this_minute": now_count, "failures_in_window": total, "channel": channel},
+    )
 
 
 def _forget_old(rt: Runtime, conn: Connection, before: int) -> None:

@@ -41,7 +41,7 @@ OPERATOR_BATCH_ACTIONS = (
     BatchAction.DELETE,
 )
 RANGE_ACTIONS = (VoucherAction.FREEZE, VoucherAction.UNFREEZE, VoucherAction.DELETE)
-MAX_PAGE = 500
+MAX_PAGE = 1000
 
 
 class BatchUpdate(BaseModel):

@@ -1,7 +1,8 @@
 """The console's dashboard: what is in stock, what is running, what needs attention.
 
-Every figure comes from small tables (batches, job runs, the blacklist) or from one
-index range over the last hours of transactions; nothing scans the vouchers.
+Every figure comes from small tables (batches, job runs, the blacklist) or from the
+report tables (services/reports/): the value outstanding from the per-batch counts,
+redemptions per hour from the hourly rollup; nothing scans vouchers or transactions.
 """
 
 from datetime import timedelta
@@ -14,23 +15,27 @@ from voms.db.types import utcnow
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services.auth import Principal
+from voms.services.reports import rollups
+from voms.services.reports.queries import liability
+from voms.services.reports.rollups import as_utc
 from voms.services.uow import UnitOfWork
 
 HOURS = 24
-_b, _tx, _r, _pa = t.batches, t.transactions, t.job_runs, t.pin_attempts
+_b, _h, _r, _pa = t.batches, t.report_hourly, t.job_runs, t.pin_attempts
 
 
 def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
-    """Vouchers by batch state, redemptions per hour by channel and result over the last
-    day, batches being generated, jobs running, and alerts."""
+    """Vouchers by batch state, the value outstanding (sold, not redeemed, per currency),
+    redemptions per hour by channel and result over the last day (from the hourly
+    rollup, up to its watermark), batches being generated, jobs running, and alerts."""
     actor.require(Permission.BATCH_READ)
     now = utcnow()
     since = (now - timedelta(hours=HOURS - 1)).replace(minute=0, second=0, microsecond=0)
     scoped: list[ColumnElement[bool]] = []
-    tx_scoped: list[ColumnElement[bool]] = []
+    hour_scoped: list[ColumnElement[bool]] = []
     if actor.service_provider_id is not None:
         scoped.append(_b.c.service_provider_id == actor.service_provider_id)
-        tx_scoped.append(_tx.c.service_provider_id == actor.service_provider_id)
+        hour_scoped.append(_h.c.service_provider_id == actor.service_provider_id)
     with UnitOfWork(rt, replica=True) as uow:
         conn = uow.conn
         by_state = {
@@ -54,16 +59,18 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
                 .limit(20)
             )
         ]
-        # The hour of each attempt as a CASE over the day's hour boundaries: portable,
-        # and the database hands back one row per hour, channel and outcome.
+        outstanding = liability(conn, actor.service_provider_id)
         hours = [since + timedelta(hours=n) for n in range(HOURS)]
-        slot = case(*[(_tx.c.at >= hours[n], n) for n in reversed(range(HOURS))], else_=-1)
-        ok = case((_tx.c.result_code == 0, 1), else_=0)
-        attempts = conn.execute(
-            select(slot.label("slot"), _tx.c.channel, ok.label("ok"), func.count())
-            .where(_tx.c.at >= since, _tx.c.kind == "redemption", *tx_scoped)
-            .group_by(slot, _tx.c.channel, ok)
-        ).all()
+        ok = case((_h.c.result_code == 0, 1), else_=0)
+        attempts = [
+            ((as_utc(hour) - since) // timedelta(hours=1), channel, succeeded, int(count))
+            for hour, channel, succeeded, count in conn.execute(
+                select(_h.c.hour, _h.c.channel, ok, func.sum(_h.c["count"]))
+                .where(_h.c.hour >= since, _h.c.kind == "redemption", *hour_scoped)
+                .group_by(_h.c.hour, _h.c.channel, ok)
+            )
+        ]
+        rolled_up_to = rollups.watermark_on(conn)
         running = [
             dict(row._mapping)
             for row in conn.execute(
@@ -83,6 +90,15 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
         blacklisted = conn.execute(
             select(func.count()).where(_pa.c.blacklisted_until > now)
         ).scalar_one()
+        _al = t.audit_log
+        guessing = conn.execute(
+            select(func.count()).where(
+                _al.c.object_type == "lookup_budget",
+                _al.c.action.in_(("guessing.alert", "guessing.throttled")),
+                _al.c.at >= since,
+                *([_al.c.service_provider_id == actor.service_provider_id] if scoped else []),
+            )
+        ).scalar_one()
     per_hour: dict[str, list[int]] = {}
     for hour, channel, succeeded, count in attempts:
         series = per_hour.setdefault(f"{channel} {'ok' if succeeded else 'failed'}", [0] * HOURS)
@@ -93,12 +109,18 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
         alerts.append(f"{failed_batches} batch(es) failed to generate")
     if failed_runs:
         alerts.append(f"{failed_runs} housekeeping run(s) failed in the last {HOURS} hours")
+    if guessing:
+        alerts.append(
+            f"{guessing} PIN-guessing alert(s) in the last {HOURS} hours (audit log: guessing.*)"
+        )
     if blacklisted and actor.service_provider_id is None:
         alerts.append(f"{blacklisted} MSISDN(s) blacklisted for bad PINs")
     return {
         "vouchers_by_state": by_state,
         "hours": hours,
         "redemptions_per_hour": dict(sorted(per_hour.items())),
+        "rolled_up_to": rolled_up_to,
+        "value_outstanding": outstanding.rows,
         "generating": generating,
         "running_jobs": running if actor.service_provider_id is None else [],
         "alerts": alerts,

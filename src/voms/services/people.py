@@ -1,6 +1,7 @@
 """People who sign in to the web console, and their server-side sessions.
 
-A person has a role and an optional service-provider scope, exactly as an API key; the
+A person has a role and an optional service-provider scope, exactly as an API key (and,
+for a distributor, an optional reseller: then only that reseller's subtree); the
 console acts for them as a :class:`Principal` named ``user:<username>``. Passwords are
 Argon2id hashes; a TOTP second factor is optional, and required for admins when
 VOMS_UI_REQUIRE_TOTP is on. Repeated failed sign-ins lock the account for a while.
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Forbidden, Invalid, NotFound
-from voms.domain.roles import Permission, Role
+from voms.domain.roles import RESELLER_KEY_PERMISSIONS, Permission, Role, allows
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal, service_provider_id_by_code
@@ -40,7 +41,7 @@ _hasher = PasswordHasher()
 # Verified against when the username is unknown, so both cases take the same time.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
-_u, _s, _sp = t.users, t.ui_sessions, t.service_providers
+_u, _s, _sp, _r = t.users, t.ui_sessions, t.service_providers, t.resellers
 
 
 class SignInRefused(Exception):
@@ -64,15 +65,36 @@ class Session:
     # A second factor is due but the person has none yet: they must enrol first.
     must_enrol: bool
     expires_at: datetime
+    # A person of one reseller: sees and acts on that reseller's subtree only.
+    reseller_id: int | None = None
+    reseller: str | None = None
 
     @property
     def principal(self) -> Principal:
-        return principal_of(self.username, self.role, self.service_provider_id)
+        return principal_of(self.username, self.role, self.service_provider_id, self.reseller_id)
+
+    def may(self, permission: Permission) -> bool:
+        """True when the person's role carries ``permission`` and, for a person of a
+        reseller, it is one a reseller may use (as for a reseller's API key)."""
+        if self.reseller_id is not None and permission not in RESELLER_KEY_PERMISSIONS:
+            return False
+        return allows(self.role, permission)
 
 
-def principal_of(username: str, role: Role, service_provider_id: int | None) -> Principal:
+def principal_of(
+    username: str, role: Role, service_provider_id: int | None, reseller_id: int | None = None
+) -> Principal:
     """The principal the services see for a person (never confused with an API key)."""
-    return Principal(name=f"user:{username}", role=role, service_provider_id=service_provider_id)
+    return Principal(
+        name=f"user:{username}",
+        role=role,
+        service_provider_id=service_provider_id,
+        reseller_id=reseller_id,
+    )
+
+
+def _principal_of_row(row: Any) -> Principal:
+    return principal_of(row.username, Role(row.role), row.service_provider_id, row.reseller_id)
 
 
 def _check_password(password: str) -> None:
@@ -109,17 +131,31 @@ def create_user(
     role: str,
     password: str,
     service_provider: str | None = None,
+    reseller: str | None = None,
 ) -> dict[str, Any]:
-    """Create a person who signs in to the console, with a role and an optional scope."""
+    """Create a person who signs in to the console, with a role and an optional scope:
+    a service provider, or (for a distributor) a reseller and with it its provider."""
     actor.require(Permission.APIKEY_ADMIN)
     name = _check_username(username)
     role_value = _role(role)
     _check_password(password)
+    if reseller is not None and role_value is not Role.DISTRIBUTOR:
+        raise Invalid("only a distributor may be scoped to a reseller")
     password_hash = _hasher.hash(password)
     now = utcnow()
     with UnitOfWork(rt) as uow:
         conn = uow.conn
         sp_id = service_provider_id_by_code(conn, service_provider) if service_provider else None
+        reseller_id = None
+        if reseller is not None:
+            found = conn.execute(
+                select(_r.c.id, _r.c.service_provider_id).where(_r.c.code == reseller)
+            ).first()
+            if found is None:
+                raise NotFound(f"reseller '{reseller}' not found")
+            if sp_id is not None and sp_id != found.service_provider_id:
+                raise Invalid(f"reseller '{reseller}' belongs to another service provider")
+            reseller_id, sp_id = found.id, found.service_provider_id
         actor.require_scope(sp_id)
         if actor.service_provider_id is not None and sp_id is None:
             raise Forbidden("a scoped admin may only create people of its own service provider")
@@ -131,6 +167,7 @@ def create_user(
                     password_hash=password_hash,
                     role=role_value.value,
                     service_provider_id=sp_id,
+                    reseller_id=reseller_id,
                     state="active",
                     password_changed_at=now,
                     created_by=actor.name,
@@ -140,13 +177,23 @@ def create_user(
             ).scalar_one()
         except IntegrityError:
             raise Conflict(f"a user named '{name}' already exists") from None
-        audit.record(conn, actor, "user.create", "user", name, sp_id, {"role": role_value.value})
+        audit.record(
+            conn,
+            actor,
+            "user.create",
+            "user",
+            name,
+            sp_id,
+            {"role": role_value.value, "reseller": reseller},
+        )
+        sp_code = conn.execute(select(_sp.c.code).where(_sp.c.id == sp_id)).scalar()
         uow.commit()
     return {
         "id": user_id,
         "username": name,
         "role": role_value.value,
-        "service_provider": service_provider,
+        "service_provider": sp_code,
+        "reseller": reseller,
         "state": "active",
     }
 
@@ -159,6 +206,7 @@ def list_users(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
             _u.c.username,
             _u.c.role,
             _sp.c.code.label("service_provider"),
+            _r.c.code.label("reseller"),
             _u.c.state,
             (_u.c.totp_secret.is_not(None)).label("totp"),
             _u.c.locked_until,
@@ -166,7 +214,11 @@ def list_users(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
             _u.c.created_by,
             _u.c.created_at,
         )
-        .select_from(_u.outerjoin(_sp, _sp.c.id == _u.c.service_provider_id))
+        .select_from(
+            _u.outerjoin(_sp, _sp.c.id == _u.c.service_provider_id).outerjoin(
+                _r, _r.c.id == _u.c.reseller_id
+            )
+        )
         .order_by(_u.c.username)
     )
     if actor.service_provider_id is not None:
@@ -303,7 +355,7 @@ def _count_failure(rt: Runtime, row: Any, now: datetime) -> None:
         )
         audit.record(
             conn,
-            principal_of(row.username, Role(row.role), row.service_provider_id),
+            _principal_of_row(row),
             "user.locked",
             "user",
             row.username,
@@ -317,7 +369,7 @@ def _signed_in(conn: Connection, row: Any, now: datetime) -> None:
     conn.execute(update(_u).where(_u.c.id == row.id).values(last_sign_in_at=now))
     audit.record(
         conn,
-        principal_of(row.username, Role(row.role), row.service_provider_id),
+        _principal_of_row(row),
         "user.sign_in",
         "user",
         row.username,
@@ -336,10 +388,14 @@ _SESSION = select(
     _u.c.role,
     _u.c.state,
     _u.c.service_provider_id,
+    _u.c.reseller_id,
     _u.c.totp_secret,
     _sp.c.code.label("service_provider"),
+    _r.c.code.label("reseller"),
 ).select_from(
-    _s.join(_u, _u.c.id == _s.c.user_id).outerjoin(_sp, _sp.c.id == _u.c.service_provider_id)
+    _s.join(_u, _u.c.id == _s.c.user_id)
+    .outerjoin(_sp, _sp.c.id == _u.c.service_provider_id)
+    .outerjoin(_r, _r.c.id == _u.c.reseller_id)
 )
 
 
@@ -375,6 +431,8 @@ def session_of(rt: Runtime, token: str) -> Session | None:
         second_factor_due=row.second_factor_due,
         must_enrol=row.second_factor_due and row.totp_secret is None,
         expires_at=min(row.expires_at, max(row.last_seen_at, now) + idle),
+        reseller_id=row.reseller_id,
+        reseller=row.reseller,
     )
 
 
@@ -435,7 +493,7 @@ def verify_second_factor(
             )
             audit.record(
                 conn,
-                principal_of(row.username, Role(row.role), row.service_provider_id),
+                _principal_of_row(row),
                 "user.totp_enrol",
                 "user",
                 row.username,

@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from voms.billing.engine import Account, Change, Credit
@@ -126,8 +126,11 @@ def get_subscriber(rt: Runtime, actor: Principal, msisdn: str) -> dict[str, Any]
         return _public(conn, row)
 
 
-def ledger_of(rt: Runtime, actor: Principal, msisdn: str, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest ledger rows of a subscriber: every change of a balance, with its cause."""
+def ledger_of(
+    rt: Runtime, actor: Principal, msisdn: str, limit: int = 100, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The newest ledger rows of a subscriber: every change of a balance, with its cause;
+    ``before_id`` pages on (rows older than that id)."""
     actor.require(Permission.LOOKUP)
     lg, bt = t.ledger, t.balance_types
     with UnitOfWork(rt, read_only=True) as uow:
@@ -149,8 +152,9 @@ def ledger_of(rt: Runtime, actor: Principal, msisdn: str, limit: int = 100) -> l
             )
             .join(bt, bt.c.id == lg.c.balance_type_id)
             .where(lg.c.subscriber_id == row.id)
+            .where(lg.c.id < before_id if before_id is not None else true())
             .order_by(lg.c.id.desc())
-            .limit(max(1, min(limit, 1000)))
+            .limit(max(1, min(limit, 1001)))
         )
         return [dict(entry._mapping) for entry in entries]
 

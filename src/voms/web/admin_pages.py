@@ -1,7 +1,6 @@
 """Administration: people, API keys, and the audit log."""
 
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
@@ -22,14 +21,14 @@ from voms.web.base import (
     filters_of,
     form_errors,
     listed,
+    newest_first,
     optional,
-    page_url,
     refused_status,
     render,
     require,
     runtime,
     see_other,
-    table_or_csv,
+    table_page,
     viewer,
 )
 
@@ -40,6 +39,7 @@ _USER_COLUMNS = [
     Column("username", "Username"),
     Column("role", "Role"),
     Column("service_provider", "Provider"),
+    Column("reseller", "Reseller"),
     Column("state", "State"),
     Column("totp", "TOTP"),
     Column("locked_until", "Locked until", "time"),
@@ -119,6 +119,7 @@ async def add_person(request: Request, who: Viewer) -> Response:
             role=field(form, "role"),
             password=password if isinstance(password, str) else "",
             service_provider=optional(form, "service_provider"),
+            reseller=optional(form, "reseller"),
         )
     except VomsError as exc:
         status = refused_status(exc)
@@ -197,23 +198,17 @@ async def audit_page(request: Request, who: Viewer) -> Response:
     rt = runtime(request)
     wanted = filters_of(request, "object_type", "object_id", "by", "action")
 
-    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        if cursor is not None and not cursor.isdigit():
-            raise Invalid("malformed cursor")
-        rows = audit.read_audit_log(
-            rt,
-            who.principal,
-            **wanted,
-            before_id=int(cursor) if cursor else None,
-            limit=limit + 1,
-        )
-        more = len(rows) > limit
-        return rows[:limit], (str(rows[limit - 1]["id"]) if more else None)
-
-    answer = await table_or_csv(request, _AUDIT_COLUMNS, fetch, "audit-log.csv")
-    if isinstance(answer, StreamingResponse):
-        return answer
-    rows, next_cursor = answer
+    fetch = newest_first(
+        lambda before, limit: audit.read_audit_log(
+            rt, who.principal, **wanted, before_id=before, limit=limit
+        ),
+        "id",
+    )
+    table = await table_page(
+        request, _AUDIT_COLUMNS, fetch, "audit-log.csv", "Audit log, newest first"
+    )
+    if isinstance(table, StreamingResponse):
+        return table
     return render(
         request,
         who,
@@ -227,10 +222,5 @@ async def audit_page(request: Request, who: Viewer) -> Response:
             ("action", "Action", wanted["action"], None),
         ],
         action="/ui/audit",
-        columns=_AUDIT_COLUMNS,
-        rows=rows,
-        caption="Audit log, newest first",
-        next_url=page_url(request, cursor=next_cursor) if next_cursor else None,
-        first_url=page_url(request, cursor=None) if request.query_params.get("cursor") else None,
-        csv_url=page_url(request, format="csv", cursor=None),
+        table=table,
     )

@@ -24,10 +24,11 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from voms.domain.errors import Forbidden, VomsError
-from voms.domain.roles import Permission, allows
+from voms.domain.errors import Forbidden, Invalid, VomsError
+from voms.domain.money import minor_unit, split
+from voms.domain.roles import Permission
 from voms.runtime import Runtime
-from voms.services import people
+from voms.services import paging, people
 
 SESSION_COOKIE = "voms_session"
 LOGIN_CSRF_COOKIE = "voms_login_csrf"
@@ -35,6 +36,18 @@ PAGE_SIZE = 50
 CSV_PAGE_SIZE = 500
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def money(minor_units: int | None, currency: str | None) -> str:
+    """An amount in minor units as money: ``1500, "KES"`` → ``15.00 KES``; whole units
+    without a currency."""
+    if minor_units is None:
+        return ""
+    shown = split(int(minor_units), minor_unit(currency)).shown()
+    return f"{shown} {currency}" if currency else shown
+
+
+templates.env.filters["money"] = money
 
 T = TypeVar("T")
 
@@ -149,10 +162,29 @@ async def viewer(request: Request) -> people.Session:
     return session
 
 
+async def viewer_if_signed_in(request: Request) -> people.Session | None:
+    """The signed-in person, or None (no session, or its second factor still due)."""
+    try:
+        return await viewer(request)
+    except (SignInNeeded, SecondFactorNeeded):
+        return None
+
+
+def not_found_page(request: Request, session: people.Session | None) -> Response:
+    """The console's 404: an HTML page, with the menu when someone is signed in."""
+    request.state.viewer = session
+    return _error_page(
+        request,
+        404,
+        "Page not found",
+        f"There is no page at {request.url.path[:200]}. Check the address, or use the menu.",
+    )
+
+
 def require(session: people.Session, *permissions: Permission) -> None:
     """403 unless the viewer's role carries one of ``permissions`` (the services check
     again, with the provider scope, on every call)."""
-    if not any(allows(session.role, p) for p in permissions):
+    if not any(session.may(p) for p in permissions):
         raise Forbidden(f"role {session.role} may not open this page")
 
 
@@ -355,14 +387,73 @@ def listed(rows: Iterable[Mapping[str, Any]]) -> Fetch:
     return fetch
 
 
-async def table_or_csv(
+def newest_first(read: Callable[[int | None, int], Sequence[Mapping[str, Any]]], key: str) -> Fetch:
+    """A table read newest first by an integer id: ``read(before_id, limit)`` is asked
+    for one row more than the page, and the page's last id is the next cursor."""
+
+    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
+        if cursor is not None and (not cursor.isdigit() or len(cursor) > 18):
+            raise Invalid("malformed cursor")
+        rows = read(int(cursor) if cursor else None, limit + 1)
+        more = len(rows) > limit
+        return rows[:limit], (str(rows[limit - 1][key]) if more else None)
+
+    return fetch
+
+
+def by_key(
+    read: Callable[[paging.Key | None, int], Sequence[Mapping[str, Any]]],
+    key: Callable[[Mapping[str, Any]], paging.Key],
+    *types: type,
+) -> Fetch:
+    """A table read in key order (the catalog by code): ``read(after, limit)`` is asked
+    for one row more than the page; the cursor is the page's last key (services/paging)."""
+
+    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
+        return paged(paging.page(read(paging.decode(cursor, *types), limit + 1), limit, key))
+
+    return fetch
+
+
+def paged(found: Mapping[str, Any]) -> tuple[Sequence[Mapping[str, Any]], str | None]:
+    """A service's page (``items``, ``next_cursor``) as a Fetch answers it."""
+    return found["items"], found["next_cursor"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One page of a console table, with its links (``_macros.html``: ``show``)."""
+
+    columns: Sequence[Column]
+    rows: Sequence[Mapping[str, Any]]
+    caption: str
+    next_url: str | None = None
+    first_url: str | None = None
+    csv_url: str | None = None
+
+
+async def table_page(
     request: Request,
     columns: Sequence[Column],
     fetch: Fetch,
     file_name: str,
-) -> tuple[Sequence[Mapping[str, Any]], str | None] | StreamingResponse:
-    """``?format=csv``: the whole table as CSV; otherwise one page (rows, next cursor)."""
-    if request.query_params.get("format") == "csv":
+    caption: str,
+    name: str | None = None,
+) -> Table | StreamingResponse:
+    """The table every list page shows: ``?format=csv`` (with ``table=NAME`` on a page
+    of several tables) downloads all of it as CSV, page after page; otherwise one page
+    from the cursor (``cursor``, or ``NAME_cursor``), with the next, first and CSV links
+    keeping the page's filters."""
+    cursor_param = "cursor" if name is None else f"{name}_cursor"
+    if request.query_params.get("format") == "csv" and request.query_params.get("table") == name:
         return csv_download(columns, fetch, file_name)
-    cursor = request.query_params.get("cursor") or None
-    return await call(fetch, cursor, PAGE_SIZE)
+    cursor = request.query_params.get(cursor_param) or None
+    rows, next_cursor = await call(fetch, cursor, PAGE_SIZE)
+    return Table(
+        columns,
+        rows,
+        caption,
+        next_url=page_url(request, **{cursor_param: next_cursor}) if next_cursor else None,
+        first_url=page_url(request, **{cursor_param: None}) if cursor else None,
+        csv_url=page_url(request, format="csv", table=name, **{cursor_param: None}),
+    )

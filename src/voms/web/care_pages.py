@@ -1,6 +1,7 @@
 """Customer care: a subscriber's wallet, ledger and transactions, redeem on behalf,
 adjustments, and the blacklist."""
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -9,7 +10,7 @@ from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from voms.domain.errors import Invalid, NotFound, VomsError
-from voms.domain.roles import Permission, allows
+from voms.domain.roles import Permission
 from voms.domain.serials import parse_serial
 from voms.services import blacklist, care, catalog, transactions, wallet
 from voms.services.people import Session
@@ -17,21 +18,24 @@ from voms.web.base import (
     NO_ERRORS,
     Column,
     ConsoleRoute,
+    Fetch,
     FormErrors,
+    Table,
     call,
     checked_form,
     csv_download,
     field,
     filters_of,
     form_errors,
-    listed,
-    page_url,
+    newest_first,
+    optional,
+    paged,
     refused_status,
     render,
     require,
     runtime,
     see_other,
-    table_or_csv,
+    table_page,
     viewer,
 )
 
@@ -87,14 +91,16 @@ async def _care_page(
         )
         return found["transactions"], found["next_cursor"]
 
-    rows: Sequence[Mapping[str, Any]] = []
-    next_cursor = None
+    found_transactions: Table | None = None
     if msisdn or serial:
-        answer = await table_or_csv(request, _TX_COLUMNS, fetch, "transactions.csv")
+        answer = await table_page(
+            request, _TX_COLUMNS, fetch, "transactions.csv", "Transactions, newest first"
+        )
         if isinstance(answer, StreamingResponse):
             return answer
-        rows, next_cursor = answer
-    subscriber = ledger = None
+        found_transactions = answer
+    subscriber = None
+    ledger: Table | None = None
     balance_types: list[str] = []
     if msisdn:
         try:
@@ -102,8 +108,18 @@ async def _care_page(
         except NotFound:
             subscriber = None
     if subscriber is not None:
-        ledger = await call(wallet.ledger_of, rt, actor, subscriber["msisdn"], 50)
-        if allows(who.role, Permission.WALLET_ADJUST):
+        answer = await table_page(
+            request,
+            _LEDGER_COLUMNS,
+            _ledger_fetch(request, who, subscriber["msisdn"]),
+            "ledger.csv",
+            "Ledger, newest first",
+            name="ledger",
+        )
+        if isinstance(answer, StreamingResponse):
+            return answer
+        ledger = answer
+        if who.may(Permission.WALLET_ADJUST):
             types = await call(
                 catalog.list_balance_types, rt, actor, subscriber["service_provider"]
             )
@@ -122,14 +138,18 @@ async def _care_page(
         subscriber=subscriber,
         balance_types=balance_types,
         balance_columns=_BALANCE_COLUMNS,
-        ledger_columns=_LEDGER_COLUMNS,
-        ledger=ledger or [],
-        ledger_csv=(f"/ui/care/ledger.csv?msisdn={subscriber['msisdn']}" if subscriber else None),
-        tx_columns=_TX_COLUMNS,
-        tx_rows=rows,
-        tx_next=page_url(request, cursor=next_cursor) if next_cursor else None,
-        tx_first=page_url(request, cursor=None) if request.query_params.get("cursor") else None,
-        tx_csv=page_url(request, format="csv", cursor=None),
+        ledger=ledger,
+        transactions=found_transactions,
+        # A new id each time the form is shown: sending the same form twice (a double
+        # click, a retry after a timeout) redeems once and answers the first outcome.
+        redeem_request_id=f"ui-{uuid.uuid4()}",
+    )
+
+
+def _ledger_fetch(request: Request, who: Session, msisdn: str) -> Fetch:
+    rt = runtime(request)
+    return newest_first(
+        lambda before, limit: wallet.ledger_of(rt, who.principal, msisdn, limit, before), "id"
     )
 
 
@@ -144,8 +164,7 @@ async def care_page(request: Request, who: Viewer) -> Response:
 async def ledger_csv(request: Request, who: Viewer) -> Response:
     require(who, Permission.LOOKUP)
     msisdn = filters_of(request, "msisdn")["msisdn"] or ""
-    rows = await call(wallet.ledger_of, runtime(request), who.principal, msisdn, 1000)
-    return csv_download(_LEDGER_COLUMNS, listed(rows), "ledger.csv")
+    return csv_download(_LEDGER_COLUMNS, _ledger_fetch(request, who, msisdn), "ledger.csv")
 
 
 @router.post("/redeem")
@@ -161,6 +180,7 @@ async def redeem(request: Request, who: Viewer) -> Response:
             msisdn=msisdn,
             pin=field(form, "pin"),
             reason=field(form, "reason"),
+            request_id=optional(form, "request_id"),
         )
     except (VomsError, ValidationError) as exc:
         status = refused_status(exc)
@@ -227,15 +247,15 @@ async def _blacklist_page(
     msisdn = filters_of(request, "msisdn")["msisdn"]
 
     def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        found = blacklist.list_blacklist(
-            rt, who.principal, msisdn=msisdn, limit=limit, cursor=cursor
+        return paged(
+            blacklist.list_blacklist(rt, who.principal, msisdn=msisdn, limit=limit, cursor=cursor)
         )
-        return found["items"], found["next_cursor"]
 
-    answer = await table_or_csv(request, _BLACKLIST_COLUMNS, fetch, "blacklist.csv")
-    if isinstance(answer, StreamingResponse):
-        return answer
-    rows, next_cursor = answer
+    table = await table_page(
+        request, _BLACKLIST_COLUMNS, fetch, "blacklist.csv", "Blacklisted MSISDNs"
+    )
+    if isinstance(table, StreamingResponse):
+        return table
     return render(
         request,
         who,
@@ -245,11 +265,8 @@ async def _blacklist_page(
         title="Blacklist",
         nav="care",
         msisdn=msisdn,
-        rows=rows,
-        can_release=allows(who.role, Permission.BLACKLIST),
-        next_url=page_url(request, cursor=next_cursor) if next_cursor else None,
-        first_url=page_url(request, cursor=None) if request.query_params.get("cursor") else None,
-        csv_url=page_url(request, format="csv", cursor=None),
+        table=table,
+        can_release=who.may(Permission.BLACKLIST),
         notice=request.query_params.get("released") and "Released.",
     )
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from voms.domain.errors import Forbidden, Invalid, VomsError
-from voms.domain.roles import Permission, allows
+from voms.domain.roles import Permission
 from voms.domain.serials import parse_serial
 from voms.domain.states import BatchState
 from voms.services import (
@@ -31,6 +31,7 @@ from voms.web.base import (
     ConsoleRoute,
     Fetch,
     FormErrors,
+    by_key,
     call,
     checked_form,
     csv_download,
@@ -38,14 +39,16 @@ from voms.web.base import (
     filters_of,
     form_errors,
     listed,
+    newest_first,
     optional,
     page_url,
+    paged,
     refused_status,
     render,
     require,
     runtime,
     see_other,
-    table_or_csv,
+    table_page,
     viewer,
 )
 
@@ -77,7 +80,7 @@ def _int(text: str | None, name: str) -> int | None:
 
 @router.get("/")
 async def dashboard(request: Request, who: Viewer) -> Response:
-    if not allows(who.role, Permission.BATCH_READ):
+    if not who.may(Permission.BATCH_READ):
         return render(request, who, "dashboard.html", title="Dashboard", nav="dashboard")
     figures = await call(overview.overview, runtime(request), who.principal)
     states = figures["vouchers_by_state"]
@@ -95,6 +98,7 @@ async def dashboard(request: Request, who: Viewer) -> Response:
         },
         hours_chart={
             "type": "line",
+            "hours": True,
             "labels": [hour.isoformat() for hour in figures["hours"]],
             "series": figures["redemptions_per_hour"],
         },
@@ -136,21 +140,21 @@ async def _batches_page(
     wanted = filters_of(request, "state", "voucher_type", "service_provider")
 
     def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        found = lifecycle.list_batches(
-            rt,
-            who.principal,
-            state=wanted["state"],
-            voucher_type=wanted["voucher_type"],
-            service_provider=wanted["service_provider"],
-            limit=limit,
-            cursor=cursor,
+        return paged(
+            lifecycle.list_batches(
+                rt,
+                who.principal,
+                state=wanted["state"],
+                voucher_type=wanted["voucher_type"],
+                service_provider=wanted["service_provider"],
+                limit=limit,
+                cursor=cursor,
+            )
         )
-        return found["items"], found["next_cursor"]
 
-    answer = await table_or_csv(request, _BATCH_COLUMNS, fetch, "batches.csv")
-    if isinstance(answer, StreamingResponse):
-        return answer
-    rows, next_cursor = answer
+    table = await table_page(request, _BATCH_COLUMNS, fetch, "batches.csv", "Batches, newest first")
+    if isinstance(table, StreamingResponse):
+        return table
     types = await _voucher_type_codes(request, who)
     return render(
         request,
@@ -168,12 +172,7 @@ async def _batches_page(
             ("service_provider", "Service provider", wanted["service_provider"], None),
         ],
         action="/ui/batches",
-        columns=_BATCH_COLUMNS,
-        rows=rows,
-        caption="Batches, newest first",
-        next_url=page_url(request, cursor=next_cursor) if next_cursor else None,
-        first_url=page_url(request, cursor=None) if request.query_params.get("cursor") else None,
-        csv_url=page_url(request, format="csv", cursor=None),
+        table=table,
     )
 
 
@@ -229,15 +228,19 @@ async def _batch_page(
     batch = await _batch(request, who, batch_id)
     rt = runtime(request)
 
-    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        rows = overview.batch_events(rt, who.principal, batch_id, limit + 1, _int(cursor, "cursor"))
-        more = len(rows) > limit
-        return rows[:limit], (str(rows[limit - 1]["id"]) if more else None)
-
-    answer = await table_or_csv(request, _EVENT_COLUMNS, fetch, f"batch-{batch_id}.csv")
-    if isinstance(answer, StreamingResponse):
-        return answer
-    events, next_cursor = answer
+    fetch = newest_first(
+        lambda before, limit: overview.batch_events(rt, who.principal, batch_id, limit, before),
+        "id",
+    )
+    events = await table_page(
+        request,
+        _EVENT_COLUMNS,
+        fetch,
+        f"batch-{batch_id}.csv",
+        "Operations on this batch, newest first",
+    )
+    if isinstance(events, StreamingResponse):
+        return events
     return render(
         request,
         who,
@@ -248,10 +251,7 @@ async def _batch_page(
         nav="batches",
         batch=batch,
         require_approval=rt.settings.require_approval,
-        event_columns=_EVENT_COLUMNS,
         events=events,
-        events_next=page_url(request, cursor=next_cursor) if next_cursor else None,
-        events_csv=page_url(request, format="csv", cursor=None),
     )
 
 
@@ -442,20 +442,21 @@ async def housekeeping_page(request: Request, who: Viewer) -> Response:
     wanted = filters_of(request, "job", "outcome")
 
     def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        found = housekeeping.list_runs(
-            rt,
-            who.principal,
-            job=wanted["job"],
-            outcome=wanted["outcome"],
-            limit=limit,
-            cursor=_int(cursor, "cursor"),
+        position = _int(cursor, "cursor")
+        return paged(
+            housekeeping.list_runs(
+                rt,
+                who.principal,
+                job=wanted["job"],
+                outcome=wanted["outcome"],
+                limit=limit,
+                cursor=position,
+            )
         )
-        return found["runs"], found["next_cursor"]
 
-    answer = await table_or_csv(request, _RUN_COLUMNS, fetch, "job-runs.csv")
-    if isinstance(answer, StreamingResponse):
-        return answer
-    rows, next_cursor = answer
+    table = await table_page(request, _RUN_COLUMNS, fetch, "job-runs.csv", "Runs, newest first")
+    if isinstance(table, StreamingResponse):
+        return table
     jobs = await call(housekeeping.list_jobs, rt, who.principal)
     return render(
         request,
@@ -464,18 +465,13 @@ async def housekeeping_page(request: Request, who: Viewer) -> Response:
         title="Housekeeping",
         nav="housekeeping",
         jobs=jobs,
-        can_run=allows(who.role, Permission.HOUSEKEEPING) and who.service_provider_id is None,
+        can_run=who.may(Permission.HOUSEKEEPING) and who.service_provider_id is None,
         filter_items=[
             ("job", "Job", wanted["job"], sorted(JOBS)),
             ("outcome", "Outcome", wanted["outcome"], list(housekeeping.OUTCOMES)),
         ],
         action="/ui/housekeeping",
-        columns=_RUN_COLUMNS,
-        rows=rows,
-        caption="Runs, newest first",
-        next_url=page_url(request, cursor=next_cursor) if next_cursor else None,
-        first_url=page_url(request, cursor=None) if request.query_params.get("cursor") else None,
-        csv_url=page_url(request, format="csv", cursor=None),
+        table=table,
     )
 
 
@@ -550,32 +546,48 @@ async def catalog_page(request: Request, who: Viewer) -> Response:
     rt, actor = runtime(request), who.principal
     provider = filters_of(request, "service_provider")["service_provider"]
 
-    def load() -> dict[str, list[dict[str, Any]]]:
-        providers = catalog.list_service_providers(rt, actor)
-        return {
-            "service_providers": [
-                p for p in providers if provider is None or p["code"] == provider
-            ],
-            "balance_types": catalog.list_balance_types(rt, actor, provider),
-            "product_types": catalog.list_product_types(rt, actor, provider),
-            "voucher_types": catalog.list_voucher_types(rt, actor, provider),
-            "codes": providers,
-        }
+    def by_code(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (row["code"],)
 
-    found = await call(load)
-    wanted_csv = request.query_params.get("table")
-    if request.query_params.get("format") == "csv" and wanted_csv in _CATALOG:
-        return csv_download(_CATALOG[wanted_csv][1], listed(found[wanted_csv]), f"{wanted_csv}.csv")
-    sections = [
-        {
-            "name": name,
-            "title": title,
-            "columns": columns,
-            "rows": found[name],
-            "csv_url": page_url(request, table=name, format="csv"),
-        }
-        for name, (title, columns) in _CATALOG.items()
-    ]
+    def by_provider_and_code(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (row["service_provider"], row["code"])
+
+    # Each table pages by its own key (services/paging), with its own cursor parameter.
+    fetches: dict[str, Fetch] = {
+        "service_providers": by_key(
+            lambda after, n: (
+                ([] if after else [catalog.get_service_provider(rt, actor, provider)])
+                if provider
+                else catalog.list_service_providers(rt, actor, after=after, limit=n)
+            ),
+            by_code,
+            str,
+        ),
+        "balance_types": by_key(
+            lambda after, n: catalog.list_balance_types(rt, actor, provider, after=after, limit=n),
+            by_provider_and_code,
+            str,
+            str,
+        ),
+        "product_types": by_key(
+            lambda after, n: catalog.list_product_types(rt, actor, provider, after=after, limit=n),
+            by_provider_and_code,
+            str,
+            str,
+        ),
+        "voucher_types": by_key(
+            lambda after, n: catalog.list_voucher_types(rt, actor, provider, after=after, limit=n),
+            by_code,
+            str,
+        ),
+    }
+    sections = []
+    for name, (title, columns) in _CATALOG.items():
+        table = await table_page(request, columns, fetches[name], f"{name}.csv", title, name=name)
+        if isinstance(table, StreamingResponse):
+            return table
+        sections.append({"name": name, "table": table})
+    providers = await call(catalog.list_service_providers, rt, actor)
     return render(
         request,
         who,
@@ -584,7 +596,7 @@ async def catalog_page(request: Request, who: Viewer) -> Response:
         nav="catalog",
         sections=sections,
         service_provider=provider,
-        provider_codes=[p["code"] for p in found["codes"]],
+        provider_codes=[p["code"] for p in providers],
     )
 
 
@@ -615,19 +627,12 @@ _EXPORT_COLUMNS = [
 
 def _exports_fetch(request: Request, who: Session, partner: str | None) -> Fetch:
     rt = runtime(request)
-
-    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        rows = distribution.list_exports(
-            rt,
-            who.principal,
-            partner=partner,
-            before_id=_int(cursor, "cursor"),
-            limit=limit + 1,
-        )
-        more = len(rows) > limit
-        return rows[:limit], (str(rows[limit - 1]["export_id"]) if more else None)
-
-    return fetch
+    return newest_first(
+        lambda before, limit: distribution.list_exports(
+            rt, who.principal, partner=partner, before_id=before, limit=limit
+        ),
+        "export_id",
+    )
 
 
 async def _distribution_page(
@@ -640,12 +645,15 @@ async def _distribution_page(
     require(who, Permission.EXPORT)
     rt = runtime(request)
     partner = filters_of(request, "partner")["partner"]
-    answer = await table_or_csv(
-        request, _EXPORT_COLUMNS, _exports_fetch(request, who, partner), "exports.csv"
+    exports = await table_page(
+        request,
+        _EXPORT_COLUMNS,
+        _exports_fetch(request, who, partner),
+        "exports.csv",
+        f"Exports to {partner}, newest first" if partner else "Exports, newest first",
     )
-    if isinstance(answer, StreamingResponse):
-        return answer
-    rows, next_cursor = answer
+    if isinstance(exports, StreamingResponse):
+        return exports
     partners = await call(distribution.list_partners, rt, who.principal)
     download_url = None
     if created is not None and created.get("download_token"):
@@ -664,13 +672,8 @@ async def _distribution_page(
         partner_names=[p["name"] for p in partners if p["state"] == "active"],
         partner_columns=_PARTNER_COLUMNS,
         partners=partners,
-        export_columns=_EXPORT_COLUMNS,
-        exports=rows,
-        exports_next=page_url(request, cursor=next_cursor) if next_cursor else None,
-        exports_first=(
-            page_url(request, cursor=None) if request.query_params.get("cursor") else None
-        ),
-        exports_csv="/ui/distribution?format=csv",
+        partner=partner,
+        exports=exports,
     )
 
 
@@ -702,6 +705,27 @@ async def add_partner(request: Request, who: Viewer) -> Response:
         errors = form_errors("partner", exc, form)
         return await _distribution_page(request, who, None, errors, status)
     return see_other("/ui/distribution")
+
+
+@router.post("/partners/key")
+async def replace_partner_key(request: Request, who: Viewer) -> Response:
+    """Give a partner a new OpenPGP key (rotation, or the old one expired)."""
+    require(who, Permission.EXPORT)
+    form = await checked_form(request, who)
+    try:
+        body = distribution.PartnerKeyIn(public_key=field(form, "public_key"))
+        await call(
+            distribution.replace_partner_key,
+            runtime(request),
+            who.principal,
+            field(form, "name"),
+            body,
+        )
+    except (VomsError, ValidationError) as exc:
+        status = refused_status(exc)
+        errors = form_errors("partner_key", exc, form)
+        return await _distribution_page(request, who, None, errors, status)
+    return see_other("/ui/distribution?key_replaced=1")
 
 
 @router.post("/partners/{name}/disable")

@@ -26,7 +26,7 @@ from voms.services.housekeeping.registry import JOBS, ScheduleError, next_run, s
 from voms.services.uow import UnitOfWork
 
 log = logging.getLogger("voms.housekeeping")
-MAX_LIMIT = 500
+MAX_LIMIT = 1000
 OUTCOMES = ("running", "succeeded", "failed", "abandoned")
 _r, _l = t.job_runs, t.job_leases
 
@@ -126,10 +126,11 @@ def list_runs(
     with UnitOfWork(rt, read_only=True) as uow:
         conn = uow.conn
         rows = conn.execute(query).all()
-    page = rows[:limit]
+    page = [_run_view(row) for row in rows[:limit]]
     return {
-        "runs": [_run_view(row) for row in page],
-        "next_cursor": str(page[-1].id) if len(rows) > limit else None,
+        "items": page,
+        "runs": page,  # its first name, kept beside items until version 2
+        "next_cursor": str(page[-1]["id"]) if len(rows) > limit else None,
     }
 
 

@@ -268,6 +268,12 @@ def _liability(conn: Connection, names: _Names, sp_id: int | None) -> Report:
     )
 
 
+def liability(conn: Connection, sp_id: int | None) -> Report:
+    """The liability report (value of vouchers sold and not yet redeemed) on ``conn``,
+    for the dashboard: from the per-batch counts, no scan."""
+    return _liability(conn, _Names(conn), sp_id)
+
+
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The count, and the value per currency (values in different currencies never add)."""
     value: dict[str, int] = defaultdict(int)

@@ -240,8 +240,12 @@ def fold(
 def watermark(rt: Runtime) -> datetime:
     """Transactions before this time are in the rollups."""
     with UnitOfWork(rt, read_only=True) as uow:
-        conn = uow.conn
-        return _cursor(conn)[0]
+        return watermark_on(uow.conn)
+
+
+def watermark_on(conn: Connection) -> datetime:
+    """As :func:`watermark`, on a connection already open."""
+    return _cursor(conn)[0]
 
 
 def _cursor(conn: Connection) -> tuple[datetime, datetime | None]:

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from voms.db import tables as t
 from voms.db.types import utcnow
@@ -43,6 +43,18 @@ class ResellerIn(BaseModel):
     commission_percent: Decimal = Field(ge=0, le=100, max_digits=5, decimal_places=2)
     parent: Code | None = None
     currency: Currency | None = None
+    contact: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+
+
+class ResellerUpdate(BaseModel):
+    """PATCH /api/v1/resellers/{code}: the fields given change, the others stay;
+    ``contact`` null removes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    credit_limit: int | None = Field(None, ge=0, le=MAX_AMOUNT)
+    commission_percent: Decimal | None = Field(None, ge=0, le=100, max_digits=5, decimal_places=2)
     contact: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
 
 
@@ -296,6 +308,79 @@ def _check_below(
         )
     if actor.reseller_id is not None and credit_limit > parent.credit_limit:
         raise Forbidden("a reseller's key may not give more credit than its parent has")
+
+
+def update_reseller(rt: Runtime, actor: Principal, code: str, body: object) -> dict[str, Any]:
+    """Change a reseller's name, credit limit, commission or contact (audited).
+
+    A sub-reseller's commission stays at most its parent's, and a reseller's at least
+    that of every reseller below it. A reseller's key changes only resellers below its
+    own (never its own terms), and gives no more credit than their parent has.
+    """
+    actor.require(Permission.RESELLER_WRITE)
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
+        row = visible(conn, actor, code)
+        data = parse(ResellerUpdate, body)
+        given = data.model_fields_set
+        if not given:
+            raise Invalid("give at least one of: name, credit_limit, commission_percent, contact")
+        if actor.reseller_id is not None and row.id == actor.reseller_id:
+            raise Forbidden("a reseller's key may not change its own reseller's terms")
+        if "name" in given and data.name is None:
+            raise Invalid("name: may not be null")
+        parent = conn.execute(select(_r).where(_r.c.id == row.parent_id)).first()
+        changes: dict[str, Any] = {}
+        if data.name is not None:
+            changes["name"] = data.name
+        if "credit_limit" in given:
+            if data.credit_limit is None:
+                raise Invalid("credit_limit: may not be null")
+            ceiling = parent.credit_limit if parent is not None else None
+            if (
+                actor.reseller_id is not None
+                and ceiling is not None
+                and data.credit_limit > ceiling
+            ):
+                raise Forbidden("a reseller's key may not give more credit than its parent has")
+            changes["credit_limit"] = data.credit_limit
+        if "commission_percent" in given:
+            if data.commission_percent is None:
+                raise Invalid("commission_percent: may not be null")
+            commission_bp = int(data.commission_percent * 100)
+            _check_commission(conn, row, parent, commission_bp)
+            changes["commission_bp"] = commission_bp
+        if "contact" in given:
+            changes["contact"] = data.contact or None
+        changed = {k: v for k, v in changes.items() if getattr(row, k) != v}
+        if changed:
+            conn.execute(update(_r).where(_r.c.id == row.id).values(**changed))
+            detail = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in changed.items()}
+            audit.record(
+                conn, actor, "reseller.update", "reseller", code, row.service_provider_id, detail
+            )
+        found = find(conn, code)
+        assert found is not None
+        uow.commit()
+        return view(found)
+
+
+def _check_commission(
+    conn: Connection, row: Row[Any], parent: Row[Any] | None, commission_bp: int
+) -> None:
+    if parent is not None and commission_bp > parent.commission_bp:
+        raise Conflict(
+            "a sub-reseller's commission may not exceed its parent's "
+            f"({Decimal(parent.commission_bp) / 100}%)"
+        )
+    highest_below = conn.execute(
+        select(func.max(_r.c.commission_bp)).where(_r.c.parent_id == row.id)
+    ).scalar()
+    if highest_below is not None and commission_bp < highest_below:
+        raise Conflict(
+            "a reseller's commission may not fall below that of a reseller under it "
+            f"({Decimal(highest_below) / 100}%)"
+        )
 
 
 # --- money --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// OpenVoMS console: local times (UTC stays on hover) and the dashboard's charts.
+// OpenVoMS console: local times (UTC stays on hover), the dashboard's and the reports' charts.
 // Everything works without this file; it only adds to the server-rendered pages.
 (function () {
   "use strict";
@@ -27,7 +27,7 @@
     var spec = JSON.parse(source.textContent);
     var names = Object.keys(spec.series);
     var labels = spec.labels;
-    if (spec.type === "line") {
+    if (spec.hours) {
       var hour = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
       labels = labels.map(function (iso) { return hour.format(new Date(iso)); });
     }
@@ -51,6 +51,7 @@
     localTimes(document);
     chart("chart-states", "data-states");
     chart("chart-hours", "data-hours");
+    chart("chart-report", "data-report");
   });
   document.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
 })();

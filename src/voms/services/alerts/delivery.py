@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, not_, or_, select, update
 
@@ -20,8 +20,10 @@ from voms.db import tables as t
 from voms.runtime import Runtime
 from voms.services.alerts import mail
 from voms.services.alerts.settings import is_quiet
-from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the jobs' context; imported lazily, the registry imports this module
+    from voms.services.housekeeping.context import JobContext
 
 log = logging.getLogger("voms.alerts")
 _a, _s = t.alerts, t.alert_settings
@@ -206,7 +208,7 @@ def _finish(
         uow.commit()
 
 
-def deliver(ctx: JobContext) -> int:
+def deliver(ctx: "JobContext") -> int:
     """The ``alert_delivery`` job: send every due alert, chunk by chunk."""
     rt, now = ctx.rt, ctx.now
     quiet = quiet_providers(rt, now)

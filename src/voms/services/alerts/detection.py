@@ -15,7 +15,7 @@ that records them.
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -38,8 +38,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from voms.db import tables as t
 from voms.db.types import UTCDateTime
-from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the jobs' context; imported lazily, the registry imports this module
+    from voms.services.housekeeping.context import JobContext
 
 _a, _s = t.alerts, t.alert_settings
 _b, _bal, _sub = t.batches, t.balances, t.subscribers
@@ -468,7 +470,7 @@ def _failed_jobs(uow: UnitOfWork, now: datetime) -> int:
     return _record(uow, rows, key, operator=True)
 
 
-def detect(ctx: JobContext) -> int:
+def detect(ctx: "JobContext") -> int:
     """The ``alert_detection`` job: record every new occurrence, end those that ended."""
     now = ctx.now
     sms = bool(ctx.rt.settings.kannel_sendsms_url)

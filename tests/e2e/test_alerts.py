@@ -255,6 +255,20 @@ def test_subscriber_alerts_leave_once_through_kannel(wired: Runtime, kannel: Kan
     assert kannel.expect(1) == [sms_line(ALICE, "Your KES balance is low: 3.00 KES.")]
 
 
+def test_an_alert_speaks_the_subscriber_s_language(wired: Runtime, kannel: Kannel) -> None:
+    rt = wired
+    factories.subscriber(rt, ALICE)
+    credit(rt, ALICE, 250)
+    with rt.engine.begin() as conn:
+        conn.execute(
+            update(t.subscribers).where(t.subscribers.c.msisdn == ALICE).values(language="sw")
+        )
+    configure(rt, low_balance={"CASH": 1000})
+    run(rt, "alert_detection")
+    run(rt, "alert_delivery")
+    assert kannel.expect(1) == [sms_line(ALICE, "Salio lako la KES liko chini: 2.50 KES.")]
+
+
 def _subscriber_id(rt: Runtime, msisdn: str) -> int:
     s = t.subscribers
     with rt.engine.connect() as conn:

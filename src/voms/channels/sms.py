@@ -270,8 +270,17 @@ def alert_text(said: Messages, kind: str, values: Mapping[str, Any]) -> str:
 
 
 def send_alert(rt: Runtime, msisdn: str, kind: str, values: Mapping[str, Any]) -> None:
-    """Send one subscriber alert through Kannel's sendsms; raises unless Kannel took it."""
-    said = subscriber.messages(rt, CHANNEL, msisdn)
+    """Send one subscriber alert through Kannel's sendsms; raises unless Kannel took it.
+
+    ``values`` name the subscriber's ``service_provider``, ``language`` and the provider's
+    ``currencies`` (balance type → ISO code), so no lookup is made per message."""
+    installed = subscriber.texts(rt)
+    provider = values.get("service_provider")
+    said = installed.messages(
+        provider,
+        installed.language_of(provider, values.get("language")),
+        values.get("currencies") or {},
+    )
     status = sendsms(rt, msisdn, alert_text(said, kind, values)[:MAX_REPLY_CHARS])
     if not 200 <= status < 300:
         raise RuntimeError(f"Kannel answered HTTP {status}")

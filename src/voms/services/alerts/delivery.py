@@ -55,7 +55,9 @@ def _due(now: datetime) -> Any:
     )
 
 
-def _claim(rt: Runtime, now: datetime, quiet: list[int], limit: int) -> tuple[str, list[Any]]:
+def _claim(
+    rt: Runtime, now: datetime, quiet: list[int], limit: int
+) -> tuple[str, list[tuple[Any, dict[str, str | None]]]]:
     """Claim up to ``limit`` due alerts for this run; the claim and the rows with what
     their texts need."""
     token = uuid.uuid4().hex
@@ -89,6 +91,7 @@ def _claim(rt: Runtime, now: datetime, quiet: list[int], limit: int) -> tuple[st
                 bt.c.code.label("balance_type"),
                 vt.c.code.label("voucher_type"),
                 sub.c.state.label("subscriber_state"),
+                sub.c.language.label("language"),
                 runs.c.job.label("job"),
                 runs.c.error.label("job_error"),
                 runs.c.outcome.label("job_outcome"),
@@ -110,13 +113,25 @@ def _claim(rt: Runtime, now: datetime, quiet: list[int], limit: int) -> tuple[st
             .where(_a.c.claim == token)
             .order_by(_a.c.id)
         ).all()
+        providers = {row.service_provider_id for row in rows if row.audience == "subscriber"}
+        currencies: dict[int, dict[str, str | None]] = defaultdict(dict)
+        if providers:
+            for found in conn.execute(
+                select(bt.c.service_provider_id, bt.c.code, bt.c.currency).where(
+                    bt.c.service_provider_id.in_(providers)
+                )
+            ):
+                currencies[found.service_provider_id][found.code] = found.currency
         uow.commit()
-    return token, list(rows)
+    return token, [(row, currencies.get(row.service_provider_id, {})) for row in rows]
 
 
-def _values(row: Any) -> dict[str, Any]:
-    """What a subscriber's text is filled with (amounts in minor units, dates as dates)."""
+def _values(row: Any, currencies: dict[str, str | None]) -> dict[str, Any]:
+    """What a subscriber's text is filled with (amounts in minor units, dates as dates),
+    and whom it is for: provider, language, the provider's currencies (the channel
+    needs no lookup of its own)."""
     values: dict[str, Any] = dict(row.data or {})
+    values.update(service_provider=row.sp_code, language=row.language, currencies=currencies)
     if row.balance_type is not None:
         values["balance_type"] = row.balance_type
     if row.amount is not None:
@@ -126,12 +141,12 @@ def _values(row: Any) -> dict[str, Any]:
     return values
 
 
-def _send_sms(rt: Runtime, row: Any) -> None:
+def _send_sms(rt: Runtime, row: Any, currencies: dict[str, str | None]) -> None:
     if row.kind == "reward" and row.reward_sms is False:
         raise NotConfigured("reward SMS are off for this service provider")
     if rt.alert_sms is None or not rt.settings.kannel_sendsms_url or not row.msisdn:
         raise NotConfigured("no VOMS_KANNEL_SENDSMS_URL")
-    rt.alert_sms(row.msisdn, row.kind, _values(row))
+    rt.alert_sms(row.msisdn, row.kind, _values(row, currencies))
 
 
 def email_text(row: Any) -> tuple[str, str]:
@@ -219,12 +234,12 @@ def deliver(ctx: "JobContext") -> int:
             break
         outcomes: dict[str, list[int]] = {"sent": []}
         errors: dict[str, list[int]] = defaultdict(list)
-        for row in rows:
+        for row, currencies in rows:
             try:
                 if row.audience == "subscriber":
                     if row.subscriber_state not in (None, "active"):
                         raise NotConfigured("the subscriber is not active")
-                    _send_sms(rt, row)
+                    _send_sms(rt, row, currencies)
                 else:
                     _send_email(rt, row)
             except NotConfigured as exc:

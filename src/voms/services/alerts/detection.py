@@ -105,11 +105,13 @@ def _record(
     conn = uow.conn
     fresh = rows.where(~exists().where(_a.c.occurrence_key == key))
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(_a)
-        .from_select(list(_COLUMNS), fresh)
-        .on_conflict_do_nothing()
-        .returning(
+    statement = dialect.insert(_a).from_select(list(_COLUMNS), fresh).on_conflict_do_nothing()
+    if not operator:
+        # Subscriber alerts may be many: only their ids come back, to be counted (the
+        # unit of work holds back statements without RETURNING, which have no rowcount).
+        return sum(1 for _ in conn.execute(statement.returning(_a.c.id)))
+    inserted = conn.execute(
+        statement.returning(
             _a.c.id,
             _a.c.kind,
             _a.c.service_provider_id,
@@ -118,11 +120,9 @@ def _record(
             _a.c.amount,
             _a.c.threshold,
         )
-    )
-    inserted = conn.execute(statement).all()
-    if operator:
-        for row in inserted:
-            _emit_event(uow, EVENT_TYPES[row.kind], _event_data(row))
+    ).all()
+    for row in inserted:
+        _emit_event(uow, EVENT_TYPES[row.kind], _event_data(row))
     return len(inserted)
 
 

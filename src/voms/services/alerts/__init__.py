@@ -134,8 +134,10 @@ def list_alerts(
         raise Invalid(f"kind must be one of {', '.join(KINDS)}")
     if state is not None and state not in STATES:
         raise Invalid(f"state must be one of {', '.join(STATES)}")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
         raise Invalid("cursor must be the next_cursor of a page")
+    if since is not None and since.tzinfo is None:
+        raise Invalid("since must carry a time zone offset (2026-01-01T00:00:00+00:00)")
     limit = max(1, min(limit, MAX_LIMIT))
     query = select(_a).order_by(_a.c.id.desc()).limit(limit + 1)
     with UnitOfWork(rt, read_only=True) as uow:

@@ -383,6 +383,43 @@ def test_operator_alerts_leave_once_by_email(wired: Runtime, smtp: Smtp) -> None
     assert len(smtp.mailbox.messages) == 5
 
 
+def _job_run(rt: Runtime, outcome: str, error: str | None = None) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(
+            insert(t.job_runs).values(
+                job="report_rollups",
+                trigger="schedule",
+                runner="host:1:abc",
+                started_at=utcnow(),
+                finished_at=utcnow(),
+                outcome=outcome,
+                rows_affected=0,
+                detail={},
+                error=error,
+            )
+        )
+
+
+def test_a_job_failing_again_and_again_is_one_alert_until_it_succeeds(
+    wired: Runtime, smtp: Smtp
+) -> None:
+    rt = wired
+    for attempt in range(3):  # failing every minute
+        _job_run(rt, "failed", f"OperationalError: attempt {attempt}")
+        run(rt, "alert_detection")
+        run(rt, "alert_delivery")
+    assert [m["subject"] for m in smtp.mailbox.messages] == ["[OpenVoMS] job report_rollups failed"]
+    assert "attempt 0" in smtp.mailbox.messages[0]["body"]
+    _job_run(rt, "succeeded")
+    run(rt, "alert_detection")
+    _job_run(rt, "abandoned", "the runner stopped before the end")
+    run(rt, "alert_detection")
+    run(rt, "alert_delivery")
+    assert [m["subject"] for m in smtp.mailbox.messages][1:] == [
+        "[OpenVoMS] job report_rollups abandoned"
+    ]
+
+
 def _last_batch(rt: Runtime) -> int:
     with rt.engine.connect() as conn:
         return int(conn.execute(select(func.max(t.batches.c.id))).scalar_one())

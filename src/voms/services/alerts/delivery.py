@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # the jobs' context; imported lazily, the registry imports th
 log = logging.getLogger("voms.alerts")
 _a, _s = t.alerts, t.alert_settings
 RETRY_AFTER = timedelta(minutes=5)
+# Alerts claimed at once: sent well within the claim's lease (VOMS_JOB_LEASE_SECONDS).
+DELIVERY_CHUNK = 500
 MAX_ERROR = 300
 
 
@@ -229,7 +231,7 @@ def deliver(ctx: "JobContext") -> int:
     quiet = quiet_providers(rt, now)
     counts: dict[str, int] = defaultdict(int)
     while True:
-        token, rows = _claim(rt, now, quiet, ctx.chunk_size)
+        token, rows = _claim(rt, now, quiet, min(ctx.chunk_size, DELIVERY_CHUNK))
         if not rows:
             break
         outcomes: dict[str, list[int]] = {"sent": []}

@@ -448,8 +448,24 @@ def _bursts(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
 
 
 def _failed_jobs(uow: UnitOfWork, now: datetime) -> int:
-    r = t.job_runs
-    key = _key("job_failed:", r.c.id)
+    """A job whose last finished run failed (or was abandoned): one occurrence per job
+    until a later run succeeds, however often it fails meanwhile (no flood of mail from
+    a job failing every minute)."""
+    r, later, failed_run = t.job_runs, t.job_runs.alias("later"), t.job_runs.alias("failed")
+    _resolve(
+        uow.conn,
+        "job_failed",
+        ~select(literal(1))
+        .select_from(failed_run.join(later, later.c.job == failed_run.c.job))
+        .where(
+            failed_run.c.id == _a.c.subject_id,
+            later.c.id > failed_run.c.id,
+            later.c.outcome == "succeeded",
+        )
+        .exists(),
+        now,
+    )
+    key = literal("job_failed:", String) + r.c.job
     rows = select(
         key,
         literal("job_failed", String),
@@ -466,6 +482,13 @@ def _failed_jobs(uow: UnitOfWork, now: datetime) -> int:
     ).where(
         r.c.outcome.in_(("failed", "abandoned")),
         r.c.started_at >= now - JOB_FAILURE_LOOKBACK,
+        ~select(literal(1))
+        .where(
+            later.c.job == r.c.job,
+            later.c.id > r.c.id,
+            later.c.outcome.in_(("succeeded", "failed", "abandoned")),
+        )
+        .exists(),
     )
     return _record(uow, rows, key, operator=True)
 

@@ -216,7 +216,9 @@ def test_subscriber_alerts_leave_once_through_kannel(wired: Runtime, kannel: Kan
     credit(rt, ALICE, 500)  # below the CASH threshold of 10.00 KES
     credit(rt, CAROL, 5000, days=2)  # plenty, but expiring in 2 days
     credit(rt, BOB, 5000)
-    configure(rt, low_balance={"CASH": 1000}, expiry_notice_days=3)
+    credit(rt, BOB, 10, "SMS")  # SMS has its own threshold: 10 is not below 5
+    credit(rt, CAROL, 3, "SMS")  # … but 3 is
+    configure(rt, low_balance={"CASH": 1000, "SMS": 5}, expiry_notice_days=3)
     sp_id, bob = _provider_id(rt), _subscriber_id(rt, BOB)
     with UnitOfWork(rt) as uow:  # what the promotions write when they grant a reward
         alerts.reward_granted(
@@ -234,15 +236,16 @@ def test_subscriber_alerts_leave_once_through_kannel(wired: Runtime, kannel: Kan
         run(rt, "alert_detection")
         run(rt, "alert_delivery")
     date = soon.date().isoformat()
-    assert sorted(kannel.expect(4)) == sorted(
+    assert sorted(kannel.expect(5)) == sorted(
         [
             sms_line(ALICE, "Your KES balance is low: 5.00 KES."),
+            sms_line(CAROL, "Your SMS balance is low: 3 SMS."),
             sms_line(CAROL, f"Your 50.00 KES expire on {date}. Recharge to keep them."),
             sms_line(BOB, f"Your account expires on {date}. Recharge to keep it."),
             sms_line(BOB, "Bonus from TALKFEST: +2.00 KES, balance 52.00 KES."),
         ]
     )
-    assert states(rt) == {"sent": 4}
+    assert states(rt) == {"sent": 5}
 
     # Recharged above the threshold: the occurrence ends; falling below again is a new one.
     credit(rt, ALICE, 1000)

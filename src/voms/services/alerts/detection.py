@@ -9,8 +9,9 @@ end and come back (a low balance, low stock, a blacklisting burst, an expiry mov
 occurrence. An alert resolved before it was sent (a balance recharged during the night)
 is dropped, not sent.
 
-Operator alerts also go out as events through :func:`_emit_event`, in the transaction
-that records them.
+Operator alerts and low balances also go out as events through :func:`_emit_event`, in
+the transaction that records them. Subscriber alerts are recorded a chunk per
+transaction (the first run over millions of balances may find many).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -49,8 +50,9 @@ _lb, _st, _m = t.low_balance_thresholds, t.stock_thresholds, t.voucher_state_mov
 
 SUBSCRIBER_KINDS = ("low_balance", "balance_expiry", "account_expiry", "reward")
 OPERATOR_KINDS = ("voucher_stock", "batch_expiry", "blacklist_burst", "job_failed")
-# The event type each operator alert is also written as (docs/alerts.md).
+# The event type each operator alert (and a low balance) is also written as (docs/alerts.md).
 EVENT_TYPES = {
+    "low_balance": "subscriber.low_balance",
     "voucher_stock": "alert.voucher_stock_low",
     "batch_expiry": "alert.batch_expiring",
     "blacklist_burst": "alert.blacklist_burst",
@@ -98,39 +100,60 @@ def _key(prefix: str, *parts: ColumnElement[Any]) -> ColumnElement[str]:
 
 
 def _record(
-    uow: UnitOfWork, rows: Select[Any] | Any, key: ColumnElement[str], operator: bool = False
+    uow: UnitOfWork, rows: Select[Any] | Any, key: ColumnElement[str], limit: int | None = None
 ) -> int:
-    """Insert the occurrences ``rows`` selects (in :data:`_COLUMNS` order) that are new;
-    operator alerts are also emitted as events. The number recorded."""
+    """Insert the occurrences ``rows`` selects (in :data:`_COLUMNS` order) that are new,
+    at most ``limit``; each is also written as an event when its kind has one. The
+    number recorded."""
     conn = uow.conn
     fresh = rows.where(~exists().where(_a.c.occurrence_key == key))
+    if limit is not None:
+        fresh = fresh.limit(limit)
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(_a).from_select(list(_COLUMNS), fresh).on_conflict_do_nothing()
-    if not operator:
-        # Subscriber alerts may be many: only their ids come back, to be counted (the
-        # unit of work holds back statements without RETURNING, which have no rowcount).
-        return sum(1 for _ in conn.execute(statement.returning(_a.c.id)))
-    inserted = conn.execute(
-        statement.returning(
+    statement = (
+        dialect.insert(_a)
+        .from_select(list(_COLUMNS), fresh)
+        .on_conflict_do_nothing()
+        .returning(
             _a.c.id,
             _a.c.kind,
             _a.c.service_provider_id,
+            _a.c.msisdn,
             _a.c.subject_id,
             _a.c.subject_at,
             _a.c.amount,
             _a.c.threshold,
         )
-    ).all()
+    )
+    inserted = conn.execute(statement).all()
     for row in inserted:
-        _emit_event(uow, EVENT_TYPES[row.kind], _event_data(row))
+        if row.kind in EVENT_TYPES:
+            _emit_event(uow, EVENT_TYPES[row.kind], _event_data(row))
     return len(inserted)
+
+
+def _record_chunked(ctx: "JobContext", rows: Select[Any], key: ColumnElement[str]) -> int:
+    """:func:`_record` a chunk per transaction (subscriber alerts may be millions at
+    first): memory and transactions stay small."""
+    total = 0
+    while True:
+        with UnitOfWork(ctx.rt) as uow:
+            done = _record(uow, rows, key, limit=ctx.chunk_size)
+            uow.commit()
+        total += done
+        ctx.chunk_done(done)
+        if done < ctx.chunk_size:
+            return total
 
 
 def _event_data(row: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"alert_id": row.id, "kind": row.kind}
     if row.service_provider_id is not None:
         data["service_provider_id"] = row.service_provider_id
+    if row.msisdn is not None:
+        data["msisdn"] = row.msisdn
     subject = {
+        "low_balance": "balance_type_id",
         "voucher_stock": "voucher_type_id",
         "batch_expiry": "batch_id",
         "job_failed": "job_run_id",
@@ -140,7 +163,7 @@ def _event_data(row: Any) -> dict[str, Any]:
     if row.subject_at is not None:
         data["expires_at"] = row.subject_at.isoformat()
     if row.amount is not None:
-        data["count"] = row.amount
+        data["balance" if row.kind == "low_balance" else "count"] = row.amount
     if row.threshold is not None:
         data["threshold"] = row.threshold
     return data
@@ -171,7 +194,10 @@ def _settings(conn: Connection) -> Sequence[Any]:
 # --- subscribers ---------------------------------------------------------------------
 
 
-def _low_balances(uow: UnitOfWork, now: datetime) -> int:
+Pending = tuple[str, Select[Any], ColumnElement[str]]  # kind, rows, key: recorded in chunks
+
+
+def _low_balances(uow: UnitOfWork, now: datetime) -> list[Pending]:
     conn = uow.conn
     below = and_(_bal.c.amount < _lb.c.threshold, _sub.c.state == "active")
     key = _key("low_balance:", _sub.c.id, _bal.c.balance_type_id)
@@ -209,10 +235,10 @@ def _low_balances(uow: UnitOfWork, now: datetime) -> int:
         .exists()
     )
     _resolve(conn, "low_balance", still, now)
-    return _record(uow, rows, key)
+    return [("low_balance", rows, key)]
 
 
-def _expiries(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
+def _expiries(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> list[Pending]:
     conn = uow.conn
     b2, s2 = _bal.alias("b2"), _sub.alias("s2")
     _resolve(
@@ -235,7 +261,7 @@ def _expiries(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
         .exists(),
         now,
     )
-    recorded = 0
+    pending: list[Pending] = []
     for setting in settings:
         if not setting.expiry_notice_days:
             continue
@@ -266,7 +292,7 @@ def _expiries(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
                 _bal.c.expires_at <= horizon,
             )
         )
-        recorded += _record(uow, balances, balance_key)
+        pending.append(("balance_expiry", balances, balance_key))
         account_key = _key("account_expiry:", _sub.c.id)
         accounts = select(
             account_key,
@@ -287,8 +313,8 @@ def _expiries(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
             _sub.c.account_expires_at > now,
             _sub.c.account_expires_at <= horizon,
         )
-        recorded += _record(uow, accounts, account_key)
-    return recorded
+        pending.append(("account_expiry", accounts, account_key))
+    return pending
 
 
 # --- operators ------------------------------------------------------------------------
@@ -343,7 +369,7 @@ def _low_stock(uow: UnitOfWork, now: datetime) -> int:
         .select_from(_st.join(vt, vt.c.id == _st.c.voucher_type_id))
         .where(stock < _st.c.threshold)
     )
-    return _record(uow, rows, key, operator=True)
+    return _record(uow, rows, key)
 
 
 def _expiring_batches(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
@@ -393,7 +419,7 @@ def _expiring_batches(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -
                 available > 0,
             )
         )
-        recorded += _record(uow, rows, key, operator=True)
+        recorded += _record(uow, rows, key)
     return recorded
 
 
@@ -443,7 +469,7 @@ def _bursts(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
             _now(now),
             literal("pending", String),
         ).where(literal(True))
-        recorded += _record(uow, rows, literal(key, String), operator=True)
+        recorded += _record(uow, rows, literal(key, String))
     return recorded
 
 
@@ -490,14 +516,20 @@ def _failed_jobs(uow: UnitOfWork, now: datetime) -> int:
         )
         .exists(),
     )
-    return _record(uow, rows, key, operator=True)
+    return _record(uow, rows, key)
 
 
 def detect(ctx: "JobContext") -> int:
     """The ``alert_detection`` job: record every new occurrence, end those that ended."""
     now = ctx.now
-    sms = bool(ctx.rt.settings.kannel_sendsms_url)
     found: dict[str, int] = {}
+    if ctx.rt.settings.kannel_sendsms_url:  # subscriber alerts only where they can be sent
+        with UnitOfWork(ctx.rt) as uow:  # the ends first, then the new ones in chunks
+            settings = _settings(uow.conn)
+            pending = _low_balances(uow, now) + _expiries(uow, now, settings)
+            uow.commit()
+        for kind, rows, key in pending:
+            found[kind] = found.get(kind, 0) + _record_chunked(ctx, rows, key)
     Step = Callable[[UnitOfWork, Sequence[Any]], int]
     steps: list[tuple[str, Step]] = [
         ("voucher_stock", lambda uow, s: _low_stock(uow, now)),
@@ -505,12 +537,6 @@ def detect(ctx: "JobContext") -> int:
         ("blacklist_burst", lambda uow, s: _bursts(uow, now, s)),
         ("job_failed", lambda uow, s: _failed_jobs(uow, now)),
     ]
-    if sms:  # subscriber alerts only where they can be sent
-        steps = [
-            ("low_balance", lambda uow, s: _low_balances(uow, now)),
-            ("expiry", lambda uow, s: _expiries(uow, now, s)),
-            *steps,
-        ]
     for name, step in steps:
         with UnitOfWork(ctx.rt) as uow:
             found[name] = step(uow, _settings(uow.conn))

@@ -100,15 +100,20 @@ def _key(prefix: str, *parts: ColumnElement[Any]) -> ColumnElement[str]:
 
 
 def _record(
-    uow: UnitOfWork, rows: Select[Any] | Any, key: ColumnElement[str], limit: int | None = None
-) -> int:
-    """Insert the occurrences ``rows`` selects (in :data:`_COLUMNS` order) that are new,
-    at most ``limit``; each is also written as an event when its kind has one. The
-    number recorded."""
+    uow: UnitOfWork,
+    rows: Select[Any] | Any,
+    key: ColumnElement[str],
+    limit: int | None = None,
+    from_subscriber: int = 0,
+) -> tuple[int, int]:
+    """Insert the occurrences ``rows`` selects (in :data:`_COLUMNS` order) that are new;
+    each is also written as an event when its kind has one. With ``limit``, at most that
+    many, of subscribers from ``from_subscriber`` on, in subscriber order. The number
+    recorded, and the highest subscriber id recorded."""
     conn = uow.conn
     fresh = rows.where(~exists().where(_a.c.occurrence_key == key))
     if limit is not None:
-        fresh = fresh.limit(limit)
+        fresh = fresh.where(_sub.c.id >= from_subscriber).order_by(_sub.c.id).limit(limit)
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = (
         dialect.insert(_a)
@@ -118,6 +123,7 @@ def _record(
             _a.c.id,
             _a.c.kind,
             _a.c.service_provider_id,
+            _a.c.subscriber_id,
             _a.c.msisdn,
             _a.c.subject_id,
             _a.c.subject_at,
@@ -129,16 +135,19 @@ def _record(
     for row in inserted:
         if row.kind in EVENT_TYPES:
             _emit_event(uow, EVENT_TYPES[row.kind], _event_data(row))
-    return len(inserted)
+    last = max((row.subscriber_id or 0 for row in inserted), default=from_subscriber)
+    return len(inserted), last
 
 
 def _record_chunked(ctx: "JobContext", rows: Select[Any], key: ColumnElement[str]) -> int:
-    """:func:`_record` a chunk per transaction (subscriber alerts may be millions at
-    first): memory and transactions stay small."""
-    total = 0
+    """:func:`_record` a chunk per transaction, walking forward in subscriber order
+    (subscriber alerts may be millions at first): memory and transactions stay small,
+    and no chunk scans again what an earlier one went through."""
+    total, after = 0, 0
     while True:
         with UnitOfWork(ctx.rt) as uow:
-            done = _record(uow, rows, key, limit=ctx.chunk_size)
+            # ">=": the last subscriber of a chunk may have another balance still to do.
+            done, after = _record(uow, rows, key, limit=ctx.chunk_size, from_subscriber=after)
             uow.commit()
         total += done
         ctx.chunk_done(done)
@@ -369,7 +378,7 @@ def _low_stock(uow: UnitOfWork, now: datetime) -> int:
         .select_from(_st.join(vt, vt.c.id == _st.c.voucher_type_id))
         .where(stock < _st.c.threshold)
     )
-    return _record(uow, rows, key)
+    return _record(uow, rows, key)[0]
 
 
 def _expiring_batches(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
@@ -419,7 +428,7 @@ def _expiring_batches(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -
                 available > 0,
             )
         )
-        recorded += _record(uow, rows, key)
+        recorded += _record(uow, rows, key)[0]
     return recorded
 
 
@@ -469,7 +478,7 @@ def _bursts(uow: UnitOfWork, now: datetime, settings: Sequence[Any]) -> int:
             _now(now),
             literal("pending", String),
         ).where(literal(True))
-        recorded += _record(uow, rows, literal(key, String))
+        recorded += _record(uow, rows, literal(key, String))[0]
     return recorded
 
 
@@ -516,7 +525,7 @@ def _failed_jobs(uow: UnitOfWork, now: datetime) -> int:
         )
         .exists(),
     )
-    return _record(uow, rows, key)
+    return _record(uow, rows, key)[0]
 
 
 def detect(ctx: "JobContext") -> int:

@@ -1,17 +1,17 @@
 """Finding what to alert of: set-based statements, one occurrence row per alert.
 
-Each family is one INSERT … SELECT … ON CONFLICT DO NOTHING (per service provider where
-the provider's settings give the horizon), so millions of balances cost one statement,
-never a round trip per row; the unique ``occurrence_key`` makes a second run, a
-concurrent run or a restart find the occurrence already recorded. A condition that can
-end and come back (a low balance, low stock, a blacklisting burst, an expiry moved) is
-*resolved* by one UPDATE that appends the row's id to its key: the next time is a new
-occurrence. An alert resolved before it was sent (a balance recharged during the night)
-is dropped, not sent.
+Each family is an INSERT … SELECT … ON CONFLICT DO NOTHING (per service provider where
+the provider's settings give the horizon; subscriber families a chunk per transaction),
+so millions of balances cost a few statements, never a round trip per row; the unique
+``occurrence_key`` makes a second run, a concurrent run or a restart find the
+occurrence already recorded. A condition that can end and come back (a low balance,
+low stock, a blacklisting burst, an expiry moved, a failing job) is *resolved* by one
+UPDATE that appends the row's id to its key: the next time is a new occurrence. An
+alert resolved before it was sent (a balance recharged during the night) is dropped,
+not sent.
 
 Operator alerts and low balances also go out as events through :func:`_emit_event`, in
-the transaction that records them. Subscriber alerts are recorded a chunk per
-transaction (the first run over millions of balances may find many).
+the transaction that records them.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    delete,
     exists,
     func,
     literal,
@@ -61,6 +62,8 @@ EVENT_TYPES = {
 LIVE_BATCHES = ("generated", "active")
 # Failed job runs older than this when first seen are history, not news.
 JOB_FAILURE_LOOKBACK = timedelta(days=1)
+# Alerts whose occurrence is over (resolved, or a reward sent) are kept this long.
+RETENTION = timedelta(days=90)
 
 _COLUMNS = (
     "occurrence_key",
@@ -528,6 +531,21 @@ def _failed_jobs(uow: UnitOfWork, now: datetime) -> int:
     return _record(uow, rows, key)[0]
 
 
+def _purge(conn: Connection, now: datetime) -> None:
+    """Forget occurrences over for :data:`RETENTION`: resolved ones (their key already
+    freed) and rewards no longer pending (a transaction never rewards twice). An open
+    occurrence is never forgotten: that would send it again."""
+    before = now - RETENTION
+    conn.execute(
+        delete(_a).where(
+            or_(
+                _a.c.resolved_at < before,
+                and_(_a.c.kind == "reward", _a.c.state != "pending", _a.c.created_at < before),
+            )
+        )
+    )
+
+
 def detect(ctx: "JobContext") -> int:
     """The ``alert_detection`` job: record every new occurrence, end those that ended."""
     now = ctx.now
@@ -551,5 +569,8 @@ def detect(ctx: "JobContext") -> int:
             found[name] = step(uow, _settings(uow.conn))
             uow.commit()
         ctx.chunk_done(found[name])
+    with UnitOfWork(ctx.rt) as uow:
+        _purge(uow.conn, now)
+        uow.commit()
     ctx.detail.update(found=found)
     return sum(found.values())

@@ -457,10 +457,12 @@ def housekeeping_run(
     ] = None,
 ) -> None:
     """Run jobs now (all by default), with progress; exits 1 if any failed or was busy."""
+    from voms.channels import sms
     from voms.services import housekeeping
     from voms.services.housekeeping.registry import JOBS
 
     rt = runtime()
+    sms.install_alerts(rt)  # alert_delivery sends subscriber alerts through Kannel
     names = job or list(JOBS)
     unknown = [name for name in names if name not in JOBS]
     if unknown:
@@ -1391,3 +1393,71 @@ def user_reset_password(
     with handled():
         people.reset_password(runtime(), _operator(), username, password)
         typer.echo(f"new password set for '{username}'")
+
+
+# --- alerts --------------------------------------------------------------------------
+
+alerts_app = typer.Typer(
+    help="Alerts: thresholds and quiet hours per service provider, and what was sent.",
+    no_args_is_help=True,
+)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("show")
+def alerts_show(code: Annotated[str, typer.Argument(help="Service provider code")]) -> None:
+    """The provider's alert settings and thresholds, as JSON."""
+    from voms.services import alerts
+
+    with handled():
+        echo_json(alerts.get_settings(runtime(), _operator(), code))
+
+
+@alerts_app.command("set")
+def alerts_set(
+    code: Annotated[str, typer.Argument(help="Service provider code")],
+    settings: Annotated[
+        str,
+        typer.Argument(
+            help="JSON merged into the settings, as the API's PATCH body, e.g. "
+            '\'{"low_balance": {"CASH": 1000}, "quiet_hours": {"from": "21:00", '
+            '"until": "08:00"}}\'; "-" reads it from standard input'
+        ),
+    ],
+) -> None:
+    """Change the provider's alert settings (a field left out is kept, null removes it)."""
+    from voms.services import alerts
+
+    raw = sys.stdin.read() if settings == "-" else settings
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        fail("the settings are not JSON")
+    with handled():
+        body = alerts.AlertSettingsIn.model_validate(data)
+        echo_json(alerts.update_settings(runtime(), _operator(), code, body))
+
+
+@alerts_app.command("list")
+def alerts_list(
+    service_provider: Annotated[str | None, typer.Option(help="Only this provider")] = None,
+    kind: Annotated[str | None, typer.Option(help="low_balance, voucher_stock, …")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, sent, failed, …")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
+) -> None:
+    """Alerts recorded, newest first."""
+    from voms.services import alerts
+
+    with handled():
+        echo_json(
+            alerts.list_alerts(
+                runtime(),
+                _operator(),
+                service_provider=service_provider,
+                kind=kind,
+                state=state,
+                limit=limit,
+                cursor=cursor,
+            )
+        )

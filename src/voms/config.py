@@ -230,6 +230,27 @@ class Settings(BaseSettings):
         " loopback address (a local trial).",
     )
 
+    # --- alerts (docs/alerts.md): operators by e-mail, subscribers by SMS (Kannel) ---
+    smtp_host: str | None = Field(
+        None, description="SMTP server for operator alerts; unset: no alert e-mail is sent."
+    )
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS).")
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        "none", description="none, starttls (STARTTLS after connecting) or tls (implicit TLS)."
+    )
+    smtp_username: str | None = Field(None, description="SMTP user, if the server wants one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_from: str = Field("voms@localhost", description="Sender of alert e-mail.")
+    smtp_to: str = Field(
+        "",
+        description="Comma-separated addresses of the installation's operators: job failures,"
+        " and the alerts of providers that name no operator_emails of their own.",
+    )
+    smtp_timeout_s: float = Field(10.0, gt=0, le=120, description="SMTP connection timeout.")
+    alert_max_attempts: int = Field(
+        10, ge=1, le=100, description="Sending attempts of one alert before it is given up."
+    )
+
     # --- resellers ---
     sales_per_minute: int = Field(
         60, ge=1, description="Electronic PIN sales (POST /api/v1/sales) per minute per API key."

@@ -25,6 +25,9 @@ class Runtime:
     # recharge, reservation commit) after the commit: the recipient's SMS notice, the
     # confirmation SMS; None: nothing to send. Set by voms.channels.sms.install_notices.
     after_recharge: Callable[[str, Mapping[str, Any]], object] | None = None
+    # Sends one subscriber alert by SMS: (msisdn, kind, values); raises when it was not
+    # accepted. Set by voms.channels.sms.install_notices (services/alerts sends through it).
+    alert_sms: Callable[[str, str, Mapping[str, Any]], object] | None = None
     # Small per-process caches, keyed by the service that owns them.
     caches: dict[str, object] = field(default_factory=dict)
     # The standby behind VOMS_READ_DATABASE_URL that serves reports, lookups and lists

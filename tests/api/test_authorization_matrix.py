@@ -91,6 +91,12 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/service-providers"): Rule(roles(A, OP), body={"code": "NEW", "name": "N"}),
     ("GET", "/api/v1/service-providers/{code}"): Rule(ALL),
     ("PATCH", "/api/v1/service-providers/{code}"): Rule(roles(A, OP), body={"name": "N"}),
+    # alerts
+    ("GET", "/api/v1/service-providers/{code}/alerts"): Rule(roles(A, OP)),
+    ("PATCH", "/api/v1/service-providers/{code}/alerts"): Rule(
+        roles(A, OP), body={"expiry_notice_days": 3}
+    ),
+    ("GET", "/api/v1/alerts"): Rule(roles(A, OP), SEES_OWN),
     ("POST", "/api/v1/balance-types"): Rule(
         roles(A, OP), body={"code": "NEW", "name": "N", "unit": "u", "service_provider": "ACME"}
     ),

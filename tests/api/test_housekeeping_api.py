@@ -54,6 +54,8 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
         "export_file_purge",
         "expiry_counts",
         "voucher_archive",
+        "alert_detection",
+        "alert_delivery",
         "key_reencryption",
         "report_rollups",
         "transaction_feed",

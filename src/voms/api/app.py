@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 import voms
 from voms.api import (
     admin,
+    alerts,
     batches,
     blacklist,
     catalog,
@@ -173,6 +174,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         resellers.router,
         blacklist.router,
         reports.router,
+        alerts.router,
     )
     # What the gate matches a request against (FastAPI keeps included routers nested).
     app.state.api_routes = [

@@ -239,9 +239,51 @@ def _confirm(rt: Runtime, answer: Mapping[str, Any]) -> None:
 
 def install_notices(rt: Runtime) -> None:
     """With ``VOMS_KANNEL_SENDSMS_URL`` set, the redemption service sends the SMS of every
-    successful recharge (:func:`after_recharge`), whatever the channel, once committed."""
+    successful recharge (:func:`after_recharge`), whatever the channel, once committed,
+    and the alert jobs send subscriber alerts (:func:`send_alert`)."""
     if rt.settings.kannel_sendsms_url:
         rt.after_recharge = functools.partial(after_recharge, rt)
+        install_alerts(rt)
+
+
+def install_alerts(rt: Runtime) -> None:
+    """Subscriber alerts leave through Kannel (when ``VOMS_KANNEL_SENDSMS_URL`` is set)."""
+    if rt.settings.kannel_sendsms_url:
+        rt.alert_sms = functools.partial(send_alert, rt)
+
+
+def alert_text(said: Messages, kind: str, values: Mapping[str, Any]) -> str:
+    """The SMS of one subscriber alert, in the subscriber's language (never a PIN)."""
+    if kind == "reward":
+        return said.text(
+            "alert.reward",
+            promotion=values.get("promotion", ""),
+            credits=said.credits(values.get("credits", [])),
+        )
+    balance_type = str(values.get("balance_type", ""))
+    return said.text(
+        f"alert.{kind}",
+        balance_type=said.balance_type(balance_type) if balance_type else "",
+        balance=said.amount(balance_type, int(values["balance"])) if "balance" in values else "",
+        date=values.get("date", ""),
+    )
+
+
+def send_alert(rt: Runtime, msisdn: str, kind: str, values: Mapping[str, Any]) -> None:
+    """Send one subscriber alert through Kannel's sendsms; raises unless Kannel took it.
+
+    ``values`` name the subscriber's ``service_provider``, ``language`` and the provider's
+    ``currencies`` (balance type → ISO code), so no lookup is made per message."""
+    installed = subscriber.texts(rt)
+    provider = values.get("service_provider")
+    said = installed.messages(
+        provider,
+        installed.language_of(provider, values.get("language")),
+        values.get("currencies") or {},
+    )
+    status = sendsms(rt, msisdn, alert_text(said, kind, values)[:MAX_REPLY_CHARS])
+    if not 200 <= status < 300:
+        raise RuntimeError(f"Kannel answered HTTP {status}")
 
 
 def notify_recipient(rt: Runtime, answer: Mapping[str, Any]) -> "Future[None] | None":

@@ -121,6 +121,13 @@ DEFAULTS: dict[str, str] = {
     # SMS to a number recharged by someone else, and the confirmation to the recharger
     "notice.recharged": "Your number was recharged by {msisdn}: {credits}.",
     "notice.confirmation": "Recharge of {msisdn} confirmed: {credits}. Serial {serial}.",
+    # alerts by SMS (docs/alerts.md)
+    "alert.low_balance": "Your {balance_type} balance is low: {balance} {balance_type}.",
+    "alert.balance_expiry": (
+        "Your {balance} {balance_type} expire on {date}. Recharge to keep them."
+    ),
+    "alert.account_expiry": "Your account expires on {date}. Recharge to keep it.",
+    "alert.reward": "Bonus from {promotion}: {credits}.",
     # the mobile web page
     "web.title": "Recharge",
     "web.msisdn": "Your phone number",

@@ -855,3 +855,76 @@ ui_sessions = Table(
     Index("ix_ui_sessions_user", "user_id"),
     Index("ix_ui_sessions_expires_at", "expires_at"),
 )
+
+
+# --- alerts (migration 0006_alerts) -----------------------------------------------------
+# What each service provider wants to be alerted of (services/alerts): quiet hours for
+# subscriber SMS, days of notice before expiries, the blacklisting burst, who gets e-mail.
+alert_settings = Table(
+    "alert_settings",
+    metadata,
+    Column("service_provider_id", ForeignKey("service_providers.id"), primary_key=True),
+    Column("quiet_from", String(5)),  # "21:00": subscriber alerts wait from then …
+    Column("quiet_until", String(5)),  # … until "08:00" (local time of time_zone)
+    Column("time_zone", String(64), nullable=False, server_default=text("'UTC'")),
+    Column("expiry_notice_days", Integer),  # balance or account expiring; None: off
+    Column("batch_expiry_days", Integer),  # batches about to expire; None: off
+    Column("burst_count", Integer),  # this many blacklistings …
+    Column("burst_minutes", Integer),  # … within this many minutes; None: off
+    Column("reward_sms", Boolean, nullable=False, server_default=text("true")),
+    Column("operator_emails", JSON, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("updated_by", String(100), nullable=False),
+)
+
+# Subscribers are alerted when a balance of the type falls below the threshold.
+low_balance_thresholds = Table(
+    "low_balance_thresholds",
+    metadata,
+    Column("balance_type_id", ForeignKey("balance_types.id"), primary_key=True),
+    Column("threshold", BigInteger, nullable=False),
+    CheckConstraint("threshold > 0", name="threshold_positive"),
+)
+
+# Operators are alerted when the available vouchers of the type fall below the threshold.
+stock_thresholds = Table(
+    "stock_thresholds",
+    metadata,
+    Column("voucher_type_id", ForeignKey("voucher_types.id"), primary_key=True),
+    Column("threshold", BigInteger, nullable=False),
+    CheckConstraint("threshold > 0", name="threshold_positive"),
+)
+
+# One row per occurrence of an alert: the unique occurrence key makes "once" hold across
+# restarts and concurrent runs. A condition that can come back (a low balance) keeps its
+# plain key while it lasts; once over, its key gets ":<id>" appended, so the next time
+# is a new occurrence. Delivery claims rows (claim, next_attempt_at) before sending.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("occurrence_key", String(200), nullable=False, unique=True),
+    Column("kind", String(24), nullable=False),
+    Column("audience", String(10), nullable=False),
+    Column("service_provider_id", Integer),
+    Column("subscriber_id", BigInteger),
+    Column("msisdn", String(15)),
+    Column("subject_id", BigInteger),  # balance type, voucher type, batch or job run
+    Column("subject_at", UTCDateTime()),  # the expiry the alert is about
+    Column("amount", BigInteger),  # balance, vouchers in stock, blacklistings
+    Column("threshold", BigInteger),
+    Column("data", JSON),
+    _created_at(),
+    Column("resolved_at", UTCDateTime()),
+    Column("state", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime()),
+    Column("claim", String(32)),
+    Column("sent_at", UTCDateTime()),
+    Column("error", String(300)),
+    CheckConstraint("audience IN ('subscriber', 'operator')", name="audience"),
+    CheckConstraint("state IN ('pending', 'sent', 'failed', 'skipped', 'dropped')", name="state"),
+    Index("ix_alerts_state", "state", "next_attempt_at"),
+    Index("ix_alerts_kind_open", "kind", "resolved_at"),
+    Index("ix_alerts_claim", "claim"),
+)

@@ -10,6 +10,8 @@ from datetime import datetime
 
 from croniter import croniter
 
+from voms.services.alerts import delivery as alert_delivery
+from voms.services.alerts import detection as alert_detection
 from voms.services.housekeeping import accounts, archive, expiry, maintenance, reencryption
 from voms.services.housekeeping.context import JobContext
 from voms.services.reports import feed, rollups
@@ -116,6 +118,19 @@ JOBS: dict[str, Job] = {
             "rotate`; resumes where it stopped.",
             "*/10 * * * *",
             reencryption.reencrypt_pins,
+        ),
+        Job(
+            "alert_detection",
+            "Record new alerts once each (low balances, expiries, low voucher stock, batches "
+            "about to expire, blacklisting bursts, failed jobs); end those that ended.",
+            "*/5 * * * *",
+            alert_detection.detect,
+        ),
+        Job(
+            "alert_delivery",
+            "Send due alerts: subscribers by SMS (after quiet hours), operators by e-mail.",
+            "* * * * *",
+            alert_delivery.deliver,
         ),
     )
 }

@@ -77,6 +77,7 @@ RESULT_TEXTS: dict[Result, str] = {
     Result.VOUCHER_TYPE_NOT_FOUND: "This voucher cannot be used. Please call customer care.",
     Result.REQUEST_ID_REUSED: "Sorry, recharges are unavailable. Please try again later.",
     Result.TOO_MANY_REQUESTS: "Too many attempts. Please wait a minute and try again.",
+    Result.CHARGING_UNAVAILABLE: "Recharge not confirmed yet. Please check your balance later.",
 }
 
 DEFAULTS: dict[str, str] = {

@@ -38,6 +38,9 @@ class Result(Enum):
     VOUCHER_TYPE_NOT_FOUND = (5005, "Voucher type not found", 404)
     REQUEST_ID_REUSED = (5006, "Request id reused with different parameters", 409)
     TOO_MANY_REQUESTS = (5007, "Too many requests", 429)
+    # The external charging system did not answer in time (or cannot be reached): the
+    # voucher is not consumed twice, and a settlement job settles an unknown outcome.
+    CHARGING_UNAVAILABLE = (5009, "Charging system unavailable", 503)
 
     def __init__(self, code: int, text: str, http_status: int) -> None:
         self.code = code

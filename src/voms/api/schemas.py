@@ -1,6 +1,7 @@
 """Response models of the REST API (request models live with their services)."""
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -9,6 +10,10 @@ class ServiceProviderPublic(BaseModel):
     code: str
     name: str
     created_at: datetime
+    billing: dict[str, Any] = Field(
+        default_factory=lambda: {"engine": "builtin"},
+        description="Where the balances live (docs/charging.md); secrets as references only",
+    )
 
 
 class BalanceTypePublic(BaseModel):
@@ -18,6 +23,7 @@ class BalanceTypePublic(BaseModel):
     currency: str | None
     service_provider: str
     max_balance: int | None
+    external_id: str | None = None
     created_at: datetime
 
 

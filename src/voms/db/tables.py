@@ -428,6 +428,7 @@ charges = Table(
     CheckConstraint("state IN ('pending', 'unknown', 'credited', 'refused')", name="state"),
     Index("ix_charges_due", "state", "next_try_at"),
     Index("ix_charges_serial", "serial"),
+    Index("ix_charges_recipient", "recipient_msisdn", "state"),
 )
 
 pin_attempts = Table(

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import Connection, Row, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from voms.billing.config import Billing, SecretMissing, parse, resolve_secret
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.catalog import Credit, Scenario, VoucherType
@@ -24,6 +25,8 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 TimeoutAction = Literal["hold", "commit", "revoke"]
+# The balance at an external charging system: "main" or a dedicated account number.
+ExternalId = Annotated[str, StringConstraints(pattern=r"^(main|[0-9]{1,9})$")]
 MAX_AMOUNT = 10**15
 
 
@@ -38,6 +41,8 @@ class ServiceProviderIn(_Input):
 
 class ServiceProviderUpdate(_Input):
     name: Name | None = None
+    # Where the provider's balances live (admin only; docs/charging.md).
+    billing: Billing | None = None
 
 
 class BalanceTypeIn(_Input):
@@ -47,6 +52,7 @@ class BalanceTypeIn(_Input):
     currency: Currency | None = None
     service_provider: Code
     max_balance: Annotated[int, Field(gt=0, le=MAX_AMOUNT)] | None = None
+    external_id: ExternalId | None = None
 
 
 class BalanceTypeUpdate(_Input):
@@ -54,6 +60,7 @@ class BalanceTypeUpdate(_Input):
     unit: Unit | None = None
     currency: Currency | None = None
     max_balance: Annotated[int, Field(gt=0, le=MAX_AMOUNT)] | None = None
+    external_id: ExternalId | None = None
 
 
 class ProductTypeIn(_Input):
@@ -155,7 +162,9 @@ def _comparable(field: str, value: Any) -> Any:
 
 # Fields a PATCH may set to null: a limit or currency removed; for the lists, null
 # leaves them as they are.
-_NULLABLE = frozenset({"currency", "max_balance", "allowed_product_types", "scenarios"})
+_NULLABLE = frozenset(
+    {"currency", "max_balance", "allowed_product_types", "scenarios", "external_id", "billing"}
+)
 
 
 def _changes(update_model: BaseModel) -> dict[str, Any]:
@@ -170,7 +179,34 @@ def _changes(update_model: BaseModel) -> dict[str, Any]:
 
 
 def _sp_public(row: Row[Any]) -> dict[str, Any]:
-    return {"code": row.code, "name": row.name, "created_at": row.created_at}
+    return {
+        "code": row.code,
+        "name": row.name,
+        "created_at": row.created_at,
+        "billing": row.billing or {"engine": "builtin"},
+    }
+
+
+def _billing_change(rt: Runtime, actor: Principal, sp_id: int, changes: dict[str, Any]) -> None:
+    """Only an admin chooses where balances live; every secret it names must be readable
+    here (the configuration holds references only), and the built-in wallet is null."""
+    if "billing" not in changes:
+        return
+    actor.require(Permission.BILLING_ADMIN, sp_id)
+    billing = changes["billing"]
+    if billing is None or billing["engine"] == "builtin":
+        changes["billing"] = None
+        return
+    billing = {k: v for k, v in billing.items() if v is not None}
+    config = parse(billing)
+    for name in ("password", "secret"):
+        reference = getattr(config, name, None)
+        if reference is not None:
+            try:
+                resolve_secret(reference, rt.keyring.secrets)
+            except SecretMissing as missing:
+                raise Invalid(str(missing)) from None
+    changes["billing"] = billing
 
 
 def create_service_provider(
@@ -245,6 +281,7 @@ def update_service_provider(
         sp_id = service_provider_id_by_code(conn, code)
         actor.require(Permission.CATALOG_WRITE, sp_id)
         changes = _changes(body)
+        _billing_change(rt, actor, sp_id, changes)
         if changes:
             conn.execute(
                 update(t.service_providers)
@@ -272,6 +309,7 @@ def _bt_public(row: Row[Any], sp_codes: dict[int, str]) -> dict[str, Any]:
         "currency": row.currency,
         "service_provider": sp_codes[row.service_provider_id],
         "max_balance": row.max_balance,
+        "external_id": row.external_id,
         "created_at": row.created_at,
     }
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from croniter import croniter
 
-from voms.services.housekeeping import archive, expiry, maintenance, reencryption
+from voms.services.housekeeping import archive, expiry, maintenance, reencryption, settlement
 from voms.services.housekeeping.context import JobContext
 from voms.services.reports import feed, rollups
 
@@ -38,6 +38,13 @@ JOBS: dict[str, Job] = {
             "past their time.",
             "* * * * *",
             maintenance.time_out_reservations,
+        ),
+        Job(
+            "charging_settlement",
+            "Settle redemptions a charging system left unknown (timeout, dropped reply): "
+            "retry with the same originTransactionID until it answers definitely.",
+            "* * * * *",
+            settlement.settle_charges,
         ),
         Job(
             "blacklist_release",

@@ -28,10 +28,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 
-from voms.billing.config import SecretMissing
-from voms.billing.engines import Engines
 from voms.billing.external import (
     Answer,
     ExternalCredit,
@@ -50,6 +48,7 @@ from voms.domain.states import VoucherAction
 from voms.runtime import Runtime
 from voms.services import catalog_cache
 from voms.services.auth import Principal
+from voms.services.billing import engine_for, external_ids
 from voms.services.redemption import accounts, attempts, blacklist, requests, vouchers
 from voms.services.redemption.requests import Attempt, RedemptionRequest, Response
 from voms.services.redemption.vouchers import Found
@@ -63,57 +62,6 @@ GRACE = timedelta(seconds=30)
 MAX_BACKOFF = timedelta(minutes=10)
 UNSETTLED = ("pending", "unknown")
 _c = t.charges
-
-
-# --- which engine ------------------------------------------------------------------------
-
-
-def _billing(rt: Runtime, conn: Connection) -> dict[int, tuple[str, Any]]:
-    """Every provider's code and stored billing, cached for a few seconds per process."""
-    sp = t.service_providers
-    return rt.read_cache("charging.billing", 5.0).get(  # type: ignore[no-any-return]
-        "all",
-        lambda: {
-            row.id: (row.code, row.billing)
-            for row in conn.execute(select(sp.c.id, sp.c.code, sp.c.billing))
-        },
-    )
-
-
-def _engines(rt: Runtime) -> Engines:
-    engines = rt.caches.get("charging.engines")
-    if engines is None:
-        engines = rt.caches.setdefault("charging.engines", Engines(rt.settings, rt.keyring.secrets))
-    assert isinstance(engines, Engines)
-    return engines
-
-
-def engine_for(rt: Runtime, conn: Connection, service_provider_id: int) -> ExternalEngine | None:
-    """The provider's external engine; None when its balances are in the built-in wallet.
-
-    A configuration that cannot be used (a secret it names is not set) is a system
-    error (3000), answered before the voucher is touched.
-    """
-    code, stored = _billing(rt, conn).get(service_provider_id, ("", None))
-    if stored is None:
-        return None
-    try:
-        return _engines(rt).get(service_provider_id, code, stored)
-    except (SecretMissing, ValueError) as problem:
-        log.error("charging system of %s cannot be used: %s", code, problem)
-        raise ResultError(Result.SYSTEM_ERROR) from None
-
-
-def _external_ids(rt: Runtime, conn: Connection) -> dict[int, tuple[str | None, str | None]]:
-    """Each balance type's (external_id, currency), cached for a few seconds."""
-    bt = t.balance_types
-    return rt.read_cache("charging.balance_types", 5.0).get(  # type: ignore[no-any-return]
-        "all",
-        lambda: {
-            row.id: (row.external_id, row.currency)
-            for row in conn.execute(select(bt.c.id, bt.c.external_id, bt.c.currency))
-        },
-    )
 
 
 # --- 1. reserve ----------------------------------------------------------------------------
@@ -175,7 +123,7 @@ def hand_over(
     accounts.check_account(account, found.voucher_type, required=False)
     scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
     vouchers.ensure_taken(uow, taken, found.serial)
-    external = _external_ids(rt, uow.conn)
+    external = external_ids(rt, uow.conn)
     credits = []
     for credit in scenario.credits:
         external_id, currency = external.get(credit.balance_type_id, (None, None))
@@ -274,22 +222,23 @@ def finish(
             rows = uow.fetch(
                 _MARK_UNKNOWN,
                 {
-                    "id": charge.id,
-                    "tries": charge.tries,
-                    "next_try_at": now + _backoff(rt, charge.tries),
-                    "last_error": answer.detail[:200],
+                    "b_id": charge.id,
+                    "b_tries": charge.tries,
+                    "b_next_try_at": now + _backoff(rt, charge.tries),
+                    "b_last_error": answer.detail[:200],
                 },
             )
         else:
             rows = uow.fetch(
                 _MARK_SETTLED,
                 {
-                    "id": charge.id,
-                    "state": outcome.state,
-                    "result_code": answer.result.code,
-                    "settled_at": now,
-                    "settled_transaction_id": attempt.id if attempt else _new_transaction_id(),
-                    "last_error": answer.detail[:200] or None,
+                    "b_id": charge.id,
+                    "b_state": outcome.state,
+                    "b_tries": charge.tries,
+                    "b_result_code": answer.result.code,
+                    "b_settled_at": now,
+                    "b_settled_transaction_id": attempt.id if attempt else _new_transaction_id(),
+                    "b_last_error": answer.detail[:200] or None,
                 },
             )
         if not rows:  # finished by another (the job, or a late reply): say what it decided
@@ -329,26 +278,29 @@ class _Outcome:
         return cls("unknown")
 
 
+# (Not state IN (…): the hot path's statements take no expanding parameters.)
+_UNSETTLED = or_(_c.c.state == "pending", _c.c.state == "unknown")
 _MARK_UNKNOWN = (
     update(_c)
-    .where(_c.c.id == bindparam("id"), _c.c.state.in_(UNSETTLED))
+    .where(_c.c.id == bindparam("b_id"), _UNSETTLED)
     .values(
         state="unknown",
-        tries=bindparam("tries"),
-        next_try_at=bindparam("next_try_at"),
-        last_error=bindparam("last_error"),
+        tries=bindparam("b_tries"),
+        next_try_at=bindparam("b_next_try_at"),
+        last_error=bindparam("b_last_error"),
     )
     .returning(_c.c.id, _c.c.transaction_id.label("settled_transaction_id"))
 )
 _MARK_SETTLED = (
     update(_c)
-    .where(_c.c.id == bindparam("id"), _c.c.state.in_(UNSETTLED))
+    .where(_c.c.id == bindparam("b_id"), _UNSETTLED)
     .values(
-        state=bindparam("state"),
-        result_code=bindparam("result_code"),
-        settled_at=bindparam("settled_at"),
-        settled_transaction_id=bindparam("settled_transaction_id"),
-        last_error=bindparam("last_error"),
+        state=bindparam("b_state"),
+        tries=bindparam("b_tries"),
+        result_code=bindparam("b_result_code"),
+        settled_at=bindparam("b_settled_at"),
+        settled_transaction_id=bindparam("b_settled_transaction_id"),
+        last_error=bindparam("b_last_error"),
     )
     .returning(_c.c.id, _c.c.settled_transaction_id)
 )
@@ -499,6 +451,7 @@ def settle_due(rt: Runtime, now: datetime | None = None, limit: int = 1000) -> d
 
 
 def _engine_or_none(rt: Runtime, conn: Connection, sp_id: int) -> ExternalEngine | None:
+    """The provider's engine now (None when it names no usable one: retried later)."""
     try:
         return engine_for(rt, conn, sp_id)
     except ResultError:

@@ -60,9 +60,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_charges_due", "charges", ["state", "next_try_at"])
     op.create_index("ix_charges_serial", "charges", ["serial"])
+    op.create_index("ix_charges_recipient", "charges", ["recipient_msisdn", "state"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_charges_recipient", table_name="charges")
     op.drop_index("ix_charges_serial", table_name="charges")
     op.drop_index("ix_charges_due", table_name="charges")
     op.drop_table("charges")

@@ -1,0 +1,94 @@
+"""Which billing engine a service provider uses, as the services ask it: the stored
+configuration cached per process, the engines built from it, and what a charging
+system has told us about subscribers (docs/charging.md)."""
+
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from voms.billing.config import SecretMissing
+from voms.billing.engines import Engines
+from voms.billing.external import ExternalEngine
+from voms.db import tables as t
+from voms.domain.errors import ResultError
+from voms.domain.results import Result
+from voms.runtime import Runtime
+from voms.services.uow import UnitOfWork
+
+log = logging.getLogger("voms.charging")
+TTL_SECONDS = 5.0
+
+
+def _billing(rt: Runtime, conn: Connection) -> dict[int, tuple[str, Any]]:
+    """Every provider's code and stored billing, cached for a few seconds per process."""
+    sp = t.service_providers
+    return rt.read_cache("charging.billing", TTL_SECONDS).get(  # type: ignore[no-any-return]
+        "all",
+        lambda: {
+            row.id: (row.code, row.billing)
+            for row in conn.execute(select(sp.c.id, sp.c.code, sp.c.billing))
+        },
+    )
+
+
+def _engines(rt: Runtime) -> Engines:
+    engines = rt.caches.get("charging.engines")
+    if engines is None:
+        engines = rt.caches.setdefault("charging.engines", Engines(rt.settings, rt.keyring.secrets))
+    assert isinstance(engines, Engines)
+    return engines
+
+
+def engine_for(rt: Runtime, conn: Connection, service_provider_id: int) -> ExternalEngine | None:
+    """The provider's external engine; None when its balances are in the built-in wallet.
+
+    A configuration that cannot be used (a secret it names is not set) is a system
+    error (3000), answered before the voucher is touched.
+    """
+    code, stored = _billing(rt, conn).get(service_provider_id, ("", None))
+    if stored is None:
+        return None
+    try:
+        return _engines(rt).get(service_provider_id, code, stored)
+    except (SecretMissing, ValueError) as problem:
+        log.error("charging system of %s cannot be used: %s", code, problem)
+        raise ResultError(Result.SYSTEM_ERROR) from None
+
+
+def external_ids(rt: Runtime, conn: Connection) -> dict[int, tuple[str | None, str | None]]:
+    """Each balance type's (external_id, currency), cached for a few seconds."""
+    bt = t.balance_types
+    return rt.read_cache("charging.balance_types", TTL_SECONDS).get(  # type: ignore[no-any-return]
+        "all",
+        lambda: {
+            row.id: (row.external_id, row.currency)
+            for row in conn.execute(select(bt.c.id, bt.c.external_id, bt.c.currency))
+        },
+    )
+
+
+def any_external(rt: Runtime, conn: Connection) -> bool:
+    """Some provider keeps its balances in a charging system."""
+    return any(stored is not None for _, stored in _billing(rt, conn).values())
+
+
+_CREDITED = (
+    select(t.charges.c.recipient_msisdn)
+    .where(
+        t.charges.c.recipient_msisdn.in_([bindparam("msisdn"), bindparam("recipient")]),
+        t.charges.c.state == "credited",
+    )
+    .distinct()
+)
+
+
+def known_at_charging_systems(
+    rt: Runtime, uow: UnitOfWork, msisdn: str | None, recipient: str | None
+) -> set[str]:
+    """Those of the numbers a charging system has credited: subscribers that exist
+    there, though they have no row in the built-in wallet."""
+    if not any_external(rt, uow.conn):
+        return set()
+    rows = uow.fetch(_CREDITED, {"msisdn": msisdn, "recipient": recipient})
+    return {row.recipient_msisdn for row in rows}

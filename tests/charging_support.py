@@ -131,7 +131,9 @@ class InSimulator:
         )
         server.sim = self  # type: ignore[attr-defined]
         self.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, name="in-simulator", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, args=(0.005,), name="in-simulator", daemon=True
+        ).start()
         self._server = server
 
     def down(self) -> None:

@@ -3,17 +3,19 @@ configuration cached per process, the engines built from it, and what a charging
 system has told us about subscribers (docs/charging.md)."""
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
 from voms.billing.config import SecretMissing
 from voms.billing.engines import Engines
-from voms.billing.external import ExternalEngine
+from voms.billing.external import ExternalEngine, Unavailable
 from voms.db import tables as t
-from voms.domain.errors import ResultError
+from voms.domain.errors import NotFound, ResultError
 from voms.domain.results import Result
 from voms.runtime import Runtime
+from voms.services.auth import Principal
 from voms.services.uow import UnitOfWork
 
 log = logging.getLogger("voms.charging")
@@ -92,3 +94,77 @@ def known_at_charging_systems(
         return set()
     rows = uow.fetch(_CREDITED, {"msisdn": msisdn, "recipient": recipient})
     return {row.recipient_msisdn for row in rows}
+
+
+# --- a subscriber as the charging system reports it ------------------------------------
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What to ask a charging system about one subscriber, and how to name its answer."""
+
+    system: ExternalEngine
+    msisdn: str
+    service_provider: str
+    balance_types: dict[str, str]  # external id → our code
+
+
+def external_subscriber(
+    rt: Runtime,
+    uow: UnitOfWork,
+    actor: Principal,
+    msisdn: str,
+    service_provider: str | None,
+) -> Asking | None:
+    """For a number with no wallet here: what to ask the charging system of the provider
+    named (or the key's own), or None when that provider keeps no charging system."""
+    sp_id = actor.service_provider_id
+    known = _billing(rt, uow.conn)
+    if service_provider is not None:
+        sp_id = next((i for i, (code, _) in known.items() if code == service_provider), None)
+        if sp_id is None:
+            raise NotFound(f"service provider '{service_provider}' not found")
+        actor.require_scope(sp_id)
+    if sp_id is None:
+        return None
+    engine = engine_for(rt, uow.conn, sp_id)
+    if engine is None:
+        return None
+    bt = t.balance_types
+    names = {
+        row.external_id: row.code
+        for row in uow.conn.execute(
+            select(bt.c.code, bt.c.external_id).where(
+                bt.c.service_provider_id == sp_id, bt.c.external_id.is_not(None)
+            )
+        )
+    }
+    return Asking(engine, msisdn, known[sp_id][0], names)
+
+
+def ask_charging_system(asking: Asking) -> dict[str, Any]:
+    """The subscriber's balances as the charging system reports them (outside any
+    transaction); 404 when it does not know the number, 5009 when it does not answer."""
+    try:
+        account = asking.system.account(asking.msisdn)
+    except Unavailable:
+        raise ResultError(Result.CHARGING_UNAVAILABLE) from None
+    if account is None:
+        raise NotFound(f"subscriber '{asking.msisdn}' not found")
+    return {
+        "msisdn": asking.msisdn,
+        "service_provider": asking.service_provider,
+        "product_type": None,
+        "state": "active",
+        "account_expires_at": account.account_expires_at,
+        "created_at": None,
+        "balances": [
+            {
+                "balance_type": asking.balance_types.get(b.external_id, b.external_id),
+                "amount": b.amount,
+                "expires_at": b.expires_at,
+            }
+            for b in account.balances
+        ],
+        "charging_system": asking.system.kind,
+    }

@@ -197,8 +197,7 @@ def _billing_change(rt: Runtime, actor: Principal, sp_id: int, changes: dict[str
     if billing is None or billing["engine"] == "builtin":
         changes["billing"] = None
         return
-    billing = {k: v for k, v in billing.items() if v is not None}
-    config = parse(billing)
+    config = parse({k: v for k, v in billing.items() if v is not None})
     for name in ("password", "secret"):
         reference = getattr(config, name, None)
         if reference is not None:
@@ -206,7 +205,7 @@ def _billing_change(rt: Runtime, actor: Principal, sp_id: int, changes: dict[str
                 resolve_secret(reference, rt.keyring.secrets)
             except SecretMissing as missing:
                 raise Invalid(str(missing)) from None
-    changes["billing"] = billing
+    changes["billing"] = config.model_dump(exclude_none=True)
 
 
 def create_service_provider(

@@ -93,7 +93,7 @@ class Reserved(VomsError):
     def __init__(self, charge: Charge, engine: ExternalEngine) -> None:
         super().__init__("voucher reserved for a charging system")
         self.charge = charge
-        self.engine = engine
+        self.system = engine
 
 
 _INSERT_CHARGE = insert(_c)
@@ -196,7 +196,7 @@ def settle(
     rt: Runtime, attempt: Attempt, request: RedemptionRequest, reserved: Reserved
 ) -> Response:
     """Send the reserved charge's refill and answer the redemption with its outcome."""
-    answer = reserved.engine.credit(reserved.charge.refill)
+    answer = reserved.system.credit(reserved.charge.refill)
     result, response = finish(rt, reserved.charge, answer, attempt=attempt)
     key = requests.request_key(rt, attempt, request)
     body = response if result is Result.SUCCESS else result.body(**response)

@@ -50,6 +50,7 @@ def test_only_an_admin_chooses_where_balances_live(
         {"engine": "http", "url": "http://127.0.0.1:9/c", "secret": "env:VOMS_TEST_UNSET_SECRET"},
         {"engine": "ucip", "url": "http://127.0.0.1:9/Air", "password": "keys:absent"},
         {"engine": "ucip", "url": "ftp://127.0.0.1/Air"},
+        {"engine": "ucip", "url": "http://voms:pw@127.0.0.1:9/Air"},
         {"engine": "ucip", "url": "http://127.0.0.1:9/Air", "timeout_ms": 600_000},
         {"engine": "ocs", "url": "http://127.0.0.1:9/"},
         {"engine": "ucip", "url": "http://127.0.0.1:9/Air", "token": "x"},

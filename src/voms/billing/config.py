@@ -22,7 +22,8 @@ SecretReference = Annotated[
         "secrets); secrets never live in the database",
     ),
 ]
-Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=500)]
+# No user:password@ in the URL: credentials go in the fields that hold references.
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/@]+(/[^\s]*)?$", max_length=500)]
 TimeoutMs = Annotated[int, Field(ge=50, le=30_000)]
 
 

@@ -206,6 +206,7 @@ def _billing_change(rt: Runtime, actor: Principal, sp_id: int, changes: dict[str
             except SecretMissing as missing:
                 raise Invalid(str(missing)) from None
     changes["billing"] = config.model_dump(exclude_none=True)
+    rt.caches.pop("charging.billing", None)  # this process uses it at once, others within 5 s
 
 
 def create_service_provider(

@@ -128,7 +128,16 @@ def test_a_subscriber_unknown_to_the_in_gives_5001_and_the_voucher_stays_active(
     serial, pin = pins[0]
     assert code_of(rt, pin, STRANGER) == 5001
     assert voucher_state(rt, serial) == "available"
-    assert charges(rt)[0].state == "refused"
+    (charge,) = charges(rt)
+    assert charge.state == "refused"
+    # The number may be a PIN typed into the wrong field: it is kept masked.
+    assert (charge.msisdn, charge.recipient_msisdn) == ("**********99", "**********99")
+    assert STRANGER not in str(charge.refill)
+    with rt.engine.connect() as conn:
+        recorded = conn.execute(
+            select(t.transactions.c.msisdn, t.transactions.c.recipient_msisdn)
+        ).one()
+    assert tuple(recorded) == ("**********99", "**********99")
     assert code_of(rt, pin) == 0
     assert sim.total() == VOUCHER_VALUE
 

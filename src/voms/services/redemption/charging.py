@@ -41,6 +41,7 @@ from voms.billing.external import (
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import ResultError, VomsError
+from voms.domain.msisdn import mask_msisdn
 from voms.domain.results import Result
 from voms.domain.roles import Role
 from voms.domain.serials import format_serial
@@ -255,6 +256,8 @@ def finish(
             moved = vouchers.move(uow, charge.serial, VoucherAction.REVOKE)
             if not moved.rows():
                 raise RuntimeError(f"voucher {charge.serial} of a charge is not reserved")
+            if answer.result is Result.SUBSCRIBER_NOT_FOUND:
+                _forget_number(uow, charge, own)
         if attempt is not None or outcome.state != "unknown":
             attempts.record(uow, own, answer.result, response.get("credits", []))
         hook = rt.after_recharge
@@ -304,6 +307,31 @@ _MARK_SETTLED = (
     )
     .returning(_c.c.id, _c.c.settled_transaction_id)
 )
+
+
+_MASK_CHARGE = (
+    update(_c)
+    .where(_c.c.id == bindparam("b_id"))
+    .values(
+        msisdn=bindparam("b_msisdn"),
+        recipient_msisdn=bindparam("b_recipient"),
+        refill=bindparam("b_refill"),
+    )
+)
+
+
+def _forget_number(uow: UnitOfWork, charge: Charge, own: Attempt) -> None:
+    """A number the charging system does not know may be a PIN typed into the wrong
+    field: like every failed attempt to an unknown number, it is kept masked."""
+    masked = mask_msisdn(charge.recipient_msisdn)
+    requester = masked if charge.msisdn == charge.recipient_msisdn else charge.msisdn
+    if own.msisdn == charge.recipient_msisdn:
+        own.msisdn = masked
+    own.recipient = masked
+    uow.write(
+        _MASK_CHARGE,
+        {"b_id": charge.id, "b_msisdn": requester, "b_recipient": masked, "b_refill": {}},
+    )
 
 
 def _backoff(rt: Runtime, tries: int) -> timedelta:

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,6 +102,8 @@ class InSimulator:
         self.answers: dict[str, dict[str, Any]] = {}  # by originTransactionID
         self.applied: list[tuple[str, str, int]] = []  # (id, msisdn, value) per refill applied
         self.fault: str | None = None
+        # Draws a fault for each refill when no fault is set (calls from many threads).
+        self.chaos: Callable[[], str | None] | None = None
         self.refill_calls = 0
         self.violations: list[str] = []  # calls that broke the protocol
         self.busy = 0  # calls being answered
@@ -185,6 +187,8 @@ class InSimulator:
             raise
         with self.lock:
             fault, self.fault = self.fault, None
+            if fault is None and self.chaos is not None:
+                fault = self.chaos()
             self.busy += 1
             self.refill_calls += 1
         try:

@@ -2,6 +2,8 @@
 the signed HTTP engine against a real HTTP server; timeouts, dropped replies, error
 codes, a server down, the circuit breaker and the settlement job."""
 
+import random
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -273,6 +275,50 @@ def test_a_request_id_gets_its_first_answer_again(
     first = redeem(rt, other, request_id="r-2")
     assert redeem(rt, other, request_id="r-2") == first
     assert sim.total() == 2 * VOUCHER_VALUE
+
+
+def test_concurrent_redemptions_against_a_faulty_in_credit_each_voucher_once(
+    rt: Runtime, sim: InSimulator, pins: list[tuple[str, str]]
+) -> None:
+    rng = random.Random(18)
+    lock = threading.Lock()
+
+    def chaos() -> str | None:
+        with lock:
+            return rng.choice([None, None, None, "drop", "error", "error_dropped"])
+
+    sim.chaos = chaos
+    for index in range(3):
+        sim.add_subscriber(f"25471100010{index}")
+    codes: list[int] = []
+
+    def redeem_all(who: int) -> None:
+        order = list(pins)
+        random.Random(who).shuffle(order)
+        for _, pin in order:
+            codes.append(code_of(rt, pin, f"25471100010{who % 3}"))
+
+    threads = [threading.Thread(target=redeem_all, args=(who,)) for who in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sim.chaos = None
+    sim.wait_idle()
+    settle(rt)
+    assert codes.count(0) <= len(pins)
+    assert set(codes) <= {0, 2009, 2010, 3000, 5001, 5009}
+    with rt.engine.connect() as conn:
+        redeemed = (
+            conn.execute(select(t.vouchers.c.serial).where(t.vouchers.c.state == "redeemed"))
+            .scalars()
+            .all()
+        )
+        states = set(conn.execute(select(t.vouchers.c.state)).scalars())
+    assert states <= {"available", "redeemed"}
+    assert sim.total() == len(redeemed) * VOUCHER_VALUE
+    assert len(sim.applied) == len(redeemed)
+    assert len(redeemed) >= codes.count(0)
 
 
 def test_a_builtin_provider_is_not_affected(

@@ -58,16 +58,23 @@ def engine_for(rt: Runtime, conn: Connection, service_provider_id: int) -> Exter
         raise ResultError(Result.SYSTEM_ERROR) from None
 
 
-def external_ids(rt: Runtime, conn: Connection) -> dict[int, tuple[str | None, str | None]]:
-    """Each balance type's (external_id, currency), cached for a few seconds."""
+def external_ids(
+    rt: Runtime, conn: Connection, wanted: set[int]
+) -> dict[int, tuple[str | None, str | None]]:
+    """Each balance type's (external_id, currency), cached for a few seconds; read again
+    at once when one of ``wanted`` lacks its external id (it may just have been set)."""
     bt = t.balance_types
-    return rt.read_cache("charging.balance_types", TTL_SECONDS).get(  # type: ignore[no-any-return]
-        "all",
-        lambda: {
-            row.id: (row.external_id, row.currency)
-            for row in conn.execute(select(bt.c.id, bt.c.external_id, bt.c.currency))
-        },
-    )
+
+    def load() -> dict[int, tuple[str | None, str | None]]:
+        rows = conn.execute(select(bt.c.id, bt.c.external_id, bt.c.currency))
+        return {row.id: (row.external_id, row.currency) for row in rows}
+
+    cache = rt.read_cache("charging.balance_types", TTL_SECONDS)
+    known: dict[int, tuple[str | None, str | None]] = cache.get("all", load)
+    if any(known.get(i, (None, None))[0] is None for i in wanted):
+        rt.caches.pop("charging.balance_types", None)
+        known = rt.read_cache("charging.balance_types", TTL_SECONDS).get("all", load)
+    return known
 
 
 def any_external(rt: Runtime, conn: Connection) -> bool:

@@ -124,7 +124,7 @@ def hand_over(
     accounts.check_account(account, found.voucher_type, required=False)
     scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
     vouchers.ensure_taken(uow, taken, found.serial)
-    external = external_ids(rt, uow.conn)
+    external = external_ids(rt, uow.conn, {c.balance_type_id for c in scenario.credits})
     credits = []
     for credit in scenario.credits:
         external_id, currency = external.get(credit.balance_type_id, (None, None))

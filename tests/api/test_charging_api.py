@@ -142,3 +142,4 @@ def test_redeeming_over_http_through_the_in_and_reading_its_balances(
     assert 'outcome="unknown",service_provider="INOP"' in metrics
     assert "voms_charging_call_seconds_bucket" in metrics
     assert "voms_charging_breaker_open" in metrics
+    assert 'voms_charges_unsettled{service_provider="INOP",state="unknown"} 1.0' in metrics

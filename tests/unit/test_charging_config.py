@@ -1,13 +1,16 @@
 """A provider's billing configuration: engines, secret references, the key file's secrets."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from voms.billing.config import SecretMissing, parse, resolve_secret
 from voms.billing.ucip import parse_ucip_date, ucip_date
-from voms.crypto import Keyring
+from voms.cli import app
+from voms.crypto import Keyring, load_keyring, write_keyring
 
 
 def test_no_configuration_is_the_builtin_wallet_and_others_are_checked() -> None:
@@ -50,3 +53,18 @@ def test_ucip_dates_carry_their_offset() -> None:
     assert parse_ucip_date(ucip_date(moment)) == moment
     assert parse_ucip_date("20270131T12:30:00") == moment
     assert parse_ucip_date("yesterday") is None
+
+
+def test_voms_keys_secret_stores_a_named_secret_read_from_stdin(tmp_path: Path) -> None:
+    path = tmp_path / "voms-keys.json"
+    write_keyring(path, Keyring.new())
+    done = CliRunner().invoke(
+        app, ["keys", "secret", "air-password", "--keys-file", str(path)], input="s3cret\n"
+    )
+    assert done.exit_code == 0, done.output
+    assert "s3cret" not in done.output
+    assert "keys:air-password" in done.output
+    assert load_keyring(path).secrets == {"air-password": "s3cret"}
+    assert (path.stat().st_mode & 0o777) == 0o600
+    refused = CliRunner().invoke(app, ["keys", "secret", "bad name", "--keys-file", str(path)])
+    assert refused.exit_code != 0

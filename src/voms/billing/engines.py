@@ -6,7 +6,7 @@ closed once it has been replaced), and every redemption thread of the process sh
 """
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from voms.billing.breaker import Breaker
@@ -20,9 +20,11 @@ from voms.config import Settings
 class Engines:
     """``get`` gives a provider's engine for its stored configuration (None: builtin)."""
 
-    def __init__(self, settings: Settings, key_file_secrets: Mapping[str, str]) -> None:
+    def __init__(
+        self, settings: Settings, key_file_secrets: Callable[[], Mapping[str, str]]
+    ) -> None:
         self._settings = settings
-        self._secrets = key_file_secrets
+        self._secrets = key_file_secrets  # (the key file may be read again meanwhile)
         self._lock = threading.Lock()
         self._engines: dict[int, tuple[str, ExternalEngine]] = {}
 
@@ -57,10 +59,10 @@ class Engines:
         # One connection per call allowed in flight, and one for the settlement job.
         connections = in_flight + 1
         if isinstance(config, UcipBilling):
-            password = resolve_secret(config.password, self._secrets) if config.password else None
+            password = resolve_secret(config.password, self._secrets()) if config.password else None
             return UcipEngine(code, config, password, breaker, connections)
         if isinstance(config, HttpBilling):
-            secret = resolve_secret(config.secret, self._secrets)
+            secret = resolve_secret(config.secret, self._secrets())
             return HttpEngine(code, config, secret, breaker, connections)
         return None
 

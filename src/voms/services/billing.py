@@ -37,7 +37,9 @@ def _billing(rt: Runtime, conn: Connection) -> dict[int, tuple[str, Any]]:
 def _engines(rt: Runtime) -> Engines:
     engines = rt.caches.get("charging.engines")
     if engines is None:
-        engines = rt.caches.setdefault("charging.engines", Engines(rt.settings, rt.keyring.secrets))
+        engines = rt.caches.setdefault(
+            "charging.engines", Engines(rt.settings, lambda: rt.keyring.secrets)
+        )
     assert isinstance(engines, Engines)
     return engines
 

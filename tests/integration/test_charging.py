@@ -25,7 +25,7 @@ from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import ResultError
 from voms.runtime import Runtime
-from voms.services import housekeeping, redemption
+from voms.services import catalog, housekeeping, redemption
 from voms.services.auth import CONSOLE
 from voms.services.redemption import RedemptionRequest
 
@@ -373,7 +373,7 @@ def test_the_http_engine_signs_its_calls_and_checks_the_replies(
     assert http_system.bad_signatures == 0
 
 
-def test_a_wrong_secret_is_refused_by_the_charging_system_and_nothing_is_taken(
+def test_with_a_wrong_secret_nothing_is_credited_until_the_right_one_is_named(
     rt: Runtime, http_system: HttpChargingSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VOMS_TEST_WRONG_SECRET", "not-the-secret")
@@ -381,7 +381,26 @@ def test_a_wrong_secret_is_refused_by_the_charging_system_and_nothing_is_taken(
         rt, {"engine": "http", "url": http_system.url, "secret": "env:VOMS_TEST_WRONG_SECRET"}
     )
     ((serial, pin),) = factories.active_batch(rt, "IN10", count=1)
-    assert code_of(rt, pin) == 3000
+    # The charging system refuses the call, but its refusal cannot be told from a forged
+    # one under our secret: no answer, and the voucher waits.
+    assert code_of(rt, pin) == 5009
     assert http_system.bad_signatures == 1
-    assert voucher_state(rt, serial) == "available"
+    assert voucher_state(rt, serial) == "reserved"
     assert http_system.balances[MSISDN] == {}
+    catalog.update_service_provider(
+        rt,
+        CONSOLE,
+        "INOP",
+        catalog.ServiceProviderUpdate.model_validate(
+            {
+                "billing": {
+                    "engine": "http",
+                    "url": http_system.url,
+                    "secret": "env:VOMS_TEST_CHARGING_SECRET",
+                }
+            }
+        ),
+    )
+    settle(rt)
+    assert voucher_state(rt, serial) == "redeemed"
+    assert http_system.balances[MSISDN] == {"main": 1000, "7": 10}

@@ -15,8 +15,8 @@ engine" is the contract:
   "balances": [{"external_id", "amount", "expires_at"?}], "account_expires_at"?}`` or
   ``{"result": "subscriber_not_found"}``.
 
-A reply with status 5xx, 408 or 429 is no answer (retried); another 4xx means the call
-was refused as a whole, so nothing was applied (3000).
+A reply with status 5xx, 408 or 429 is no answer (retried); another 4xx, signed, means
+the call was refused as a whole, so nothing was applied (3000).
 """
 
 import hashlib
@@ -74,12 +74,13 @@ class HttpEngine(ExternalEngine):
         )
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise Unsure(f"HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise Rejected(f"HTTP {response.status_code}")
+        # Signed or no answer: a forged refusal would free a voucher the system credited.
         if not signature_matches(
             self._secret, response.content, response.headers.get(SIGNATURE_HEADER)
         ):
-            raise Unsure("reply not signed with the shared secret")
+            raise Unsure(f"HTTP {response.status_code} reply not signed with the shared secret")
+        if response.status_code >= 400:
+            raise Rejected(f"HTTP {response.status_code}")
         try:
             reply = json.loads(response.content)
         except ValueError:

@@ -13,6 +13,9 @@ The package, in the order a redemption runs through it:
 - :mod:`.blacklist`: bad PINs and the temporary blacklist;
 - :mod:`.vouchers`: finding the voucher of a PIN (where a failed lookup is noted) and
   taking it through the voucher transition table;
+- :mod:`.charging`: for a provider whose balances live in an external charging system,
+  the voucher reserved, the charging system called outside the transaction, the outcome
+  recorded (or settled later by the ``charging_settlement`` job);
 - :mod:`.accounts`: the recipient's account check, the scenario, and the credit through
   the billing engine;
 - :mod:`.calls`: redeem, reserve and recharge, each readable top to bottom;
@@ -23,7 +26,8 @@ channel or request id malformed (4008) · request id replay, or reuse (5006) · 
 recipient (4006) · service provider (4000) · blacklist (5003) · PIN missing (4007), length (4001),
 check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch state
 (2009, 2010, 2013, 2011, 2001, 2012, 2014) · subscriber (5001, 5002) · product type
-(2007) · scenario (4005, 2008) · balance limit (5004).
+(2007) · scenario (4005, 2008) · balance limit (5004) · with an external charging system:
+its answer (5001, 3000; 5009 when it does not answer).
 """
 
 from voms.services.redemption.calls import recharge, redeem, reserve

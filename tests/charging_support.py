@@ -148,7 +148,7 @@ class InSimulator:
     def stop(self) -> None:
         self.down()
 
-    def wait_idle(self, timeout: float = 10.0) -> None:
+    def wait_idle(self, timeout: float = 20.0) -> None:
         """Wait until every call being answered (a slow one) has finished."""
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:

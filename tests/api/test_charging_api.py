@@ -108,7 +108,7 @@ def test_balance_types_name_their_account_at_the_charging_system(
 def test_redeeming_over_http_through_the_in_and_reading_its_balances(
     client: TestClient, rt: Runtime, admin: dict[str, str], sim: InSimulator
 ) -> None:
-    external_catalog(rt, {"engine": "ucip", "url": sim.url, "timeout_ms": 300})
+    external_catalog(rt, {"engine": "ucip", "url": sim.url, "timeout_ms": 3000})
     (_, p1), (_, p2) = factories.active_batch(rt, "IN10", count=2)
     body = {"msisdn": MSISDN, "pin": p1, "channel": "ussd"}
     answer = client.post("/api/v1/redemptions", json=body, headers=admin)

@@ -271,6 +271,8 @@ class Shop:
         )
         catalog_cache._snapshots(self.rt).get("snapshot", lambda: snapshot)
         recharge_limits._cache(self.rt).get(PROVIDER, lambda: recharge_limits.NONE)
+        # The provider keeps its balances in the built-in wallet (no charging system).
+        self.rt.read_cache("charging.billing", 5.0).get("all", lambda: {PROVIDER: ("ACME", None)})
         for each in types or (voucher_type(),):
             cache = catalog_cache._voucher_types(self.rt)
             cache.get(("vt", each.id), lambda each=each: each)

@@ -305,6 +305,37 @@ def keys_rotate(keys_file: KeysFileOption = None) -> None:
     )
 
 
+@keys_app.command("secret")
+def keys_secret(
+    name: Annotated[str, typer.Argument(help="The secret's name; billing names it keys:NAME")],
+    keys_file: KeysFileOption = None,
+) -> None:
+    """Store a named secret of another system (a charging system's password, an HTTP
+    engine's signing secret) in the key file, read from standard input: the database
+    only ever holds its name (docs/charging.md "Secrets")."""
+    import dataclasses
+    import re
+
+    from voms.crypto import KEYS_ENV
+
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", name):
+        fail("a secret's name is 1 to 100 letters, digits, '_', '.' or '-'")
+    value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        fail("give the secret on standard input")
+    path = _keys_file(keys_file)
+    with handled():
+        if os.environ.get(KEYS_ENV):
+            raise KeyringError(f"keys come from {KEYS_ENV}: add the secret there")
+        keyring = load_keyring(path)
+        secrets = {**keyring.secrets, name: value}
+        write_keyring(path, dataclasses.replace(keyring, secrets=secrets), overwrite=True)
+    typer.echo(
+        f"{path}: secret {name} stored; name it keys:{name}. Copy the key file to every "
+        "server (read at start)."
+    )
+
+
 # --- API keys ----------------------------------------------------------------------
 
 

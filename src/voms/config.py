@@ -251,6 +251,25 @@ class Settings(BaseSettings):
         10, ge=1, le=100, description="Sending attempts of one alert before it is given up."
     )
 
+    # --- external charging systems (docs/charging.md) ---
+    charging_breaker_failures: int = Field(
+        5, ge=1, description="Calls in a row with no answer that open a charging system's circuit."
+    )
+    charging_breaker_reset_s: float = Field(
+        30.0, gt=0, description="How long an open circuit refuses calls before one trial call."
+    )
+    charging_max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Calls that may wait on one charging system at once, per process; unset: "
+        "one less than VOMS_REDEMPTION_THREADS (at least 1).",
+    )
+    charging_settle_after_s: int = Field(
+        30,
+        ge=1,
+        description="First retry of a charge whose outcome is unknown; doubles up to 10 minutes.",
+    )
+
     # --- resellers ---
     sales_per_minute: int = Field(
         60, ge=1, description="Electronic PIN sales (POST /api/v1/sales) per minute per API key."

@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class Keyring:
     encryption_keys: dict[int, bytes]
     active_lookup_key_id: int
     active_encryption_key_id: int
+    # Named secrets of other systems (a charging system's password), kept here so
+    # that they never live in the database: docs/charging.md "Secrets".
+    secrets: dict[str, str] = field(default_factory=dict)
 
     def lookup_hash(self, pin: str, key_id: int | None = None) -> bytes:
         """Keyed hash of a PIN under one lookup key (the active one by default)."""
@@ -90,6 +93,7 @@ class Keyring:
                 "encryption_keys": encode(self.encryption_keys),
                 "active_lookup_key": self.active_lookup_key_id,
                 "active_encryption_key": self.active_encryption_key_id,
+                **({"secrets": self.secrets} if self.secrets else {}),
             },
             indent=2,
         )
@@ -110,6 +114,7 @@ class Keyring:
                 encryption_keys=decode(raw["encryption_keys"]),
                 active_lookup_key_id=int(raw["active_lookup_key"]),
                 active_encryption_key_id=int(raw["active_encryption_key"]),
+                secrets={str(k): str(v) for k, v in raw.get("secrets", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyringError(f"malformed key file: {exc.__class__.__name__}") from None
@@ -137,6 +142,7 @@ class Keyring:
             encryption_keys={**self.encryption_keys, kid: secrets.token_bytes(KEY_BYTES)},
             active_lookup_key_id=self.active_lookup_key_id,
             active_encryption_key_id=kid,
+            secrets=self.secrets,
         )
 
 

@@ -48,6 +48,7 @@ def test_an_operator_starts_a_job_and_reads_its_run(client: TestClient, rt: Runt
     }
     assert set(jobs) == {
         "reservation_timeouts",
+        "charging_settlement",
         "blacklist_release",
         "request_id_purge",
         "channel_session_purge",

@@ -34,6 +34,12 @@ _FAMILIES = {
         "Housekeeping job runs started in the last 24 hours, by outcome",
         ["job", "outcome"],
     ),
+    "charges_unsettled": (
+        "voms_charges_unsettled",
+        GaugeMetricFamily,
+        "Redemptions waiting for a charging system's definite answer (docs/charging.md)",
+        ["service_provider", "state"],
+    ),
     "job_last_duration": (
         "voms_job_last_duration_seconds",
         GaugeMetricFamily,

@@ -11,6 +11,10 @@ class ServiceProviderPublic(BaseModel):
     name: str
     recharge_limits: dict[str, Any] | None = None
     created_at: datetime
+    billing: dict[str, Any] = Field(
+        default_factory=lambda: {"engine": "builtin"},
+        description="Where the balances live (docs/charging.md); secrets as references only",
+    )
 
 
 class BalanceTypePublic(BaseModel):
@@ -20,6 +24,7 @@ class BalanceTypePublic(BaseModel):
     currency: str | None
     service_provider: str
     max_balance: int | None
+    external_id: str | None = None
     created_at: datetime
 
 

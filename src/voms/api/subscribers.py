@@ -1,9 +1,9 @@
 """Subscribers of the built-in wallet: create, look up, change, adjust balances."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
 from voms.api.deps import LookupCaller, RuntimeDep, SubscriberWriter, WalletAdjuster
@@ -23,11 +23,14 @@ class BalancePublic(BaseModel):
 class SubscriberPublic(BaseModel):
     msisdn: str
     service_provider: str
-    product_type: str
+    # null for a subscriber of an external charging system (which keeps them itself)
+    product_type: str | None
     state: str
     account_expires_at: datetime | None
-    created_at: datetime
+    created_at: datetime | None
     balances: list[BalancePublic]
+    # The charging system whose balances these are (docs/charging.md); null: ours.
+    charging_system: str | None = None
 
 
 class AdjustmentPublic(BaseModel):
@@ -59,8 +62,13 @@ def create_subscriber(body: SubscriberIn, rt: RuntimeDep, who: SubscriberWriter)
 
 
 @router.get("/subscribers/{msisdn}", response_model=SubscriberPublic)
-def get_subscriber(msisdn: str, rt: RuntimeDep, who: LookupCaller) -> dict[str, Any]:
-    return wallet.get_subscriber(rt, who, msisdn)
+def get_subscriber(
+    msisdn: str,
+    rt: RuntimeDep,
+    who: LookupCaller,
+    service_provider: Annotated[str | None, Query(max_length=32)] = None,
+) -> dict[str, Any]:
+    return wallet.get_subscriber(rt, who, msisdn, service_provider)
 
 
 @router.patch("/subscribers/{msisdn}", response_model=SubscriberPublic)

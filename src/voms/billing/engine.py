@@ -1,10 +1,10 @@
 """The billing engine: what the redemption service needs from whoever holds the wallets.
 
-The built-in wallet (:mod:`voms.billing.builtin`) is the default engine; an adapter for an
-external charging system implements the same protocol. The redemption service works in
-one unit of work and hands it to the engine: the built-in wallet writes in it, so the
-voucher and the wallet change together or not at all. An external
-engine ignores it (and is driven through reserve → apply → commit/revoke instead).
+The built-in wallet (:mod:`voms.billing.builtin`) is the default engine. The redemption
+service works in one unit of work and hands it to the engine: the built-in wallet writes
+in it, so the voucher and the wallet change together or not at all. An external charging
+system cannot join that transaction: it is an :class:`voms.billing.external.ExternalEngine`
+(UCIP, HTTP), called outside it by :mod:`voms.services.redemption.charging`.
 """
 
 from collections.abc import Mapping, Sequence

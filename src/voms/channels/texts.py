@@ -79,6 +79,7 @@ RESULT_TEXTS: dict[Result, str] = {
     Result.TOO_MANY_REQUESTS: "Too many attempts. Please wait a minute and try again.",
     Result.RECHARGE_LIMIT_REACHED: "Recharge limit reached for this number. Try again later.",
     Result.SUBSCRIBER_FROZEN: "This account is frozen. Please call customer care.",
+    Result.CHARGING_UNAVAILABLE: "Recharge not confirmed yet. Please check your balance later.",
 }
 
 DEFAULTS: dict[str, str] = {

@@ -52,6 +52,9 @@ service_providers = Table(
     # {"max_per_day", "max_per_month", "max_value_per_day": {balance type code: amount}}
     # per recipient MSISDN (0006; services/recharge_limits.py); None: no limit.
     Column("recharge_limits", JSON),
+    # Where the provider's balances live (0006): null is the built-in wallet, else
+    # {"engine": "ucip"|"http", "url", …}; secrets only as references (env:, keys:).
+    Column("billing", JSON),
 )
 
 balance_types = Table(
@@ -65,6 +68,8 @@ balance_types = Table(
     Column("currency", String(3)),
     Column("max_balance", BigInteger),
     _created_at(),
+    # The balance at an external charging system (0006): "main" or a dedicated account.
+    Column("external_id", String(32)),
     UniqueConstraint("service_provider_id", "code", name="uq_balance_types_sp_code"),
     CheckConstraint("max_balance IS NULL OR max_balance > 0", name="max_balance_positive"),
 )
@@ -400,6 +405,40 @@ reservations = Table(
     CheckConstraint("state IN ('open', 'committed', 'revoked', 'held')", name="state"),
     Index("ix_reservations_open_expiry", "state", "expires_at"),
     Index("ix_reservations_serial", "serial"),
+)
+
+# A credit asked of an external charging system (0006), one per redemption attempt that
+# reached one: its id is the originTransactionID, sent again on every retry. The voucher
+# stays reserved while the charge is pending or unknown; the charging_settlement job
+# retries those until the charging system answers definitely.
+charges = Table(
+    "charges",
+    metadata,
+    Column("id", String(20), primary_key=True),
+    Column("transaction_id", String(36), nullable=False),
+    Column("serial", BigInteger, nullable=False),
+    Column("service_provider_id", Integer, nullable=False),
+    Column("engine", String(8), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("msisdn", String(15), nullable=False),
+    Column("recipient_msisdn", String(15), nullable=False),
+    Column("voucher_type_id", Integer, nullable=False),
+    Column("scenario", SmallInteger, nullable=False),
+    Column("refill", JSON, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("result_code", Integer),
+    Column("tries", Integer, nullable=False),
+    Column("next_try_at", UTCDateTime(), nullable=False),
+    Column("last_error", String(200)),
+    Column("settled_transaction_id", String(36)),
+    Column("actor", String(100), nullable=False),
+    Column("api_key_id", Integer),
+    _created_at(),
+    Column("settled_at", UTCDateTime()),
+    CheckConstraint("state IN ('pending', 'unknown', 'credited', 'refused')", name="state"),
+    Index("ix_charges_due", "state", "next_try_at"),
+    Index("ix_charges_serial", "serial"),
+    Index("ix_charges_recipient", "recipient_msisdn", "state"),
 )
 
 pin_attempts = Table(

@@ -40,6 +40,9 @@ class Result(Enum):
     TOO_MANY_REQUESTS = (5007, "Too many requests", 429)
     RECHARGE_LIMIT_REACHED = (5008, "Recharge limit reached", 409)
     SUBSCRIBER_FROZEN = (5010, "Subscriber account frozen", 409)
+    # The external charging system did not answer in time (or cannot be reached): the
+    # voucher is not consumed twice, and a settlement job settles an unknown outcome.
+    CHARGING_UNAVAILABLE = (5009, "Charging system unavailable", 503)
 
     def __init__(self, code: int, text: str, http_status: int) -> None:
         self.code = code

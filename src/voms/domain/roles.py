@@ -32,6 +32,7 @@ class Permission(StrEnum):
     REVERSE = "transaction:reverse"
     REVERSE_FORCE = "transaction:reverse:force"  # take back a credit already spent
     REPORT_READ = "report:read"
+    BILLING_ADMIN = "billing:admin"  # where a provider's balances live (admin only)
     # Credits a wallet with no voucher: admin keys, and keys given it by name
     # (`voms apikey create --allow voucher-type-recharge`), never a role by itself.
     VOUCHER_TYPE_RECHARGE = "voucher-type-recharge"

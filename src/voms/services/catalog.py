@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import Connection, Row, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from voms.billing.config import Billing, SecretMissing, parse, resolve_secret
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.catalog import Credit, Scenario, ScenarioSelection, VoucherType
@@ -25,6 +26,8 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 TimeoutAction = Literal["hold", "commit", "revoke"]
+# The balance at an external charging system: "main" or a dedicated account number.
+ExternalId = Annotated[str, StringConstraints(pattern=r"^(main|[0-9]{1,9})$")]
 MAX_AMOUNT = 10**15
 
 
@@ -40,6 +43,8 @@ class ServiceProviderIn(_Input):
 class ServiceProviderUpdate(_Input):
     name: Name | None = None
     recharge_limits: RechargeLimitsIn | None = None
+    # Where the provider's balances live (admin only; docs/charging.md).
+    billing: Billing | None = None
 
 
 class BalanceTypeIn(_Input):
@@ -49,6 +54,7 @@ class BalanceTypeIn(_Input):
     currency: Currency | None = None
     service_provider: Code
     max_balance: Annotated[int, Field(gt=0, le=MAX_AMOUNT)] | None = None
+    external_id: ExternalId | None = None
 
 
 class BalanceTypeUpdate(_Input):
@@ -56,6 +62,7 @@ class BalanceTypeUpdate(_Input):
     unit: Unit | None = None
     currency: Currency | None = None
     max_balance: Annotated[int, Field(gt=0, le=MAX_AMOUNT)] | None = None
+    external_id: ExternalId | None = None
 
 
 class ProductTypeIn(_Input):
@@ -160,7 +167,15 @@ def _comparable(field: str, value: Any) -> Any:
 # Fields a PATCH may set to null: a limit or currency removed; for the lists, null
 # leaves them as they are.
 _NULLABLE = frozenset(
-    {"currency", "max_balance", "allowed_product_types", "scenarios", "recharge_limits"}
+    {
+        "currency",
+        "max_balance",
+        "allowed_product_types",
+        "scenarios",
+        "recharge_limits",
+        "external_id",
+        "billing",
+    }
 )
 
 
@@ -181,7 +196,30 @@ def _sp_public(row: Row[Any]) -> dict[str, Any]:
         "name": row.name,
         "recharge_limits": row.recharge_limits,
         "created_at": row.created_at,
+        "billing": row.billing or {"engine": "builtin"},
     }
+
+
+def _billing_change(rt: Runtime, actor: Principal, sp_id: int, changes: dict[str, Any]) -> None:
+    """Only an admin chooses where balances live; every secret it names must be readable
+    here (the configuration holds references only), and the built-in wallet is null."""
+    if "billing" not in changes:
+        return
+    actor.require(Permission.BILLING_ADMIN, sp_id)
+    billing = changes["billing"]
+    if billing is None or billing["engine"] == "builtin":
+        changes["billing"] = None
+        return
+    config = parse({k: v for k, v in billing.items() if v is not None})
+    for name in ("password", "secret"):
+        reference = getattr(config, name, None)
+        if reference is not None:
+            try:
+                resolve_secret(reference, rt.keyring.secrets)
+            except SecretMissing as missing:
+                raise Invalid(str(missing)) from None
+    changes["billing"] = config.model_dump(exclude_none=True)
+    rt.caches.pop("charging.billing", None)  # this process uses it at once, others within 5 s
 
 
 def create_service_provider(
@@ -264,6 +302,7 @@ def update_service_provider(
         if "recharge_limits" in changes:  # merged into the current ones (docs/policy.md)
             changes["recharge_limits"] = recharge_limits.merged(conn, sp_id, body.recharge_limits)
             uow.after_commit(lambda: recharge_limits.forget(rt))
+        _billing_change(rt, actor, sp_id, changes)
         if changes:
             conn.execute(
                 update(t.service_providers)
@@ -291,6 +330,7 @@ def _bt_public(row: Row[Any], sp_codes: dict[int, str]) -> dict[str, Any]:
         "currency": row.currency,
         "service_provider": sp_codes[row.service_provider_id],
         "max_balance": row.max_balance,
+        "external_id": row.external_id,
         "created_at": row.created_at,
     }
 

@@ -15,7 +15,7 @@ from voms.domain.msisdn import normalize_msisdn
 from voms.domain.roles import Permission
 from voms.domain.states import SubscriberState, check_subscriber_move
 from voms.runtime import Runtime
-from voms.services import audit, idempotency
+from voms.services import audit, billing, idempotency
 from voms.services.auth import Principal, service_provider_id_by_code
 from voms.services.catalog import MAX_AMOUNT, Code
 from voms.services.uow import AnsweredBefore, UnitOfWork
@@ -116,14 +116,24 @@ def _public(conn: Connection, row: Row[Any]) -> dict[str, Any]:
     }
 
 
-def get_subscriber(rt: Runtime, actor: Principal, msisdn: str) -> dict[str, Any]:
-    """A subscriber's state, product type, account expiry and balances."""
+def get_subscriber(
+    rt: Runtime, actor: Principal, msisdn: str, service_provider: str | None = None
+) -> dict[str, Any]:
+    """A subscriber's state, product type, account expiry and balances; one with no
+    wallet here, as the charging system of ``service_provider`` (or the key's) reports it."""
     actor.require(Permission.LOOKUP)
     with UnitOfWork(rt, read_only=True) as uow:
         conn = uow.conn
-        row = _subscriber_row(conn, _msisdn(msisdn))
-        actor.require_scope(row.service_provider_id)
-        return _public(conn, row)
+        try:
+            row = _subscriber_row(conn, _msisdn(msisdn))
+        except NotFound:
+            asked = billing.external_subscriber(rt, uow, actor, _msisdn(msisdn), service_provider)
+            if asked is None:
+                raise
+        else:
+            actor.require_scope(row.service_provider_id)
+            return _public(conn, row)
+    return billing.ask_charging_system(asked)
 
 
 def ledger_of(

@@ -12,7 +12,14 @@ from croniter import croniter
 
 from voms.services.alerts import delivery as alert_delivery
 from voms.services.alerts import detection as alert_detection
-from voms.services.housekeeping import accounts, archive, expiry, maintenance, reencryption
+from voms.services.housekeeping import (
+    accounts,
+    archive,
+    expiry,
+    maintenance,
+    reencryption,
+    settlement,
+)
 from voms.services.housekeeping.context import JobContext
 from voms.services.reports import feed, rollups
 
@@ -40,6 +47,13 @@ JOBS: dict[str, Job] = {
             "past their time.",
             "* * * * *",
             maintenance.time_out_reservations,
+        ),
+        Job(
+            "charging_settlement",
+            "Settle redemptions a charging system left unknown (timeout, dropped reply): "
+            "retry with the same originTransactionID until it answers definitely.",
+            "* * * * *",
+            settlement.settle_charges,
         ),
         Job(
             "blacklist_release",

@@ -13,6 +13,9 @@ The package, in the order a redemption runs through it:
 - :mod:`.blacklist`: bad PINs and the temporary blacklist;
 - :mod:`.vouchers`: finding the voucher of a PIN (where a failed lookup is noted) and
   taking it through the voucher transition table;
+- :mod:`.charging`: for a provider whose balances live in an external charging system,
+  the voucher reserved, the charging system called outside the transaction, the outcome
+  recorded (or settled later by the ``charging_settlement`` job);
 - :mod:`.accounts`: the recipient's account check, the scenario, and the credit through
   the billing engine;
 - :mod:`.limits`: the recipient's recharge limits, counted by one upsert (5008);
@@ -25,7 +28,8 @@ recipient (4006) · service provider (4000) · blacklist (5003) · PIN missing (
 check digit (2002) · PIN unknown (2004) · serial (2003) · voucher and batch state
 (2009, 2010, 2013, 2011, 2001, 2012, 2014) · subscriber (5001, 5010 frozen, 5002; an
 expired account within its grace period is revived: services/accounts_lifecycle.py) ·
-product type (2007) · scenario (4005, 2008) · balance limit (5004) · recharge limit (5008).
+product type (2007) · scenario (4005, 2008) · balance limit (5004) · recharge limit (5008)
+· with an external charging system: its answer (5001, 3000; 5009 when it does not answer).
 """
 
 from voms.services.redemption.calls import recharge, redeem, reserve

@@ -24,7 +24,15 @@ from voms.domain.states import ReservationState, VoucherAction
 from voms.runtime import Runtime
 from voms.services import accounts_lifecycle, catalog_cache
 from voms.services.auth import Principal
-from voms.services.redemption import accounts, attempts, blacklist, limits, requests, vouchers
+from voms.services.redemption import (
+    accounts,
+    attempts,
+    blacklist,
+    charging,
+    limits,
+    requests,
+    vouchers,
+)
 from voms.services.redemption.attempts import iso, success
 from voms.services.redemption.requests import (
     Attempt,
@@ -46,6 +54,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
             rt, uow, actor, request.service_provider
         )
         found = vouchers.find(rt, uow, attempt, request, msisdn)
+        charging.hand_over(rt, uow, attempt, request, found, msisdn, recipient)  # external IN
         taken = vouchers.move(uow, found.serial, VoucherAction.REDEEM, redeemed_by=recipient)
         account = rt.billing.load_account(uow, recipient, lock=True)  # (sends the move too)
         account = accounts_lifecycle.admit(rt, uow, account)
@@ -68,7 +77,10 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
             **credited,
         )
 
-    return attempts.run(rt, attempt, request, work)
+    try:
+        return attempts.run(rt, attempt, request, work)
+    except charging.Reserved as reserved:  # the voucher waits for the charging system
+        return charging.settle(rt, attempt, request, reserved)
 
 
 _INSERT_RESERVATION = insert(t.reservations)

@@ -61,7 +61,17 @@ def business_figures(rt: Runtime) -> dict[str, list[tuple[dict[str, str], float]
                 latest, latest.c.id == runs.c.id
             )
         ).all()
+        ch = t.charges  # credits a charging system has not answered definitely yet
+        unsettled = conn.execute(
+            select(ch.c.service_provider_id, ch.c.state, func.count())
+            .where(ch.c.state.in_(["pending", "unknown"]))
+            .group_by(ch.c.service_provider_id, ch.c.state)
+        ).all()
     return {
+        "charges_unsettled": [
+            ({"service_provider": providers.get(sp, ""), "state": state}, float(n))
+            for sp, state, n in unsettled
+        ],
         "redemption_attempts": attempts,
         "vouchers": [
             ({"service_provider": sp, "state": state}, float(n))

@@ -94,10 +94,18 @@ def _subscriber(conn: Connection, _: Principal, p: Mapping[str, str]) -> int | N
         msisdn = normalize_msisdn(p["msisdn"])
     except ResultError:
         raise Unparsable(p["msisdn"]) from None
-    s = t.subscribers
-    return _one(
-        conn, f"subscriber '{msisdn}'", select(s.c.service_provider_id).where(s.c.msisdn == msisdn)
+    s, sp = t.subscribers, t.service_providers
+    owner = conn.execute(select(s.c.service_provider_id).where(s.c.msisdn == msisdn)).first()
+    if owner is not None:
+        return int(owner[0])
+    # Not in the built-in wallet: where a provider keeps its balances in an external
+    # charging system (docs/charging.md), the service asks that system; else 404 here.
+    _one(
+        conn,
+        f"subscriber '{msisdn}'",
+        select(sp.c.id).where(sp.c.billing.is_not(None)).limit(1),
     )
+    return None
 
 
 def _blacklisted(conn: Connection, actor: Principal, p: Mapping[str, str]) -> int | None:

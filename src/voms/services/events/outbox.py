@@ -75,10 +75,10 @@ def emit(
         "at": at or utcnow(),
         "dispatched": False,
     }
-    if isinstance(uow_or_conn, UnitOfWork):
-        uow_or_conn.write(_INSERT, row)
-    else:
+    if isinstance(uow_or_conn, Connection):
         uow_or_conn.execute(_INSERT, row)
+    else:
+        uow_or_conn.write(_INSERT, row)
     return event_id
 
 
@@ -228,20 +228,17 @@ def reversed_(
     )
 
 
-def blacklisted(
-    uow_or_conn: UnitOfWork | Connection,
-    msisdn: str,
-    reason: str,
-    until: datetime | None,
-    service_provider_id: int | None,
-) -> None:
-    """The event of an MSISDN blocked (after bad PINs, or by hand)."""
+def blacklisted(conn: Connection, msisdn: str, reason: str, until: datetime | None) -> None:
+    """The event of an MSISDN blocked (after bad PINs, or by hand); ``until`` None or far
+    away: until released."""
+    s = t.subscribers
+    sp_id = conn.execute(select(s.c.service_provider_id).where(s.c.msisdn == msisdn)).scalar()
     emit(
-        uow_or_conn,
+        conn,
         "subscriber.blacklisted",
         msisdn,
         {"msisdn": msisdn, "reason": reason, "until": until.isoformat() if until else None},
-        service_provider_id=service_provider_id,
+        service_provider_id=sp_id,
     )
 
 

@@ -248,9 +248,7 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/event-deliveries/{delivery_id}/replay"): Rule(roles(A), HIDDEN),
     # TM Forum TMF654: the redemption's keys and roles
     ("POST", "/tmf-api/prepayBalanceManagement/v4/topupBalance"): Rule(roles(A, C, CH), SEES_OWN),
-    ("GET", "/tmf-api/prepayBalanceManagement/v4/topupBalance/{id}"): Rule(
-        roles(A, C, CH), HIDDEN
-    ),
+    ("GET", "/tmf-api/prepayBalanceManagement/v4/topupBalance/{id}"): Rule(roles(A, C, CH), HIDDEN),
 }
 
 # A body no operation accepts: whoever may not call gets 401/403, never 422.

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import httpx
 import nats
 import pytest
 from sqlalchemy import func, select
 
 from tests import factories
+from tests.e2e.processes import start_http_server
 from tests.events_support import SECRET, WebhookReceiver
 from voms.config import Settings
 from voms.db import tables as t
@@ -228,3 +230,39 @@ def test_a_relay_killed_mid_delivery_loses_nothing_and_keeps_the_ids(
         ]
     )
     assert not any(pin.encode() in everything for _, pin in vouchers)
+
+
+def test_voms_serve_runs_the_relay(rt: Runtime, settings: Settings, tmp_path: Path) -> None:
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    (_, pin), *_ = factories.active_batch(rt, count=1)
+    key = factories.api_key(rt, "channel")
+    with WebhookReceiver() as receiver:
+        destinations.add_webhook(
+            rt,
+            CONSOLE,
+            destinations.WebhookIn(url=receiver.url, secret=SECRET, events=["voucher.redeemed"]),
+        )
+        server, url = start_http_server(
+            lambda port: [VOMS, "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=_env(settings),
+            log=lambda port: tmp_path / f"serve-{port}.log",
+        )
+        try:
+            answer = httpx.post(
+                f"{url}/api/v1/redemptions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"msisdn": MSISDN, "pin": pin},
+                timeout=10,
+            ).json()
+            deadline = time.monotonic() + 30
+            while not receiver.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        assert [e["data"]["transaction_id"] for e in receiver.received] == [
+            answer["transaction_id"]
+        ]
+        assert receiver.bad_signatures == 0

@@ -1,6 +1,7 @@
 """A real webhook receiver for the event tests: a local HTTP server that checks the
 signature of every delivery it gets, and can be told to fail or to answer slowly."""
 
+import asyncio
 import json
 import threading
 import time
@@ -8,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from voms.services.events.cloudevents import SIGNATURE_HEADER, signature_matches
+from voms.services.events.relay import Relay
 
 SECRET = "webhook-secret-0123456789"
 
@@ -26,6 +28,8 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps the relay's connection alive
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if receiver.delay_s:
@@ -34,16 +38,19 @@ class WebhookReceiver:
                     with receiver._lock:
                         receiver.bad_signatures += 1
                     self.send_response(401)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 if receiver.fail_with is not None:
                     self.send_response(receiver.fail_with)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 with receiver._lock:
                     receiver.received.append(json.loads(body))
                     receiver.bodies.append(body)
                 self.send_response(204)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -65,3 +72,15 @@ class WebhookReceiver:
     def ids(self) -> list[str]:
         with self._lock:
             return [event["id"] for event in self.received]
+
+
+def run_cycle(relay: Relay) -> int:
+    """One relay cycle in an event loop of its own, its connections closed after it."""
+
+    async def once() -> int:
+        try:
+            return await relay.cycle()
+        finally:
+            await relay.close()
+
+    return asyncio.run(once())

@@ -1,6 +1,5 @@
 """Webhooks, deliveries and replays over HTTP (docs/api.md "Events"; admins only)."""
 
-import asyncio
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
@@ -8,7 +7,7 @@ from sqlalchemy import select, update
 
 from tests import factories
 from tests.api.conftest import bearer
-from tests.events_support import SECRET, WebhookReceiver
+from tests.events_support import SECRET, WebhookReceiver, run_cycle
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime
@@ -104,7 +103,7 @@ def test_dead_letters_are_listed_and_replayed_with_the_same_event_id(
         )
         relay = Relay(rt)
         receiver.fail_with = 410
-        asyncio.run(relay.cycle())
+        run_cycle(relay)
         dead = _kill(rt, relay)
         listed = client.get("/api/v1/event-deliveries?state=dead", headers=admin).json()["items"]
         assert [d["id"] for d in listed] == [dead]
@@ -115,7 +114,7 @@ def test_dead_letters_are_listed_and_replayed_with_the_same_event_id(
         replayed = client.post(f"/api/v1/event-deliveries/{dead}/replay", headers=admin).json()
         assert replayed["replayed"] == 1
         assert replayed["delivery"]["state"] == "pending"
-        asyncio.run(relay.cycle())
+        run_cycle(relay)
         assert receiver.ids() == [event_id]
         delivered = client.get("/api/v1/event-deliveries?state=delivered", headers=admin).json()
         assert [d["event_id"] for d in delivered["items"]] == [event_id]
@@ -128,6 +127,6 @@ def _kill(rt: Runtime, relay: Relay) -> int:
         conn.execute(
             update(q).values(first_failed_at=utcnow() - timedelta(days=2), next_attempt_at=utcnow())
         )
-    asyncio.run(relay.cycle())
+    run_cycle(relay)
     with rt.engine.connect() as conn:
         return int(conn.execute(select(q.c.id).where(q.c.state == "dead")).scalar_one())

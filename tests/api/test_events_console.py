@@ -1,13 +1,12 @@
 """The console's events page: destinations, deliveries, dead letters and their replay."""
 
-import asyncio
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
 from tests import factories
 from tests.api.test_console import console, csrf_of, signed_in  # noqa: F401 (fixture)
-from tests.events_support import SECRET, WebhookReceiver
+from tests.events_support import SECRET, WebhookReceiver, run_cycle
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime
@@ -29,7 +28,7 @@ def test_an_admin_sees_a_dead_letter_and_replays_it(console: Runtime) -> None:  
         redeem(rt, CONSOLE, RedemptionRequest(msisdn="254700000001", pin=pin))
         relay = Relay(rt)
         receiver.fail_with = 500
-        asyncio.run(relay.cycle())
+        run_cycle(relay)
         q = t.event_deliveries
         with rt.engine.begin() as conn:
             conn.execute(
@@ -37,7 +36,7 @@ def test_an_admin_sees_a_dead_letter_and_replays_it(console: Runtime) -> None:  
                     first_failed_at=utcnow() - timedelta(days=2), next_attempt_at=utcnow()
                 )
             )
-        asyncio.run(relay.cycle())
+        run_cycle(relay)
         with rt.engine.connect() as conn:
             dead = conn.execute(select(q.c.id).where(q.c.state == "dead")).scalar_one()
         browser = signed_in(rt, "root")
@@ -52,7 +51,7 @@ def test_an_admin_sees_a_dead_letter_and_replays_it(console: Runtime) -> None:  
         )
         assert answer.status_code == 303
         assert "Replay delivery" not in browser.get("/ui/events?state=dead").text
-        asyncio.run(relay.cycle())
+        run_cycle(relay)
         assert len(receiver.ids()) == 1
         refused = browser.post(
             "/ui/events/replay", data={"delivery_id": "x", "csrf_token": csrf_of(page.text)}

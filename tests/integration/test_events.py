@@ -2,7 +2,6 @@
 webhook receiver (signed, in order, retried, dead-lettered, replayed). SQLite and
 PostgreSQL."""
 
-import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -11,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests import factories
-from tests.events_support import SECRET, WebhookReceiver
+from tests.events_support import SECRET, WebhookReceiver, run_cycle
 from voms.db import hot
 from voms.db import tables as t
 from voms.db.types import utcnow
@@ -50,7 +49,7 @@ def _webhook(rt: Runtime, url: str, types: list[str], sp: str | None = None) -> 
 
 
 def _cycle(relay: Relay) -> int:
-    return asyncio.run(relay.cycle())
+    return run_cycle(relay)
 
 
 def test_a_redemption_writes_its_event_with_it_and_never_the_pin(rt: Runtime) -> None:

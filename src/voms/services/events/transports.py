@@ -76,12 +76,20 @@ class WebhookSender:
                 "User-Agent": "OpenVoMS-events",
             }
             try:
-                answer = await self.client.post(self.url, content=event.body, headers=headers)
+                answer = await self._post(event.body, headers)
             except httpx.HTTPError as exc:
                 return Sent(done, _why(exc))
             if not 200 <= answer.status_code < 300:
                 return Sent(done, f"HTTP {answer.status_code}")
         return Sent(len(events))
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self.client.post(self.url, content=body, headers=headers)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            # A kept-alive connection the receiver had closed meanwhile: once more, on a
+            # new one, rather than a backoff (at least once allows the repeat).
+            return await self.client.post(self.url, content=body, headers=headers)
 
     async def close(self) -> None:  # the client is the relay's, shared by every webhook
         return None

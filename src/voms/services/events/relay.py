@@ -84,6 +84,7 @@ class Relay:
         self._senders: dict[int, tuple[tuple[Any, ...], Sender]] = {}
         self._client: httpx.AsyncClient | None = None
         self._pruned_at = 0.0
+        self._renewed_at = 0.0  # (monotonic) when our lease was last written
         self.holding = False
 
     # --- the loop --------------------------------------------------------------------------
@@ -129,7 +130,15 @@ class Relay:
     # --- the lease -------------------------------------------------------------------------
 
     def claim(self) -> bool:
-        """Take or renew the relay's lease; False while another relay holds it."""
+        """Take or renew the relay's lease; False while another relay holds it.
+
+        A lease renewed less than a third of its length ago is not written again: an idle
+        relay writes to the database every few seconds, not every poll.
+        """
+        lease_s = self.rt.settings.events_lease_s
+        if self.holding and time.monotonic() - self._renewed_at < lease_s / 3:
+            return True
+        renewing_at = time.monotonic()
         now = utcnow()
         lease = timedelta(seconds=self.rt.settings.events_lease_s)
         with UnitOfWork(self.rt) as uow:
@@ -147,6 +156,8 @@ class Relay:
         if bool(taken) != self.holding:
             log.info("event relay %s %s the lease", self.holder, "took" if taken else "lost")
         self.holding = bool(taken)
+        if self.holding:
+            self._renewed_at = renewing_at
         return self.holding
 
     def release(self) -> None:
@@ -280,15 +291,18 @@ class Relay:
                     timeout=settings.webhook_timeout_s, follow_redirects=False
                 )
             # Within a third of the lease, so the lease is renewed before it can run out.
-            budget = settings.events_lease_s / 3
+            budget = settings.events_lease_s / 4
             sender = WebhookSender(destination.url, secret, self._client, budget)
         else:
             url = environment_urls(self.rt)[destination.kind]
             if url is None:
                 return None
             timeout = settings.webhook_timeout_s
+            budget = settings.events_lease_s / 4
             sender = (
-                NatsSender(url, timeout) if destination.kind == "nats" else AmqpSender(url, timeout)
+                NatsSender(url, timeout)
+                if destination.kind == "nats"
+                else AmqpSender(url, timeout, budget)
             )
         self._senders[destination.id] = (destination.key, sender)
         return sender

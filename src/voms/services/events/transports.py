@@ -146,9 +146,10 @@ class AmqpSender:
     """Publishes to the topic exchange ``voms.events`` with routing key ``<type>``,
     persistent, and waits for the broker's publisher confirms."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, budget_s: float = 10.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.budget_s = budget_s
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
@@ -166,9 +167,12 @@ class AmqpSender:
         # One after the other, each confirmed: publishing them all at once would leave
         # their order to the tasks' scheduling.
         done = 0
+        started = time.monotonic()
         try:
             exchange = await self._exchange_ready()
             for event in events:
+                if done and time.monotonic() - started > self.budget_s:
+                    break  # the rest next cycle, after the lease is renewed
                 await exchange.publish(
                     aio_pika.Message(
                         event.body,

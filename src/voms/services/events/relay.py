@@ -1,9 +1,9 @@
 """The relay: delivers the outbox's events to every destination, at least once, in order.
 
 One relay delivers at a time across processes and hosts: it holds the ``event_relay``
-lease (a ``job_leases`` row), renewed every cycle; one that dies (even killed) frees it
-when it expires, and the next relay starts where the deliveries' states say, so a
-delivery that was in flight goes again, with the same event id. A cycle:
+lease (a ``job_leases`` row), renewed every third of its length; one that dies (even
+killed) frees it when it expires, and the next relay starts where the deliveries' states
+say, so a delivery that was in flight goes again, with the same event id. A cycle:
 
 1. **fan out**: new outbox rows (in their order) become one pending delivery per
    active destination that wants their type and may see their service provider;

@@ -2,6 +2,7 @@
 webhook receiver (signed, in order, retried, dead-lettered, replayed). SQLite and
 PostgreSQL."""
 
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from voms.db import hot
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import ResultError
+from voms.domain.pins import with_check_digit
 from voms.domain.roles import Role
 from voms.runtime import Runtime
 from voms.services import blacklist, lifecycle, redemption, reversal
@@ -22,6 +24,8 @@ from voms.services.auth import CONSOLE, Principal
 from voms.services.events import destinations, emit
 from voms.services.events import outbox as events_outbox
 from voms.services.events.relay import Relay
+from voms.services.housekeeping import runner
+from voms.services.housekeeping.registry import JOBS
 from voms.services.redemption import RedemptionRequest
 from voms.services.uow import UnitOfWork
 
@@ -257,3 +261,50 @@ def test_one_relay_at_a_time_holds_the_lease(rt: Runtime) -> None:
     assert not second.claim()
     first.release()
     assert second.claim()
+
+
+def test_bad_pins_that_blacklist_a_number_raise_its_event(rt: Runtime) -> None:
+    vouchers = _world(rt)
+    unknown = with_check_digit("9" * (len(vouchers[0][1]) - 1))
+    for _ in range(rt.settings.max_bad_pin_attempts):
+        with pytest.raises(ResultError):
+            redemption.redeem(
+                rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=unknown, channel="ussd")
+            )
+    (event,) = [row for row in _outbox(rt) if row.type == "subscriber.blacklisted"]
+    assert (event.subject, event.data["reason"]) == (MSISDN, "bad_pins")
+    assert event.data["until"] is not None
+    assert unknown not in json.dumps(event.data)
+
+
+def test_reservations_raise_reserved_then_committed_or_revoked(rt: Runtime) -> None:
+    vouchers = _world(rt)
+    held = redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=vouchers[0][1]))
+    redemption.commit(rt, CONSOLE, held["reservation_id"])
+    other = redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=vouchers[1][1]))
+    redemption.revoke(rt, CONSOLE, other["reservation_id"])
+    rows = [row for row in _outbox(rt) if row.type.startswith("voucher.")]
+    assert [(row.type, row.data["reservation_id"]) for row in rows] == [
+        ("voucher.reserved", held["reservation_id"]),
+        ("voucher.committed", held["reservation_id"]),
+        ("voucher.reserved", other["reservation_id"]),
+        ("voucher.revoked", other["reservation_id"]),
+    ]
+    assert rows[1].data["serial"] == vouchers[0][0]
+
+
+def test_a_failed_job_raises_its_event(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(ctx: object) -> int:
+        raise RuntimeError("disk full")
+
+    job = JOBS["blacklist_release"]
+    monkeypatch.setitem(JOBS, job.name, dataclasses.replace(job, run=broken))
+    outcome = runner.run(rt, job.name)
+    assert outcome["outcome"] == "failed"
+    (event,) = _outbox(rt)
+    assert (event.type, event.subject, event.service_provider_id) == ("job.failed", job.name, None)
+    assert event.data == {
+        "job": job.name,
+        "run_id": outcome["run_id"],
+        "error": "RuntimeError: disk full",
+    }

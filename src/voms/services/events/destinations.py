@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import and_, insert, select, update
 
+from voms.crypto import Keyring
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, NotFound
@@ -354,3 +355,23 @@ def sync_environment(rt: Runtime) -> None:
                     update(_d).where(_d.c.id == existing.id).values(url=shown, state="active")
                 )
         uow.commit()
+
+
+def reencrypt_secrets(rt: Runtime, keyring: Keyring) -> int:
+    """Webhook secrets under the active encryption key (the key_reencryption job, after
+    `voms keys rotate`), so an old key is no longer needed for them. How many changed."""
+    target = keyring.active_encryption_key_id
+    with UnitOfWork(rt) as uow:
+        conn = uow.conn
+        rows = conn.execute(
+            select(_d.c.id, _d.c.secret, _d.c.secret_key_id).where(
+                _d.c.secret.is_not(None), _d.c.secret_key_id != target
+            )
+        ).all()
+        for row in rows:
+            key_id, secret = keyring.encrypt(keyring.decrypt(row.secret_key_id, row.secret), target)
+            conn.execute(
+                update(_d).where(_d.c.id == row.id).values(secret=secret, secret_key_id=key_id)
+            )
+        uow.commit()
+    return len(rows)

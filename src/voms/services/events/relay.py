@@ -42,6 +42,7 @@ from voms.services.events.transports import (
     Sent,
     WebhookSender,
 )
+from voms.services.housekeeping.reencryption import current_keyring
 from voms.services.housekeeping.runner import new_holder
 from voms.services.uow import UnitOfWork
 
@@ -285,6 +286,8 @@ class Relay:
                 row = uow.conn.execute(
                     select(_d.c.secret, _d.c.secret_key_id).where(_d.c.id == destination.id)
                 ).one()
+            if row.secret_key_id not in self.rt.keyring.encryption_keys:
+                current_keyring(self.rt)  # re-encrypted under a key rotated in since we started
             secret = self.rt.keyring.decrypt(row.secret_key_id, row.secret)
             if self._client is None:
                 self._client = httpx.AsyncClient(

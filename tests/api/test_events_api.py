@@ -66,6 +66,9 @@ def test_a_webhook_needs_a_url_a_secret_and_known_event_types(
     assert client.get("/api/v1/webhooks/99999999999", headers=admin).status_code == 422
     assert client.get("/api/v1/webhooks/7", headers=admin).status_code == 404
     assert client.get("/api/v1/event-deliveries?cursor=x", headers=admin).status_code == 422
+    huge = "9" * 19  # above any id a column holds
+    assert client.get(f"/api/v1/webhooks?cursor={huge}", headers=admin).status_code == 422
+    assert client.get("/api/v1/webhooks?cursor=12", headers=admin).status_code == 200
 
 
 def test_a_scoped_admins_webhook_is_its_providers(

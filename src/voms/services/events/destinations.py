@@ -301,7 +301,7 @@ def _page(column: Any, limit: int, cursor: str | None) -> list[Any]:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}")
     if cursor is None:
         return []
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not cursor.isascii() or not cursor.isdigit() or int(cursor) > 2**63 - 1:
         raise Invalid("malformed cursor")
     return [column < int(cursor)]
 

@@ -57,6 +57,7 @@ class Tables:
     vouchers: dict[bytes, dict[str, Any]] = field(default_factory=dict)  # by PIN hash
     transactions: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[tuple[str, str], tuple[str, FirstAnswer]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)  # the outbox
 
 
 class _NoDatabase:
@@ -132,6 +133,8 @@ class FakeUnitOfWork:
         table = _table(statement)
         if isinstance(statement, Insert) and table == "transactions":
             self._writes.append(lambda: self.tables.transactions.append(dict(params)))
+        elif isinstance(statement, Insert) and table == "event_outbox":
+            self._writes.append(lambda: self.tables.events.append(dict(params)))
         elif not (isinstance(statement, Delete) and table == "pin_attempts"):
             raise AssertionError(f"unexpected write to {table}")
 

@@ -1492,3 +1492,133 @@ def alerts_list(
                 cursor=cursor,
             )
         )
+
+
+# --- events: webhooks, deliveries, the relay ---------------------------------------------
+
+events_app = typer.Typer(
+    help="Events: the relay, deliveries (dead letters included), replays.", no_args_is_help=True
+)
+webhook_app = typer.Typer(help="Webhooks that receive events: add, list, remove.")
+app.add_typer(events_app, name="events")
+app.add_typer(webhook_app, name="webhook")
+
+
+@events_app.command("relay")
+def events_relay() -> None:
+    """Deliver events on their own (without `voms serve`) until stopped (Ctrl-C, SIGTERM).
+
+    One relay delivers at a time across hosts; others wait for its lease.
+    """
+    import signal
+    import threading
+
+    from voms.logs import configure_logging
+    from voms.services.events.relay import run_forever
+
+    settings = load_settings()
+    configure_logging(settings)
+    rt = runtime()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with handled():
+        run_forever(rt, stop)
+
+
+@events_app.command("deliveries")
+def events_deliveries(
+    state: Annotated[
+        str | None, typer.Option(help="pending, delivered or dead (the dead letters)")
+    ] = None,
+    destination: Annotated[int | None, typer.Option(help="Only this webhook/destination")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
+) -> None:
+    """Deliveries, newest first."""
+    from voms.services.events import destinations
+
+    if state not in (None, "pending", "delivered", "dead"):
+        fail("--state is pending, delivered or dead")
+    with handled():
+        echo_json(
+            destinations.list_deliveries(
+                runtime(),
+                _operator(),
+                destination_id=destination,
+                state=state,  # type: ignore[arg-type]
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+
+
+@events_app.command("replay")
+def events_replay(
+    delivery: Annotated[int | None, typer.Option(help="Deliver this delivery again")] = None,
+    dead_of: Annotated[
+        int | None, typer.Option(help="Deliver every dead letter of this destination again")
+    ] = None,
+) -> None:
+    """Deliver again, with the same event ids: one delivery, or a destination's dead letters."""
+    from voms.services.events import destinations
+
+    with handled():
+        echo_json(
+            destinations.replay(
+                runtime(), _operator(), delivery_id=delivery, destination_id=dead_of
+            )
+        )
+
+
+@webhook_app.command("add")
+def webhook_add(
+    url: Annotated[str, typer.Option(help="Where events are POSTed (http or https)")],
+    events: Annotated[str, typer.Option(help="Event types, comma-separated")],
+    secret_stdin: Annotated[
+        bool, typer.Option("--secret-stdin", help="Read the signing secret from standard input")
+    ] = False,
+    service_provider: Annotated[
+        str | None, typer.Option(help="Only this provider's events [default: all]")
+    ] = None,
+) -> None:
+    """Add a webhook; the signing secret (16-200 characters) is read from standard input."""
+    from voms.services.events import destinations
+
+    if not secret_stdin:
+        fail("give the signing secret on standard input with --secret-stdin")
+    secret = sys.stdin.readline().rstrip("\r\n")
+    with handled():
+        body = destinations.WebhookIn(
+            url=url,
+            secret=secret,
+            events=[e.strip() for e in events.split(",") if e.strip()],
+            service_provider=service_provider,
+        )
+        echo_json(destinations.add_webhook(runtime(), _operator(), body))
+
+
+@webhook_app.command("list")
+def webhook_list(
+    all_kinds: Annotated[
+        bool, typer.Option("--all", help="NATS and RabbitMQ destinations too")
+    ] = False,
+) -> None:
+    """Webhooks, newest first."""
+    from voms.services.events import destinations
+
+    with handled():
+        echo_json(
+            destinations.list_destinations(
+                runtime(), _operator(), kind=None if all_kinds else "webhook", limit=1000
+            )
+        )
+
+
+@webhook_app.command("remove")
+def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="The webhook's id")]) -> None:
+    """Stop a webhook (its deliveries stay to be looked at)."""
+    from voms.services.events import destinations
+
+    with handled():
+        echo_json(destinations.remove_webhook(runtime(), _operator(), webhook_id))

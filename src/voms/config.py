@@ -154,6 +154,45 @@ class Settings(BaseSettings):
         "unset: the transaction_feed job does nothing.",
     )
 
+    # --- events (docs/events.md) ---
+    events_relay_enabled: bool = Field(
+        True,
+        description="Run the event relay inside `voms serve` (one relay delivers at a time "
+        "across processes and hosts; `voms events relay` runs it on its own).",
+    )
+    nats_url: SecretStr | None = Field(
+        None, description="NATS server; events are published on subject voms.<type>."
+    )
+    amqp_url: SecretStr | None = Field(
+        None,
+        description="RabbitMQ (AMQP 0-9-1) URL; events go to the topic exchange voms.events "
+        "with routing key <type>.",
+    )
+    events_source: str = Field(
+        "/openvoms", description="The CloudEvents `source` of every event this system sends."
+    )
+    events_poll_s: float = Field(
+        0.5, gt=0, le=60, description="How often an idle relay looks for new events."
+    )
+    events_lease_s: float = Field(
+        30.0,
+        ge=1,
+        description="The relay's lease; a relay that dies frees delivery after this long.",
+    )
+    events_batch: int = Field(
+        200, ge=1, le=10_000, description="Events the relay reads and sends at a time."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time a webhook has to answer.")
+    events_retry_max_s: int = Field(
+        600, ge=1, description="Longest wait between two attempts of one delivery."
+    )
+    events_dead_after_s: int = Field(
+        86_400, ge=1, description="A delivery failing this long is dead-lettered (a day)."
+    )
+    events_keep_days: int = Field(
+        7, ge=1, description="Delivered events are kept this long (to look at and replay)."
+    )
+
     # --- subscriber channels: USSD, SMS (Kannel), IVR (FastAGI), mobile web ---
     soap_address: str | None = Field(
         None,

@@ -37,6 +37,7 @@ from tests.api.conftest import bearer
 from tests.pgp import PartnerKeys
 from voms.domain.roles import Role
 from voms.runtime import Runtime
+from voms.services.events.relay import Relay
 from voms.serving import TokenBuckets
 
 ALL = frozenset(Role)
@@ -237,6 +238,25 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
         roles(A, D),
         body={"voucher_type": "TOPUP10", "count": 1, "request_id": "r1", "reseller": "SHOP1"},
     ),
+    # events: webhooks and deliveries, admins only
+    ("POST", "/api/v1/webhooks"): Rule(
+        roles(A),
+        body={
+            "url": "http://127.0.0.1:9/hook",
+            "secret": "s" * 16,
+            "events": ["voucher.redeemed"],
+            "service_provider": "ACME",
+        },
+    ),
+    ("GET", "/api/v1/webhooks"): Rule(roles(A), SEES_OWN),
+    ("GET", "/api/v1/webhooks/{webhook_id}"): Rule(roles(A), HIDDEN),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): Rule(roles(A), HIDDEN),
+    ("POST", "/api/v1/webhooks/{webhook_id}/replay"): Rule(roles(A), HIDDEN),
+    ("GET", "/api/v1/event-deliveries"): Rule(roles(A), SEES_OWN),
+    ("POST", "/api/v1/event-deliveries/{delivery_id}/replay"): Rule(roles(A), HIDDEN),
+    # TM Forum TMF654: the redemption's keys and roles
+    ("POST", "/tmf-api/prepayBalanceManagement/v4/topupBalance"): Rule(roles(A, C, CH), SEES_OWN),
+    ("GET", "/tmf-api/prepayBalanceManagement/v4/topupBalance/{id}"): Rule(roles(A, C, CH), HIDDEN),
 }
 
 # A body no operation accepts: whoever may not call gets 401/403, never 422.
@@ -289,6 +309,19 @@ def world(rt: Runtime, client: TestClient, partner_keys: PartnerKeys) -> World:
         "/api/v1/reservations", headers=admin, json={"msisdn": MSISDN, "pin": vouchers[2][1]}
     ).json()
     batch = client.get("/api/v1/batches", headers=admin).json()["items"][0]
+    webhook = client.post(
+        "/api/v1/webhooks",
+        headers=admin,
+        json={
+            "url": "http://127.0.0.1:9/hook",
+            "secret": "s" * 16,
+            "events": ["voucher.redeemed"],
+            "service_provider": "ACME",
+        },
+    )
+    assert webhook.status_code == 201, webhook.text
+    Relay(rt).fan_out()  # the redemption's event becomes the webhook's delivery
+    delivery = client.get("/api/v1/event-deliveries", headers=admin).json()["items"][0]
     callers = {"no key": {}, "invalid key": bearer("voms_" + "x" * 40)}
     callers |= {
         role.value: bearer(factories.api_key(rt, role.value, name=f"matrix-{role}"))
@@ -307,6 +340,9 @@ def world(rt: Runtime, client: TestClient, partner_keys: PartnerKeys) -> World:
             "reservation_id": reserved["reservation_id"],
             "run_id": "1",
             "transaction_id": redeemed.json()["transaction_id"],
+            "id": redeemed.json()["transaction_id"],
+            "webhook_id": str(webhook.json()["id"]),
+            "delivery_id": str(delivery["id"]),
         },
         values={
             "{serial}": vouchers[1][0],

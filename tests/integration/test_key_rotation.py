@@ -10,6 +10,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from tests import factories
+from tests.events_support import SECRET, WebhookReceiver, run_cycle
 from voms.cli import app
 from voms.config import Settings
 from voms.crypto import load_keyring
@@ -17,6 +18,8 @@ from voms.db import tables as t
 from voms.runtime import Runtime, build_runtime
 from voms.services import care, housekeeping, redemption
 from voms.services.auth import CONSOLE
+from voms.services.events import destinations
+from voms.services.events.relay import Relay
 from voms.services.housekeeping.reencryption import key_usage
 from voms.services.redemption import RedemptionRequest
 
@@ -121,3 +124,31 @@ def test_keys_show_counts_vouchers_per_key(
         for line in material.splitlines()
         if '"key": ' in line
     )
+
+
+def test_rotation_reencrypts_webhook_secrets_and_a_running_relay_follows(
+    own_keys: Runtime,
+) -> None:
+    rt = own_keys
+    path = rt.settings.resolved_keys_file()
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    (_, pin), *_ = factories.active_batch(rt, count=1)
+    relay_rt = build_runtime(rt.settings)  # a relay started before the rotation
+    with WebhookReceiver() as receiver:
+        destinations.add_webhook(
+            rt,
+            CONSOLE,
+            destinations.WebhookIn(url=receiver.url, secret=SECRET, events=["voucher.redeemed"]),
+        )
+        rotate(path)
+        done = housekeeping.run_job(rt, CONSOLE, "key_reencryption")
+        assert done["detail"]["webhook_secrets"] == 1
+        with rt.engine.connect() as conn:
+            keys = conn.execute(select(t.event_destinations.c.secret_key_id)).scalars().all()
+        assert keys == [2]
+        redemption.redeem(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=pin))
+        run_cycle(Relay(relay_rt))
+        assert receiver.bad_signatures == 0
+        assert len(receiver.ids()) == 1
+    relay_rt.engine.dispose()

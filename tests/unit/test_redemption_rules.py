@@ -240,3 +240,18 @@ def test_a_refusal_is_the_first_answer_of_its_request_id_too() -> None:
     shop.subscriber(ALICE)
     assert _code(_recharge(shop, request_id="r-2")) == 5001  # the first answer again
     assert [r["result_code"] for r in shop.tables.transactions] == [5001]  # recorded once
+
+
+def test_a_redemption_writes_its_event_with_its_commit_and_a_refusal_none() -> None:
+    shop = Shop()
+    shop.subscriber(ALICE)
+    shop.voucher(PIN, 1001)
+    answer = _redeem(shop, channel="ussd")()
+    (event,) = shop.tables.events
+    assert (event["type"], event["dispatched"]) == ("voucher.redeemed", False)
+    assert event["data"]["transaction_id"] == answer["transaction_id"]
+    assert event["data"]["channel"] == "ussd"
+    assert event["data"]["credits"] == [{"balance_type": "CASH", "amount": 500}]
+    assert PIN not in str(event)
+    assert _code(_redeem(shop)) == 2009
+    assert len(shop.tables.events) == 1

@@ -19,12 +19,14 @@ from voms.api import (
     blacklist,
     catalog,
     distribution,
+    events,
     health,
     housekeeping,
     redemptions,
     reports,
     resellers,
     subscribers,
+    tmf654,
     transactions,
     vouchers,
 )
@@ -38,6 +40,7 @@ from voms.config import get_settings
 from voms.jobs.scheduler import lifespan as jobs_lifespan
 from voms.logs import configure_logging, scrub_server_logs
 from voms.runtime import Runtime, build_runtime
+from voms.services.events.relay import RelayThread
 from voms.serving import TokenBuckets, rate_limits, stop_redemption_threads
 from voms.web import mount as mount_console
 
@@ -109,15 +112,19 @@ class _Direct:
 Lifespan = Callable[[Any], AbstractAsyncContextManager[None]]
 
 
-def _lifespan(rt: Runtime, *, scheduler: bool) -> Lifespan:
-    """While the app serves: the housekeeping scheduler if asked for; when it stops, the
-    redemption threads finish and give their connections back."""
+def _lifespan(rt: Runtime, *, scheduler: bool, relay: bool = False) -> Lifespan:
+    """While the app serves: the housekeeping scheduler and the event relay if asked for;
+    when it stops, the redemption threads finish and give their connections back."""
 
     @asynccontextmanager
     async def run(app: Any) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if scheduler:
                 await stack.enter_async_context(jobs_lifespan(rt)(app))
+            if relay:
+                relay_thread = RelayThread(rt)
+                relay_thread.start()
+                stack.callback(relay_thread.stop)
             stack.callback(stop_redemption_threads, app.state)
             yield
 
@@ -143,7 +150,12 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         title="OpenVoMS",
         version=voms.__version__,
         description="Open prepaid voucher management: catalog, vouchers, redemption, wallet.",
-        lifespan=_lifespan(rt, scheduler=scheduler and rt.settings.scheduler_enabled),
+        lifespan=_lifespan(
+            rt,
+            scheduler=scheduler and rt.settings.scheduler_enabled,
+            # The event relay runs in `voms serve` (served from the environment) only.
+            relay=served and rt.settings.events_relay_enabled,
+        ),
     )
     app.state.runtime = rt
     app.trusted_proxies = trusted_networks(rt.settings.trusted_proxies)
@@ -175,6 +187,8 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         blacklist.router,
         reports.router,
         alerts.router,
+        events.router,
+        tmf654.router,
     )
     # What the gate matches a request against (FastAPI keeps included routers nested).
     app.state.api_routes = [

@@ -967,3 +967,64 @@ alerts = Table(
     Index("ix_alerts_kind_open", "kind", "resolved_at"),
     Index("ix_alerts_claim", "claim"),
 )
+
+
+# --- events: the outbox, its destinations and their deliveries (migration 0006_events) ---
+# An event is written to the outbox in the transaction that causes it; the relay fans it
+# out to one delivery per matching destination and delivers each destination's events in
+# the outbox's order, at least once (docs/events.md). Never a PIN in ``data``.
+event_outbox = Table(
+    "event_outbox",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),  # the CloudEvent id
+    Column("type", String(40), nullable=False),
+    Column("subject", String(100)),
+    Column("service_provider_id", Integer),  # null: not a provider's (job.failed)
+    Column("data", JSON, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("dispatched", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_event_outbox_pending", "dispatched", "seq"),
+    Index("ix_event_outbox_at", "at"),
+)
+
+# Where events go: webhooks (added by admins), NATS and RabbitMQ (from VOMS_NATS_URL and
+# VOMS_AMQP_URL; their credentials stay in the environment). A webhook's secret is kept
+# encrypted under the keyring's encryption key.
+event_destinations = Table(
+    "event_destinations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(10), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("secret", LargeBinary),
+    Column("secret_key_id", SmallInteger),
+    Column("events", JSON),  # the event types it wants; null: every one
+    Column("service_provider_id", ForeignKey("service_providers.id")),
+    Column("state", String(10), nullable=False),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    CheckConstraint("kind IN ('webhook', 'nats', 'amqp')", name="kind"),
+    CheckConstraint("state IN ('active', 'disabled')", name="state"),
+)
+
+event_deliveries = Table(
+    "event_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "destination_id",
+        ForeignKey("event_destinations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("first_failed_at", UTCDateTime()),
+    Column("delivered_at", UTCDateTime()),
+    Column("last_error", String(300)),
+    UniqueConstraint("destination_id", "event_seq", name="uq_event_deliveries_event"),
+    CheckConstraint("state IN ('pending', 'delivered', 'dead')", name="state"),
+    Index("ix_event_deliveries_queue", "destination_id", "state", "event_seq"),
+)

@@ -36,6 +36,7 @@ class Permission(StrEnum):
     # Credits a wallet with no voucher: admin keys, and keys given it by name
     # (`voms apikey create --allow voucher-type-recharge`), never a role by itself.
     VOUCHER_TYPE_RECHARGE = "voucher-type-recharge"
+    EVENTS_ADMIN = "events:admin"  # webhooks, deliveries, replays: admins only
 
 
 # Rights a key can be given beyond its role, by the names `--allow` takes.

@@ -26,6 +26,7 @@ from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
+from voms.services.events import outbox as events
 from voms.services.uow import UnitOfWork
 
 # "Until released": later than any block that ends, and still a valid date everywhere.
@@ -172,6 +173,7 @@ def block(rt: Runtime, actor: Principal, body: BlockIn) -> dict[str, Any]:
             {"reason": body.reason, "until": None if body.until is None else until.isoformat()},
         )
         row = conn.execute(select(_pa).where(_pa.c.msisdn == msisdn)).one()
+        events.blacklisted(conn, msisdn, "manual", body.until)
         uow.commit()
         return _entry(row)
 

@@ -29,6 +29,7 @@ from voms.domain.states import (
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal
+from voms.services.events import outbox as events
 from voms.services.reports import rollups
 from voms.services.uow import UnitOfWork
 
@@ -213,6 +214,9 @@ def record_event(
             reason=reason,
             detail=detail or {},
         )
+    )
+    events.history_recorded(
+        conn, action, batch_id, serial_from, serial_to, affected, reason, now or utcnow()
     )
 
 

@@ -27,6 +27,7 @@ from voms.domain.states import VoucherState
 from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal
+from voms.services.events import outbox as events
 from voms.services.uow import AnsweredBefore, UnitOfWork
 
 REVERSIBLE_KINDS = ("redemption", "recharge")
@@ -245,6 +246,16 @@ def _reverse(
             service_provider_id=original.service_provider_id,
             answer=answer,
         )
+    )
+    events.reversed_(
+        conn,
+        original.id,
+        reversal_id,
+        answer["serial"],
+        original.recipient_msisdn,
+        body.reactivate_voucher,
+        original.service_provider_id,
+        now,
     )
     audit.record(
         conn,

@@ -11,6 +11,7 @@ from voms.web import (
     auth_pages,
     base,
     care_pages,
+    events_pages,
     operations,
     report_pages,
     reseller_pages,
@@ -36,6 +37,14 @@ def mount(app: FastAPI) -> None:
     """Serve the console under /ui/ (pages) and /ui/static/ (its own assets)."""
     base.templates.env.globals["allowed"] = _allowed
     app.mount("/ui/static", StaticFiles(directory=base.HERE / "static"), name="ui-static")
-    for module in (auth_pages, operations, care_pages, admin_pages, report_pages, reseller_pages):
+    for module in (
+        auth_pages,
+        operations,
+        care_pages,
+        admin_pages,
+        report_pages,
+        reseller_pages,
+        events_pages,
+    ):
         app.include_router(module.router)
     app.include_router(_fallback)

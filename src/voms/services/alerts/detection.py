@@ -57,7 +57,7 @@ EVENT_TYPES = {
     "voucher_stock": "alert.voucher_stock_low",
     "batch_expiry": "alert.batch_expiring",
     "blacklist_burst": "alert.blacklist_burst",
-    "job_failed": "job.failed",
+    # (a failed job is an event of the job runner itself: job.failed)
 }
 LIVE_BATCHES = ("generated", "active")
 # Failed job runs older than this when first seen are history, not news.
@@ -82,14 +82,18 @@ _COLUMNS = (
 
 
 def _emit_event(uow: UnitOfWork, event_type: str, data: Mapping[str, Any]) -> None:
-    """Write one operator alert as an event, in the transaction that records the alert.
+    """Write one alert as an event into the outbox, in the transaction that records the
+    alert (docs/events.md); the data holds identifiers only, never a PIN."""
+    from voms.services import events
 
-    MERGE SEAM (for the lead): this does nothing yet. At merge, wire it to the events
-    outbox (``voms.services.events``), e.g. ``events.emit(uow, event_type, data)``; the
-    data holds identifiers only (alert id, kind, service provider, voucher type, batch,
-    job run), never a PIN. It is the only place alerts reach the events.
-    """
-    del uow, event_type, data
+    subject = data.get("msisdn") or data.get("batch_id") or data.get("voucher_type_id")
+    events.emit(
+        uow,
+        event_type,
+        None if subject is None else str(subject),
+        data,
+        service_provider_id=data.get("service_provider_id"),
+    )
 
 
 def _key(prefix: str, *parts: ColumnElement[Any]) -> ColumnElement[str]:

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select, upda
 from voms.crypto import NONCE_BYTES, Keyring, KeyringError, load_keyring
 from voms.db import tables as t
 from voms.runtime import Runtime
+from voms.services.events import destinations
 from voms.services.housekeeping.context import JobContext
 from voms.services.uow import UnitOfWork
 
@@ -55,6 +56,7 @@ def reencrypt_pins(ctx: JobContext) -> int:
     target = keyring.active_encryption_key_id
     encrypt = AESGCM(keyring.encryption_keys[target]).encrypt
     decrypt = keyring.pin_decryptor()
+    ctx.detail["webhook_secrets"] = destinations.reencrypt_secrets(ctx.rt, keyring)
     with UnitOfWork(ctx.rt, read_only=True) as uow:
         position, detail = _cursor(uow.conn)
     if detail.get("target_key") != target:

@@ -22,6 +22,7 @@ from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.db.upsert import insert_if_absent
 from voms.runtime import Runtime
+from voms.services.events import outbox as events
 from voms.services.housekeeping.context import JobContext
 from voms.services.housekeeping.registry import JOBS
 from voms.services.uow import UnitOfWork
@@ -175,6 +176,8 @@ def execute(
                 .where(_l.c.job == claimed.job, _l.c.holder == claimed.holder)
                 .values(holder=None, expires_at=None, run_id=None)
             )
+            if outcome != "succeeded":
+                events.job_failed(conn, claimed.job, claimed.run_id, error)
             uow.commit()
     return {
         "run_id": claimed.run_id,

@@ -20,6 +20,7 @@ from voms.domain.msisdn import msisdn_is_authenticated
 from voms.domain.results import Result
 from voms.runtime import Runtime
 from voms.services import guessing
+from voms.services.events import outbox as events
 from voms.services.redemption import blacklist
 from voms.services.redemption.requests import AnyRequest, Attempt, Response, channel, request_key
 from voms.services.uow import AnsweredBefore, FirstAnswer, UnitOfWork
@@ -39,6 +40,9 @@ def run(rt: Runtime, attempt: Attempt, request: AnyRequest, work: Work) -> Respo
             response = work(uow)
             record(uow, attempt, Result.SUCCESS, response.get("credits", []))
             response["transaction_id"] = attempt.id
+            events.attempt_succeeded(
+                uow, attempt.kind, attempt.channel, attempt.service_provider_id, response
+            )
             uow.answer(response)
             _after_recharge(rt, uow, attempt, response)
             uow.commit()

@@ -16,6 +16,7 @@ from voms.db.upsert import insert_if_absent
 from voms.domain.errors import ResultError
 from voms.domain.results import Result
 from voms.runtime import Runtime
+from voms.services.events import outbox as events
 from voms.services.uow import UnitOfWork
 
 _pa = t.pin_attempts
@@ -69,6 +70,8 @@ def count_bad_pin(rt: Runtime, uow: UnitOfWork, msisdn: str) -> None:
         .where(_pa.c.msisdn == msisdn)
         .values(failures=failures, blacklisted_until=until, updated_at=now)
     )
+    if until is not None:
+        events.blacklisted(conn, msisdn, "bad_pins", until)
 
 
 # A block care set by hand and not yet ended stays: only care releases it.

@@ -50,6 +50,7 @@ from voms.runtime import Runtime
 from voms.services import catalog_cache
 from voms.services.auth import Principal
 from voms.services.billing import engine_for, external_ids
+from voms.services.events import outbox as events
 from voms.services.redemption import accounts, attempts, blacklist, requests, vouchers
 from voms.services.redemption.requests import Attempt, RedemptionRequest, Response
 from voms.services.redemption.vouchers import Found
@@ -252,6 +253,10 @@ def finish(
             if not moved.rows():
                 raise RuntimeError(f"voucher {charge.serial} of a charge is not reserved")
             response = _success(rt, uow.conn, charge, answer, own)
+            # voucher.redeemed, in the transaction that redeems it (now or at settlement)
+            events.attempt_succeeded(
+                uow, "redemption", charge.channel, charge.service_provider_id, response
+            )
         elif outcome.state == "refused":
             moved = vouchers.move(uow, charge.serial, VoucherAction.REVOKE)
             if not moved.rows():

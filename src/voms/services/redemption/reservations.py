@@ -27,6 +27,7 @@ from voms.domain.states import (
 from voms.runtime import Runtime
 from voms.services import catalog_cache
 from voms.services.auth import Principal
+from voms.services.events import outbox as events
 from voms.services.redemption import attempts, vouchers
 from voms.services.redemption.attempts import success
 from voms.services.redemption.requests import (
@@ -181,7 +182,11 @@ def _time_out(rt: Runtime, reservation_id: str, now: datetime) -> ReservationAct
         )
         credits: list[Any] = []
         if action is not ReservationAction.HOLD:
-            credits = _settle_voucher(rt, uow, attempt, row, action)["credits"]
+            settled = _settle_voucher(rt, uow, attempt, row, action)
+            credits = settled["credits"]
+            settled["transaction_id"] = attempt.id
+            sp_id = attempt.service_provider_id
+            events.attempt_succeeded(uow, action.value, SYSTEM_CHANNEL, sp_id, settled)
         attempts.record(uow, attempt, Result.SUCCESS, credits, at=now)
         uow.commit()
         return action

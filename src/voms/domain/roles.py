@@ -35,6 +35,7 @@ class Permission(StrEnum):
     # Credits a wallet with no voucher: admin keys, and keys given it by name
     # (`voms apikey create --allow voucher-type-recharge`), never a role by itself.
     VOUCHER_TYPE_RECHARGE = "voucher-type-recharge"
+    PROMOTIONS = "promotions"  # create, change and read promotion plans
 
 
 # Rights a key can be given beyond its role, by the names `--allow` takes.
@@ -53,6 +54,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.SUBSCRIBER_WRITE,
             Permission.HOUSEKEEPING,
             Permission.REPORT_READ,
+            Permission.PROMOTIONS,
         }
     ),
     Role.DISTRIBUTOR: frozenset(

@@ -24,7 +24,7 @@ from voms.domain.states import ReservationState, VoucherAction
 from voms.runtime import Runtime
 from voms.services import catalog_cache
 from voms.services.auth import Principal
-from voms.services.redemption import accounts, attempts, blacklist, requests, vouchers
+from voms.services.redemption import accounts, attempts, blacklist, promotions, requests, vouchers
 from voms.services.redemption.attempts import iso, success
 from voms.services.redemption.requests import (
     Attempt,
@@ -55,6 +55,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         change = accounts.change(rt, uow, attempt, scenario, "redemption")
         rt.billing.check(account, change)
         credited = accounts.credit(rt, uow, account, change)
+        promotions.reward(rt, uow, attempt, account, change, credited)
         if found.had_failures:
             blacklist.forget_bad_pins(uow, msisdn)
         return success(
@@ -151,12 +152,14 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
         scenario = accounts.scenario(attempt, voucher_type, request.scenario)
         change = accounts.change(rt, uow, attempt, scenario, "recharge")
         rt.billing.check(account, change)
+        credited = accounts.credit(rt, uow, account, change)
+        promotions.reward(rt, uow, attempt, account, change, credited)
         return success(
             voucher_type=voucher_type.code,
             scenario=scenario.number,
             msisdn=attempt.msisdn,
             recipient_msisdn=attempt.recipient,
-            **accounts.credit(rt, uow, account, change),
+            **credited,
         )
 
     return attempts.run(rt, attempt, request, work)

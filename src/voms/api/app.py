@@ -20,6 +20,7 @@ from voms.api import (
     distribution,
     health,
     housekeeping,
+    promotions,
     redemptions,
     reports,
     resellers,
@@ -173,6 +174,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         resellers.router,
         blacklist.router,
         reports.router,
+        promotions.router,
     )
     # What the gate matches a request against (FastAPI keeps included routers nested).
     app.state.api_routes = [

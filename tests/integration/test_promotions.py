@@ -15,7 +15,7 @@ from voms.config import Settings
 from voms.db import tables as t
 from voms.domain.errors import ResultError
 from voms.runtime import Runtime, build_runtime
-from voms.services import redemption, verify
+from voms.services import redemption, reports, verify
 from voms.services.auth import CONSOLE
 from voms.services.promotions import counters, plans
 from voms.services.redemption import RechargeRequest, RedemptionRequest
@@ -294,3 +294,65 @@ def test_32_parallel_redemptions_crossing_a_target_reward_exactly_as_often_as_re
     (shown,) = counters.counters_of(rt, CONSOLE, MSISDN)["items"]
     assert shown["value"] == THREADS
     assert verify.verify(rt).problems == []
+
+
+# --- the rewards report ---------------------------------------------------------------
+
+
+def test_the_rewards_report_counts_rewards_and_their_money_per_plan(
+    shop: Runtime, clock: Clock
+) -> None:
+    rt = shop
+    plan(rt, "BONUS", target=1, repeat=True, reward={"percent_of_value": 10})
+    plan(rt, "SMSFEST", target=2, repeat=True)
+    vouchers = pins(rt, 3)
+    for moment, pin in zip(
+        (datetime(2027, 1, 31, 23, 0, tzinfo=UTC), datetime(2027, 2, 1, 1, 0, tzinfo=UTC)),
+        vouchers,
+        strict=False,
+    ):
+        clock.now = moment
+        redeem(rt, pin)
+    clock.now = datetime(2027, 2, 1, 2, 0, tzinfo=UTC)
+    redeem(rt, vouchers[2])  # BONUS again, and SMSFEST's second in February
+    query = reports.Query(since="2027-01-01T00:00:00+00:00", until="2027-03-01T00:00:00+00:00")
+    report = reports.run_report(rt, CONSOLE, "rewards", query)
+    assert report.as_json()["rows"] == [
+        {
+            "period": "2027-01-31",
+            "service_provider": "ACME",
+            "promotion": "BONUS",
+            "count": 1,
+            "value": 100,
+            "currency": "KES",
+        },
+        {
+            "period": "2027-02-01",
+            "service_provider": "ACME",
+            "promotion": "BONUS",
+            "count": 2,
+            "value": 200,
+            "currency": "KES",
+        },
+        {
+            "period": "2027-02-01",
+            "service_provider": "ACME",
+            "promotion": "SMSFEST",
+            "count": 1,
+            "value": 0,
+            "currency": None,
+        },
+    ]
+    assert report.totals == {"count": 4, "value": {"KES": 300}}
+    monthly = reports.run_report(
+        rt, CONSOLE, "rewards", reports.Query(query.since, query.until, group_by="month")
+    )
+    assert [(r["period"], r["promotion"], r["count"]) for r in monthly.rows] == [
+        ("2027-01", "BONUS", 1),
+        ("2027-02", "BONUS", 2),
+        ("2027-02", "SMSFEST", 1),
+    ]
+    csv_lines = reports.render(report, "csv").decode().splitlines()
+    assert csv_lines[0] == "period,service_provider,promotion,count,value,currency"
+    assert csv_lines[-1] == "total,,,4,300,"
+    assert reports.render(report, "xlsx").startswith(b"PK")

@@ -124,3 +124,29 @@ def test_the_redemption_answers_its_rewards_and_care_sees_the_counter(
     assert [e["cause"] for e in ledger].count("reward") == 1
     unknown = client.get("/api/v1/subscribers/254799999999/counters", headers=care)
     assert unknown.status_code == 404
+
+
+def test_a_campaign_scenario_shows_its_window_and_product_types(
+    client: TestClient, operator: dict[str, str]
+) -> None:
+    regular = {"number": 1, "name": "10", "credits": [{"balance_type": "CASH", "amount": 1000}]}
+    campaign = {
+        "number": 2,
+        "name": "Talk-Fest",
+        "credits": [{"balance_type": "SMS", "amount": 180}],
+        "valid_from": "2027-07-01T00:00:00+00:00",
+        "valid_until": "2027-08-01T00:00:00+00:00",
+        "product_types": ["GOLD"],
+    }
+    body = {"code": "FEST", "name": "Fest", "service_provider": "ACME"}
+    created = client.post(
+        "/api/v1/voucher-types", headers=operator, json={**body, "scenarios": [regular, campaign]}
+    )
+    assert created.status_code == 201, created.text
+    shown = client.get("/api/v1/voucher-types/FEST/scenarios", headers=operator).json()
+    assert "valid_from" not in shown[0]
+    assert (shown[1]["valid_from"], shown[1]["valid_until"], shown[1]["product_types"]) == (
+        "2027-07-01T00:00:00Z",
+        "2027-08-01T00:00:00Z",
+        ["GOLD"],
+    )

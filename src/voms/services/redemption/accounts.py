@@ -2,6 +2,7 @@
 scenario, and the change the billing engine applies."""
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from voms.billing.engine import Account, Change
@@ -35,10 +36,19 @@ def check_account(
         raise ResultError(Result.NOT_VALID_FOR_PRODUCT_TYPE)
 
 
-def scenario(attempt: Attempt, voucher_type: VoucherType, raw: object) -> Scenario:
-    """The scenario asked for, or the only one (4005, 2008 listing the choices)."""
+def scenario(
+    attempt: Attempt,
+    voucher_type: VoucherType,
+    raw: object,
+    account: Account | None = None,
+    at: datetime | None = None,
+) -> Scenario:
+    """The scenario asked for, or the only one (4005, 2008 listing the choices); with
+    ``at``, among those running then and offered to the account's product type (2007)."""
     number = attempt.scenario = requests.scenario_number(raw)
-    chosen = choose_scenario(voucher_type, number)
+    known = account is not None and account.service_provider_id == voucher_type.service_provider_id
+    product_type_id = account.product_type_id if known and account is not None else None
+    chosen = choose_scenario(voucher_type, number, at=at, product_type_id=product_type_id)
     attempt.scenario = chosen.number
     return chosen
 

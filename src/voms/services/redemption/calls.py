@@ -50,7 +50,9 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         account = rt.billing.load_account(uow, recipient, lock=True)  # (sends the move too)
         accounts.check_account(account, found.voucher_type)
         assert account is not None
-        scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
+        scenario = accounts.scenario(
+            attempt, found.voucher_type, request.scenario, account, uow.started_at
+        )
         vouchers.ensure_taken(uow, taken, found.serial)
         change = accounts.change(rt, uow, attempt, scenario, "redemption")
         rt.billing.check(account, change)
@@ -91,7 +93,9 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
         taken = vouchers.move(uow, found.serial, VoucherAction.RESERVE)
         account = rt.billing.load_account(uow, recipient, lock=False)  # (sends the move too)
         accounts.check_account(account, found.voucher_type, required=False)
-        scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
+        scenario = accounts.scenario(
+            attempt, found.voucher_type, request.scenario, account, uow.started_at
+        )
         vouchers.ensure_taken(uow, taken, found.serial)
         credits = [{**c.public(), "balance": None} for c in scenario.credits]
         expires_at = uow.started_at + timedelta(seconds=found.voucher_type.reservation_timeout_s)
@@ -149,7 +153,9 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
         account = rt.billing.load_account(uow, recipient, lock=True)
         accounts.check_account(account, voucher_type)
         assert account is not None
-        scenario = accounts.scenario(attempt, voucher_type, request.scenario)
+        scenario = accounts.scenario(
+            attempt, voucher_type, request.scenario, account, uow.started_at
+        )
         change = accounts.change(rt, uow, attempt, scenario, "recharge")
         rt.billing.check(account, change)
         credited = accounts.credit(rt, uow, account, change)

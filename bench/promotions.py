@@ -4,19 +4,20 @@ counters in the table, against no plans at all, on PostgreSQL.
     .venv/bin/python bench/promotions.py [--counters 1000000] [--redemptions 3000]
                                          [--rounds 3] [--threads 8]
 
-Creates a scratch database (``voms_bench_promotions`` next to VOMS_TEST_POSTGRES_URL's),
-the standard catalog, 1,000 subscribers who redeem, and two running plans (a calendar
-month count with a repeat target of 5, a campaign on value with a target of 50 KES).
-Redemptions go through the service (``redemption.redeem``) from ``--threads`` threads
-that keep their connections, as the server's redemption threads do.
+Creates two scratch databases (``voms_bench_promotions_a`` and ``_b`` next to
+VOMS_TEST_POSTGRES_URL's), each with the standard catalog, 1,000 subscribers who redeem,
+and two running plans (a calendar month count with a repeat target of 5, a campaign on
+value with a target of 50 KES); ``_b`` also gets ``--counters`` counters (of as many
+other subscribers, set-based). Redemptions go through the service (``redemption.redeem``)
+from ``--threads`` threads that keep their connections, as the server's redemption
+threads do.
 
-Phase 1, the counters table holding only the redeeming subscribers' rows: each round
-times ``--redemptions`` redemptions with the plans ended (no plan: the redemption as
-before promotions) and then as many with the plans running. Phase 2 adds ``--counters``
-counters (of as many other subscribers) and runs the same rounds again. Run back to
-back, each pair is measured under the same conditions; the machine's speed drifts
-between runs far more than the figures compared. Prints each round, the medians and
-the ratios. Figures, not a test.
+Each round times ``--redemptions`` redemptions four ways, back to back, in a rotating
+order: plans running on ``_a`` (few counters) and on ``_b`` (a million), and plans ended
+on each (no plan: the redemption as before promotions). On a shared machine the speed
+drifts between runs far more than the figures compared; within a round the four run
+under the same conditions. Prints each round, the medians and the ratios. Figures, not
+a test.
 """
 
 import argparse
@@ -33,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DB_NAME = "voms_bench_promotions"
+DB_NAME = "voms_bench_promotions"  # _a, _b
 SUBSCRIBERS = 1000
 PLANS: list[dict[str, Any]] = [
     {
@@ -61,7 +62,7 @@ def msisdn(index: int) -> str:
     return f"2547{index:08d}"
 
 
-def _prepare(workdir: Path, vouchers: int) -> tuple[Any, list[str]]:
+def _prepare(workdir: Path, name: str, vouchers: int) -> tuple[Any, list[str]]:
     import psycopg
     from sqlalchemy import select
     from tests import factories
@@ -75,10 +76,10 @@ def _prepare(workdir: Path, vouchers: int) -> tuple[Any, list[str]]:
         "VOMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    url = admin_url.rsplit("/", 1)[0] + f"/{DB_NAME}"
-    rt = factories.new_installation(url, workdir / "keys.json")
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    rt = factories.new_installation(url, workdir / f"{name}.keys.json")
     factories.standard_catalog(rt)
     with rt.engine.begin() as conn:
         gold = conn.execute(
@@ -101,7 +102,7 @@ def _prepare(workdir: Path, vouchers: int) -> tuple[Any, list[str]]:
     for plan in PLANS:
         body = {**plan, "service_provider": "ACME", "starts_at": start}
         plans.create_or_find(rt, CONSOLE, plans.PromotionIn.model_validate(body))
-    print(f"generating {vouchers} vouchers…", file=sys.stderr)
+    print(f"{name}: generating {vouchers} vouchers…", file=sys.stderr)
     pins = [pin for _, pin in factories.active_batch(rt, count=vouchers)]
     return rt, pins
 
@@ -175,61 +176,62 @@ def _redeem_all(rt: Any, pins: list[str], threads: int) -> float:
     return (len(pins) - 50) / elapsed
 
 
-def _phase(
-    rt: Any, pins: list[str], rounds: int, per_round: int, threads: int, label: str
-) -> tuple[list[float], list[float]]:
-    without, with_plans = [], []
-    for index in range(rounds):
-        offset = 2 * index * per_round
-        _set_plans_running(rt, False)
-        without.append(_redeem_all(rt, pins[offset : offset + per_round], threads))
-        _set_plans_running(rt, True)
-        with_plans.append(
-            _redeem_all(rt, pins[offset + per_round : offset + 2 * per_round], threads)
-        )
-        print(
-            f"{label} round {index + 1}: no plans {without[-1]:8.1f}/s   "
-            f"plans {with_plans[-1]:8.1f}/s   ratio {with_plans[-1] / without[-1]:.3f}",
-            flush=True,
-        )
-    return without, with_plans
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counters", type=int, default=1_000_000)
-    parser.add_argument("--redemptions", type=int, default=3000, help="per timed run")
+    parser.add_argument("--redemptions", type=int, default=2000, help="per timed run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
-    per_round = args.redemptions + 50
+    per_run = args.redemptions + 50
     workdir = Path(tempfile.mkdtemp(prefix="voms-bench-promotions-"))
-    rt, pins = _prepare(workdir, 4 * args.rounds * per_round)
-    half = 2 * args.rounds * per_round
-    small_none, small_plans = _phase(
-        rt, pins[:half], args.rounds, per_round, args.threads, "few counters "
-    )
-    seconds = _add_counters(rt, args.counters)
-    print(f"added {args.counters:,} counters in {seconds:.1f} s", flush=True)
-    big_none, big_plans = _phase(
-        rt, pins[half:], args.rounds, per_round, args.threads, f"{args.counters:,} counters"
-    )
+    few, few_pins = _prepare(workdir, f"{DB_NAME}_a", 2 * args.rounds * per_run)
+    many, many_pins = _prepare(workdir, f"{DB_NAME}_b", 2 * args.rounds * per_run)
+    seconds = _add_counters(many, args.counters)
+    print(f"added {args.counters:,} counters to _b in {seconds:.1f} s", flush=True)
+    runs = {
+        ("few", True): (few, few_pins[: args.rounds * per_run]),
+        ("few", False): (few, few_pins[args.rounds * per_run :]),
+        ("many", True): (many, many_pins[: args.rounds * per_run]),
+        ("many", False): (many, many_pins[args.rounds * per_run :]),
+    }
+    order = list(runs)
+    rates: dict[tuple[str, bool], list[float]] = {key: [] for key in runs}
+    for index in range(args.rounds):
+        shown = []
+        for key in order[index % 4 :] + order[: index % 4]:
+            rt, pins = runs[key]
+            _set_plans_running(rt, key[1])
+            rate = _redeem_all(rt, pins[index * per_run : (index + 1) * per_run], args.threads)
+            rates[key].append(rate)
+            shown.append(f"{key[0]} counters, {'plans' if key[1] else 'no plans'}: {rate:6.1f}/s")
+        print(f"round {index + 1}: " + "; ".join(shown), flush=True)
     med = statistics.median
+    figures = {key: med(values) for key, values in rates.items()}
     print()
     print(f"medians (redemptions/s, {args.threads} threads, {args.redemptions} per run):")
-    print(f"  without the counters: no plans {med(small_none):.1f}, plans {med(small_plans):.1f}")
     print(
-        f"  with {args.counters:,} counters: no plans {med(big_none):.1f}, "
-        f"plans {med(big_plans):.1f}"
+        f"  plans running: without the counters {figures[('few', True)]:.1f}, "
+        f"with {args.counters:,} counters {figures[('many', True)]:.1f}"
     )
     print(
-        f"  plans with / without the counters: {med(big_plans) / med(small_plans):.3f}\n"
-        f"  plans with the counters / no plans (same phase): "
-        f"{med([p / n for p, n in zip(big_plans, big_none, strict=True)]):.3f}\n"
-        f"  plans / no plans with few counters (same phase): "
-        f"{med([p / n for p, n in zip(small_plans, small_none, strict=True)]):.3f}"
+        f"  no plans:      without the counters {figures[('few', False)]:.1f}, "
+        f"with {args.counters:,} counters {figures[('many', False)]:.1f}"
     )
-    rt.engine.dispose()
+
+    def ratio(top: tuple[str, bool], bottom: tuple[str, bool]) -> float:
+        """The median of the rounds' ratios (each round's runs share their conditions)."""
+        return med([a / b for a, b in zip(rates[top], rates[bottom], strict=True)])
+
+    print(
+        f"  with / without the counters, plans running: {ratio(('many', True), ('few', True)):.3f}"
+    )
+    print(f"  plans running / no plans, few counters: {ratio(('few', True), ('few', False)):.3f}")
+    print(
+        f"  plans running / no plans, many counters: {ratio(('many', True), ('many', False)):.3f}"
+    )
+    few.engine.dispose()
+    many.engine.dispose()
 
 
 if __name__ == "__main__":

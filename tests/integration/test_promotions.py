@@ -356,3 +356,36 @@ def test_the_rewards_report_counts_rewards_and_their_money_per_plan(
     assert csv_lines[0] == "period,service_provider,promotion,count,value,currency"
     assert csv_lines[-1] == "total,,,4,300,"
     assert reports.render(report, "xlsx").startswith(b"PK")
+
+
+# --- what counting costs on PostgreSQL ------------------------------------------------
+
+
+@pytest.mark.parametrize(("counter", "round_trips"), [("count", 3), ("value", 4)])
+def test_a_count_plan_costs_the_redemption_no_round_trip(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, counter: str, round_trips: int
+) -> None:
+    """A count plan's upsert goes out with the round trip that locks the account, so a
+    redemption that counts and is rewarded still costs three round trips; a value plan
+    needs the scenario first and costs one more."""
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no round trips")
+    from sqlalchemy import event
+
+    from voms.db import hot
+    from voms.db.engine import make_engine
+
+    one = make_engine(rt.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    monkeypatch.setattr(rt, "engine", one)
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    plan(rt, counter=counter, target=1 if counter == "count" else 1000, repeat=True)
+    first, second = pins(rt, 2)
+    assert redeem(rt, first)["rewards"] != []  # caches filled
+    sent: list[str] = []
+    send = hot._send
+    monkeypatch.setattr(hot, "_send", lambda *args, **kw: sent.append("hot") or send(*args, **kw))
+    event.listen(one, "before_cursor_execute", lambda *_: sent.append("sql"))
+    assert redeem(rt, second)["rewards"] != []
+    assert sent == ["hot"] * round_trips
+    one.dispose()

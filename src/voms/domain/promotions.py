@@ -52,12 +52,19 @@ class Plan:
         """The plan counts redemptions made at ``now``."""
         return self.starts_at <= now and (self.ends_at is None or now < self.ends_at)
 
-    def applies_to(self, voucher_type_id: int | None, channel: str, product_type_id: int) -> bool:
-        """A redemption of this voucher type, on this channel, by this product type counts."""
+    def applies_to(
+        self, voucher_type_id: int | None, channel: str, product_type_id: int | None
+    ) -> bool:
+        """A redemption of this voucher type, on this channel, by this product type counts
+        (``product_type_id`` None: whatever the product type)."""
         return (
             (not self.voucher_type_ids or voucher_type_id in self.voucher_type_ids)
             and (not self.channels or channel in self.channels)
-            and (not self.product_type_ids or product_type_id in self.product_type_ids)
+            and (
+                product_type_id is None
+                or not self.product_type_ids
+                or product_type_id in self.product_type_ids
+            )
         )
 
     def window_at(self, now: datetime) -> tuple[datetime, datetime]:

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, insert
+from sqlalchemy import BigInteger, Integer, bindparam, case, insert, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from voms.billing.engine import Account, Change
 from voms.db import tables as t
+from voms.db.types import UTCDateTime
 from voms.domain.catalog import Credit
 from voms.domain.promotions import Plan, reward_credits
 from voms.runtime import Runtime
 from voms.services.promotions import cache
-from voms.services.uow import UnitOfWork
+from voms.services.uow import Later, UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,15 @@ class Counted:
     currencies: dict[int, str]
 
 
-def _upsert(dialect: Any) -> Any:
+def _upsert(dialect: Any, early: Any = None) -> Any:
+    """The counter's upsert; ``early``: its row chosen from the subscriber's (by MSISDN)."""
     c = t.promotion_counters
     statement = dialect.insert(c)
+    if early is not None:
+        statement = statement.from_select(
+            ["promotion_id", "subscriber_id", "window_start", "window_end", "value", "updated_at"],
+            early,
+        )
     ended = c.c.window_end <= statement.excluded.updated_at
     return statement.on_conflict_do_update(
         index_elements=[c.c.promotion_id, c.c.subscriber_id],
@@ -61,6 +68,74 @@ def _upsert(dialect: Any) -> Any:
 
 
 _UPSERT = {"postgresql": _upsert(postgresql), "sqlite": _upsert(sqlite)}
+_EARLY: dict[tuple[str, frozenset[int]], Any] = {}
+
+
+def _early_upsert(dialect_name: str, product_type_ids: frozenset[int]) -> Any:
+    """The upsert of a count plan, sent before the subscriber is read: it counts the
+    subscriber of that MSISDN, provider and (when the plan names them) product types."""
+    key = (dialect_name, product_type_ids)
+    statement = _EARLY.get(key)
+    if statement is None:
+        s = t.subscribers
+        chosen = select(
+            bindparam("promotion_id", type_=Integer),
+            s.c.id,
+            bindparam("window_start", type_=UTCDateTime()),
+            bindparam("window_end", type_=UTCDateTime()),
+            bindparam("value", type_=BigInteger),
+            bindparam("updated_at", type_=UTCDateTime()),
+        ).where(s.c.msisdn == bindparam("msisdn"), s.c.service_provider_id == bindparam("sp"))
+        if product_type_ids:  # written into the statement: one statement per plan
+            chosen = chosen.where(
+                s.c.product_type_id.in_([literal_column(str(i)) for i in sorted(product_type_ids)])
+            )
+        dialect = postgresql if dialect_name == "postgresql" else sqlite
+        statement = _EARLY[key] = _upsert(dialect, chosen)
+    return statement
+
+
+@dataclass(frozen=True)
+class Early:
+    """Count plans already counted, their rows coming with the account's round trip."""
+
+    counted: tuple[tuple[Plan, Later], ...]
+
+
+def count_early(
+    rt: Runtime,
+    uow: UnitOfWork,
+    service_provider_id: int,
+    voucher_type_id: int,
+    channel: str,
+    msisdn: str,
+) -> Early | None:
+    """Count this redemption in the running count plans it applies to, before the
+    account is read: the upserts go out in the round trip that locks the account (no
+    round trip of their own) and take the counters' locks before the account's, in
+    every call that counts. The product type is checked in the statement; a redemption
+    that fails later rolls the counts back with everything else."""
+    provider = cache.plans_of(rt, uow.conn, service_provider_id)
+    now = uow.started_at
+    counted = []
+    for plan in provider.plans:
+        if plan.counter != "count" or not plan.runs_at(now):
+            continue
+        if not plan.applies_to(voucher_type_id, channel, None):
+            continue
+        start, end = plan.window_at(now)
+        row = {
+            "promotion_id": plan.id,
+            "window_start": start,
+            "window_end": end,
+            "value": 1,
+            "updated_at": now,
+            "msisdn": msisdn,
+            "sp": service_provider_id,
+        }
+        statement = _early_upsert(uow.conn.dialect.name, plan.product_type_ids)
+        counted.append((plan, uow.ahead(statement, row)))
+    return Early(tuple(counted)) if counted else None
 
 
 def count(
@@ -70,6 +145,7 @@ def count(
     change: Change,
     voucher_type_id: int | None,
     channel: str,
+    early: Early | None = None,
 ) -> Counted | None:
     """Add this credit to the counters of the plans it applies to; the targets reached.
 
@@ -81,11 +157,12 @@ def count(
     if not provider.plans:
         return None
     now = uow.started_at
+    done = {plan.id for plan, _ in early.counted} if early is not None else set()
     money_credits = [c for c in change.credits if c.balance_type_id in provider.money_balance_types]
     value = sum(c.amount for c in money_credits)
     counting: list[tuple[Plan, int, dict[str, Any]]] = []
     for plan in provider.plans:
-        if not (
+        if plan.id in done or not (
             plan.runs_at(now) and plan.applies_to(voucher_type_id, channel, account.product_type_id)
         ):
             continue
@@ -93,12 +170,21 @@ def count(
         if amount <= 0:
             continue
         counting.append((plan, amount, _row(plan, account.id, amount, now)))
-    if not counting:
+    results: list[tuple[Plan, int, list[Any]]] = []
+    for plan, later in early.counted if early is not None else ():
+        results.append((plan, 1, later.rows()))  # arrived with the account
+    if counting:
+        statement = _UPSERT[uow.conn.dialect.name]
+        fetched = uow.fetch_together([(statement, row) for _, _, row in counting])
+        results.extend(
+            (plan, amount, rows) for (plan, amount, _), rows in zip(counting, fetched, strict=True)
+        )
+    if not results:
         return None
-    statement = _UPSERT[uow.conn.dialect.name]
-    results = uow.fetch_together([(statement, row) for _, _, row in counting])
     reached = []
-    for (plan, amount, _), rows in zip(counting, results, strict=True):
+    for plan, amount, rows in results:
+        if not rows:  # an early count that did not apply (another product type)
+            continue
         after = int(rows[0].value)
         times = plan.rewards_between(after - amount, after)
         if times:

@@ -47,6 +47,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         )
         found = vouchers.find(rt, uow, attempt, request, msisdn)
         taken = vouchers.move(uow, found.serial, VoucherAction.REDEEM, redeemed_by=recipient)
+        counted = promotions.count_early(rt, uow, attempt, found.voucher_type, recipient)
         account = rt.billing.load_account(uow, recipient, lock=True)  # (sends the move too)
         accounts.check_account(account, found.voucher_type)
         assert account is not None
@@ -57,7 +58,7 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         change = accounts.change(rt, uow, attempt, scenario, "redemption")
         rt.billing.check(account, change)
         credited = accounts.credit(rt, uow, account, change)
-        promotions.reward(rt, uow, attempt, account, change, credited)
+        promotions.reward(rt, uow, attempt, account, change, credited, counted)
         if found.had_failures:
             blacklist.forget_bad_pins(uow, msisdn)
         return success(
@@ -150,6 +151,7 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
             raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
         attempt.voucher_type_id = voucher_type.id
         attempt.service_provider_id = voucher_type.service_provider_id
+        counted = promotions.count_early(rt, uow, attempt, voucher_type, recipient)
         account = rt.billing.load_account(uow, recipient, lock=True)
         accounts.check_account(account, voucher_type)
         assert account is not None
@@ -159,7 +161,7 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
         change = accounts.change(rt, uow, attempt, scenario, "recharge")
         rt.billing.check(account, change)
         credited = accounts.credit(rt, uow, account, change)
-        promotions.reward(rt, uow, attempt, account, change, credited)
+        promotions.reward(rt, uow, attempt, account, change, credited, counted)
         return success(
             voucher_type=voucher_type.code,
             scenario=scenario.number,

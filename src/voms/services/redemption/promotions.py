@@ -1,9 +1,12 @@
 """The promotions step of a credit: count it towards the plans it applies to, and grant
 the rewards of the targets it reached, in the same unit of work (docs/promotions.md).
 
-Runs after the credit was applied (``accounts.credit``): each reward is one more change
-through the billing engine, ledger cause ``reward``, listed in the answer's ``rewards``.
-A provider without running plans costs nothing but a cache lookup.
+Count plans are counted before the account is loaded (:func:`count_early`: their
+upserts ride on the round trip that locks the account, and take the counters' locks
+before the account's in every call); value plans, which need the scenario, after the
+credit. Then each reward is one more change through the billing engine, ledger cause
+``reward``, listed in the answer's ``rewards``. A provider without running plans costs
+nothing but a cache lookup.
 """
 
 from dataclasses import replace
@@ -11,12 +14,23 @@ from datetime import datetime
 from typing import Any
 
 from voms.billing.engine import Account, Balance, Change
+from voms.domain.catalog import VoucherType
 from voms.runtime import Runtime
 from voms.services import catalog_cache
 from voms.services.promotions import counting
 from voms.services.redemption import accounts
 from voms.services.redemption.requests import Attempt
 from voms.services.uow import UnitOfWork
+
+
+def count_early(
+    rt: Runtime, uow: UnitOfWork, attempt: Attempt, voucher_type: VoucherType, recipient: str
+) -> counting.Early | None:
+    """Count the credit in the count plans it applies to, before the recipient's account
+    is loaded (their upserts go out with that round trip); call :func:`reward` after."""
+    return counting.count_early(
+        rt, uow, voucher_type.service_provider_id, voucher_type.id, attempt.channel, recipient
+    )
 
 
 def reward(
@@ -26,10 +40,14 @@ def reward(
     account: Account,
     change: Change,
     answer: dict[str, Any],
+    early: counting.Early | None = None,
 ) -> None:
-    """Count the credit ``change`` made to ``account`` (as loaded before it), and add the
-    rewards it earned to ``answer`` (what ``accounts.credit`` answered)."""
-    counted = counting.count(rt, uow, account, change, attempt.voucher_type_id, attempt.channel)
+    """Count the credit ``change`` made to ``account`` (as loaded before it) in the plans
+    not counted early, and add the rewards it earned to ``answer`` (what
+    ``accounts.credit`` answered)."""
+    counted = counting.count(
+        rt, uow, account, change, attempt.voucher_type_id, attempt.channel, early
+    )
     if counted is None or not counted.reached:
         return
     current = _after(account, change, answer)

@@ -6,11 +6,11 @@ counters in the table, against no plans at all, on PostgreSQL.
 
 Creates two scratch databases (``voms_bench_promotions_a`` and ``_b`` next to
 VOMS_TEST_POSTGRES_URL's), each with the standard catalog, 1,000 subscribers who redeem,
-and two running plans (a calendar month count with a repeat target of 5, a campaign on
-value with a target of 50 KES); ``_b`` also gets ``--counters`` counters (of as many
-other subscribers, set-based). Redemptions go through the service (``redemption.redeem``)
-from ``--threads`` threads that keep their connections, as the server's redemption
-threads do.
+and two running plans (a calendar month count with a repeat target of 5, a campaign
+count with a once target of 10; a value plan would cost one round trip more); ``_b``
+also gets ``--counters`` counters (of as many other subscribers, set-based).
+Redemptions go through the service (``redemption.redeem``) from ``--threads`` threads
+that keep their connections, as the server's redemption threads do.
 
 Each round times ``--redemptions`` redemptions four ways, back to back, in a rotating
 order: plans running on ``_a`` (few counters) and on ``_b`` (a million), and plans ended
@@ -47,11 +47,11 @@ PLANS: list[dict[str, Any]] = [
         "reward": {"credits": [{"balance_type": "SMS", "amount": 10}]},
     },
     {
-        "code": "FEST50",
-        "name": "50 KES in the campaign",
+        "code": "FEST10",
+        "name": "The tenth recharge of the campaign",
         "window": {"kind": "campaign"},
-        "counter": "value",
-        "target": 5000,
+        "counter": "count",
+        "target": 10,
         "repeat": False,
         "reward": {"percent_of_value": 10, "account_expiry_extension_days": 7},
     },

@@ -150,3 +150,10 @@ def test_a_campaign_scenario_shows_its_window_and_product_types(
         "2027-08-01T00:00:00Z",
         ["GOLD"],
     )
+
+
+def test_counters_of_a_malformed_number_answer_422(
+    client: TestClient, operator: dict[str, str]
+) -> None:
+    answer = client.get("/api/v1/subscribers/not-a-number/counters", headers=operator)
+    assert answer.status_code == 422

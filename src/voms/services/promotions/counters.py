@@ -7,7 +7,7 @@ from sqlalchemy import func, or_, select
 
 from voms.db import tables as t
 from voms.db.types import utcnow
-from voms.domain.errors import NotFound
+from voms.domain.errors import Invalid, NotFound, ResultError
 from voms.domain.msisdn import normalize_msisdn
 from voms.domain.promotions import month_window, rewards_between
 from voms.domain.roles import Permission
@@ -28,8 +28,12 @@ def counters_of(
     s, p, c, r = t.subscribers, t.promotions, t.promotion_counters, t.promotion_rewards
     with UnitOfWork(rt, read_only=True) as uow:
         conn = uow.conn
+        try:
+            number = normalize_msisdn(msisdn)
+        except ResultError:
+            raise Invalid(f"'{msisdn}' is not a subscriber number (MSISDN)") from None
         subscriber = conn.execute(
-            select(s.c.id, s.c.service_provider_id).where(s.c.msisdn == normalize_msisdn(msisdn))
+            select(s.c.id, s.c.service_provider_id).where(s.c.msisdn == number)
         ).first()
         if subscriber is None:
             raise NotFound(f"subscriber '{msisdn}' not found")

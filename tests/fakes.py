@@ -27,6 +27,8 @@ from voms.domain.states import BatchState, SubscriberState, VoucherState
 from voms.runtime import Runtime
 from voms.services import catalog_cache, recharge_limits
 from voms.services.catalog_cache import BalanceTypeInfo, Snapshot
+from voms.services.promotions import cache as promotion_plans
+from voms.services.promotions.cache import ProviderPlans
 from voms.services.uow import AnsweredBefore, FirstAnswer
 
 NOW = datetime(2027, 3, 1, 12, tzinfo=UTC)
@@ -276,6 +278,8 @@ class Shop:
         recharge_limits._cache(self.rt).get(PROVIDER, lambda: recharge_limits.NONE)
         # The provider keeps its balances in the built-in wallet (no charging system).
         self.rt.read_cache("charging.billing", 5.0).get("all", lambda: {PROVIDER: ("ACME", None)})
+        # No promotion plans: the redemption's promotions step counts nothing.
+        promotion_plans._cache(self.rt).get(("sp", PROVIDER), lambda: ProviderPlans((), {}))
         for each in types or (voucher_type(),):
             cache = catalog_cache._voucher_types(self.rt)
             cache.get(("vt", each.id), lambda each=each: each)

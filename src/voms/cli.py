@@ -1622,3 +1622,78 @@ def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="The webhook's
 
     with handled():
         echo_json(destinations.remove_webhook(runtime(), _operator(), webhook_id))
+
+
+# --- promotions ---------------------------------------------------------------------------
+
+promotion_app = typer.Typer(
+    help="Promotion plans: create, list, show, end; a subscriber's counters.",
+    no_args_is_help=True,
+)
+app.add_typer(promotion_app, name="promotion")
+
+
+@promotion_app.command("create")
+def promotion_create(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="JSON body as POST /promotions")
+    ],
+) -> None:
+    """Create a plan from a JSON file (the body of POST /api/v1/promotions); the same
+    plan again is left as it is, another one with its code is refused."""
+    from voms.services.promotions import plans
+
+    try:
+        content = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {file}: {exc}")
+    with handled():
+        found, created = plans.create_or_find(
+            runtime(), _operator(), plans.PromotionIn.model_validate(content)
+        )
+        typer.echo(f"{'created' if created else 'already there:'} promotion {found['code']}")
+
+
+@promotion_app.command("list")
+def promotion_list(
+    service_provider: Annotated[str | None, typer.Option(help="Only this provider's")] = None,
+) -> None:
+    """The plans, newest first."""
+    from voms.services.promotions import plans
+
+    with handled():
+        echo_json(plans.list_plans(runtime(), _operator(), service_provider, limit=1000))
+
+
+@promotion_app.command("show")
+def promotion_show(code: Annotated[str, typer.Argument(help="Plan code")]) -> None:
+    """One plan."""
+    from voms.services.promotions import plans
+
+    with handled():
+        echo_json(plans.get(runtime(), _operator(), code))
+
+
+@promotion_app.command("end")
+def promotion_end(
+    code: Annotated[str, typer.Argument(help="Plan code")],
+    at: Annotated[str | None, typer.Option(help="ISO 8601 with offset [default: now]")] = None,
+) -> None:
+    """End a plan (now, or at --at): redemptions after that count no more."""
+    from voms.db.types import utcnow
+    from voms.services.promotions import plans
+
+    moment = _aware(at, "--at") or utcnow()
+    with handled():
+        echo_json(
+            plans.update_plan(runtime(), _operator(), code, plans.PromotionUpdate(ends_at=moment))
+        )
+
+
+@promotion_app.command("counters")
+def promotion_counters(msisdn: Annotated[str, typer.Argument(help="The subscriber")]) -> None:
+    """A subscriber's counter in each plan: window, value, target, rewards earned."""
+    from voms.services.promotions import counters
+
+    with handled():
+        echo_json(counters.counters_of(runtime(), _operator(), msisdn))

@@ -72,6 +72,18 @@ VOUCHER_TYPE = {
     "scenarios": [{"number": 1, "name": "one", "credits": []}],
 }
 
+PROMOTION = {
+    "code": "NEWPLAN",
+    "name": "New",
+    "service_provider": "ACME",
+    "starts_at": "2026-01-01T00:00:00+00:00",
+    "window": {"kind": "calendar_month"},
+    "counter": "count",
+    "target": 3,
+    "repeat": False,
+    "reward": {"credits": [{"balance_type": "SMS", "amount": 10}]},
+}
+
 OPERATIONS: dict[tuple[str, str], Rule] = {
     # redemption family (the body names nothing of ACME: the voucher found by PIN is)
     ("POST", "/api/v1/redemptions"): Rule(roles(A, C, CH), SEES_OWN),
@@ -257,6 +269,12 @@ OPERATIONS: dict[tuple[str, str], Rule] = {
     # TM Forum TMF654: the redemption's keys and roles
     ("POST", "/tmf-api/prepayBalanceManagement/v4/topupBalance"): Rule(roles(A, C, CH), SEES_OWN),
     ("GET", "/tmf-api/prepayBalanceManagement/v4/topupBalance/{id}"): Rule(roles(A, C, CH), HIDDEN),
+    # promotions, and a subscriber's counters
+    ("POST", "/api/v1/promotions"): Rule(roles(A, OP), body=PROMOTION),
+    ("GET", "/api/v1/promotions"): Rule(roles(A, OP), SEES_OWN),
+    ("GET", "/api/v1/promotions/{code}"): Rule(roles(A, OP)),
+    ("PATCH", "/api/v1/promotions/{code}"): Rule(roles(A, OP), body={"name": "N"}),
+    ("GET", "/api/v1/subscribers/{msisdn}/counters"): Rule(roles(A, OP, C, AU)),
 }
 
 # A body no operation accepts: whoever may not call gets 401/403, never 422.
@@ -322,6 +340,8 @@ def world(rt: Runtime, client: TestClient, partner_keys: PartnerKeys) -> World:
     assert webhook.status_code == 201, webhook.text
     Relay(rt).fan_out()  # the redemption's event becomes the webhook's delivery
     delivery = client.get("/api/v1/event-deliveries", headers=admin).json()["items"][0]
+    plan = client.post("/api/v1/promotions", headers=admin, json={**PROMOTION, "code": "LOYAL"})
+    assert plan.status_code == 201, plan.text
     callers = {"no key": {}, "invalid key": bearer("voms_" + "x" * 40)}
     callers |= {
         role.value: bearer(factories.api_key(rt, role.value, name=f"matrix-{role}"))
@@ -370,6 +390,8 @@ def _path(world: World, method: str, template: str) -> str:
         params["code"] = "SHOP1"
     elif template.startswith("/api/v1/reports/"):
         params["name"] = "inventory"
+    elif template.startswith("/api/v1/promotions/"):
+        params["code"] = "LOYAL"
     path = template.format(**params)
     return path + "?token=" + world.values["{token}"] if path.endswith("/file") else path
 

@@ -103,7 +103,7 @@ def test_a_scoped_key_sees_only_its_provider(
 @pytest.mark.parametrize(
     ("path", "status"),
     [
-        ("/api/v1/reports/rewards", 404),
+        ("/api/v1/reports/loyalty", 404),
         ("/api/v1/reports/redemptions?service_provider=NOSUCH", 404),
         ("/api/v1/reports/redemptions?format=doc", 422),
         ("/api/v1/reports/redemptions?group_by=week", 422),

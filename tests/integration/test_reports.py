@@ -290,7 +290,7 @@ def test_scope_and_role_come_before_validation(rt: Runtime, known: dict[str, Any
     for role in (Role.OPERATOR, Role.CARE, Role.AUDITOR, Role.ADMIN):
         run_report(rt, Principal(name="p", role=role), "failures", MARCH)
     with pytest.raises(NotFound):
-        run_report(rt, CONSOLE, "rewards", Query())
+        run_report(rt, CONSOLE, "loyalty", Query())
     with pytest.raises(Invalid):
         run_report(rt, CONSOLE, "redemptions", Query(since="yesterday"))
     with pytest.raises(Invalid):

@@ -22,6 +22,7 @@ from voms.api import (
     events,
     health,
     housekeeping,
+    promotions,
     redemptions,
     reports,
     resellers,
@@ -189,6 +190,7 @@ def create_app(rt: Runtime | None = None, scheduler: bool | None = None) -> App:
         alerts.router,
         events.router,
         tmf654.router,
+        promotions.router,
     )
     # What the gate matches a request against (FastAPI keeps included routers nested).
     app.state.api_routes = [

@@ -27,7 +27,7 @@ def get_report(
     format: str = "json",
 ) -> Response:
     """One report (inventory, liability, redemptions, failures, expiries, partners,
-    summary); ``format`` json, csv, xlsx or pdf. Values are checked after the caller's
+    summary, rewards); ``format`` json, csv, xlsx or pdf. Values are checked after the caller's
     role and scope (403 before 422), so they arrive as text."""
     query = reports.Query(
         since=since,

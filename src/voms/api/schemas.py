@@ -1,9 +1,17 @@
 """Response models of the REST API (request models live with their services)."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+)
+from typing_extensions import TypedDict
 
 
 class ServiceProviderPublic(BaseModel):
@@ -48,6 +56,43 @@ class ScenarioPublic(BaseModel):
     credits: list[CreditPublic]
     account_expiry_extension_days: int
     new_product_type: str | None
+    # A campaign scenario only: offered from valid_from until valid_until, to these
+    # product types (docs/promotions.md).
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    product_types: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _campaign_only_when_set(self, handler: SerializerFunctionWrapHandler) -> "ScenarioShown":
+        shown: dict[str, Any] = handler(self)
+        return {k: v for k, v in shown.items() if k not in _CAMPAIGN or v is not None}  # type: ignore[return-value]
+
+
+# A datetime, or its ISO text once serialized for JSON (documented as date-time).
+_Moment = Annotated[datetime | str, WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class CreditShown(TypedDict):
+    balance_type: str
+    amount: int
+    balance_expiry_extension_days: int
+
+
+class ScenarioShown(TypedDict):
+    """A scenario as answered: the campaign fields only when the scenario has them."""
+
+    number: int
+    name: str
+    default: bool
+    credits: list[CreditShown]
+    account_expiry_extension_days: int
+    new_product_type: str | None
+    valid_from: NotRequired[_Moment]
+    valid_until: NotRequired[_Moment]
+    product_types: NotRequired[list[str]]
+
+
+_CAMPAIGN = ("valid_from", "valid_until", "product_types")
 
 
 class VoucherTypePublic(BaseModel):

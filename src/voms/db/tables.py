@@ -125,6 +125,9 @@ scenarios = Table(
     Column("is_default", Boolean, nullable=False),
     Column("account_expiry_extension_days", Integer, nullable=False),
     Column("new_product_type_id", ForeignKey("product_types.id")),
+    # A campaign scenario is offered only from valid_from until valid_until (0006_promo).
+    Column("valid_from", UTCDateTime()),
+    Column("valid_until", UTCDateTime()),
     UniqueConstraint("voucher_type_id", "number", name="uq_scenarios_vt_number"),
     CheckConstraint("number > 0", name="number_positive"),
     CheckConstraint("account_expiry_extension_days >= 0", name="extension_not_negative"),
@@ -141,6 +144,14 @@ scenario_credits = Table(
     UniqueConstraint("scenario_id", "balance_type_id", name="uq_scenario_credits_scenario_bt"),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("balance_expiry_extension_days >= 0", name="extension_not_negative"),
+)
+
+# The product types a scenario is offered to (none: every product type) (0006_promo).
+scenario_product_types = Table(
+    "scenario_product_types",
+    metadata,
+    Column("scenario_id", ForeignKey("scenarios.id", ondelete="CASCADE"), primary_key=True),
+    Column("product_type_id", ForeignKey("product_types.id"), primary_key=True),
 )
 
 # --- access and audit ------------------------------------------------------------
@@ -1027,4 +1038,79 @@ event_deliveries = Table(
     UniqueConstraint("destination_id", "event_seq", name="uq_event_deliveries_event"),
     CheckConstraint("state IN ('pending', 'delivered', 'dead')", name="state"),
     Index("ix_event_deliveries_queue", "destination_id", "state", "event_seq"),
+)
+
+
+# --- promotions (migration 0006_promo) -------------------------------------------------
+# Promotion plans, a counter per plan and subscriber, and the rewards granted. See
+# services/promotions/ and docs/promotions.md.
+
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_provider_id", ForeignKey("service_providers.id"), nullable=False),
+    Column("code", String(32), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("ends_at", UTCDateTime()),
+    Column("window_kind", String(16), nullable=False),
+    Column("window_days", Integer),
+    Column("counter", String(8), nullable=False),
+    Column("target", BigInteger, nullable=False),
+    Column("repeat", Boolean, nullable=False),
+    # {"voucher_type_ids": [...], "channels": [...], "product_type_ids": [...]}; empty: all
+    Column("eligible", JSON, nullable=False),
+    # {"credits": [{"balance_type_id", "amount", "balance_expiry_extension_days"}],
+    #  "account_expiry_extension_days", "percent_of_value", "new_product_type_id"}
+    Column("reward", JSON, nullable=False),
+    Column("created_by", String(100), nullable=False),
+    _created_at(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(
+        "window_kind IN ('calendar_month', 'rolling_days', 'campaign')", name="window_kind"
+    ),
+    CheckConstraint("counter IN ('count', 'value')", name="counter"),
+    CheckConstraint("target > 0", name="target_positive"),
+    CheckConstraint(
+        "window_kind != 'rolling_days' OR window_days > 0", name="rolling_days_positive"
+    ),
+)
+
+# One row per plan and subscriber: the counter of its current window. A redemption adds
+# to it with one upsert; a window that has ended starts again at that redemption.
+promotion_counters = Table(
+    "promotion_counters",
+    metadata,
+    Column("promotion_id", ForeignKey("promotions.id"), primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id"), primary_key=True),
+    Column("window_start", UTCDateTime(), nullable=False),
+    Column("window_end", UTCDateTime(), nullable=False),
+    Column("value", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_promotion_counters_subscriber", "subscriber_id"),
+)
+
+# Every reward granted, written in the redemption's transaction (the ledger rows of the
+# credits carry cause 'reward' and the same transaction_id). ``value`` is what the
+# reward credited in money (balance types with a currency), for the rewards report.
+promotion_rewards = Table(
+    "promotion_rewards",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("promotion_id", ForeignKey("promotions.id"), nullable=False),
+    Column("service_provider_id", Integer, nullable=False),
+    Column("subscriber_id", ForeignKey("subscribers.id"), nullable=False),
+    Column("msisdn", String(15), nullable=False),
+    Column("transaction_id", String(36), nullable=False),
+    Column("times", Integer, nullable=False),
+    Column("credits", JSON, nullable=False),
+    Column("account_expiry_extension_days", Integer, nullable=False),
+    Column("new_product_type_id", Integer),
+    Column("value", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),  # "" when no money was credited
+    CheckConstraint("times > 0", name="times_positive"),
+    Index("ix_promotion_rewards_at", "at"),
+    Index("ix_promotion_rewards_subscriber", "subscriber_id", "at"),
 )

@@ -5,6 +5,7 @@ reads them and never changes them.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 TimeoutAction = Literal["hold", "commit", "revoke"]
@@ -41,6 +42,20 @@ class Scenario:
     account_expiry_extension_days: int = 0
     new_product_type_id: int | None = None
     new_product_type: str | None = None
+    # A campaign scenario: offered from valid_from until valid_until, to these product
+    # types only (empty: every product type).
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    product_type_ids: frozenset[int] = frozenset()
+
+    def runs_at(self, at: datetime) -> bool:
+        """The scenario is offered at ``at`` (its window is ``[valid_from, valid_until)``)."""
+        return (self.valid_from is None or self.valid_from <= at) and (
+            self.valid_until is None or at < self.valid_until
+        )
+
+    def offered_to(self, product_type_id: int) -> bool:
+        return not self.product_type_ids or product_type_id in self.product_type_ids
 
     def public(self) -> dict[str, Any]:
         """As an API answer shows it (a 2008 lists the choices this way)."""

@@ -37,6 +37,7 @@ class Permission(StrEnum):
     # (`voms apikey create --allow voucher-type-recharge`), never a role by itself.
     VOUCHER_TYPE_RECHARGE = "voucher-type-recharge"
     EVENTS_ADMIN = "events:admin"  # webhooks, deliveries, replays: admins only
+    PROMOTIONS = "promotions"  # create, change and read promotion plans
 
 
 # Rights a key can be given beyond its role, by the names `--allow` takes.
@@ -55,6 +56,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.SUBSCRIBER_WRITE,
             Permission.HOUSEKEEPING,
             Permission.REPORT_READ,
+            Permission.PROMOTIONS,
         }
     ),
     Role.DISTRIBUTOR: frozenset(

@@ -1,8 +1,9 @@
 """Catalog: service providers, balance types, product types, voucher types + scenarios."""
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import Connection, Row, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -88,6 +89,18 @@ class ScenarioIn(_Input):
     credits: list[CreditIn] = Field(default_factory=list, max_length=20)
     account_expiry_extension_days: Annotated[int, Field(ge=0, le=36_500)] = 0
     new_product_type: Code | None = None
+    # A campaign scenario (docs/promotions.md): offered only from valid_from until
+    # valid_until, and only to these product types (empty: all).
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    product_types: list[Code] = Field(default_factory=list, max_length=100)
+
+    @field_validator("valid_from", "valid_until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2027-07-01T00:00:00+00:00")
+        return value
 
 
 class VoucherTypeIn(_Input):
@@ -158,10 +171,20 @@ def _found(what: str, code: str, existing: dict[str, Any], body: BaseModel) -> d
 
 def _comparable(field: str, value: Any) -> Any:
     if field == "scenarios" and isinstance(value, list):
-        return sorted(value, key=lambda scenario: scenario["number"])
+        return sorted(
+            (_comparable_scenario(scenario) for scenario in value),
+            key=lambda scenario: scenario["number"],
+        )
     if field == "allowed_product_types" and isinstance(value, list):
         return sorted(value)
     return value
+
+
+def _comparable_scenario(scenario: dict[str, Any]) -> dict[str, Any]:
+    shown = {k: v for k, v in scenario.items() if k not in _CAMPAIGN or v}
+    if "product_types" in shown:
+        shown["product_types"] = sorted(shown["product_types"])
+    return shown
 
 
 # Fields a PATCH may set to null: a limit or currency removed; for the lists, null
@@ -539,6 +562,12 @@ def _check_scenarios(scenarios: list[ScenarioIn]) -> None:
             and not scenario.new_product_type
         ):
             raise Invalid(f"scenario {scenario.number} gives nothing")
+        if (
+            scenario.valid_from is not None
+            and scenario.valid_until is not None
+            and scenario.valid_until <= scenario.valid_from
+        ):
+            raise Invalid(f"scenario {scenario.number} ends before it starts")
 
 
 def _check_selection(selection: str, scenarios: list[dict[str, Any]]) -> None:
@@ -565,9 +594,18 @@ def _write_scenarios(conn: Connection, vt_id: int, sp_id: int, scenarios: list[S
                 is_default=scenario.default or len(scenarios) == 1,
                 account_expiry_extension_days=scenario.account_expiry_extension_days,
                 new_product_type_id=new_pt,
+                valid_from=scenario.valid_from,
+                valid_until=scenario.valid_until,
             )
             .returning(t.scenarios.c.id)
         ).scalar_one()
+        for code in dict.fromkeys(scenario.product_types):
+            conn.execute(
+                insert(t.scenario_product_types).values(
+                    scenario_id=scenario_id,
+                    product_type_id=_code_id(conn, t.product_types, sp_id, code, "product type"),
+                )
+            )
         for credit in scenario.credits:
             conn.execute(
                 insert(t.scenario_credits).values(
@@ -640,6 +678,13 @@ def load_voucher_type(
         .where(sc.c.voucher_type_id == row.id)
         .order_by(cr.c.id)
     ).all()
+    offered_to = conn.execute(
+        select(t.scenario_product_types.c.scenario_id, pt.c.id, pt.c.code)
+        .join(pt, pt.c.id == t.scenario_product_types.c.product_type_id)
+        .join(sc, sc.c.id == t.scenario_product_types.c.scenario_id)
+        .where(sc.c.voucher_type_id == row.id)
+        .order_by(pt.c.code)
+    ).all()
     scenarios = []
     for s in scenario_rows:
         scenarios.append(
@@ -660,6 +705,10 @@ def load_voucher_type(
                 "account_expiry_extension_days": s.account_expiry_extension_days,
                 "new_product_type": s.new_pt_code,
                 "new_product_type_id": s.new_product_type_id,
+                "valid_from": s.valid_from,
+                "valid_until": s.valid_until,
+                "product_types": [o.code for o in offered_to if o.scenario_id == s.id],
+                "product_type_ids": [o.id for o in offered_to if o.scenario_id == s.id],
             }
         )
     return {
@@ -717,6 +766,9 @@ def voucher_type_of(loaded: dict[str, Any]) -> VoucherType:
                 account_expiry_extension_days=s["account_expiry_extension_days"],
                 new_product_type_id=s["new_product_type_id"],
                 new_product_type=s["new_product_type"],
+                valid_from=s["valid_from"],
+                valid_until=s["valid_until"],
+                product_type_ids=frozenset(s["product_type_ids"]),
             )
             for s in loaded["scenarios"]
         ),
@@ -735,7 +787,12 @@ def public_scenario(scenario: dict[str, Any]) -> dict[str, Any]:
         ],
         "account_expiry_extension_days": scenario["account_expiry_extension_days"],
         "new_product_type": scenario["new_product_type"],
+        # A campaign scenario's window and product types, shown only when it has them.
+        **{k: scenario[k] for k in _CAMPAIGN if scenario[k]},
     }
+
+
+_CAMPAIGN = ("valid_from", "valid_until", "product_types")
 
 
 def create_voucher_type(rt: Runtime, actor: Principal, body: VoucherTypeIn) -> dict[str, Any]:
@@ -769,7 +826,13 @@ def create_or_find_voucher_type(
         _write_allowed_product_types(conn, vt_id, sp_id, body.allowed_product_types)
         _write_scenarios(conn, vt_id, sp_id, body.scenarios)
         audit.record(
-            conn, actor, "voucher_type.create", "voucher_type", body.code, sp_id, body.model_dump()
+            conn,
+            actor,
+            "voucher_type.create",
+            "voucher_type",
+            body.code,
+            sp_id,
+            body.model_dump(mode="json"),
         )
         result = public_voucher_type(load_voucher_type(conn, voucher_type_id=vt_id))
         _check_selection(body.scenario_selection, result["scenarios"])
@@ -837,7 +900,8 @@ def update_voucher_type(
         if body.scenarios is not None:
             _write_scenarios(conn, loaded["id"], sp_id, body.scenarios)
         if changes:
-            audit.record(conn, actor, "voucher_type.update", "voucher_type", code, sp_id, changes)
+            detail = body.model_dump(mode="json", exclude_unset=True)
+            audit.record(conn, actor, "voucher_type.update", "voucher_type", code, sp_id, detail)
         result = public_voucher_type(load_voucher_type(conn, voucher_type_id=loaded["id"]))
         _check_selection(result["scenario_selection"], result["scenarios"])
         uow.commit()

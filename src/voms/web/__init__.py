@@ -13,6 +13,7 @@ from voms.web import (
     care_pages,
     events_pages,
     operations,
+    promotion_pages,
     report_pages,
     reseller_pages,
 )
@@ -45,6 +46,7 @@ def mount(app: FastAPI) -> None:
         report_pages,
         reseller_pages,
         events_pages,
+        promotion_pages,
     ):
         app.include_router(module.router)
     app.include_router(_fallback)

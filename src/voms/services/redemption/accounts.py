@@ -2,6 +2,7 @@
 scenario, and the change the billing engine applies."""
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from voms.billing.engine import Account, Change
@@ -39,13 +40,24 @@ def check_account(
 
 
 def scenario(
-    attempt: Attempt, voucher_type: VoucherType, raw: object, *, use_default: bool = False
+    attempt: Attempt,
+    voucher_type: VoucherType,
+    raw: object,
+    account: Account | None = None,
+    at: datetime | None = None,
+    *,
+    use_default: bool = False,
 ) -> Scenario:
     """The scenario asked for, the only one, or the default one (``use_default``: a
     voucher-type recharge; or the type's ``scenario_selection``); 4005, 2008 listing
-    the choices."""
+    the choices. With ``at``, among those running then and offered to the account's
+    product type (2007)."""
     number = attempt.scenario = requests.scenario_number(raw)
-    chosen = choose_scenario(voucher_type, number, use_default=use_default)
+    known = account is not None and account.service_provider_id == voucher_type.service_provider_id
+    product_type_id = account.product_type_id if known and account is not None else None
+    chosen = choose_scenario(
+        voucher_type, number, use_default=use_default, at=at, product_type_id=product_type_id
+    )
     attempt.scenario = chosen.number
     return chosen
 

@@ -30,6 +30,7 @@ from voms.services.redemption import (
     blacklist,
     charging,
     limits,
+    promotions,
     requests,
     vouchers,
 )
@@ -56,16 +57,20 @@ def redeem(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respons
         found = vouchers.find(rt, uow, attempt, request, msisdn)
         charging.hand_over(rt, uow, attempt, request, found, msisdn, recipient)  # external IN
         taken = vouchers.move(uow, found.serial, VoucherAction.REDEEM, redeemed_by=recipient)
+        counted = promotions.count_early(rt, uow, attempt, found.voucher_type, recipient)
         account = rt.billing.load_account(uow, recipient, lock=True)  # (sends the move too)
         account = accounts_lifecycle.admit(rt, uow, account)
         accounts.check_account(account, found.voucher_type)
         assert account is not None
-        scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
+        scenario = accounts.scenario(
+            attempt, found.voucher_type, request.scenario, account, uow.started_at
+        )
         vouchers.ensure_taken(uow, taken, found.serial)
         change = accounts.change(rt, uow, attempt, scenario, "redemption")
         rt.billing.check(account, change)
         limits.count(rt, uow, found.voucher_type.service_provider_id, recipient, change)
         credited = accounts.credit(rt, uow, account, change)
+        promotions.reward(rt, uow, attempt, account, change, credited, counted)
         if found.had_failures:
             blacklist.forget_bad_pins(uow, msisdn)
         return success(
@@ -105,7 +110,9 @@ def reserve(rt: Runtime, actor: Principal, request: RedemptionRequest) -> Respon
         account = rt.billing.load_account(uow, recipient, lock=False)  # (sends the move too)
         account = accounts_lifecycle.admit(rt, uow, account, revive=False)
         accounts.check_account(account, found.voucher_type, required=False)
-        scenario = accounts.scenario(attempt, found.voucher_type, request.scenario)
+        scenario = accounts.scenario(
+            attempt, found.voucher_type, request.scenario, account, uow.started_at
+        )
         vouchers.ensure_taken(uow, taken, found.serial)
         credits = [{**c.public(), "balance": None} for c in scenario.credits]
         expires_at = uow.started_at + timedelta(seconds=found.voucher_type.reservation_timeout_s)
@@ -160,20 +167,25 @@ def recharge(rt: Runtime, actor: Principal, request: RechargeRequest) -> Respons
             raise ResultError(Result.VOUCHER_TYPE_NOT_FOUND)
         attempt.voucher_type_id = voucher_type.id
         attempt.service_provider_id = voucher_type.service_provider_id
+        counted = promotions.count_early(rt, uow, attempt, voucher_type, recipient)
         account = rt.billing.load_account(uow, recipient, lock=True)
         account = accounts_lifecycle.admit(rt, uow, account)
         accounts.check_account(account, voucher_type)
         assert account is not None
-        scenario = accounts.scenario(attempt, voucher_type, request.scenario, use_default=True)
+        scenario = accounts.scenario(
+            attempt, voucher_type, request.scenario, account, uow.started_at, use_default=True
+        )
         change = accounts.change(rt, uow, attempt, scenario, "recharge")
         rt.billing.check(account, change)
         limits.count(rt, uow, voucher_type.service_provider_id, recipient, change)
+        credited = accounts.credit(rt, uow, account, change)
+        promotions.reward(rt, uow, attempt, account, change, credited, counted)
         return success(
             voucher_type=voucher_type.code,
             scenario=scenario.number,
             msisdn=attempt.msisdn,
             recipient_msisdn=attempt.recipient,
-            **accounts.credit(rt, uow, account, change),
+            **credited,
         )
 
     return attempts.run(rt, attempt, request, work)

@@ -23,7 +23,16 @@ from voms.services.auth import Principal
 from voms.services.reports.rollups import as_utc
 from voms.services.uow import UnitOfWork
 
-NAMES = ("inventory", "liability", "redemptions", "failures", "expiries", "partners", "summary")
+NAMES = (
+    "inventory",
+    "liability",
+    "redemptions",
+    "failures",
+    "expiries",
+    "partners",
+    "summary",
+    "rewards",
+)
 GROUP_BY = ("hour", "day", "month")
 BY = ("channel", "voucher_type", "service_provider", "partner")
 DEFAULT_SPAN = timedelta(days=30)
@@ -101,6 +110,10 @@ def run_report(rt: Runtime, actor: Principal, name: str, query: Query) -> Report
             return _failures(conn, sp_id, since, until)
         if name == "expiries":
             return _expiries(conn, names, sp_id, since, until)
+        if name == "rewards":
+            from voms.services.reports.rewards import rewards_report
+
+            return rewards_report(conn, names.providers, sp_id, since, until, query.group_by)
         return _partners(conn, names, sp_id, since, until)
 
 

@@ -194,6 +194,48 @@ def _api_key(conn: Connection, _: Principal, p: Mapping[str, str]) -> int | None
     )
 
 
+def _webhook(conn: Connection, actor: Principal, p: Mapping[str, str]) -> int | None:
+    """Another provider's webhook (or an unscoped one, for a scoped key) answers 404 as
+    one that does not exist, as the events service does."""
+    webhook_id = _integer(p["webhook_id"], INT_MAX)
+    d = t.event_destinations
+    what = f"webhook {webhook_id}"
+    owner = _one(
+        conn,
+        what,
+        select(d.c.service_provider_id).where(d.c.id == webhook_id, d.c.kind == "webhook"),
+    )
+    if actor.service_provider_id is not None and owner != actor.service_provider_id:
+        raise NotFound(f"{what} not found")
+    return owner
+
+
+def _delivery(conn: Connection, actor: Principal, p: Mapping[str, str]) -> int | None:
+    """An event delivery belongs to its destination's provider (404 outside it)."""
+    delivery_id = _integer(p["delivery_id"], BIGINT_MAX)
+    d, e = t.event_destinations, t.event_deliveries
+    what = f"delivery {delivery_id}"
+    owner = _one(
+        conn,
+        what,
+        select(d.c.service_provider_id)
+        .join(e, e.c.destination_id == d.c.id)
+        .where(e.c.id == delivery_id),
+    )
+    if actor.service_provider_id is not None and owner != actor.service_provider_id:
+        raise NotFound(f"{what} not found")
+    return owner
+
+
+def _promotion(conn: Connection, _: Principal, p: Mapping[str, str]) -> int | None:
+    pr = t.promotions
+    return _one(
+        conn,
+        f"promotion '{p['code']}'",
+        select(pr.c.service_provider_id).where(pr.c.code == p["code"]),
+    )
+
+
 # What each object-naming path prefix names. A transaction with no provider (a failed
 # attempt that found no voucher) belongs to nobody: whoever sees transactions may read it.
 KINDS: dict[str, Kind] = {
@@ -211,6 +253,9 @@ KINDS: dict[str, Kind] = {
     "/api/v1/housekeeping/jobs/{name}": Kind(_job),
     "/api/v1/transactions/{transaction_id}": Kind(_transaction, shared_read_only=False),
     "/api/v1/resellers/{code}": Kind(_reseller),
+    "/api/v1/webhooks/{webhook_id}": Kind(_webhook),
+    "/api/v1/event-deliveries/{delivery_id}": Kind(_delivery),
+    "/api/v1/promotions/{code}": Kind(_promotion),
 }
 
 

@@ -97,6 +97,25 @@ def test_the_redemption_that_reaches_the_target_is_rewarded_once(shop: Runtime) 
     assert verify.verify(rt).problems == []
 
 
+def test_a_reward_is_an_event_and_an_sms_written_with_the_redemption(shop: Runtime) -> None:
+    rt = shop
+    plan(rt)
+    answers = [redeem(rt, pin) for pin in pins(rt, 3)]
+    with rt.engine.connect() as conn:
+        (event,) = conn.execute(
+            select(t.event_outbox).where(t.event_outbox.c.type == "promotion.rewarded")
+        ).all()
+        (alert,) = conn.execute(select(t.alerts).where(t.alerts.c.kind == "reward")).all()
+    assert event.subject == MSISDN
+    assert event.data == {
+        "transaction_id": answers[2]["transaction_id"],
+        "promotion": "LOYAL",
+        "msisdn": MSISDN,
+        "credits": [{"balance_type": "SMS", "amount": 50}],
+    }
+    assert (alert.msisdn, alert.audience, alert.state) == (MSISDN, "subscriber", "pending")
+
+
 def test_a_repeat_plan_rewards_every_multiple_of_the_target(shop: Runtime) -> None:
     rt = shop
     plan(rt, target=2, repeat=True)

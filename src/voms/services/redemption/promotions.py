@@ -16,7 +16,8 @@ from typing import Any
 from voms.billing.engine import Account, Balance, Change
 from voms.domain.catalog import VoucherType
 from voms.runtime import Runtime
-from voms.services import catalog_cache
+from voms.services import alerts, catalog_cache
+from voms.services.events import outbox as events
 from voms.services.promotions import counting
 from voms.services.redemption import accounts
 from voms.services.redemption.requests import Attempt
@@ -57,6 +58,7 @@ def reward(
         granted = counting.reward_change(reached, counted, current, max_balances, change)
         given = accounts.credit(rt, uow, current, granted)
         counting.record_reward(uow, reached, counted, current, granted)
+        _tell(uow, attempt, current, reached.plan.code, given["credits"])
         answer["rewards"].append(
             {
                 "promotion": reached.plan.code,
@@ -89,3 +91,36 @@ def _after(account: Account, change: Change, answer: dict[str, Any]) -> Account:
 
 def _moment(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value is not None else None
+
+
+def _tell(
+    uow: UnitOfWork, attempt: Attempt, account: Account, promotion: str, credits: list[Any]
+) -> None:
+    """The reward's event (``promotion.rewarded``) and its SMS to the subscriber (sent by
+    the ``alert_delivery`` job after quiet hours), both written with the redemption."""
+    shown = [
+        {"balance_type": c["balance_type"], "amount": c["amount"], "balance": c.get("balance")}
+        for c in credits
+    ]
+    events.emit(
+        uow,
+        "promotion.rewarded",
+        account.msisdn,
+        {
+            "transaction_id": attempt.id,
+            "promotion": promotion,
+            "msisdn": account.msisdn,
+            "credits": [{k: c[k] for k in ("balance_type", "amount")} for c in shown],
+        },
+        service_provider_id=account.service_provider_id,
+        at=uow.started_at,
+    )
+    alerts.reward_granted(
+        uow,
+        transaction_id=attempt.id,
+        promotion=promotion,
+        service_provider_id=account.service_provider_id,
+        subscriber_id=account.id,
+        msisdn=account.msisdn,
+        credits=shown,
+    )

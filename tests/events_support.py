@@ -31,7 +31,11 @@ class WebhookReceiver:
             protocol_version = "HTTP/1.1"  # keeps the relay's connection alive
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was sent
+                    self.close_connection = True
+                    return
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
                 if not signature_matches(receiver.secret, body, self.headers.get(SIGNATURE_HEADER)):

@@ -120,7 +120,7 @@ def test_the_redemption_answers_its_rewards_and_care_sees_the_counter(
         "rewards": 1,
         "running": True,
     }
-    ledger = client.get(f"/api/v1/subscribers/{MSISDN}/ledger", headers=care).json()
+    ledger = client.get(f"/api/v1/subscribers/{MSISDN}/ledger", headers=care).json()["items"]
     assert [e["cause"] for e in ledger].count("reward") == 1
     unknown = client.get("/api/v1/subscribers/254799999999/counters", headers=care)
     assert unknown.status_code == 404
@@ -143,7 +143,7 @@ def test_a_campaign_scenario_shows_its_window_and_product_types(
         "/api/v1/voucher-types", headers=operator, json={**body, "scenarios": [regular, campaign]}
     )
     assert created.status_code == 201, created.text
-    shown = client.get("/api/v1/voucher-types/FEST/scenarios", headers=operator).json()
+    shown = client.get("/api/v1/voucher-types/FEST/scenarios", headers=operator).json()["items"]
     assert "valid_from" not in shown[0]
     assert (shown[1]["valid_from"], shown[1]["valid_until"], shown[1]["product_types"]) == (
         "2027-07-01T00:00:00Z",

@@ -128,6 +128,13 @@ def update_promotion(
 
 
 @router.get("/subscribers/{msisdn}/counters", response_model=CounterPage)
-def subscriber_counters(msisdn: str, rt: RuntimeDep, who: LookupCaller) -> dict[str, Any]:
-    """Each plan's counter for this subscriber: the window, the value, the target."""
-    return counters.counters_of(rt, who, msisdn)
+def subscriber_counters(
+    msisdn: str,
+    rt: RuntimeDep,
+    who: LookupCaller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Each plan's counter for this subscriber (newest plan first): the window, the value,
+    the target."""
+    return counters.counters_of(rt, who, msisdn, limit=limit, cursor=cursor)

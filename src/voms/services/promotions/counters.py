@@ -13,18 +13,27 @@ from voms.domain.promotions import month_window, rewards_between
 from voms.domain.roles import Permission
 from voms.domain.scenarios import LATEST_EXPIRY
 from voms.runtime import Runtime
+from voms.services import paging
 from voms.services.auth import Principal
 from voms.services.uow import UnitOfWork
 
 
 def counters_of(
-    rt: Runtime, actor: Principal, msisdn: str, *, at: datetime | None = None
+    rt: Runtime,
+    actor: Principal,
+    msisdn: str,
+    *,
+    at: datetime | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """Each plan of the subscriber's provider that runs now or counted it: the counter of
     the current window, the target, the rewards earned in the window and what is left
     to the next one; ``{"items", "next_cursor"}``, newest plan first."""
     actor.require(Permission.LOOKUP)
     now = at or utcnow()
+    size = paging.bounded(limit)
+    after = paging.decode(cursor, int)
     s, p, c, r = t.subscribers, t.promotions, t.promotion_counters, t.promotion_rewards
     with UnitOfWork(rt, read_only=True) as uow:
         conn = uow.conn
@@ -61,9 +70,15 @@ def counters_of(
                     (p.c.starts_at <= now) & (or_(p.c.ends_at.is_(None), p.c.ends_at > now)),
                 ),
             )
+            .where(*([p.c.id < after[0]] if after is not None else []))
             .order_by(p.c.id.desc())
+            .limit(size + 1)
         ).all()
-    return {"items": [_counter(row, now) for row in rows], "next_cursor": None}
+    items = [_counter(row, now) | {"_id": row.id} for row in rows]
+    found = paging.page(items, size, lambda item: (item["_id"],))
+    for item in found["items"]:
+        del item["_id"]
+    return found
 
 
 def _counter(row: Any, now: datetime) -> dict[str, Any]:

@@ -9,7 +9,7 @@ VOMS_TEST_POSTGRES_URL's, migrated, with the tests' catalog):
    process (interpreter start, imports, batch, crypto workers, every chunk, the end);
 2. dumps the vouchers it wrote (``COPY … TO STDOUT``, binary, not timed) and makes a clone of
    ``vouchers`` (``CREATE TABLE … (LIKE vouchers INCLUDING ALL)`` with the same foreign
-   key to ``batches``);
+   key to ``batches`` and storage parameters);
 3. times a plain ``COPY`` of that dump into the clone from this process, one
    transaction, in 1 MiB writes (the floor: the database's own work on the same rows).
 
@@ -105,6 +105,11 @@ def _copy(url: str, dump: Path) -> float:
         conn.execute(
             "ALTER TABLE vouchers_clone ADD FOREIGN KEY (batch_id) REFERENCES batches (id)"
         )
+        (options,) = conn.execute(  # storage parameters (fillfactor): LIKE leaves them out
+            "SELECT reloptions FROM pg_class WHERE oid = 'vouchers'::regclass"
+        ).fetchone() or (None,)
+        if options:
+            conn.execute(f"ALTER TABLE vouchers_clone SET ({', '.join(options)})")
         conn.execute("CHECKPOINT")
     with psycopg.connect(url) as conn:
         began = time.perf_counter()

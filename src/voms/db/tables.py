@@ -256,6 +256,8 @@ vouchers = Table(
         name="state",
     ),
     Index("ix_vouchers_batch_id", "batch_id"),
+    # Room on each page for a voucher's next state: HOT updates (migration 0006_scale).
+    postgresql_with={"fillfactor": 85},
 )
 
 # History of batch and range operations: one row per operation, not per voucher.

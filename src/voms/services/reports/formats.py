@@ -4,13 +4,14 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fpdf import FPDF
-
-from voms import printout, xlsx
+from voms import xlsx
 from voms.domain.errors import Invalid
 from voms.services.reports.queries import Report
+
+if TYPE_CHECKING:  # fpdf2 (and Pillow) load when a PDF is asked for: not in every command
+    from fpdf import FPDF
 
 FORMATS = ("json", "csv", "xlsx", "pdf")
 MEDIA_TYPES = {
@@ -67,6 +68,8 @@ def to_xlsx(report: Report) -> bytes:
 
 def to_pdf(report: Report) -> bytes:
     """A printable page: title, period, the table, and any sections (summary)."""
+    from voms import printout
+
     pdf = printout.document(_title(report), orientation="landscape")
     _pdf_table(pdf, report)
     for name, section in report.sections.items():
@@ -82,7 +85,9 @@ def _title(report: Report) -> str:
     return f"OpenVoMS report: {report.name}"
 
 
-def _pdf_table(pdf: FPDF, report: Report) -> None:
+def _pdf_table(pdf: "FPDF", report: Report) -> None:
+    from voms import printout
+
     if report.since is not None and report.until is not None:
         printout.line(pdf, f"{report.since.isoformat()} to {report.until.isoformat()} (UTC)")
     printout.table(pdf, _table(report))

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
 from tests import factories
 from tests.e2e.processes import start_http_server
+from tests.redeemed_once import assert_each_redeemed_once
 from voms.config import Settings
-from voms.db import tables as t
 from voms.runtime import Runtime
 
 VOMS = str(Path(sys.executable).with_name("voms"))
@@ -155,19 +154,4 @@ def test_kill_9_during_redemptions_then_restart_leaves_every_invariant_intact(
     assert swept.returncode == 0, swept.stderr
     assert json.loads(swept.stdout)["rows_affected"] == 0  # no reservation left behind
 
-    tx, lg = t.transactions, t.ledger
-    with rt.engine.connect() as conn:
-        redeemed = conn.execute(
-            select(func.count()).where(t.vouchers.c.state == "redeemed")
-        ).scalar_one()
-        per_serial = conn.execute(
-            select(tx.c.serial, func.count())
-            .where(tx.c.result_code == 0, tx.c.kind == "redemption")
-            .group_by(tx.c.serial)
-        ).all()
-        credits = conn.execute(select(lg.c.serial, func.count()).group_by(lg.c.serial)).all()
-        total = conn.execute(select(func.sum(t.balances.c.amount))).scalar_one()
-    assert redeemed == VOUCHERS
-    assert sorted(per_serial) == sorted((int(serial), 1) for serial, _ in pins)
-    assert sorted(credits) == sorted((int(serial), 1) for serial, _ in pins)
-    assert total == VOUCHERS * 1000
+    assert_each_redeemed_once(rt.engine, pins, 1000)

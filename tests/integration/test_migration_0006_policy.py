@@ -5,7 +5,6 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tests.integration.test_migration_0005 import empty_url as empty_url
 from voms.config import Settings
 from voms.db.engine import make_engine
 from voms.db.migrate import alembic_config, current_revision, upgrade

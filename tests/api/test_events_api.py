@@ -107,7 +107,16 @@ def test_dead_letters_are_listed_and_replayed_with_the_same_event_id(
         relay = Relay(rt)
         receiver.fail_with = 410
         run_cycle(relay)
+        metrics = client.get("/metrics").text
+        assert 'voms_events_waiting{destination="outbox",state="undispatched"} 0.0' in metrics
+        assert f'voms_events_waiting{{destination="webhook {hook["id"]}",state="pending"}} 1.0' in (
+            metrics
+        )
         dead = _kill(rt, relay)
+        metrics = client.get("/metrics").text
+        assert f'voms_events_waiting{{destination="webhook {hook["id"]}",state="dead"}} 1.0' in (
+            metrics
+        )
         listed = client.get("/api/v1/event-deliveries?state=dead", headers=admin).json()["items"]
         assert [d["id"] for d in listed] == [dead]
         assert listed[0]["destination"]["id"] == hook["id"]

@@ -1,6 +1,6 @@
 """Business figures in Prometheus' text format, from the report tables (one read per
 scrape): redemption attempts by result and channel, vouchers by state per provider, job
-runs and durations."""
+runs and durations, events waiting."""
 
 import logging
 
@@ -39,6 +39,13 @@ _FAMILIES = {
         GaugeMetricFamily,
         "Redemptions waiting for a charging system's definite answer (docs/charging.md)",
         ["service_provider", "state"],
+    ),
+    "events_waiting": (
+        "voms_events_waiting",
+        GaugeMetricFamily,
+        "Events not yet delivered: undispatched in the outbox, and per destination its "
+        "pending deliveries and dead letters (docs/events.md)",
+        ["destination", "state"],
     ),
     "job_last_duration": (
         "voms_job_last_duration_seconds",

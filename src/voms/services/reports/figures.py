@@ -67,7 +67,26 @@ def business_figures(rt: Runtime) -> dict[str, list[tuple[dict[str, str], float]
             .where(ch.c.state.in_(["pending", "unknown"]))
             .group_by(ch.c.service_provider_id, ch.c.state)
         ).all()
+        # Events not yet handed on: not yet fanned out of the outbox, and each
+        # destination's deliveries waiting (pending) or given up (dead letters).
+        ob, dv, ds = t.event_outbox, t.event_deliveries, t.event_destinations
+        undispatched = conn.execute(
+            select(func.count()).select_from(ob).where(ob.c.dispatched.is_(False))
+        ).scalar_one()
+        waiting = conn.execute(
+            select(ds.c.id, ds.c.kind, dv.c.state, func.count())
+            .join(dv, dv.c.destination_id == ds.c.id)
+            .where(dv.c.state.in_(["pending", "dead"]))
+            .group_by(ds.c.id, ds.c.kind, dv.c.state)
+        ).all()
     return {
+        "events_waiting": [
+            ({"destination": "outbox", "state": "undispatched"}, float(undispatched))
+        ]
+        + [
+            ({"destination": f"{kind} {dest_id}", "state": state}, float(n))
+            for dest_id, kind, state, n in waiting
+        ],
         "charges_unsettled": [
             ({"service_provider": providers.get(sp, ""), "state": state}, float(n))
             for sp, state, n in unsettled

@@ -5,6 +5,7 @@ the HTML 404 of the console."""
 import json
 import re
 
+import pytest
 from sqlalchemy import func, select
 
 from tests import factories
@@ -13,9 +14,10 @@ from tests.pgp import PartnerKeys
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.runtime import Runtime
-from voms.services import distribution, people, redemption
+from voms.services import auth, distribution, people, redemption
 from voms.services.auth import CONSOLE
 from voms.services.reports import rollups
+from voms.web import base
 
 __all__ = ["console"]  # the fixture, shared with test_console
 
@@ -244,3 +246,110 @@ def test_catalog_tables_page_by_key_each_with_its_own_cursor(console: Runtime) -
     assert len(csv) == 1 + 57
     one = browser.get("/ui/catalog?service_provider=SP07").text
     assert _providers_shown(one) == ["SP07"]
+
+
+def _cells(html: str, section: str, end: str | None = None) -> list[str]:
+    """The first cell of each row of one section of a page."""
+    part = html.split(f'id="{section}"', 1)[1]
+    if end is not None:
+        part = part.split(f'id="{end}"', 1)[0]
+    return re.findall(r"<tr>\s*<td>([\w-]+)</td>", part)
+
+
+def _next(html: str, name: str) -> str:
+    found = re.search(rf'href="([^"]*{name}_cursor=[^"]+)" rel="next"', html)
+    assert found is not None, f"no next page of {name}"
+    return found.group(1).replace("&amp;", "&")
+
+
+def test_people_and_keys_are_paged_and_filtered(
+    console: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "PAGE_SIZE", 3)
+    for n in range(4):
+        people.create_user(
+            console,
+            CONSOLE,
+            username=f"op{n}",
+            role="operator",
+            password=PASSWORD,
+            service_provider="ACME" if n % 2 else "OTHER",
+        )
+    people.disable_user(console, CONSOLE, "op3")
+    for n in range(5):
+        auth.create_api_key(
+            console,
+            CONSOLE,
+            name=f"key{n}",
+            role="channel" if n < 3 else "care",
+            service_provider="ACME" if n % 2 else None,
+        )
+    auth.revoke_api_key(console, CONSOLE, "key4")
+    browser = signed_in(console, "root")
+
+    first = browser.get("/ui/people?role=operator").text
+    shown = _cells(first, "u-h", "a-h")
+    assert shown == ["op0", "op1", "op2"]
+    rest = browser.get(_next(first, "users")).text
+    assert "role=operator" in _next(first, "users")  # the next page keeps the filter
+    assert _cells(rest, "u-h", "a-h") == ["op3", "otto"]
+    assert 'rel="next"' not in rest.split('id="a-h"')[0]
+    acme = browser.get("/ui/people?service_provider=ACME&state=active").text
+    assert _cells(acme, "u-h", "a-h") == ["carol", "op1"]
+    disabled = browser.get("/ui/people?users_cursor=&state=disabled").text
+    assert _cells(disabled, "u-h", "a-h") == ["op3"]
+    csv = browser.get("/ui/people?role=operator&table=users&format=csv").text.splitlines()
+    assert [line.split(",")[0] for line in csv[1:]] == ["op0", "op1", "op2", "op3", "otto"]
+    old_csv = browser.get("/ui/people/users.csv?state=disabled").text.splitlines()
+    assert [line.split(",")[0] for line in old_csv[1:]] == ["op3"]
+
+    keys = browser.get("/ui/people").text
+    assert _cells(keys, "a-h") == ["key0", "key1", "key2"]
+    more = browser.get(_next(keys, "keys")).text
+    assert _cells(more, "a-h") == ["key3", "key4"]
+    assert _cells(browser.get("/ui/people?key_role=care").text, "a-h") == ["key3", "key4"]
+    assert _cells(browser.get("/ui/people?key_state=revoked").text, "a-h") == ["key4"]
+    assert _cells(
+        browser.get("/ui/people?key_state=live&key_service_provider=ACME").text, "a-h"
+    ) == ["key1", "key3"]
+    key_csv = browser.get("/ui/people?key_role=channel&table=keys&format=csv").text
+    assert [line.split(",")[0] for line in key_csv.splitlines()[1:]] == ["key0", "key1", "key2"]
+    assert browser.get("/ui/people?key_state=lost").status_code == 422
+    assert browser.get("/ui/people?users_cursor=garbage").status_code == 422
+
+
+def test_the_partners_table_is_filtered_and_paged(
+    console: Runtime, partner_keys: PartnerKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "PAGE_SIZE", 3)
+    for name in ("alpha", "alpine", "beta", "bravo", "gamma"):
+        distribution.create_partner(
+            console, CONSOLE, distribution.PartnerIn(name=name, public_key=partner_keys.good)
+        )
+    distribution.disable_partner(console, CONSOLE, "bravo")
+    browser = signed_in(console, "root")
+
+    page = browser.get("/ui/distribution").text
+    assert _cells(page, "p-h", "x-h") == ["alpha", "alpine", "beta"]
+    rest = browser.get(_next(page, "partners")).text
+    assert _cells(rest, "p-h", "x-h") == ["bravo", "gamma"]
+    assert _cells(browser.get("/ui/distribution?partner_name=alp").text, "p-h", "x-h") == [
+        "alpha",
+        "alpine",
+    ]
+    assert _cells(browser.get("/ui/distribution?partner_state=disabled").text, "p-h", "x-h") == [
+        "bravo"
+    ]
+    active_b = browser.get("/ui/distribution?partner_state=active&partner_name=b").text
+    assert _cells(active_b, "p-h", "x-h") == ["beta"]
+    # the export form still offers every active partner, whatever the table shows
+    assert '<option value="gamma"' in active_b
+    csv = browser.get("/ui/distribution?partner_name=a&table=partners&format=csv").text
+    assert [line.split(",")[0] for line in csv.splitlines()[1:]] == ["alpha", "alpine"]
+    old_csv = browser.get("/ui/distribution/partners.csv?partner_state=active").text
+    assert [line.split(",")[0] for line in old_csv.splitlines()[1:]] == [
+        "alpha",
+        "alpine",
+        "beta",
+        "gamma",
+    ]

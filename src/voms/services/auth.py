@@ -182,9 +182,18 @@ def _allowed(stored: str | None) -> frozenset[Permission]:
 
 
 def list_api_keys(
-    rt: Runtime, actor: Principal, *, after_id: int | None = None, limit: int | None = None
+    rt: Runtime,
+    actor: Principal,
+    *,
+    after_id: int | None = None,
+    limit: int | None = None,
+    role: str | None = None,
+    revoked: bool | None = None,
+    service_provider: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Keys in the order they were made; ``after_id`` and ``limit`` page through them."""
+    """Keys in the order they were made; ``after_id`` and ``limit`` page through them;
+    ``role``, ``revoked`` (True: revoked keys only, False: live ones) and
+    ``service_provider`` (a code) filter."""
     actor.require(Permission.APIKEY_ADMIN)
     k, sp = t.api_keys, t.service_providers
     query = (
@@ -205,6 +214,12 @@ def list_api_keys(
     )
     if after_id is not None:
         query = query.where(k.c.id > after_id)
+    if role is not None:
+        query = query.where(k.c.role == role)
+    if revoked is not None:
+        query = query.where(k.c.revoked_at.is_not(None) if revoked else k.c.revoked_at.is_(None))
+    if service_provider is not None:
+        query = query.where(sp.c.code == service_provider)
     if actor.service_provider_id is not None:
         query = query.where(k.c.service_provider_id == actor.service_provider_id)
     with UnitOfWork(rt, read_only=True) as uow:

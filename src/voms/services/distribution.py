@@ -207,14 +207,27 @@ def create_partner(rt: Runtime, actor: Principal, body: PartnerIn) -> dict[str, 
 
 
 def list_partners(
-    rt: Runtime, actor: Principal, *, after: str | None = None, limit: int | None = None
+    rt: Runtime,
+    actor: Principal,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+    state: str | None = None,
+    name_prefix: str | None = None,
 ) -> list[dict[str, Any]]:
     """Partners the caller may export to (a scoped key: its provider's and shared ones),
-    by name; ``after`` (a name) and ``limit`` page through them."""
+    by name; ``after`` (a name) and ``limit`` page through them; ``state`` (active,
+    disabled) and ``name_prefix`` (names starting with it) filter."""
     actor.require(Permission.EXPORT)
     query = _partner_query().order_by(t.partners.c.name).limit(limit)
     if after is not None:
         query = query.where(t.partners.c.name > after)
+    if state is not None:
+        query = query.where(t.partners.c.state == state)
+    if name_prefix:
+        # Compared as is (not LIKE: no wildcard to escape, the same case rule on both
+        # databases); partners are few, each provider's a handful.
+        query = query.where(func.substr(t.partners.c.name, 1, len(name_prefix)) == name_prefix)
     if actor.service_provider_id is not None:
         query = query.where(
             (t.partners.c.service_provider_id == actor.service_provider_id)

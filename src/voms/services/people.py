@@ -198,8 +198,19 @@ def create_user(
     }
 
 
-def list_users(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
-    """People, by username; a scoped admin sees its provider's people only."""
+def list_users(
+    rt: Runtime,
+    actor: Principal,
+    *,
+    role: str | None = None,
+    state: str | None = None,
+    service_provider: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """People, by username; a scoped admin sees its provider's people only. ``role``,
+    ``state`` and ``service_provider`` (a code) filter; ``after`` (a username) and
+    ``limit`` page through them on the username's unique index."""
     actor.require(Permission.APIKEY_ADMIN)
     query = (
         select(
@@ -220,7 +231,16 @@ def list_users(rt: Runtime, actor: Principal) -> list[dict[str, Any]]:
             )
         )
         .order_by(_u.c.username)
+        .limit(limit)
     )
+    if after is not None:
+        query = query.where(_u.c.username > after)
+    if role is not None:
+        query = query.where(_u.c.role == role)
+    if state is not None:
+        query = query.where(_u.c.state == state)
+    if service_provider is not None:
+        query = query.where(_sp.c.code == service_provider)
     if actor.service_provider_id is not None:
         query = query.where(_u.c.service_provider_id == actor.service_provider_id)
     with UnitOfWork(rt, read_only=True) as uow:

@@ -13,14 +13,15 @@ from voms.web.base import (
     NO_ERRORS,
     Column,
     ConsoleRoute,
+    Fetch,
     FormErrors,
+    by_key,
     call,
     checked_form,
     csv_download,
     field,
     filters_of,
     form_errors,
-    listed,
     newest_first,
     optional,
     refused_status,
@@ -58,6 +59,46 @@ _KEY_COLUMNS = [
 ]
 
 
+_USER_STATES = ["active", "disabled"]
+_KEY_STATES = ["live", "revoked"]
+
+
+def _users_fetch(request: Request, who: Session) -> Fetch:
+    """People by username, filtered by the page's ``role``, ``state`` and
+    ``service_provider``; the cursor is the last username shown."""
+    rt, wanted = runtime(request), filters_of(request, "role", "state", "service_provider")
+    return by_key(
+        lambda after, limit: people.list_users(
+            rt, who.principal, **wanted, after=after[0] if after else None, limit=limit
+        ),
+        lambda row: (row["username"],),
+        str,
+    )
+
+
+def _keys_fetch(request: Request, who: Session) -> Fetch:
+    """API keys in the order they were made, filtered by the page's ``key_role``,
+    ``key_state`` (live, revoked) and ``key_service_provider``."""
+    rt = runtime(request)
+    wanted = filters_of(request, "key_role", "key_state", "key_service_provider")
+    state = wanted["key_state"]
+    if state is not None and state not in _KEY_STATES:
+        raise Invalid("key_state: live or revoked")
+    return by_key(
+        lambda after, limit: auth.list_api_keys(
+            rt,
+            who.principal,
+            role=wanted["key_role"],
+            revoked=None if state is None else state == "revoked",
+            service_provider=wanted["key_service_provider"],
+            after_id=after[0] if after else None,
+            limit=limit,
+        ),
+        lambda row: (row["id"],),
+        int,
+    )
+
+
 async def _people_page(
     request: Request,
     who: Session,
@@ -67,9 +108,31 @@ async def _people_page(
 ) -> Response:
     require(who, Permission.APIKEY_ADMIN)
     rt, actor = runtime(request), who.principal
-    users = await call(people.list_users, rt, actor)
-    keys = await call(auth.list_api_keys, rt, actor)
+    users = await table_page(
+        request,
+        _USER_COLUMNS,
+        _users_fetch(request, who),
+        "people.csv",
+        "People who sign in to the console",
+        name="users",
+    )
+    if isinstance(users, StreamingResponse):
+        return users
+    keys = await table_page(
+        request,
+        _KEY_COLUMNS,
+        _keys_fetch(request, who),
+        "api-keys.csv",
+        "API keys (never the keys themselves)",
+        name="keys",
+    )
+    if isinstance(keys, StreamingResponse):
+        return keys
     providers = await call(catalog.list_service_providers, rt, actor)
+    roles = [role.value for role in Role]
+    provider_codes = [p["code"] for p in providers]
+    user_filters = filters_of(request, "role", "state", "service_provider")
+    key_filters = filters_of(request, "key_role", "key_state", "key_service_provider")
     return render(
         request,
         who,
@@ -80,8 +143,23 @@ async def _people_page(
         nav="people",
         users=users,
         keys=keys,
-        roles=[role.value for role in Role],
-        provider_codes=[p["code"] for p in providers],
+        user_filter_items=[
+            ("role", "Role", user_filters["role"], roles),
+            ("state", "State", user_filters["state"], _USER_STATES),
+            ("service_provider", "Provider", user_filters["service_provider"], provider_codes),
+        ],
+        key_filter_items=[
+            ("key_role", "Role", key_filters["key_role"], roles),
+            ("key_state", "State", key_filters["key_state"], _KEY_STATES),
+            (
+                "key_service_provider",
+                "Provider",
+                key_filters["key_service_provider"],
+                provider_codes,
+            ),
+        ],
+        roles=roles,
+        provider_codes=provider_codes,
         new_key=new_key,
     )
 
@@ -93,16 +171,17 @@ async def people_page(request: Request, who: Viewer) -> Response:
 
 @router.get("/people/users.csv")
 async def users_csv(request: Request, who: Viewer) -> Response:
+    """Every person the filters (``role``, ``state``, ``service_provider``) keep, as CSV."""
     require(who, Permission.APIKEY_ADMIN)
-    users = await call(people.list_users, runtime(request), who.principal)
-    return csv_download(_USER_COLUMNS, listed(users), "people.csv")
+    return csv_download(_USER_COLUMNS, _users_fetch(request, who), "people.csv")
 
 
 @router.get("/people/apikeys.csv")
 async def keys_csv(request: Request, who: Viewer) -> Response:
+    """Every API key the filters (``key_role``, ``key_state``, ``key_service_provider``)
+    keep, as CSV."""
     require(who, Permission.APIKEY_ADMIN)
-    keys = await call(auth.list_api_keys, runtime(request), who.principal)
-    return csv_download(_KEY_COLUMNS, listed(keys), "api-keys.csv")
+    return csv_download(_KEY_COLUMNS, _keys_fetch(request, who), "api-keys.csv")
 
 
 @router.post("/people")

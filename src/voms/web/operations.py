@@ -38,7 +38,6 @@ from voms.web.base import (
     field,
     filters_of,
     form_errors,
-    listed,
     newest_first,
     optional,
     page_url,
@@ -635,6 +634,27 @@ def _exports_fetch(request: Request, who: Session, partner: str | None) -> Fetch
     )
 
 
+_PARTNER_STATES = ["active", "disabled"]
+
+
+def _partners_fetch(request: Request, who: Session) -> Fetch:
+    """Partners by name, filtered by the page's ``partner_state`` and ``partner_name``
+    (names starting with it); the cursor is the last name shown."""
+    rt, wanted = runtime(request), filters_of(request, "partner_state", "partner_name")
+    return by_key(
+        lambda after, limit: distribution.list_partners(
+            rt,
+            who.principal,
+            state=wanted["partner_state"],
+            name_prefix=wanted["partner_name"],
+            after=after[0] if after else None,
+            limit=limit,
+        ),
+        lambda row: (row["name"],),
+        str,
+    )
+
+
 async def _distribution_page(
     request: Request,
     who: Session,
@@ -654,7 +674,19 @@ async def _distribution_page(
     )
     if isinstance(exports, StreamingResponse):
         return exports
+    partner_table = await table_page(
+        request,
+        _PARTNER_COLUMNS,
+        _partners_fetch(request, who),
+        "partners.csv",
+        "Partners by name",
+        name="partners",
+    )
+    if isinstance(partner_table, StreamingResponse):
+        return partner_table
+    # The forms' choices: every partner (a handful per provider).
     partners = await call(distribution.list_partners, rt, who.principal)
+    wanted = filters_of(request, "partner_state", "partner_name")
     download_url = None
     if created is not None and created.get("download_token"):
         download_url = f"/ui/exports/{created['export_id']}/file?token={created['download_token']}"
@@ -670,8 +702,12 @@ async def _distribution_page(
         download_url=download_url,
         batch_id=request.query_params.get("batch_id", ""),
         partner_names=[p["name"] for p in partners if p["state"] == "active"],
-        partner_columns=_PARTNER_COLUMNS,
         partners=partners,
+        partner_table=partner_table,
+        partner_filter_items=[
+            ("partner_state", "State", wanted["partner_state"], _PARTNER_STATES),
+            ("partner_name", "Name starts with", wanted["partner_name"], None),
+        ],
         partner=partner,
         exports=exports,
     )
@@ -685,8 +721,7 @@ async def distribution_page(request: Request, who: Viewer) -> Response:
 @router.get("/distribution/partners.csv")
 async def partners_csv(request: Request, who: Viewer) -> Response:
     require(who, Permission.EXPORT)
-    partners = await call(distribution.list_partners, runtime(request), who.principal)
-    return csv_download(_PARTNER_COLUMNS, listed(partners), "partners.csv")
+    return csv_download(_PARTNER_COLUMNS, _partners_fetch(request, who), "partners.csv")
 
 
 @router.post("/partners")

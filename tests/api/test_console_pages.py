@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, insert, select
 
 from tests import factories
 from tests.api.test_console import PASSWORD, client, console, csrf_of, signed_in
@@ -352,4 +352,105 @@ def test_the_partners_table_is_filtered_and_paged(
         "alpine",
         "beta",
         "gamma",
+    ]
+
+
+def _open_alerts_shown(html: str) -> list[str]:
+    """The dashboard's open operator alerts, as text."""
+    if 'id="open-alerts-h"' not in html:
+        return []
+    part = html.split('id="open-alerts-h"', 1)[1].split("</ul>", 1)[0]
+    items = re.findall(r"<li[^>]*>(.*?)</li>", part, re.S)
+    text = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", item)).strip() for item in items]
+    return [item.split(" since ")[0] for item in text]
+
+
+def _alert(conn: Connection, key: str, kind: str, provider: int | None, **values: object) -> None:
+    """An alert as the ``alert_detection`` job records it."""
+    conn.execute(
+        insert(t.alerts).values(
+            occurrence_key=key,
+            kind=kind,
+            audience="operator",
+            service_provider_id=provider,
+            created_at=utcnow(),
+            state="sent",
+            **values,
+        )
+    )
+
+
+def test_the_dashboard_lists_open_operator_alerts_of_the_viewers_provider(
+    console: Runtime,
+) -> None:
+    people.create_user(
+        console,
+        CONSOLE,
+        username="amy",
+        role="operator",
+        password=PASSWORD,
+        service_provider="ACME",
+    )
+    sp, vt = t.service_providers, t.voucher_types
+    with console.engine.begin() as conn:
+        acme, other = (
+            conn.execute(select(sp.c.id).where(sp.c.code == code)).scalar_one()
+            for code in ("ACME", "OTHER")
+        )
+        topup = conn.execute(
+            select(vt.c.id).where(vt.c.code == "TOPUP10", vt.c.service_provider_id == acme)
+        ).scalar_one()
+        run = conn.execute(
+            insert(t.job_runs)
+            .values(
+                job="purge",
+                trigger="schedule",
+                runner="test",
+                started_at=utcnow(),
+                finished_at=utcnow(),
+                outcome="failed",
+                rows_affected=0,
+                detail={},
+            )
+            .returning(t.job_runs.c.id)
+        ).scalar_one()
+        _alert(
+            conn,
+            "voucher_stock:1",
+            "voucher_stock",
+            acme,
+            subject_id=topup,
+            amount=12,
+            threshold=500,
+        )
+        # over (resolved), and a subscriber's alert: neither is shown
+        _alert(conn, "batch_expiry:7:1", "batch_expiry", acme, subject_id=7, resolved_at=utcnow())
+        _alert(conn, "low_balance:1:1", "low_balance", acme, amount=5, threshold=10)
+        _alert(conn, "blacklist_burst:2", "blacklist_burst", other, amount=30, threshold=20)
+        _alert(conn, "job_failed:purge", "job_failed", None, subject_id=run)
+    root = signed_in(console, "root").get("/ui/").text
+    assert _open_alerts_shown(root) == [
+        f"Installation: job purge failed (run {run})",
+        "OTHER: 30 subscribers blacklisted for bad PINs (threshold 20)",
+        "ACME: stock of TOPUP10 low, 12 vouchers (threshold 500)",
+    ]
+    # a person of ACME: ACME's alerts only, not the installation's jobs
+    scoped = signed_in(console, "amy")
+    assert _open_alerts_shown(scoped.get("/ui/").text) == [
+        "ACME: stock of TOPUP10 low, 12 vouchers (threshold 500)"
+    ]
+    with console.engine.begin() as conn:
+        for n in range(8):
+            _alert(
+                conn,
+                f"batch_expiry:{100 + n}",
+                "batch_expiry",
+                acme,
+                subject_id=100 + n,
+                subject_at=utcnow(),
+                amount=n,
+            )
+    newest = _open_alerts_shown(scoped.get("/ui/").text)
+    assert [item.split(" expires")[0] for item in newest] == [
+        f"ACME: batch {n}" for n in (107, 106, 105, 104, 103)
     ]

@@ -14,6 +14,7 @@ from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.roles import Permission
 from voms.runtime import Runtime
+from voms.services.alerts.detection import OPERATOR_KINDS
 from voms.services.auth import Principal
 from voms.services.reports import rollups
 from voms.services.reports.queries import liability
@@ -21,6 +22,7 @@ from voms.services.reports.rollups import as_utc
 from voms.services.uow import UnitOfWork
 
 HOURS = 24
+OPEN_ALERTS = 5  # the operator alerts shown, newest first
 _b, _h, _r, _pa = t.batches, t.report_hourly, t.job_runs, t.pin_attempts
 
 
@@ -99,6 +101,7 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
                 *([_al.c.service_provider_id == actor.service_provider_id] if scoped else []),
             )
         ).scalar_one()
+        open_alerts = _open_alerts(conn, actor)
     per_hour: dict[str, list[int]] = {}
     for hour, channel, succeeded, count in attempts:
         series = per_hour.setdefault(f"{channel} {'ok' if succeeded else 'failed'}", [0] * HOURS)
@@ -124,7 +127,55 @@ def overview(rt: Runtime, actor: Principal) -> dict[str, Any]:
         "generating": generating,
         "running_jobs": running if actor.service_provider_id is None else [],
         "alerts": alerts,
+        "open_alerts": open_alerts,
     }
+
+
+def _open_alerts(conn: Any, actor: Principal) -> list[dict[str, Any]]:
+    """The newest open (unresolved) operator alerts of ``alerts`` (docs/alerts.md), of
+    the viewer's provider (a scoped viewer: not the installation's ``job_failed``). Read
+    on the index of open alerts by kind (``ix_alerts_kind_open``): the open occurrences
+    are few, whatever the history kept; the few shown are then named by primary key."""
+    a, sp, vt = t.alerts, t.service_providers, t.voucher_types
+    newest = (
+        select(
+            a.c.id,
+            a.c.kind,
+            a.c.service_provider_id,
+            a.c.subject_id,
+            a.c.subject_at,
+            a.c.amount,
+            a.c.threshold,
+            a.c.created_at,
+        )
+        .where(a.c.kind.in_(OPERATOR_KINDS), a.c.resolved_at.is_(None))
+        .order_by(a.c.id.desc())
+        .limit(OPEN_ALERTS)
+    )
+    if actor.service_provider_id is not None:
+        newest = newest.where(a.c.service_provider_id == actor.service_provider_id)
+    top = newest.subquery("top")
+    query = (
+        select(
+            top.c.id,
+            top.c.kind,
+            sp.c.code.label("service_provider"),
+            top.c.subject_id,
+            top.c.subject_at,
+            top.c.amount,
+            top.c.threshold,
+            top.c.created_at,
+            vt.c.code.label("voucher_type"),
+            _r.c.job,
+        )
+        .select_from(
+            top.outerjoin(sp, sp.c.id == top.c.service_provider_id)
+            .outerjoin(vt, and_(top.c.kind == "voucher_stock", vt.c.id == top.c.subject_id))
+            .outerjoin(_r, and_(top.c.kind == "job_failed", _r.c.id == top.c.subject_id))
+        )
+        .order_by(top.c.id.desc())
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def batch_events(

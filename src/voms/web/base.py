@@ -8,7 +8,7 @@ import csv
 import io
 import ipaddress
 import secrets
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -373,18 +373,6 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def listed(rows: Iterable[Mapping[str, Any]]) -> Fetch:
-    """A small list (catalog, people, keys) paged like the others, by position."""
-    items = list(rows)
-
-    def fetch(cursor: str | None, limit: int) -> tuple[Sequence[Mapping[str, Any]], str | None]:
-        start = int(cursor) if cursor and cursor.isdigit() else 0
-        end = start + limit
-        return items[start:end], (str(end) if end < len(items) else None)
-
-    return fetch
 
 
 def newest_first(read: Callable[[int | None, int], Sequence[Mapping[str, Any]]], key: str) -> Fetch:

@@ -33,12 +33,12 @@ MSISDNS = 200
 
 def _prepare(admin_url: str, workdir: Path, old: int, live: int, chunk: int) -> dict[str, Any]:
     import psycopg
-    from sqlalchemy import insert, select, text, update
+    from bench.sql_batches import sql_batch
+    from sqlalchemy import text
     from tests import factories
 
     from voms.config import Settings
     from voms.crypto import Keyring, write_keyring
-    from voms.db import tables as t
     from voms.db.engine import make_engine
     from voms.db.migrate import upgrade
     from voms.db.types import utcnow
@@ -63,33 +63,9 @@ def _prepare(admin_url: str, workdir: Path, old: int, live: int, chunk: int) -> 
     print(f"writing {old} old vouchers in SQL…", file=sys.stderr)
     long_ago = utcnow() - timedelta(days=365)
     with rt.engine.begin() as conn:
-        first = (
-            conn.execute(
-                update(t.counters)
-                .where(t.counters.c.name == "serial")
-                .values(next_value=t.counters.c.next_value + old)
-                .returning(t.counters.c.next_value)
-            ).scalar_one()
-            - old
+        batch_id, first = sql_batch(
+            conn, old, state="active", expires_at=long_ago, created_at=long_ago
         )
-        vt = conn.execute(select(t.voucher_types.c.id, t.voucher_types.c.service_provider_id)).one()
-        batch_id = conn.execute(
-            insert(t.batches)
-            .values(
-                service_provider_id=vt.service_provider_id,
-                voucher_type_id=vt.id,
-                state="active",
-                count=old,
-                generated_count=old,
-                serial_first=first,
-                serial_last=first + old - 1,
-                expires_at=long_ago,
-                created_by="bench",
-                created_at=long_ago,
-                updated_at=long_ago,
-            )
-            .returning(t.batches.c.id)
-        ).scalar_one()
         conn.execute(
             text(
                 "INSERT INTO vouchers (serial, batch_id, pin_hash, lookup_key_id, pin_ciphertext,"

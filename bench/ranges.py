@@ -49,40 +49,16 @@ def _database(kind: str, workdir: Path) -> str:
 
 def _stock(rt: Any, count: int) -> tuple[int, int]:
     """An inactive batch of ``count`` vouchers written in SQL; (batch id, first serial)."""
-    from sqlalchemy import insert, select, text, update
+    from bench.sql_batches import sql_batch
+    from sqlalchemy import text
 
-    from voms.db import tables as t
     from voms.db.types import utcnow
 
     now = utcnow()
     with rt.engine.begin() as conn:
-        first = (
-            conn.execute(
-                update(t.counters)
-                .where(t.counters.c.name == "serial")
-                .values(next_value=t.counters.c.next_value + count)
-                .returning(t.counters.c.next_value)
-            ).scalar_one()
-            - count
+        batch_id, first = sql_batch(
+            conn, count, state="generated", expires_at=now + timedelta(days=365), created_at=now
         )
-        vt = conn.execute(select(t.voucher_types.c.id, t.voucher_types.c.service_provider_id)).one()
-        batch_id = conn.execute(
-            insert(t.batches)
-            .values(
-                service_provider_id=vt.service_provider_id,
-                voucher_type_id=vt.id,
-                state="generated",
-                count=count,
-                generated_count=count,
-                serial_first=first,
-                serial_last=first + count - 1,
-                expires_at=now + timedelta(days=365),
-                created_by="bench",
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(t.batches.c.id)
-        ).scalar_one()
         if conn.dialect.name == "sqlite":
             series = (
                 "WITH RECURSIVE s(n) AS (SELECT :first UNION ALL SELECT n + 1 FROM s"

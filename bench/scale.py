@@ -98,46 +98,21 @@ def _setup(admin_url: str, workdir: Path) -> tuple[Any, str]:
 
 def _sql_batch(rt: Any, count: int, *, state: str, expires_in: timedelta) -> tuple[int, int]:
     """A batch row of ``count`` vouchers with its serial range; (batch id, first serial)."""
-    from sqlalchemy import insert, select, update
+    from bench.sql_batches import sql_batch
 
-    from voms.db import tables as t
     from voms.db.types import utcnow
 
     now = utcnow()
+    made = now + min(expires_in, timedelta(0)) - timedelta(days=1)
     with rt.engine.begin() as conn:
-        first = (
-            conn.execute(
-                update(t.counters)
-                .where(t.counters.c.name == "serial")
-                .values(next_value=t.counters.c.next_value + count)
-                .returning(t.counters.c.next_value)
-            ).scalar_one()
-            - count
+        return sql_batch(
+            conn,
+            count,
+            state=state,
+            expires_at=now + expires_in,
+            created_at=made,
+            voucher_type="TOPUP10",
         )
-        vt = conn.execute(
-            select(t.voucher_types.c.id, t.voucher_types.c.service_provider_id).where(
-                t.voucher_types.c.code == "TOPUP10"
-            )
-        ).one()
-        made = now + min(expires_in, timedelta(0)) - timedelta(days=1)
-        batch_id = conn.execute(
-            insert(t.batches)
-            .values(
-                service_provider_id=vt.service_provider_id,
-                voucher_type_id=vt.id,
-                state=state,
-                count=count,
-                generated_count=count,
-                serial_first=first,
-                serial_last=first + count - 1,
-                expires_at=now + expires_in,
-                created_by="bench",
-                created_at=made,
-                updated_at=made,
-            )
-            .returning(t.batches.c.id)
-        ).scalar_one()
-    return int(batch_id), int(first)
 
 
 # Rows of the generator's shape: a 32-byte lookup hash (random: the index takes them in

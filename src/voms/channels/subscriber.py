@@ -115,16 +115,6 @@ def account(rt: Runtime, channel: str, msisdn: str) -> Account | None:
     return subscriber_view.account(rt, principal(channel), msisdn)
 
 
-def provider_of(rt: Runtime, channel: str, msisdn: str) -> str | None:
-    """The service provider code of a subscriber (for the texts), if known."""
-    try:
-        found = account(rt, channel, msisdn)
-    except Exception as exc:
-        log_unexpected(channel, "subscriber lookup", exc)
-        return None
-    return None if found is None else found.service_provider
-
-
 def messages_for(found: Account | None, installed: Texts, language: str | None = None) -> Messages:
     """The texts for an account: in ``language`` when asked and known, else in the
     subscriber's chosen language, else their provider's; amounts in its currencies."""

@@ -8,7 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from voms.services.events.cloudevents import SIGNATURE_HEADER, signature_matches
+from voms.crypto import signature_matches
+from voms.services.events.cloudevents import SIGNATURE_HEADER
 from voms.services.events.relay import Relay
 
 SECRET = "webhook-secret-0123456789"

@@ -182,3 +182,14 @@ def hash_api_key(key: str) -> str:
 
 def new_api_key() -> str:
     return "voms_" + secrets.token_urlsafe(32)
+
+
+def body_signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256 of body under secret>``: how webhooks (X-Voms-Signature)
+    and the HTTP charging engine sign a body."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
+    """Whether ``header`` is :func:`body_signature` of ``body`` (compared in constant time)."""
+    return header is not None and hmac.compare_digest(body_signature(secret, body), header)

@@ -19,8 +19,6 @@ A reply with status 5xx, 408 or 429 is no answer (retried); another 4xx, signed,
 the call was refused as a whole, so nothing was applied (3000).
 """
 
-import hashlib
-import hmac
 import json
 from datetime import datetime
 from typing import Any
@@ -38,18 +36,10 @@ from voms.billing.external import (
     Unsure,
     new_origin_id,
 )
+from voms.crypto import body_signature, signature_matches
 from voms.domain.results import Result
 
 SIGNATURE_HEADER = "X-Voms-Signature"
-
-
-def sign(secret: str, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256 of body under secret>``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
 
 
 class HttpEngine(ExternalEngine):
@@ -69,7 +59,7 @@ class HttpEngine(ExternalEngine):
             content=raw,
             headers={
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(self._secret, raw),
+                SIGNATURE_HEADER: body_signature(self._secret, raw),
             },
         )
         if response.status_code >= 500 or response.status_code in (408, 429):

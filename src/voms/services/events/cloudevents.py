@@ -1,11 +1,10 @@
-"""The CloudEvents 1.0 body of an event, and the signature of a webhook delivery.
+"""The CloudEvents 1.0 body of an event, and the header that carries a webhook delivery's
+signature (``voms.crypto.body_signature``).
 
 The body is built from the outbox row alone, so every delivery of one event, a retry or
 a replay after a crash, carries the same bytes and the same ``id``.
 """
 
-import hashlib
-import hmac
 import json
 from datetime import datetime
 from typing import Any
@@ -36,14 +35,3 @@ def body(
         event["subject"] = subject
     event["data"] = data
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def signature(secret: str, payload: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256 of the body under the secret>`` (X-Voms-Signature)."""
-    digest = hmac.new(secret.encode("utf-8"), payload, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
-def signature_matches(secret: str, payload: bytes, header: str | None) -> bool:
-    """Whether ``header`` is the signature of ``payload`` (for receivers and tests)."""
-    return header is not None and hmac.compare_digest(signature(secret, payload), header)

@@ -16,7 +16,8 @@ import httpx
 import nats
 from nats.aio.client import Client as NatsClient
 
-from voms.services.events.cloudevents import CONTENT_TYPE, SIGNATURE_HEADER, signature
+from voms.crypto import body_signature
+from voms.services.events.cloudevents import CONTENT_TYPE, SIGNATURE_HEADER
 
 EXCHANGE = "voms.events"
 SUBJECT_PREFIX = "voms."
@@ -71,7 +72,7 @@ class WebhookSender:
                 return Sent(done)
             headers = {
                 "Content-Type": CONTENT_TYPE,
-                SIGNATURE_HEADER: signature(self.secret, event.body),
+                SIGNATURE_HEADER: body_signature(self.secret, event.body),
                 "X-Voms-Event-Id": event.event_id,
                 "User-Agent": "OpenVoMS-events",
             }

@@ -27,6 +27,7 @@ from voms.domain.states import BatchState, SubscriberState, VoucherState
 from voms.runtime import Runtime
 from voms.services import catalog_cache, recharge_limits
 from voms.services.catalog_cache import BalanceTypeInfo, Snapshot
+from voms.services.events import outbox
 from voms.services.promotions import cache as promotion_plans
 from voms.services.promotions.cache import ProviderPlans
 from voms.services.uow import AnsweredBefore, FirstAnswer
@@ -80,7 +81,7 @@ class FakeUnitOfWork:
 
     def __init__(self, rt: Runtime, *, read_only: bool = False, snapshot: bool = False) -> None:
         self.tables: Tables = rt.caches["tables"]  # type: ignore[assignment]
-        self._rt = rt
+        self._rt = self.rt = rt
         self.started_at = NOW
         self._writes: list[Callable[[], None]] = []
         self._after: list[Callable[[], object]] = []
@@ -278,6 +279,10 @@ class Shop:
         recharge_limits._cache(self.rt).get(PROVIDER, lambda: recharge_limits.NONE)
         # The provider keeps its balances in the built-in wallet (no charging system).
         self.rt.read_cache("charging.billing", 5.0).get("all", lambda: {PROVIDER: ("ACME", None)})
+        # A destination wants every event: the outbox (Tables.events) gets them all.
+        self.rt.read_cache("event_listeners", outbox.LISTENERS_TTL_S).get(
+            "all", lambda: (outbox.Listener(None, None),)
+        )
         # No promotion plans: the redemption's promotions step counts nothing.
         promotion_plans._cache(self.rt).get(("sp", PROVIDER), lambda: ProviderPlans((), {}))
         for each in types or (voucher_type(),):

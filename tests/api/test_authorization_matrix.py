@@ -297,6 +297,18 @@ def world(rt: Runtime, client: TestClient, partner_keys: PartnerKeys) -> World:
     factories.subscriber(rt, MSISDN)
     vouchers = factories.active_batch(rt, count=4)
     admin = bearer(factories.api_key(rt, "admin"))
+    # (before the redemption: its event is written while a destination wants it)
+    webhook = client.post(
+        "/api/v1/webhooks",
+        headers=admin,
+        json={
+            "url": "http://127.0.0.1:9/hook",
+            "secret": "s" * 16,
+            "events": ["voucher.redeemed"],
+            "service_provider": "ACME",
+        },
+    )
+    assert webhook.status_code == 201, webhook.text
     redeemed = client.post(
         "/api/v1/redemptions", headers=admin, json={"msisdn": MSISDN, "pin": vouchers[3][1]}
     )
@@ -327,17 +339,6 @@ def world(rt: Runtime, client: TestClient, partner_keys: PartnerKeys) -> World:
         "/api/v1/reservations", headers=admin, json={"msisdn": MSISDN, "pin": vouchers[2][1]}
     ).json()
     batch = client.get("/api/v1/batches", headers=admin).json()["items"][0]
-    webhook = client.post(
-        "/api/v1/webhooks",
-        headers=admin,
-        json={
-            "url": "http://127.0.0.1:9/hook",
-            "secret": "s" * 16,
-            "events": ["voucher.redeemed"],
-            "service_provider": "ACME",
-        },
-    )
-    assert webhook.status_code == 201, webhook.text
     Relay(rt).fan_out()  # the redemption's event becomes the webhook's delivery
     delivery = client.get("/api/v1/event-deliveries", headers=admin).json()["items"][0]
     plan = client.post("/api/v1/promotions", headers=admin, json={**PROMOTION, "code": "LOYAL"})

@@ -169,7 +169,6 @@ def test_a_relay_killed_mid_delivery_loses_nothing_and_keeps_the_ids(
 ) -> None:
     factories.standard_catalog(rt)
     factories.subscriber(rt, MSISDN)
-    vouchers = factories.active_batch(rt, count=REDEMPTIONS)
     with WebhookReceiver() as receiver:
         receiver.delay_s = 0.05  # slow enough to be killed in the middle
         destinations.add_webhook(
@@ -177,6 +176,8 @@ def test_a_relay_killed_mid_delivery_loses_nothing_and_keeps_the_ids(
             CONSOLE,
             destinations.WebhookIn(url=receiver.url, secret=SECRET, events=list(EVENT_TYPES)),
         )
+        # (after the webhook: events are written while a destination wants them)
+        vouchers = factories.active_batch(rt, count=REDEMPTIONS)
         for _, pin in vouchers:
             redeem(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=pin, channel="ussd"))
         with rt.engine.connect() as conn:

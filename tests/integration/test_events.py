@@ -52,11 +52,18 @@ def _webhook(rt: Runtime, url: str, types: list[str], sp: str | None = None) -> 
     return int(destinations.add_webhook(rt, CONSOLE, body)["id"])
 
 
+def _listen(rt: Runtime) -> None:
+    """A webhook for every event (never delivered to here): events are written only while
+    a destination wants them."""
+    _webhook(rt, "https://listener.invalid/hook", list(events_outbox.EVENT_TYPES))
+
+
 def _cycle(relay: Relay) -> int:
     return run_cycle(relay)
 
 
 def test_a_redemption_writes_its_event_with_it_and_never_the_pin(rt: Runtime) -> None:
+    _listen(rt)
     vouchers = _world(rt)
     before = len(_outbox(rt))
     serial, pin = vouchers[0]
@@ -77,6 +84,7 @@ def test_a_redemption_writes_its_event_with_it_and_never_the_pin(rt: Runtime) ->
 
 
 def test_a_refused_redemption_writes_no_event(rt: Runtime) -> None:
+    _listen(rt)
     vouchers = _world(rt)
     _redeem(rt, vouchers[0][1])
     before = len(_outbox(rt))
@@ -86,6 +94,7 @@ def test_a_refused_redemption_writes_no_event(rt: Runtime) -> None:
 
 
 def test_an_event_of_a_rolled_back_unit_of_work_does_not_exist(rt: Runtime) -> None:
+    _listen(rt)
     with UnitOfWork(rt) as uow:
         emit(uow, "job.failed", "x", {"job": "x"})
         # left without commit()
@@ -105,6 +114,7 @@ def test_the_redemption_event_costs_no_round_trip(
 ) -> None:
     if rt.engine.dialect.name != "postgresql":
         pytest.skip("round trips are PostgreSQL's")
+    _listen(rt)
     vouchers = _world(rt)
     _redeem(rt, vouchers[0][1])  # statements prepared once
     pipelines: list[int] = []
@@ -126,6 +136,7 @@ def test_the_redemption_event_costs_no_round_trip(
 
 
 def test_lifecycle_reversal_and_blacklist_changes_have_their_events(rt: Runtime) -> None:
+    _listen(rt)
     vouchers = _world(rt)
     with rt.engine.connect() as conn:
         batch_id = conn.execute(select(t.batches.c.id)).scalar_one()
@@ -264,6 +275,7 @@ def test_one_relay_at_a_time_holds_the_lease(rt: Runtime) -> None:
 
 
 def test_bad_pins_that_blacklist_a_number_raise_its_event(rt: Runtime) -> None:
+    _listen(rt)
     vouchers = _world(rt)
     unknown = with_check_digit("9" * (len(vouchers[0][1]) - 1))
     for _ in range(rt.settings.max_bad_pin_attempts):
@@ -278,6 +290,7 @@ def test_bad_pins_that_blacklist_a_number_raise_its_event(rt: Runtime) -> None:
 
 
 def test_reservations_raise_reserved_then_committed_or_revoked(rt: Runtime) -> None:
+    _listen(rt)
     vouchers = _world(rt)
     held = redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=vouchers[0][1]))
     redemption.commit(rt, CONSOLE, held["reservation_id"])
@@ -293,10 +306,27 @@ def test_reservations_raise_reserved_then_committed_or_revoked(rt: Runtime) -> N
     assert rows[1].data["serial"] == vouchers[0][0]
 
 
+def test_an_event_nobody_listens_to_is_not_written(rt: Runtime) -> None:
+    vouchers = _world(rt)
+    _redeem(rt, vouchers[0][1])
+    assert _outbox(rt) == []
+    hook = _webhook(rt, "https://listener.invalid/hook", ["voucher.redeemed"])
+    _redeem(rt, vouchers[1][1])  # the webhook is heard of at once in this process
+    _redeem(rt, vouchers[2][1])
+    assert [row.type for row in _outbox(rt)] == ["voucher.redeemed"] * 2
+    with UnitOfWork(rt) as uow:  # a type the webhook does not want
+        assert emit(uow, "job.failed", "x", {"job": "x"}) is None
+        uow.commit()
+    destinations.remove_webhook(rt, CONSOLE, hook)
+    _redeem(rt, vouchers[3][1])
+    assert len(_outbox(rt)) == 2
+
+
 def test_a_failed_job_raises_its_event(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(ctx: object) -> int:
         raise RuntimeError("disk full")
 
+    _listen(rt)
     job = JOBS["blacklist_release"]
     monkeypatch.setitem(JOBS, job.name, dataclasses.replace(job, run=broken))
     outcome = runner.run(rt, job.name)

@@ -17,6 +17,7 @@ from voms.domain.errors import ResultError
 from voms.runtime import Runtime, build_runtime
 from voms.services import redemption, reports, verify
 from voms.services.auth import CONSOLE
+from voms.services.events.destinations import WebhookIn, add_webhook
 from voms.services.promotions import counters, plans
 from voms.services.redemption import RechargeRequest, RedemptionRequest
 
@@ -100,6 +101,10 @@ def test_the_redemption_that_reaches_the_target_is_rewarded_once(shop: Runtime) 
 def test_a_reward_is_an_event_and_an_sms_written_with_the_redemption(shop: Runtime) -> None:
     rt = shop
     plan(rt)
+    hook = WebhookIn(
+        url="https://listener.invalid/hook", secret="s" * 16, events=["promotion.rewarded"]
+    )
+    add_webhook(rt, CONSOLE, hook)  # events are written while a destination wants them
     answers = [redeem(rt, pin) for pin in pins(rt, 3)]
     with rt.engine.connect() as conn:
         (event,) = conn.execute(

@@ -107,6 +107,7 @@ class UnitOfWork:
     def __init__(
         self, rt: Runtime, *, read_only: bool = False, snapshot: bool = False, replica: bool = False
     ) -> None:
+        self.rt = rt
         self._engine = rt.read_engine if replica and rt.read_engine is not None else rt.engine
         self._read_only = read_only or replica
         self._snapshot = snapshot

@@ -23,7 +23,7 @@ from voms.domain.roles import Permission
 from voms.runtime import Runtime
 from voms.services import audit
 from voms.services.auth import Principal, service_provider_id_by_code
-from voms.services.events.outbox import EVENT_TYPES
+from voms.services.events.outbox import EVENT_TYPES, forget_listeners
 from voms.services.uow import UnitOfWork
 
 MAX_LIMIT = 1000
@@ -121,6 +121,7 @@ def add_webhook(rt: Runtime, actor: Principal, body: WebhookIn) -> dict[str, Any
             {"url": _public_url(body.url), "events": body.events},
         )
         row = conn.execute(_WITH_PROVIDER.where(_d.c.id == new_id)).one()
+        uow.after_commit(lambda: forget_listeners(rt))
         uow.commit()
     return _view(row, row.provider_code)
 
@@ -178,6 +179,7 @@ def remove_webhook(rt: Runtime, actor: Principal, destination_id: int) -> dict[s
             uow.conn, actor, "webhook.remove", "webhook", destination_id, row.service_provider_id
         )
         row = _destination(uow, actor, destination_id)
+        uow.after_commit(lambda: forget_listeners(rt))
         uow.commit()
     return _view(row, row.provider_code)
 
@@ -354,6 +356,7 @@ def sync_environment(rt: Runtime) -> None:
                 conn.execute(
                     update(_d).where(_d.c.id == existing.id).values(url=shown, state="active")
                 )
+        uow.after_commit(lambda: forget_listeners(rt))
         uow.commit()
 
 

@@ -5,13 +5,21 @@ writes: on PostgreSQL it travels with the COMMIT, so the redemption's hot path g
 extra round trip; with a plain connection (set-based services) it runs at once. Either
 way the event exists exactly when the change that caused it is committed.
 
+An event nobody listens to is not written: only while an active destination wants its
+type and may see its provider (or a broker is configured, whose destination the relay
+makes). Through a unit of work the destinations are read from a per-process cache
+(``LISTENERS_TTL_S``), dropped at once in the process that adds or removes a webhook;
+another process hears of a new webhook within that time.
+
 The hooks below are what the services call: each turns one kind of change into its
 event, so the services' own code changes by a line.
 """
 
+import functools
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +28,7 @@ from sqlalchemy import Connection, insert, select
 from voms.config import get_settings
 from voms.db import tables as t
 from voms.db.types import utcnow
+from voms.runtime import Runtime
 from voms.services.uow import UnitOfWork
 
 # docs/api.md "Events", and the additions docs/events.md lists after them.
@@ -48,6 +57,50 @@ EVENT_TYPES = (
 _KNOWN = frozenset(EVENT_TYPES)
 _PIN_WORDS = frozenset({"pin", "pins", "hrn"})
 _INSERT = insert(t.event_outbox)
+LISTENERS_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What an active destination wants: event types (None: all) and a provider (None:
+    all providers)."""
+
+    events: frozenset[str] | None
+    service_provider_id: int | None
+
+    def wants(self, type: str, service_provider_id: int | None) -> bool:
+        if self.events is not None and type not in self.events:
+            return False
+        return self.service_provider_id is None or self.service_provider_id == service_provider_id
+
+
+_EVERYTHING = (Listener(None, None),)
+_d = t.event_destinations
+_ACTIVE = select(_d.c.events, _d.c.service_provider_id).where(_d.c.state == "active")
+
+
+def _listeners(rt: Runtime | None, conn: Connection) -> tuple[Listener, ...]:
+    if rt is not None and (rt.settings.nats_url or rt.settings.amqp_url):
+        return _EVERYTHING  # (the relay makes the broker's destination, if not yet made)
+    return tuple(
+        Listener(frozenset(row.events) if row.events is not None else None, row.service_provider_id)
+        for row in conn.execute(_ACTIVE)
+    )
+
+
+def forget_listeners(rt: Runtime) -> None:
+    """Destinations changed: this process reads them again for its next event."""
+    rt.read_cache("event_listeners", LISTENERS_TTL_S).clear()
+
+
+def _wanted(uow_or_conn: UnitOfWork | Connection, type: str, sp_id: int | None) -> bool:
+    if isinstance(uow_or_conn, Connection):
+        listeners = _listeners(None, uow_or_conn)
+    else:
+        uow = uow_or_conn
+        cache = uow.rt.read_cache("event_listeners", LISTENERS_TTL_S)
+        listeners = cache.get("all", lambda: _listeners(uow.rt, uow.conn))
+    return any(each.wants(type, sp_id) for each in listeners)
 
 
 def emit(
@@ -58,8 +111,9 @@ def emit(
     *,
     service_provider_id: int | None = None,
     at: datetime | None = None,
-) -> str:
-    """Write one event into the outbox in the caller's transaction; its id.
+) -> str | None:
+    """Write one event into the outbox in the caller's transaction; its id (None: no
+    destination wants it, so nothing is written).
 
     ``subject`` names the object (a serial, a batch id, an MSISDN); ``data`` holds
     identifiers and figures, never a PIN (refused here, whatever the caller).
@@ -68,6 +122,8 @@ def emit(
     if type not in _KNOWN:
         raise ValueError(f"unknown event type {type!r}")
     _refuse_pins(data)
+    if not _wanted(uow_or_conn, type, service_provider_id):
+        return None
     event_id = str(uuid.uuid4())
     row = {
         "id": event_id,
@@ -92,11 +148,16 @@ def _refuse_pins(data: Mapping[str, Any]) -> None:
         value = pending.pop()
         if isinstance(value, Mapping):
             for key, inner in value.items():
-                if _PIN_WORDS & set(re.split(r"[^a-z0-9]+", str(key).lower())):
+                if _names_pin(str(key)):
                     raise ValueError("an event may not carry a PIN")
                 pending.append(inner)
         elif isinstance(value, list | tuple):
             pending.extend(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_pin(key: str) -> bool:
+    return bool(_PIN_WORDS & set(re.split(r"[^a-z0-9]+", key.lower())))
 
 
 # --- hooks the services call ---------------------------------------------------------------

@@ -34,6 +34,7 @@ from voms.db.upsert import insert_if_absent
 from voms.runtime import Runtime
 from voms.services.events import cloudevents
 from voms.services.events.destinations import environment_urls, sync_environment
+from voms.services.events.outbox import Listener
 from voms.services.events.transports import (
     AmqpSender,
     NatsSender,
@@ -71,9 +72,7 @@ class Destination:
     key: tuple[Any, ...]  # what its sender is made of: a new one when it changes
 
     def wants(self, type: str, service_provider_id: int | None) -> bool:
-        if self.events is not None and type not in self.events:
-            return False
-        return self.service_provider_id is None or self.service_provider_id == service_provider_id
+        return Listener(self.events, self.service_provider_id).wants(type, service_provider_id)
 
 
 class Relay:

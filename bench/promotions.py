@@ -2,7 +2,7 @@
 counters in the table, against no plans at all, on PostgreSQL.
 
     .venv/bin/python bench/promotions.py [--counters 1000000] [--redemptions 3000]
-                                         [--rounds 3] [--threads 8]
+                                         [--rounds 3] [--threads 8] [--unreached]
 
 Creates two scratch databases (``voms_bench_promotions_a`` and ``_b`` next to
 VOMS_TEST_POSTGRES_URL's), each with the standard catalog, 1,000 subscribers who redeem,
@@ -18,6 +18,11 @@ on each (no plan: the redemption as before promotions). On a shared machine the 
 drifts between runs far more than the figures compared; within a round the four run
 under the same conditions. Prints each round, the medians and the ratios. Figures, not
 a test.
+
+With ``--unreached`` the plans' targets are out of reach: every redemption updates its
+counters and none is rewarded, so the figures are the counting's cost alone (a reward's
+own writes, a ledger row, a balance, the reward row, its SMS, cost in proportion to how
+often a plan grants one).
 """
 
 import argparse
@@ -138,6 +143,16 @@ def _add_counters(rt: Any, count: int) -> float:
     return time.perf_counter() - started
 
 
+def _unreachable(rt: Any) -> None:
+    """Every plan's target out of reach: redemptions count, none is rewarded."""
+    from sqlalchemy import update
+
+    from voms.db import tables as t
+
+    with rt.engine.begin() as conn:
+        conn.execute(update(t.promotions).values(target=1_000_000_000))
+
+
 def _set_plans_running(rt: Any, running: bool) -> None:
     from sqlalchemy import update
 
@@ -182,11 +197,19 @@ def main() -> None:
     parser.add_argument("--redemptions", type=int, default=2000, help="per timed run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--unreached",
+        action="store_true",
+        help="targets out of reach: counters updated, no reward granted",
+    )
     args = parser.parse_args()
     per_run = args.redemptions + 50
     workdir = Path(tempfile.mkdtemp(prefix="voms-bench-promotions-"))
     few, few_pins = _prepare(workdir, f"{DB_NAME}_a", 2 * args.rounds * per_run)
     many, many_pins = _prepare(workdir, f"{DB_NAME}_b", 2 * args.rounds * per_run)
+    if args.unreached:
+        for rt in (few, many):
+            _unreachable(rt)
     seconds = _add_counters(many, args.counters)
     print(f"added {args.counters:,} counters to _b in {seconds:.1f} s", flush=True)
     runs = {

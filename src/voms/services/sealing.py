@@ -313,23 +313,19 @@ def seal_copy(
 
 
 # --- worker processes -----------------------------------------------------------------
-
-_worker_sealer: Sealer | None = None
-
-
-def start_worker(sealer: Sealer) -> None:
-    """Pool initializer: the worker keeps the batch's sealer."""
-    global _worker_sealer
-    _worker_sealer = sealer
+# Each task carries the batch's sealer (its keys included, as the pool's start-up
+# arguments would): a pool can then start before the batch exists.
 
 
-def seal_in_worker(first: int, count: int) -> Sealed:
+def ready() -> None:
+    """A worker's first task: nothing but the process starting and importing this module."""
+
+
+def seal_in_worker(sealer: Sealer, first: int, count: int) -> Sealed:
     """The rows of serials ``first`` … ``first + count - 1``."""
-    assert _worker_sealer is not None
-    return _worker_sealer.seal_chunk(range(first, first + count))
+    return sealer.seal_chunk(range(first, first + count))
 
 
-def seal_copy_in_worker(first: int, count: int) -> SealedCopy:
+def seal_copy_in_worker(sealer: Sealer, first: int, count: int) -> SealedCopy:
     """The COPY records of serials ``first`` … ``first + count - 1``."""
-    assert _worker_sealer is not None
-    return seal_copy(_worker_sealer, range(first, first + count))
+    return seal_copy(sealer, range(first, first + count))

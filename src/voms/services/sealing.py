@@ -147,7 +147,7 @@ class Sealed:
 class Sealer:
     """Makes voucher rows for one batch: active keys, PIN length, batch id.
 
-    Picklable, so worker processes receive it once when they start.
+    Picklable: each task of a worker process carries it.
     """
 
     batch_id: int

@@ -8,12 +8,14 @@ VOMS_TEST_POSTGRES_URL's, migrated, with the tests' catalog):
 1. times the whole command, ``voms batch generate --type TOPUP10 --count N`` in its own
    process (interpreter start, imports, batch, crypto workers, every chunk, the end);
 2. dumps the vouchers it wrote (``COPY … TO STDOUT``, binary, not timed) and makes a clone of
-   ``vouchers`` (``CREATE TABLE … (LIKE vouchers INCLUDING ALL)`` with the same foreign
-   key to ``batches`` and storage parameters);
+   ``vouchers`` (``CREATE TABLE … (LIKE vouchers INCLUDING ALL)`` and its storage
+   parameters) with a foreign key from ``batch_id`` to ``batches``, as ``vouchers`` had
+   before migration 0007_vouchers_fk;
 3. times a plain ``COPY`` of that dump into the clone from this process, one
-   transaction, in 1 MiB writes (the floor: the database's own work on the same rows);
-4. the same into a second clone without the foreign key (``LIKE`` copies none): the
-   per-row check of ``batch_id`` is most of the difference between the two.
+   transaction, in 1 MiB writes;
+4. the same into a second clone without the foreign key (``LIKE`` copies none), like
+   ``vouchers`` now (the floor: the database's own work on the same rows; the target):
+   the per-row check of ``batch_id`` is most of the difference between the two.
 
 A CHECKPOINT runs before each timed step, so neither pays for the other's writes. Prints
 each round (with the CPU time the command and its crypto workers used: on a busy host,

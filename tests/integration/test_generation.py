@@ -78,8 +78,9 @@ def test_a_large_batch_is_made_by_worker_processes_in_chunks(rt: Runtime) -> Non
         rt, CONSOLE, voucher_type="TOPUP10", count=4500, progress=seen.append
     )
     assert batch["state"] == "generated"
-    # Five chunks (four of 1000, one of 500), in whatever order they were ready.
-    assert len(seen) == 5
+    # Chunks of 1000 from the workers (the last of 500), in whatever order they were
+    # ready, and pieces of 125 this process sealed while none was.
+    assert len(seen) >= 5
     assert seen == sorted(seen)
     assert seen[-1] == 4500
     with rt.engine.connect() as conn:

@@ -17,7 +17,7 @@ def test_migrations_build_exactly_the_declared_schema(rt: Runtime) -> None:
 
 
 def test_the_head_revision_is_known() -> None:
-    assert head_revision() == "0006_scale"
+    assert head_revision() == "0007_vouchers_fk"
 
 
 def test_the_audit_log_is_append_only_in_the_database(rt: Runtime) -> None:

@@ -62,3 +62,17 @@ def test_a_lost_ledger_credit_is_named(rt: Runtime) -> None:
         "value credited by transactions (2000) differs from the ledger (1000)" in p
         for p in problems
     )
+
+
+def test_a_voucher_whose_batch_does_not_exist_is_named(rt: Runtime) -> None:
+    # vouchers.batch_id has no foreign key (migration 0007_vouchers_fk): verify checks it.
+    pins = healthy(rt)
+    serial = int(pins[3][0])
+    with rt.engine.begin() as conn:
+        conn.execute(
+            update(t.vouchers).where(t.vouchers.c.serial == serial).values(batch_id=999_999)
+        )
+    [problem] = verify.verify(rt).problems
+    assert problem == (
+        f"1 vouchers whose batch does not exist (serial/batch id) (e.g. {serial}/999999)"
+    )

@@ -20,7 +20,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import islice
 from multiprocessing import get_context
 from typing import Annotated, Any
 
@@ -56,10 +55,10 @@ from voms.services.sealing import (
     SealedCopy,
     Sealer,
     VoucherRow,
+    ready,
     seal_copy,
     seal_copy_in_worker,
     seal_in_worker,
-    start_worker,
 )
 from voms.services.uow import AnsweredBefore, UnitOfWork
 
@@ -72,6 +71,8 @@ MAX_SPACE_SHARE = 10
 MAX_WRITE_ATTEMPTS = 50
 # Chunks made ahead of the writer per worker: enough to keep both busy, little memory.
 CHUNKS_AHEAD_PER_WORKER = 2
+# While no worker chunk is ready, the writer seals pieces this much smaller itself.
+PIECES_A_CHUNK = 8
 
 Progress = Callable[[int], None]
 
@@ -92,62 +93,93 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def workers_for(count: int, chunk_size: int) -> int:
+    """How many crypto workers :func:`fill_batch` uses for ``count`` vouchers (0: none)."""
+    return default_workers() if count > 2 * chunk_size else 0
+
+
+class Workers:
+    """Crypto worker processes, started at once: they take a moment to start, which the
+    caller may spend on something else (``voms batch generate`` creates the batch)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.pool = ProcessPoolExecutor(max_workers=count, mp_context=get_context("spawn"))
+        with _light_spawn():  # each first task starts a process
+            for _ in range(count):
+                self.pool.submit(ready)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def started_workers(count: int) -> Iterator[Workers | None]:
+    """``count`` crypto workers for :func:`fill_batch` (none for 0), stopped at the end."""
+    workers = Workers(count) if count else None
+    try:
+        yield workers
+    finally:
+        if workers is not None:
+            workers.close()
+
+
 def _chunks(
     sealer: Sealer,
     first: int,
     count: int,
     chunk_size: int,
-    workers: int,
+    workers: Workers | None,
     randbytes: RandomBytes,
     binary: bool = False,
 ) -> Generator[Sealed | SealedCopy, None, None]:
     """The batch's rows, chunk by chunk; at most a few chunks in memory.
 
     Worker processes seal ahead of the writer. Whenever the next worker chunk is not
-    ready (the pool takes a moment to start), this process seals one itself rather than
-    wait. With ``binary``, chunks come as binary COPY streams (:class:`SealedCopy`).
+    ready (the workers take a moment to start), this process seals a small piece itself
+    rather than wait: the database is kept busy from the start, and idles for no longer
+    than a piece takes. With ``binary``, chunks come as binary COPY streams
+    (:class:`SealedCopy`). Chunks may come out of serial order.
     """
-    spans = (
-        (start, min(chunk_size, first + count - start))
-        for start in range(first, first + count, chunk_size)
-    )
+    position, end = first, first + count
 
-    def here(start: int, size: int) -> Sealed | SealedCopy:
+    def take(size: int) -> tuple[int, int]:
+        nonlocal position
+        start, position = position, min(end, position + size)
+        return start, position - start
+
+    def here(size: int) -> Sealed | SealedCopy:
+        start, size = take(size)
         if binary:
             return seal_copy(sealer, range(start, start + size), randbytes)
         return sealer.seal_chunk(range(start, start + size), randbytes=randbytes)
 
-    if workers == 0:
-        for start, size in spans:
-            yield here(start, size)
+    if workers is None:
+        while position < end:
+            yield here(chunk_size)
         return
     in_worker = seal_copy_in_worker if binary else seal_in_worker
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("spawn"),
-        initializer=start_worker,
-        initargs=(sealer,),
-    )
+    ahead: deque[Future[Sealed | SealedCopy]] = deque()
+
+    def submit() -> None:
+        if position < end:
+            assert workers is not None
+            start, size = take(chunk_size)
+            ahead.append(workers.pool.submit(in_worker, sealer, start, size))
+
     try:
-        with _light_spawn():  # the workers start at these first submissions
-            ahead: deque[Future[Sealed | SealedCopy]] = deque(
-                pool.submit(in_worker, start, size)
-                for start, size in islice(spans, workers * CHUNKS_AHEAD_PER_WORKER)
-            )
+        for _ in range(workers.count * CHUNKS_AHEAD_PER_WORKER):
+            submit()
         while ahead:
-            if not ahead[0].done():
-                for start, size in islice(spans, 1):
-                    yield here(start, size)
-                    break
-                else:
-                    yield ahead.popleft().result()
+            if not ahead[0].done() and position < end:
+                yield here(max(1, chunk_size // PIECES_A_CHUNK))
                 continue
             rows = ahead.popleft().result()
-            for start, size in islice(spans, 1):
-                ahead.append(pool.submit(in_worker, start, size))
+            submit()
             yield rows
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in ahead:
+            future.cancel()
 
 
 @contextmanager
@@ -403,12 +435,14 @@ def fill_batch(
     *,
     progress: Progress | None = None,
     workers: int | None = None,
+    started: Workers | None = None,
     randbytes: RandomBytes = os.urandom,
 ) -> dict[str, Any]:
     """Generate the vouchers of a batch in state generating, then mark it generated.
 
     Any error marks the batch failed (and is raised again). ``randbytes`` is the source
-    of PIN digits (the OS CSPRNG); ``workers`` 0 seals in this process.
+    of PIN digits (the OS CSPRNG); ``workers`` 0 seals in this process; ``started``:
+    crypto workers the caller started beforehand (:func:`started_workers`) and stops.
     """
     width, chunk_size = rt.settings.serial_width, rt.settings.generation_chunk_size
     with UnitOfWork(rt) as uow:
@@ -426,26 +460,36 @@ def fill_batch(
     sealer = Sealer.for_batch(rt.keyring, batch_id, pin_length)
     remaining = batch_size(batch) - batch.generated_count
     if workers is None:
-        workers = default_workers() if remaining > 2 * chunk_size else 0
+        workers = workers_for(remaining, chunk_size)
     per_transaction = bulk.rows_per_transaction(rt.engine, chunk_size)
     done = batch.generated_count
-    binary = rt.engine.dialect.name == "postgresql" and not sealer.other_lookup_keys
+    postgres = rt.engine.dialect.name == "postgresql"
+    binary = postgres and not sealer.other_lookup_keys
     try:
-        with closing(
-            _chunks(
-                sealer,
-                batch.serial_first + done,
-                remaining,
-                chunk_size,
-                workers,
-                randbytes,
-                binary,
-            )
-        ) as chunks:
+        with (
+            started_workers(0 if started else workers) as own,
+            closing(
+                _chunks(
+                    sealer,
+                    batch.serial_first + done,
+                    remaining,
+                    chunk_size,
+                    started or own,
+                    randbytes,
+                    binary,
+                )
+            ) as chunks,
+        ):
             written = -1
             while done < batch_size(batch) and written:
                 with UnitOfWork(rt) as uow:
                     conn = uow.conn
+                    if postgres:
+                        # A chunk's COMMIT need not wait for its WAL to reach the disk (or
+                        # a synchronous standby): lost in a crash, the chunk goes with the
+                        # progress that counts it, and the batch, never completed, is
+                        # failed as stalled. The COMMIT of its completion waits as ever.
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     written = 0
                     for sealed in chunks:
                         if isinstance(sealed, SealedCopy):

@@ -10,11 +10,15 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from voms.crypto import NONCE_BYTES, Keyring
 from voms.domain.states import VoucherState
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 # A voucher row, in the order of VOUCHER_COLUMNS.
 VoucherRow = tuple[int, int, bytes, int, bytes, int, str]
@@ -72,6 +76,7 @@ def draw_pins(count: int, pin_length: int, randbytes: RandomBytes = os.urandom) 
     words = 1 if space < 1 << 60 else 2
     limit = (1 << (64 * words)) // space * space
     template = b"%%0%dd" % pin_length
+    luhn = _LUHN4
     pins: list[bytes] = []
     while len(pins) < count:
         need = count - len(pins)
@@ -80,26 +85,49 @@ def draw_pins(count: int, pin_length: int, randbytes: RandomBytes = os.urandom) 
             values = tuple(
                 (high << 64) | low for high, low in zip(values[::2], values[1::2], strict=True)
             )
-        for value in values:
-            if value < limit:
-                body = value % space
-                pins.append(template % (body * 10 + check_digit(body)))
+        bodies = [value % space for value in values if value < limit]
+        if space <= 10**16:  # check_digit unrolled: four groups of four digits at most
+            pins += [
+                template
+                % (
+                    body * 10
+                    + (
+                        -(
+                            luhn[body % 10_000]
+                            + luhn[body // 10_000 % 10_000]
+                            + luhn[body // 100_000_000 % 10_000]
+                            + luhn[body // 1_000_000_000_000]
+                        )
+                    )
+                    % 10
+                )
+                for body in bodies
+            ]
+        else:
+            pins += [template % (body * 10 + check_digit(body)) for body in bodies]
     return pins
 
 
-def _hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
-    """HMAC-SHA256 under ``key`` (as Keyring.lookup_hash), with the padded key states made
-    once: for short messages this is twice as fast as hmac.digest."""
+def _hmac_states(key: bytes) -> tuple[Callable[[], "_Hash"], Callable[[], "_Hash"]]:
+    """HMAC-SHA256's inner and outer hash states under ``key``, padded once: copies of
+    them hash a message (see :func:`_hmac_sha256`)."""
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     block = key.ljust(64, b"\0")
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner.copy, outer.copy
+
+
+def _hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 under ``key`` (as Keyring.lookup_hash), with the padded key states made
+    once: for short messages this is twice as fast as hmac.digest."""
+    inner_copy, outer_copy = _hmac_states(key)
 
     def digest(message: bytes) -> bytes:
-        hashed = inner.copy()
+        hashed = inner_copy()
         hashed.update(message)
-        result = outer.copy()
+        result = outer_copy()
         result.update(hashed.digest())
         return result.digest()
 
@@ -119,7 +147,7 @@ class Sealed:
 class Sealer:
     """Makes voucher rows for one batch: active keys, PIN length, batch id.
 
-    Picklable, so worker processes receive it once when they start.
+    Picklable: each task of a worker process carries it.
     """
 
     batch_id: int
@@ -265,7 +293,7 @@ def seal_copy(
     record = struct.Struct(fmt)
     pack_into, size = record.pack_into, record.size
     encrypt = AESGCM(sealer.encryption_key).encrypt
-    lookup_hash = _hmac_sha256(sealer.lookup_key)
+    inner_copy, outer_copy = _hmac_states(sealer.lookup_key)
     lookup_key_id, encryption_key_id = sealer.lookup_key_id, sealer.encryption_key_id
     batch_id, available = sealer.batch_id, VoucherState.AVAILABLE.value.encode()
     head = len(COPY_HEADER)
@@ -281,13 +309,20 @@ def seal_copy(
         pins = draw_pins(len(pending), sealer.pin_length, randbytes)
         nonces = os.urandom(NONCE_BYTES * len(pending))
         again = []
-        for index, (serial, clear) in enumerate(zip(pending, pins, strict=True)):
-            digest = lookup_hash(clear)
+        at = -NONCE_BYTES
+        for serial, clear in zip(pending, pins, strict=True):
+            at += NONCE_BYTES
+            # The lookup hash (HMAC-SHA256, as _hmac_sha256), inline: a call less a row.
+            hashed = inner_copy()
+            hashed.update(clear)
+            outer = outer_copy()
+            outer.update(hashed.digest())
+            digest = outer.digest()
             if digest in seen:
                 again.append(serial)
                 continue
             seen.add(digest)
-            nonce = nonces[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
+            nonce = nonces[at : at + NONCE_BYTES]
             pack_into(
                 data,
                 offset,
@@ -313,23 +348,19 @@ def seal_copy(
 
 
 # --- worker processes -----------------------------------------------------------------
-
-_worker_sealer: Sealer | None = None
-
-
-def start_worker(sealer: Sealer) -> None:
-    """Pool initializer: the worker keeps the batch's sealer."""
-    global _worker_sealer
-    _worker_sealer = sealer
+# Each task carries the batch's sealer (its keys included, as the pool's start-up
+# arguments would): a pool can then start before the batch exists.
 
 
-def seal_in_worker(first: int, count: int) -> Sealed:
+def ready() -> None:
+    """A worker's first task: nothing but the process starting and importing this module."""
+
+
+def seal_in_worker(sealer: Sealer, first: int, count: int) -> Sealed:
     """The rows of serials ``first`` … ``first + count - 1``."""
-    assert _worker_sealer is not None
-    return _worker_sealer.seal_chunk(range(first, first + count))
+    return sealer.seal_chunk(range(first, first + count))
 
 
-def seal_copy_in_worker(first: int, count: int) -> SealedCopy:
+def seal_copy_in_worker(sealer: Sealer, first: int, count: int) -> SealedCopy:
     """The COPY records of serials ``first`` … ``first + count - 1``."""
-    assert _worker_sealer is not None
-    return seal_copy(_worker_sealer, range(first, first + count))
+    return seal_copy(sealer, range(first, first + count))

@@ -20,19 +20,13 @@ def sql_batch(
 ) -> tuple[int, int]:
     """Take ``count`` serials from the serial counter and write the batch row of a
     voucher type (``voucher_type``'s code, or the only one); (batch id, first serial)."""
-    from sqlalchemy import insert, select, update
+    from sqlalchemy import insert, select
 
+    from voms.config import get_settings
     from voms.db import tables as t
+    from voms.services.generation import allocate_serials
 
-    first = (
-        conn.execute(
-            update(t.counters)
-            .where(t.counters.c.name == "serial")
-            .values(next_value=t.counters.c.next_value + count)
-            .returning(t.counters.c.next_value)
-        ).scalar_one()
-        - count
-    )
+    first = allocate_serials(conn, count, get_settings().serial_width)
     types = select(t.voucher_types.c.id, t.voucher_types.c.service_provider_id)
     if voucher_type is not None:
         types = types.where(t.voucher_types.c.code == voucher_type)

@@ -323,7 +323,7 @@ class Created:
     is_new: bool  # False when a request id replayed an earlier batch
 
 
-def _allocate_serials(conn: Connection, count: int, width: int) -> int:
+def allocate_serials(conn: Connection, count: int, width: int) -> int:
     """Reserve ``count`` consecutive serials; returns the first.
 
     One conditional UPDATE … RETURNING on the counter row: concurrent batches queue on
@@ -383,7 +383,7 @@ def _create(rt: Runtime, actor: Principal, body: BatchIn, scope: str, fingerprin
         expiry = body.expires_at or now + timedelta(days=vt["validity_days"])
         if expiry <= now:
             raise Invalid("expires_at must be in the future")
-        first = _allocate_serials(conn, body.count, rt.settings.serial_width)
+        first = allocate_serials(conn, body.count, rt.settings.serial_width)
         batch_id = conn.execute(
             insert(t.batches)
             .values(

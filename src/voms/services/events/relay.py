@@ -63,16 +63,13 @@ DEAD = Counter("voms_events_dead", "Event deliveries dead-lettered, per destinat
 
 
 @dataclass(frozen=True)
-class Destination:
+class Destination(Listener):
+    """An active destination: what it wants (:class:`Listener`), where it is, its sender."""
+
     id: int
     kind: str
     url: str
-    events: frozenset[str] | None
-    service_provider_id: int | None
     key: tuple[Any, ...]  # what its sender is made of: a new one when it changes
-
-    def wants(self, type: str, service_provider_id: int | None) -> bool:
-        return Listener(self.events, self.service_provider_id).wants(type, service_provider_id)
 
 
 class Relay:

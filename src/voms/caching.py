@@ -50,6 +50,9 @@ class ReadCache(Generic[V]):
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
         """The cached value: loaded once for all callers when missing or expired, and
         refreshed by this caller when it is the one :meth:`lookup` picks."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.refresh_at > self._clock():
+            return entry.value  # fresh (the usual case): nothing more to decide
         entry, refresh = self.lookup(key)
         if entry is None:
             return self._load_once(key, load)

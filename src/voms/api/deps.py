@@ -2,6 +2,7 @@
 rate limit (voms.serving holds what the channels share)."""
 
 import dataclasses
+import functools
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -83,9 +84,16 @@ async def authenticate_request(request: Request) -> Principal:
         raise Unauthorized("invalid or revoked API key")
     if principal.api_key_id is not None and not buckets.allow(principal.api_key_id):
         raise ResultError(Result.TOO_MANY_REQUESTS)
-    principal = dataclasses.replace(principal, client=client_address(request))
+    principal = _with_client(principal, client_address(request))
     request.state.principal = principal
     return principal
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_client(principal: Principal, client: str) -> Principal:
+    """``principal`` calling from ``client``: made once per key and address (a key calls
+    from few addresses), not once per request."""
+    return dataclasses.replace(principal, client=client)
 
 
 CatalogReader = Annotated[Principal, Depends(Allowed(Permission.CATALOG_READ))]

@@ -22,6 +22,17 @@ class Credit:
     balance_expiry_extension_days: int = 0
     max_balance: int | None = None  # the balance type's limit (5004 above it)
 
+    def limited(self, max_balance: int | None) -> "Credit":
+        """This credit with its balance type's limit (``dataclasses.replace`` costs five
+        times as much, on every redemption)."""
+        return Credit(
+            self.balance_type_id,
+            self.balance_type,
+            self.amount,
+            self.balance_expiry_extension_days,
+            max_balance,
+        )
+
     def public(self) -> dict[str, Any]:
         """As an API answer shows it."""
         return {

@@ -4,6 +4,7 @@ A voucher's effective state combines its batch's state with its own, so that one
 update on the batch activates, freezes or deletes millions of vouchers.
 """
 
+import functools
 from datetime import datetime
 from enum import StrEnum
 
@@ -90,11 +91,13 @@ def next_voucher_state(state: VoucherState, action: VoucherAction) -> VoucherSta
         raise Conflict(f"cannot {action} a voucher that is {state}") from None
 
 
+@functools.cache  # (the table is fixed: asked on every redemption)
 def voucher_states_allowing(action: VoucherAction) -> frozenset[VoucherState]:
     """Own states from which ``action`` is legal (for set-based conditional updates)."""
     return frozenset(state for (state, act) in VOUCHER_TRANSITIONS if act is action)
 
 
+@functools.cache
 def voucher_move(action: VoucherAction) -> tuple[VoucherState, VoucherState]:
     """The one own state ``action`` takes a voucher from, and the state it leaves it in
     (for the conditional update that decides who wins a voucher)."""

@@ -94,9 +94,9 @@ def subjects(
 def _throttled(rt: Runtime) -> dict[str, float]:
     """This process's subjects over budget, with the monotonic time they are refused to."""
     throttled = rt.caches.get("guessing_throttled")
-    if not isinstance(throttled, dict):
+    if throttled is None:
         throttled = rt.caches.setdefault("guessing_throttled", {})
-    return throttled  # type: ignore[return-value]
+    return throttled  # type: ignore[no-any-return]
 
 
 def refuse_if_throttled(rt: Runtime, actor: Principal, channel: str, sp_id: int | None) -> None:

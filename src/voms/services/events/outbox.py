@@ -190,8 +190,8 @@ def attempt_succeeded(
     """The event of a successful redemption, reservation, commit or revoke (from its
     answer, which never holds the PIN); a voucher-type recharge has none."""
     type = _ATTEMPT_EVENTS.get(kind)
-    if type is None:
-        return
+    if type is None or not _wanted(uow, type, service_provider_id):
+        return  # (nobody listens: the event is not even built)
     data: dict[str, Any] = {key: answer[key] for key in _ATTEMPT_FIELDS if key in answer}
     data["channel"] = channel
     data["credits"] = [

@@ -1,7 +1,6 @@
 """The recipient's account and the policy of a credit: subscriber state, product type,
 scenario, and the change the billing engine applies."""
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -70,7 +69,7 @@ def change(rt: Runtime, uow: UnitOfWork, attempt: Attempt, chosen: Scenario, cau
     ).balance_types
     return Change(
         credits=tuple(
-            replace(credit, max_balance=balance_types[credit.balance_type_id].max_balance)
+            credit.limited(balance_types[credit.balance_type_id].max_balance)
             for credit in chosen.credits
         ),
         cause=cause,

@@ -48,8 +48,10 @@ class Allowed:
 
 def require_role(principal: Principal, permissions: tuple[Permission, ...]) -> None:
     """Refuse (403) a caller whose role and rights carry none of ``permissions``."""
-    if not any(principal.may(p) for p in permissions):
-        raise Forbidden(f"role {principal.role} may not {' or '.join(permissions)}")
+    for permission in permissions:
+        if principal.may(permission):
+            return
+    raise Forbidden(f"role {principal.role} may not {' or '.join(permissions)}")
 
 
 async def principal_of(request: Request) -> Principal:
@@ -59,7 +61,10 @@ async def principal_of(request: Request) -> Principal:
     call this directly (solving a dependency costs more CPU than the check itself) and
     document their security in OpenAPI by hand.
     """
-    known: Principal | None = getattr(request.state, "principal", None)
+    # (read from the state's dict: getattr on request.state raises and catches an
+    # AttributeError, with its message, on every request that has none yet)
+    state = request.scope.get("state")
+    known: Principal | None = state.get("principal") if state is not None else None
     if known is not None:
         return known
     return await authenticate_request(request)

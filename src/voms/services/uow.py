@@ -109,6 +109,7 @@ class UnitOfWork:
     ) -> None:
         self.rt = rt
         self._engine = rt.read_engine if replica and rt.read_engine is not None else rt.engine
+        self._postgres = self._engine.dialect.name == "postgresql"
         self._read_only = read_only or replica
         self._snapshot = snapshot
         self._conn: Connection | None = None
@@ -187,20 +188,24 @@ class UnitOfWork:
 
     def fetch(self, statement: Executable, params: Params) -> list[Any]:
         """The rows of a SELECT or of a statement with RETURNING."""
-        return hot.fetch(self.conn, statement, params)
+        assert self._conn is not None, "a unit of work is used inside its with block only"
+        return hot.fetch(self._conn, statement, params)
 
     def fetch_together(self, statements: Sequence[tuple[Executable, Params]]) -> list[list[Any]]:
         """The rows of each statement, run in order, in one round trip on PostgreSQL."""
-        return hot.fetch_together(self.conn, statements)
+        assert self._conn is not None, "a unit of work is used inside its with block only"
+        return hot.fetch_together(self._conn, statements)
 
     def ahead(self, statement: Executable, params: Params) -> Later:
         """A statement whose rows are wanted later: it goes out with the next round trip."""
-        return hot.ahead(self.conn, statement, params)
+        assert self._conn is not None, "a unit of work is used inside its with block only"
+        return hot.ahead(self._conn, statement, params)
 
     def write(self, statement: Executable, params: Params | Sequence[Params]) -> None:
         """A statement returning nothing (a list of parameters: once each); it goes out
         with the COMMIT, or before the next read."""
-        hot.run(self.conn, statement, params)
+        assert self._conn is not None, "a unit of work is used inside its with block only"
+        hot.run(self._conn, statement, params)
 
     # --- idempotency and side effects ---------------------------------------------------
 
@@ -244,10 +249,6 @@ class UnitOfWork:
             return _find_answer(self.conn, self._key)
 
     # --- the connection ---------------------------------------------------------------
-
-    @property
-    def _postgres(self) -> bool:
-        return self._engine.dialect.name == "postgresql"
 
     def _connection(self) -> Connection:
         """The thread's kept connection, checked as the pool checks its own, or a pooled one."""

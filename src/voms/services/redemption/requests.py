@@ -29,7 +29,18 @@ class _FromJson:
         """From a decoded JSON body; anything but an object is an empty request."""
         if not isinstance(body, dict):
             return cls()
-        return cls(**{f.name: body.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]
+        return cls(**{name: body.get(name) for name in _field_names(cls)})
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A request class's fields (dataclasses.fields() walks them anew on every call)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
 
 
 @dataclass(frozen=True)

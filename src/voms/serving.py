@@ -71,7 +71,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 def client_address(request: Request) -> str:
     """The caller's address: the peer, or the client a trusted proxy forwarded for
     (resolved by voms.api.forwarded before the app sees the request)."""
-    return request.client.host if request.client else "unknown"
+    client = request.scope.get("client")  # (request.client builds an Address each time)
+    return str(client[0]) if client else "unknown"
 
 
 class TokenBuckets:

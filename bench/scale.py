@@ -13,7 +13,8 @@ random hash order into the same live indexes, so the index load is the generator
 (the PINs themselves are never needed: nobody redeems those). At each checkpoint (1M,
 10M, … and N) it measures, in this order:
 
-1. generation: a batch of ``--probe`` vouchers by the real generator (rate);
+1. generation: a batch of ``--probe`` vouchers by the real generator (rate; the WAL it
+   wrote, with its full-page images, and the lookup-hash index blocks it read);
 2. redemption over HTTP: ``voms serve`` (2 workers) redeems PINs of that batch, driven
    closed loop over 32 kept-alive connections by bench/redeem.py's driver (rate, p50,
    p99; median of ``--rounds`` runs);

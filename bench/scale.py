@@ -13,7 +13,8 @@ random hash order into the same live indexes, so the index load is the generator
 (the PINs themselves are never needed: nobody redeems those). At each checkpoint (1M,
 10M, … and N) it measures, in this order:
 
-1. generation: a batch of ``--probe`` vouchers by the real generator (rate);
+1. generation: a batch of ``--probe`` vouchers by the real generator (rate; the WAL it
+   wrote, with its full-page images, and the lookup-hash index blocks it read);
 2. redemption over HTTP: ``voms serve`` (2 workers) redeems PINs of that batch, driven
    closed loop over 32 kept-alive connections by bench/redeem.py's driver (rate, p50,
    p99; median of ``--rounds`` runs);
@@ -344,6 +345,31 @@ def _sizes(rt: Any) -> tuple[int, int, int]:
     return int(vouchers), int(database), int(table)
 
 
+def _io_counters(rt: Any) -> dict[str, float]:
+    """Cluster-wide WAL (records, full-page images, bytes) and the lookup-hash index's
+    block reads and hits: their difference around a step says where its time went."""
+    import psycopg
+
+    url = rt.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        wal = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+        index = conn.execute(
+            "SELECT idx_blks_read, idx_blks_hit, pg_relation_size(indexrelid)"
+            " FROM pg_statio_user_indexes WHERE indexrelname = 'uq_vouchers_pin_hash'"
+        ).fetchone()
+    assert wal is not None
+    assert index is not None
+    return {
+        "wal_records": float(wal[0]),
+        "wal_fpi": float(wal[1]),
+        "wal_bytes": float(wal[2]),
+        "index_read": float(index[0]),
+        "index_hit": float(index[1]),
+        "index_bytes": float(index[2]),
+    }
+
+
 def checkpoint(
     rt: Any, key: str, args: argparse.Namespace, work: Path, freeze_from: int
 ) -> dict[str, Any]:
@@ -352,8 +378,19 @@ def checkpoint(
         f"checkpoint at {vouchers:,} vouchers: database {database / 2**30:.2f} GiB "
         f"({database / vouchers:.0f} B/voucher), vouchers+indexes {table / vouchers:.0f} B/voucher"
     )
+    before = _io_counters(rt)
     gen_s, pins, _ = _generate(rt, args.probe)
+    rt.engine.dispose()  # a backend's statistics reach the views at its exit at the latest
+    time.sleep(1)
+    after_gen = _io_counters(rt)
+    io = {k: after_gen[k] - before[k] for k in before if k != "index_bytes"}
     log(f"  generation: {args.probe:,} in {gen_s:.1f} s ({args.probe / gen_s:,.0f}/s)")
+    log(
+        f"  generation's I/O: WAL {io['wal_bytes'] / args.probe:,.0f} B/voucher, "
+        f"{io['wal_fpi'] / args.probe:.2f} full-page images/voucher; lookup-hash index "
+        f"({after_gen['index_bytes'] / 2**20:,.0f} MiB): {io['index_read'] / args.probe:.2f}"
+        f" blocks read, {io['index_hit'] / args.probe:.2f} hit a voucher"
+    )
     http = _redeem_http(rt, key, pins, args, work)
     log(
         f"  redemption over HTTP: {http['rps']:,.0f}/s, p50 {http['p50_ms']:.2f} ms, "
@@ -370,6 +407,10 @@ def checkpoint(
     return {
         "vouchers": vouchers,
         "generation_per_s": args.probe / gen_s,
+        "generation_wal_bytes_per_voucher": io["wal_bytes"] / args.probe,
+        "generation_fpi_per_voucher": io["wal_fpi"] / args.probe,
+        "generation_index_reads_per_voucher": io["index_read"] / args.probe,
+        "index_bytes": after_gen["index_bytes"],
         "redeem_rps": http["rps"],
         "redeem_p50_ms": http["p50_ms"],
         "redeem_p99_ms": http["p99_ms"],

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from tests import factories
 from voms.config import Settings
+from voms.db import hot
 from voms.db import tables as t
 from voms.domain.errors import ResultError
 from voms.runtime import Runtime, build_runtime
@@ -204,6 +205,38 @@ def test_only_eligible_redemptions_count(shop: Runtime) -> None:
     assert len(ledger(rt, "reward")) == 1
 
 
+def test_count_plans_are_counted_by_one_upsert_each_with_its_product_types(
+    shop: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL one upsert counts every count plan (SQLite: one per plan); a plan
+    for other product types gets no counter from it."""
+    rt = shop
+    factories.subscriber(rt, "254700000002", product_type="SILVER")
+    plan(rt, "GOLDEN", target=2, eligible={"product_types": ["GOLD"]})
+    plan(rt, "SILVERY", target=1, eligible={"product_types": ["SILVER"]})
+    plan(rt, "WEEKLY", target=2, window={"kind": "rolling_days", "days": 7})
+    upserts: list[Any] = []
+    ahead = hot.ahead
+
+    def spied(conn: Any, statement: Any, params: Any) -> Any:
+        if getattr(statement, "table", None) is t.promotion_counters:
+            upserts.append(statement)
+        return ahead(conn, statement, params)
+
+    monkeypatch.setattr(hot, "ahead", spied)
+    vouchers = pins(rt, 3)
+    assert redeem(rt, vouchers[0])["rewards"] == []
+    assert len(upserts) == (1 if rt.engine.dialect.name == "postgresql" else 3)
+    rewarded = redeem(rt, vouchers[1])["rewards"]
+    assert sorted(r["promotion"] for r in rewarded) == ["GOLDEN", "WEEKLY"]
+    rewarded = redeem(rt, vouchers[2], msisdn="254700000002")["rewards"]
+    assert [r["promotion"] for r in rewarded] == ["SILVERY"]
+    gold = {c["promotion"]: c["value"] for c in counters.counters_of(rt, CONSOLE, MSISDN)["items"]}
+    assert gold == {"GOLDEN": 2, "SILVERY": 0, "WEEKLY": 2}
+    silver = counters.counters_of(rt, CONSOLE, "254700000002")["items"]
+    assert {c["promotion"]: c["value"] for c in silver} == {"GOLDEN": 0, "SILVERY": 1, "WEEKLY": 1}
+
+
 def test_a_value_counter_and_a_percentage_of_the_value(shop: Runtime) -> None:
     rt = shop
     plan(
@@ -317,6 +350,28 @@ def test_32_parallel_redemptions_crossing_a_target_reward_exactly_as_often_as_re
     assert len(ledger(rt, "reward")) == rewards
     (shown,) = counters.counters_of(rt, CONSOLE, MSISDN)["items"]
     assert shown["value"] == THREADS
+    assert verify.verify(rt).problems == []
+
+
+def test_32_parallel_redemptions_counted_in_several_plans_reward_each_exactly(
+    busy_rt: Runtime,
+) -> None:
+    """Count plans (one upsert) and value plans (one upsert after the credit) together:
+    the counters are locked in plan order, so no two redemptions deadlock."""
+    rt = busy_rt
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    plan(rt, "ONCE10", target=10)
+    plan(rt, "EVERY8", target=8, repeat=True, window={"kind": "campaign"})
+    plan(rt, "VALUE8K", counter="value", target=8000, repeat=True)  # a voucher: 1,000
+    plan(rt, "VALUE10K", counter="value", target=10000, window={"kind": "rolling_days", "days": 3})
+    vouchers = pins(rt, THREADS)
+    outcomes = at_once(THREADS, lambda i: redeem_code(rt, vouchers[i]))
+    assert Counter(code for code, _ in outcomes) == {0: THREADS}
+    assert sum(n for _, n in outcomes) == 1 + 4 + 4 + 1
+    assert len(ledger(rt, "reward")) == 10
+    shown = {c["promotion"]: c["value"] for c in counters.counters_of(rt, CONSOLE, MSISDN)["items"]}
+    assert shown == {"ONCE10": 32, "EVERY8": 32, "VALUE8K": 32000, "VALUE10K": 32000}
     assert verify.verify(rt).problems == []
 
 

@@ -6,7 +6,8 @@ this process is seen at once, in another one within the TTL. A provider without 
 costs the redemption one dictionary lookup.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
@@ -27,6 +28,9 @@ class ProviderPlans:
 
     plans: tuple[Plan, ...]
     money_balance_types: dict[int, str]  # id → currency
+    # What counting works out from the plans (which of them a voucher type on a channel
+    # counts in, their statements), kept as long as these plans are.
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _cache(rt: Runtime) -> ReadCache[ProviderPlans]:

@@ -2,7 +2,7 @@
 the rewards of the targets it reached, in the same unit of work (docs/promotions.md).
 
 Count plans are counted before the account is loaded (:func:`count_early`: their
-upserts ride on the round trip that locks the account, and take the counters' locks
+upsert rides on the round trip that locks the account, and takes the counters' locks
 before the account's in every call); value plans, which need the scenario, after the
 credit. Then each reward is one more change through the billing engine, ledger cause
 ``reward``, listed in the answer's ``rewards``. A provider without running plans costs
@@ -28,7 +28,7 @@ def count_early(
     rt: Runtime, uow: UnitOfWork, attempt: Attempt, voucher_type: VoucherType, recipient: str
 ) -> counting.Early | None:
     """Count the credit in the count plans it applies to, before the recipient's account
-    is loaded (their upserts go out with that round trip); call :func:`reward` after."""
+    is loaded (their upsert goes out with that round trip); call :func:`reward` after."""
     return counting.count_early(
         rt, uow, voucher_type.service_provider_id, voucher_type.id, attempt.channel, recipient
     )

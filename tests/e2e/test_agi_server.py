@@ -56,7 +56,12 @@ def test_voms_agi_serves_a_call_and_stops_on_interrupt(tmp_path: Path, database_
             assert asterisk.variables == {"VOMS_RESULT": "0", "VOMS_BALANCE": "10"}
         finally:
             process.send_signal(signal.SIGINT)
-            code = process.wait(timeout=20)
+            try:
+                code = process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()  # not left running into the next tests
+                process.wait()
+                raise
     assert code == 0
     assert balance(rt) == 1000
     text = log.read_text()

@@ -24,6 +24,13 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A suite started in the background
+    by a non-interactive shell passes SIGINT on ignored, and Python then never turns it
+    into KeyboardInterrupt: `voms agi` would go on serving."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _listening(port: int, process: subprocess.Popen[str], log: Path) -> None:
     deadline = time.monotonic() + 30
     while "FastAGI listening" not in log.read_text():
@@ -48,6 +55,7 @@ def test_voms_agi_serves_a_call_and_stops_on_interrupt(tmp_path: Path, database_
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=_interruptible,
         )
         try:
             _listening(port, process, log)

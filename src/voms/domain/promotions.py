@@ -1,9 +1,9 @@
 """Promotion plans: their windows, who counts, and what a target reached gives.
 
 Pure rules, no I/O; the counting itself is an upsert of the plans' counters in the
-redemption's transaction (:mod:`voms.services.promotions.counting`). Times are aware UTC datetimes;
-a window is ``[start, end)``: a redemption at the very instant a month ends counts in
-the next month.
+redemption's transaction (:mod:`voms.services.promotions.counting`). Times are aware
+UTC datetimes; a window is ``[start, end)``: a redemption at the very instant a month
+ends counts in the next month.
 """
 
 from dataclasses import dataclass

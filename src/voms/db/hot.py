@@ -44,7 +44,7 @@ from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 import psycopg.abc
@@ -278,11 +278,11 @@ def _send(
     alone = not waiting and not commit and len(statements) == 1
     if alone and pgconn.transaction_status != pq.TransactionStatus.IDLE:
         # No BEGIN to go with it: one libpq call, without pipeline mode.
-        bound = _bound(pgconn, session, *statements[0])
-        if bound.name is None:
-            result = pgconn.exec_params(bound.sql, bound.values, bound.types, bound.formats)
+        name, sql, values, types, formats = _bound(pgconn, session, *statements[0])
+        if name is None:
+            result = pgconn.exec_params(sql, values, types, formats)
         else:
-            result = pgconn.exec_prepared(bound.name, bound.values, bound.formats)
+            result = pgconn.exec_prepared(name, values, formats)
         _check(conn, session, result)
         return [result]
     for _, _, later in waiting:
@@ -318,11 +318,11 @@ def _pipeline(
     bound = [_bound(pgconn, session, compiled, params) for compiled, params in statements]
     pgconn.enter_pipeline_mode()
     try:
-        for one in bound:
-            if one.name is None:
-                pgconn.send_query_params(one.sql, one.values, one.types, one.formats)
+        for name, sql, values, types, formats in bound:
+            if name is None:
+                pgconn.send_query_params(sql, values, types, formats)
             else:
-                pgconn.send_query_prepared(one.name, one.values, one.formats)
+                pgconn.send_query_prepared(name, values, formats)
         pgconn.pipeline_sync()
         _flush(pgconn)
         results = [_next_result(session, pgconn) for _ in bound]
@@ -342,16 +342,10 @@ def _pipeline(
     return results[begin : len(results) - commit]
 
 
-class _Bound(NamedTuple):
-    """One execution: the prepared statement's name (None: sent unnamed, as ``sql``).
-    (A named tuple: made for every statement, where a frozen dataclass costs 3 times as
-    much.)"""
-
-    name: bytes | None
-    sql: bytes
-    values: Sequence[Any]
-    types: Sequence[int]
-    formats: list[pq.Format]
+# One execution: the prepared statement's name (None: sent unnamed, as the SQL), the SQL,
+# the values, their types and formats. (A plain tuple: one is made for every statement,
+# and a named tuple's constructor costs five times as much.)
+_Bound = tuple[bytes | None, bytes, Sequence[Any], Sequence[int], list[pq.Format]]
 
 
 def _bound(pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params: Params) -> _Bound:
@@ -360,7 +354,7 @@ def _bound(pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params
     values = tx.dump_sequence(_values(compiled, params), [PyFormat.AUTO] * len(compiled.names))
     types = tx.types or ()
     if not session.prepare:
-        return _Bound(None, compiled.sql, values, types, list(tx.formats or ()))
+        return None, compiled.sql, values, types, list(tx.formats or ())
     # psycopg picks the type from the value (an int as int2, int4 or int8): one prepared
     # statement for each combination met.
     name = session.prepared.get((compiled.name, types))
@@ -370,7 +364,7 @@ def _bound(pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params
         if result.status != pq.ExecStatus.COMMAND_OK:
             raise _error(pgconn, session, result)
         session.prepared[compiled.name, types] = name
-    return _Bound(name, compiled.sql, values, types, list(tx.formats or ()))
+    return name, compiled.sql, values, types, list(tx.formats or ())
 
 
 def _values(compiled: _Compiled, params: Params) -> list[Any]:

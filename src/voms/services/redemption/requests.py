@@ -29,7 +29,7 @@ class _FromJson:
         """From a decoded JSON body; anything but an object is an empty request."""
         if not isinstance(body, dict):
             return cls()
-        return cls(**{name: body.get(name) for name in _field_names(cls)})
+        return cls(*map(body.get, _field_names(cls)))  # (the fields in their order)
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -127,8 +127,10 @@ def request_key(rt: Runtime, attempt: Attempt, request: AnyRequest) -> tuple[str
     rid = request_id(request.request_id)
     if rid is None:
         return scope, None, ""
-    # vars(), not asdict(): the fields are JSON values, asdict() deep-copies them.
-    params = {k: v for k, v in vars(request).items() if k != "request_id"}
+    # vars(), not asdict(): the fields are JSON values, asdict() deep-copies them. (Copied
+    # and the id deleted: the fields keep their order, so the fingerprint stays the same.)
+    params = dict(vars(request))
+    del params["request_id"]
     if attempt.reservation_id is not None and attempt.kind in ("commit", "revoke"):
         params["reservation_id"] = attempt.reservation_id
     return scope, rid, idempotency.fingerprint(rt.keyring, attempt.kind, params)

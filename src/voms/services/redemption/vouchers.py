@@ -8,8 +8,7 @@ next round trip (the account's), and its rows say whether this call won.
 """
 
 import functools
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select, update
 
@@ -58,9 +57,9 @@ def _find_voucher_by(hashes: int) -> Any:
     return _FIND_VOUCHERS.where(_v.c.pin_hash.in_([bindparam(f"hash{i}") for i in range(hashes)]))
 
 
-@dataclass(frozen=True)
-class Found:
-    """The voucher a PIN opened, checked up to its state, and its voucher type."""
+class Found(NamedTuple):
+    """The voucher a PIN opened, checked up to its state, and its voucher type. (A named
+    tuple: made for every redemption, where a frozen dataclass costs 3 times as much.)"""
 
     serial: int
     voucher_type: VoucherType

@@ -37,11 +37,12 @@ still pipelined.
 
 import itertools
 import json
+import operator
 import re
 import select
 import weakref
 from collections import namedtuple
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,20 @@ class _Compiled:
     json: frozenset[str]  # parameters bound to JSON columns: sent as JSON text
     name: str  # unique in the process
     row: Any = None  # the named-tuple class of its rows, made on first use
+    # The values of ``names`` taken from a mapping at once, and their formats: made once
+    # here, not step by step in Python for every execution.
+    take: Callable[[Params], Sequence[Any]] = field(init=False)
+    formats: list[PyFormat] = field(init=False)
+    json_at: tuple[int, ...] = field(init=False)  # where ``json``'s parameters are
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if len(names) > 1:
+            self.take = operator.itemgetter(*names)  # a tuple of the values
+        else:  # (itemgetter gives a bare value for one name)
+            self.take = lambda values: [values[name] for name in names]
+        self.formats = [PyFormat.AUTO] * len(names)
+        self.json_at = tuple(i for i, name in enumerate(names) if name in self.json)
 
 
 # Prepared too, as every statement here: PostgreSQL then parses them once per connection.
@@ -351,7 +366,7 @@ _Bound = tuple[bytes | None, bytes, Sequence[Any], Sequence[int], list[pq.Format
 def _bound(pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params: Params) -> _Bound:
     """Name, values and formats of an execution; prepared first if need be."""
     tx = session.transformer
-    values = tx.dump_sequence(_values(compiled, params), [PyFormat.AUTO] * len(compiled.names))
+    values = tx.dump_sequence(_values(compiled, params), compiled.formats)
     types = tx.types or ()
     if not session.prepare:
         return None, compiled.sql, values, types, list(tx.formats or ())
@@ -367,11 +382,14 @@ def _bound(pgconn: pq.abc.PGconn, session: _Session, compiled: _Compiled, params
     return name, compiled.sql, values, types, list(tx.formats or ())
 
 
-def _values(compiled: _Compiled, params: Params) -> list[Any]:
-    values = {**compiled.defaults, **params} if compiled.defaults else params
-    if not compiled.json:
-        return [values[name] for name in compiled.names]
-    return [json.dumps(values[n]) if n in compiled.json else values[n] for n in compiled.names]
+def _values(compiled: _Compiled, params: Params) -> Sequence[Any]:
+    values = compiled.take({**compiled.defaults, **params} if compiled.defaults else params)
+    if not compiled.json_at:
+        return values
+    values = list(values)
+    for index in compiled.json_at:
+        values[index] = json.dumps(values[index])
+    return values
 
 
 def _flush(pgconn: pq.abc.PGconn) -> None:

@@ -77,11 +77,20 @@ def redeem(rt: Runtime, pin: str) -> dict[str, Any]:
 
 
 def redeemed_and_deleted_long_ago(rt: Runtime, *, redeemed: str, deleted: str) -> None:
-    """Back-date a redeemed and a deleted voucher past the archive retention."""
-    v = t.vouchers
+    """Back-date a redeemed and a deleted voucher past the archive retention, with the
+    redemption and the range deletion that made them so (they share their moment)."""
+    v, x, e = t.vouchers, t.transactions, t.voucher_events
     with rt.engine.begin() as conn:
         conn.execute(update(v).where(v.c.serial == int(redeemed)).values(redeemed_at=LONG_AGO))
+        conn.execute(
+            update(x).where(x.c.serial == int(redeemed), x.c.result_code == 0).values(at=LONG_AGO)
+        )
         conn.execute(update(v).where(v.c.serial == int(deleted)).values(state_changed_at=LONG_AGO))
+        conn.execute(
+            update(e)
+            .where(e.c.action == "voucher_delete", e.c.serial_from == int(deleted))
+            .values(at=LONG_AGO)
+        )
 
 
 # --- archive -----------------------------------------------------------------------------

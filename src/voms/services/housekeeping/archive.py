@@ -54,8 +54,10 @@ from voms.services.uow import UnitOfWork
 
 JOB = "voucher_archive"
 # Redemptions and range deletions are walked from this long before the last run's
-# cutoff: their time and their vouchers' are the same moment, this is a margin.
-OVERLAP = timedelta(hours=1)
+# cutoff. Each has the very time its vouchers have (``redeemed_at``, ``state_changed_at``),
+# and with a retention of a day at least none still uncommitted can be that old when a
+# run ends: a margin for clocks that differ between hosts.
+OVERLAP = timedelta(minutes=10)
 # The successful transactions that leave their voucher redeemed.
 REDEEMING = sorted(k for k, (_, to) in VOUCHER_MOVES.items() if to is VoucherState.REDEEMED)
 # The range operation that deletes vouchers (voms.services.lifecycle.change_vouchers).

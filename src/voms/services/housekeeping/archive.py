@@ -266,12 +266,14 @@ def archive_vouchers(ctx: JobContext) -> int:
         since = last_cutoff(uow.conn)
         ranges = spans(uow.conn, cutoff, since)
     ctx.detail["since"] = None if since is None else since.isoformat()
-    total = 0
+    ctx.detail["serial_ranges"] = len(ranges)
+    total = chunks = 0
 
     def done(moved: int) -> None:
-        nonlocal total
+        nonlocal total, chunks
         total += moved
-        ctx.detail["archived"] = total
+        chunks += 1
+        ctx.detail.update(archived=total, chunks=chunks)
         ctx.chunk_done(moved)
 
     for first, last in ranges:

@@ -1,7 +1,7 @@
 """The archive job against the size of the table, on PostgreSQL.
 
     .venv/bin/python bench/archive.py [--tables 1000000,25000000] [--rounds 2]
-        [--scattered 200000] [--compare /path/to/other/src]
+        [--scattered 100000] [--compare /path/to/other/src]
 
 For each table size it builds a scratch database (``voms_bench_archive``, next to
 VOMS_TEST_POSTGRES_URL's) with that many live vouchers written in SQL the way
@@ -77,6 +77,8 @@ def _scattered(rt: Any, count: int, turn: int) -> int:
             "SELECT sum(generated_count) FROM batches WHERE expires_at > now()"
         ).fetchone()[0]  # type: ignore[index]
         step = max(1, int(live) // count)
+        if turn >= step:
+            raise SystemExit(f"--scattered {count} leaves room for {step} runs, not more")
         row = conn.execute(
             """
             WITH picked AS (
@@ -159,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", default="1000000,25000000", help="live vouchers")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--scattered", type=int, default=200_000)
+    parser.add_argument("--scattered", type=int, default=100_000)
     parser.add_argument("--compare", type=Path, help="another tree's src directory")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
@@ -171,11 +173,10 @@ def main() -> None:
         codes = {"compared": args.compare.resolve(), **codes}
     scale.DB_NAME = DB_NAME
     results = {}
-    work = Path(tempfile.mkdtemp(prefix="voms-archive-"))
     try:
         for size in (int(n) for n in args.tables.split(",")):
             log(f"table of {size:,} live vouchers: filling")
-            rt, _ = scale._setup(admin_url, work)
+            rt, _ = scale._setup(admin_url, Path(tempfile.mkdtemp(prefix="voms-archive-")))
             scale._bulk_fill(rt, size)
             results[size] = measure(rt, codes, args)
             rt.engine.dispose()

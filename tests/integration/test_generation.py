@@ -110,8 +110,9 @@ def test_chunks_come_out_of_serial_order_while_the_workers_start() -> None:
 
 
 @pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize("workers", [0, 1])
 def test_a_generation_resumed_after_a_crash_writes_exactly_the_missing_serials(
-    rt: Runtime,
+    rt: Runtime, workers: int
 ) -> None:
     rt.settings = rt.settings.model_copy(update={"generation_chunk_size": 100})
     batch = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=300).batch
@@ -125,7 +126,7 @@ def test_a_generation_resumed_after_a_crash_writes_exactly_the_missing_serials(
         generation.write_chunk(conn, sealer, sealed.rows, aliases=sealed.aliases)
         generation._advance(conn, batch["batch_id"], 50)
 
-    done = generation.fill_batch(rt, CONSOLE, batch["batch_id"], workers=0)
+    done = generation.fill_batch(rt, CONSOLE, batch["batch_id"], workers=workers)
 
     assert (done["state"], done["generated_count"]) == ("generated", 300)
     rows = _vouchers(rt, batch["batch_id"])

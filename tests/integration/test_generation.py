@@ -90,6 +90,66 @@ def test_a_large_batch_is_made_by_worker_processes_in_chunks(rt: Runtime) -> Non
     assert count == distinct == 4500
 
 
+def test_chunks_come_out_of_serial_order_while_the_workers_start() -> None:
+    """The writer seals pieces itself while no worker chunk is ready: those come first,
+    from serials after the ones the workers were given. (Why a resumed generation cannot
+    start at ``serial_first + generated_count``.)"""
+    sealer = sealing.Sealer.for_batch(Keyring.new(), 1, 14)
+    first = 100_000_000_001
+    with generation.started_workers(1) as workers:
+        chunks = generation._chunks(sealer, [(first, first + 4999)], 1000, workers, os.urandom)
+        starts = []
+        serials = []
+        for chunk in chunks:
+            assert isinstance(chunk, sealing.Sealed)
+            starts.append(chunk.rows[0][0])
+            serials += [row[0] for row in chunk.rows]
+    assert starts[0] == first + 2000  # after the two chunks the worker was given
+    assert starts != sorted(starts)
+    assert sorted(serials) == list(range(first, first + 5000))
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_generation_resumed_after_a_crash_writes_exactly_the_missing_serials(
+    rt: Runtime, workers: int
+) -> None:
+    rt.settings = rt.settings.model_copy(update={"generation_chunk_size": 100})
+    batch = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=300).batch
+    first = int(batch["serial_first"])
+    # What a generation killed after its first transaction can leave: a piece the writer
+    # sealed itself (serials 200-249 of the batch) while the workers sealed the first
+    # chunks, committed with its progress, and nothing before it.
+    sealer = sealing.Sealer.for_batch(rt.keyring, batch["batch_id"], 14)
+    sealed = sealer.seal_chunk(range(first + 200, first + 250))
+    with rt.engine.begin() as conn:
+        generation.write_chunk(conn, sealer, sealed.rows, aliases=sealed.aliases)
+        generation._advance(conn, batch["batch_id"], 50)
+
+    done = generation.fill_batch(rt, CONSOLE, batch["batch_id"], workers=workers)
+
+    assert (done["state"], done["generated_count"]) == ("generated", 300)
+    rows = _vouchers(rt, batch["batch_id"])
+    assert [r.serial for r in rows] == list(range(first, first + 300))
+    assert len({r.pin_hash for r in rows}) == 300
+    # Two gaps, before and after the piece: none of the written serials sealed again.
+    kept = {r.serial: r.pin_hash for r in rows if first + 200 <= r.serial < first + 250}
+    assert kept == {row[0]: row[2] for row in sealed.rows}
+
+
+@pytest.mark.usefixtures("catalog")
+def test_a_resumed_generation_refuses_a_range_that_does_not_match_its_progress(
+    rt: Runtime,
+) -> None:
+    batch = generation.create_batch(rt, CONSOLE, voucher_type="TOPUP10", count=30).batch
+    with rt.engine.begin() as conn:
+        generation._advance(conn, batch["batch_id"], 10)  # counted, never written
+    with pytest.raises(Conflict, match="does not hold the 10 vouchers its progress counts"):
+        generation.fill_batch(rt, CONSOLE, batch["batch_id"], workers=0)
+    assert lifecycle.get_batch(rt, CONSOLE, batch["batch_id"])["state"] == "failed"
+    assert _vouchers(rt, batch["batch_id"]) == []
+
+
 def _replayed_entropy(seed: bytes) -> sealing.RandomBytes:
     """The same random words every time it is created: the seed, then the OS CSPRNG."""
     queue = bytearray(seed)

@@ -14,7 +14,7 @@ from voms.domain.errors import Conflict, Forbidden, ResultError
 from voms.domain.roles import Role
 from voms.jobs.scheduler import Scheduler
 from voms.runtime import Runtime
-from voms.services import care, housekeeping, lifecycle, redemption
+from voms.services import care, housekeeping, lifecycle, redemption, reversal
 from voms.services.auth import CONSOLE, Principal
 from voms.services.generation import Sealer, write_chunk
 from voms.services.housekeeping import runner
@@ -77,11 +77,20 @@ def redeem(rt: Runtime, pin: str) -> dict[str, Any]:
 
 
 def redeemed_and_deleted_long_ago(rt: Runtime, *, redeemed: str, deleted: str) -> None:
-    """Back-date a redeemed and a deleted voucher past the archive retention."""
-    v = t.vouchers
+    """Back-date a redeemed and a deleted voucher past the archive retention, with the
+    redemption and the range deletion that made them so (they share their moment)."""
+    v, x, e = t.vouchers, t.transactions, t.voucher_events
     with rt.engine.begin() as conn:
         conn.execute(update(v).where(v.c.serial == int(redeemed)).values(redeemed_at=LONG_AGO))
+        conn.execute(
+            update(x).where(x.c.serial == int(redeemed), x.c.result_code == 0).values(at=LONG_AGO)
+        )
         conn.execute(update(v).where(v.c.serial == int(deleted)).values(state_changed_at=LONG_AGO))
+        conn.execute(
+            update(e)
+            .where(e.c.action == "voucher_delete", e.c.serial_from == int(deleted))
+            .values(at=LONG_AGO)
+        )
 
 
 # --- archive -----------------------------------------------------------------------------
@@ -175,6 +184,66 @@ def test_an_archive_run_that_fails_midway_resumes_without_loss_or_double_work(
         ("succeeded", 50),
         ("failed", 200),
     ]
+
+
+def test_archiving_goes_only_where_archivable_vouchers_are_and_later_runs_take_what_aged(
+    rt: Runtime, catalog: None
+) -> None:
+    live = factories.active_batch(rt, count=400)
+    redeem(rt, live[10][1])
+    redeem(rt, live[390][1])
+    held = redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=live[200][1]))
+    redemption.commit(rt, CONSOLE, held["reservation_id"])
+    lifecycle.change_vouchers(rt, CONSOLE, "delete", live[300][0], live[301][0], reason="lost")
+    redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=live[50][1]))
+    expired = factories.active_batch(rt, count=150)
+    redemption.reserve(rt, CONSOLE, RedemptionRequest(msisdn=MSISDN, pin=expired[7][1]))
+    expire_batch_long_ago(rt, batch_id_of(rt, expired[0][0]))
+    small_chunks(rt, 100)
+
+    today = housekeeping.run_job(rt, CONSOLE, "voucher_archive")
+
+    # Only the expired batch (its reserved voucher stays): two windows of its 150 serials,
+    # none over the 400 live vouchers, and no redemption old enough to walk.
+    assert today["rows_affected"] == 149
+    assert (today["detail"]["serial_ranges"], today["detail"]["chunks"]) == (1, 2)
+    later = housekeeping.run_job(rt, CONSOLE, "voucher_archive", now=utcnow() + timedelta(days=181))
+
+    # The redemption, the commit and the range deletion of today are past the retention
+    # now: one window over the 2 deleted serials, one chunk of the 3 redemptions.
+    assert later["rows_affected"] == 5
+    assert (later["detail"]["serial_ranges"], later["detail"]["chunks"]) == (1, 2)
+    with rt.engine.connect() as conn:
+        a = t.voucher_archive
+        archived = dict(conn.execute(select(a.c.serial, a.c.state)).all())
+    expected = {
+        int(live[10][0]): "redeemed",
+        int(live[390][0]): "redeemed",
+        int(live[200][0]): "redeemed",
+        int(live[300][0]): "deleted",
+        int(live[301][0]): "deleted",
+        **{int(serial): "expired" for i, (serial, _) in enumerate(expired) if i != 7},
+    }
+    assert archived == expected
+    assert count(rt, t.vouchers) == 400 + 150 - len(expected)
+    # Nothing more is due: the next run walks nothing but the batches' list.
+    again = housekeeping.run_job(rt, CONSOLE, "voucher_archive", now=utcnow() + timedelta(days=182))
+    assert (again["rows_affected"], again["detail"]["serial_ranges"]) == (0, 0)
+    assert again["detail"].get("chunks", 0) == 0
+
+
+def test_a_voucher_reactivated_by_a_reversal_is_not_archived_by_its_old_redemption(
+    rt: Runtime, catalog: None
+) -> None:
+    live = factories.active_batch(rt, count=3)
+    done = redeem(rt, live[0][1])
+    body = {"reason": "wrong number", "reactivate_voucher": True}
+    reversal.reverse(rt, CONSOLE, done["transaction_id"], body)
+
+    later = housekeeping.run_job(rt, CONSOLE, "voucher_archive", now=utcnow() + timedelta(days=181))
+
+    assert later["rows_affected"] == 0
+    assert count(rt, t.vouchers) == 3
 
 
 def test_an_archived_pin_is_never_issued_again(rt: Runtime, catalog: None) -> None:

@@ -25,14 +25,18 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import (
+    BigInteger,
     Connection,
     LargeBinary,
     any_,
     bindparam,
     delete,
+    func,
     insert,
+    literal,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -126,14 +130,14 @@ def started_workers(count: int) -> Iterator[Workers | None]:
 
 def _chunks(
     sealer: Sealer,
-    first: int,
-    count: int,
+    spans: list[tuple[int, int]],
     chunk_size: int,
     workers: Workers | None,
     randbytes: RandomBytes,
     binary: bool = False,
 ) -> Generator[Sealed | SealedCopy, None, None]:
-    """The batch's rows, chunk by chunk; at most a few chunks in memory.
+    """The rows of the serial ranges ``spans`` (first, last), chunk by chunk; at most a
+    few chunks in memory. A chunk never spans two ranges.
 
     Worker processes seal ahead of the writer. Whenever the next worker chunk is not
     ready (the workers take a moment to start), this process seals a small piece itself
@@ -141,12 +145,24 @@ def _chunks(
     than a piece takes. With ``binary``, chunks come as binary COPY streams
     (:class:`SealedCopy`). Chunks may come out of serial order.
     """
-    position, end = first, first + count
+    left = deque(spans)
+    position = end = 0
+
+    def next_span() -> None:
+        nonlocal position, end
+        if left:
+            first, last = left.popleft()
+            position, end = first, last + 1
 
     def take(size: int) -> tuple[int, int]:
         nonlocal position
         start, position = position, min(end, position + size)
-        return start, position - start
+        taken = position - start
+        if position == end:
+            next_span()
+        return start, taken
+
+    next_span()
 
     def here(size: int) -> Sealed | SealedCopy:
         start, size = take(size)
@@ -440,6 +456,9 @@ def fill_batch(
 ) -> dict[str, Any]:
     """Generate the vouchers of a batch in state generating, then mark it generated.
 
+    A batch some vouchers of which a stopped run wrote gets the serials still missing
+    from its range (chunks are written in the order they are sealed, not by serial).
+
     Any error marks the batch failed (and is raised again). ``randbytes`` is the source
     of PIN digits (the OS CSPRNG); ``workers`` 0 seals in this process; ``started``:
     crypto workers the caller started beforehand (:func:`started_workers`) and stops.
@@ -466,13 +485,17 @@ def fill_batch(
     postgres = rt.engine.dialect.name == "postgresql"
     binary = postgres and not sealer.other_lookup_keys
     try:
+        spans = [(batch.serial_first, batch.serial_first + batch_size(batch) - 1)]
+        if batch.generated_count:
+            # Resuming: chunks are written in the order they were sealed, not by serial,
+            # so what is missing is found from the vouchers themselves, not the count.
+            spans = _missing(rt, batch, remaining)
         with (
             started_workers(0 if started else workers) as own,
             closing(
                 _chunks(
                     sealer,
-                    batch.serial_first + done,
-                    remaining,
+                    spans,
                     chunk_size,
                     started or own,
                     randbytes,
@@ -516,6 +539,37 @@ def fill_batch(
         result = batch_view(conn, batch_id, width)
         uow.commit()
         return result
+
+
+def _missing(rt: Runtime, batch: Any, remaining: int) -> list[tuple[int, int]]:
+    """The serial ranges (first, last) of a generating batch that hold no voucher yet:
+    the gaps between the serials written, found in one pass over them in the database."""
+    first, last = int(batch.serial_first), int(batch.serial_first) + batch_size(batch) - 1
+    v = t.vouchers
+    serials = union_all(
+        select(literal(first - 1, BigInteger).label("serial")),
+        select(v.c.serial).where(v.c.serial.between(first, last)),
+        select(literal(last + 1, BigInteger)),
+    ).subquery()
+    ordered = select(
+        serials.c.serial,
+        func.lead(serials.c.serial).over(order_by=serials.c.serial).label("following"),
+    ).subquery()
+    with UnitOfWork(rt, read_only=True) as uow:
+        gaps = [
+            (int(low) + 1, int(high) - 1)
+            for low, high in uow.conn.execute(
+                select(ordered.c.serial, ordered.c.following)
+                .where(ordered.c.following > ordered.c.serial + 1)
+                .order_by(ordered.c.serial)
+            )
+        ]
+    if sum(high - low + 1 for low, high in gaps) != remaining:
+        raise Conflict(
+            f"batch {batch.id}: its serial range does not hold the {batch.generated_count} "
+            "vouchers its progress counts"
+        )
+    return gaps
 
 
 def _advance(conn: Connection, batch_id: int, written: int) -> None:

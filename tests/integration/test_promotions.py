@@ -472,6 +472,32 @@ def test_32_parallel_redemptions_crossing_a_target_reward_exactly_as_often_as_re
     assert verify.verify(rt).problems == []
 
 
+def test_reversals_and_redemptions_of_one_subscriber_at_once_never_deadlock(
+    busy_rt: Runtime,
+) -> None:
+    """A reversal takes the counters and the wallet in the order a redemption does."""
+    rt = busy_rt
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    plan(rt, target=1_000, repeat=True)
+    plan(rt, "VALUE", counter="value", target=1_000_000, repeat=True)
+    half = THREADS // 2
+    done = [redeem(rt, pin)["transaction_id"] for pin in pins(rt, half)]
+    vouchers = pins(rt, half)
+
+    def attempt(index: int) -> tuple[int, int]:
+        if index < half:
+            reverse(rt, done[index])
+            return 0, 0
+        return redeem_code(rt, vouchers[index - half])
+
+    outcomes = at_once(THREADS, attempt)
+    assert Counter(code for code, _ in outcomes) == {0: THREADS}
+    assert (counter(rt), counter(rt, "VALUE")) == (half, half * 1000)
+    assert balance(rt, "CASH") == half * 1000
+    assert verify.verify(rt).problems == []
+
+
 def test_32_parallel_redemptions_counted_in_several_plans_reward_each_exactly(
     busy_rt: Runtime,
 ) -> None:

@@ -74,8 +74,6 @@ def _prepare(workdir: Path, name: str, vouchers: int) -> tuple[Any, list[str]]:
 
     from voms.db import tables as t
     from voms.db.types import utcnow
-    from voms.services.auth import CONSOLE
-    from voms.services.promotions import plans
 
     admin_url = os.environ.get(
         "VOMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -103,16 +101,25 @@ def _prepare(workdir: Path, name: str, vouchers: int) -> tuple[Any, list[str]]:
                 for i in range(SUBSCRIBERS)
             ],
         )
-    start = (utcnow() - timedelta(days=1)).isoformat()
-    for plan in PLANS:
-        body = {**plan, "service_provider": "ACME", "starts_at": start}
-        plans.create_or_find(rt, CONSOLE, plans.PromotionIn.model_validate(body))
+    create_plans(rt)
     print(f"{name}: generating {vouchers} vouchers…", file=sys.stderr)
     pins = [pin for _, pin in factories.active_batch(rt, count=vouchers)]
     return rt, pins
 
 
-def _add_counters(rt: Any, count: int) -> float:
+def create_plans(rt: Any) -> None:
+    """The plans of :data:`PLANS`, running since yesterday, for the provider ACME."""
+    from voms.db.types import utcnow
+    from voms.services.auth import CONSOLE
+    from voms.services.promotions import plans
+
+    start = (utcnow() - timedelta(days=1)).isoformat()
+    for plan in PLANS:
+        body = {**plan, "service_provider": "ACME", "starts_at": start}
+        plans.create_or_find(rt, CONSOLE, plans.PromotionIn.model_validate(body))
+
+
+def add_counters(rt: Any, count: int) -> float:
     """``count`` counters (and their subscribers) of the plans, set-based; seconds taken."""
     from sqlalchemy import text
 
@@ -143,7 +150,7 @@ def _add_counters(rt: Any, count: int) -> float:
     return time.perf_counter() - started
 
 
-def _unreachable(rt: Any) -> None:
+def unreachable(rt: Any) -> None:
     """Every plan's target out of reach: redemptions count, none is rewarded."""
     from sqlalchemy import update
 
@@ -153,7 +160,9 @@ def _unreachable(rt: Any) -> None:
         conn.execute(update(t.promotions).values(target=1_000_000_000))
 
 
-def _set_plans_running(rt: Any, running: bool) -> None:
+def set_plans_running(rt: Any, running: bool) -> None:
+    """Every plan running (no end), or ended a second ago; this process's cache of the
+    plans is cleared (another process sees the change within the cache's TTL)."""
     from sqlalchemy import update
 
     from voms.db import tables as t
@@ -209,8 +218,8 @@ def main() -> None:
     many, many_pins = _prepare(workdir, f"{DB_NAME}_b", 2 * args.rounds * per_run)
     if args.unreached:
         for rt in (few, many):
-            _unreachable(rt)
-    seconds = _add_counters(many, args.counters)
+            unreachable(rt)
+    seconds = add_counters(many, args.counters)
     print(f"added {args.counters:,} counters to _b in {seconds:.1f} s", flush=True)
     runs = {
         ("few", True): (few, few_pins[: args.rounds * per_run]),
@@ -224,7 +233,7 @@ def main() -> None:
         shown = []
         for key in order[index % 4 :] + order[: index % 4]:
             rt, pins = runs[key]
-            _set_plans_running(rt, key[1])
+            set_plans_running(rt, key[1])
             rate = _redeem_all(rt, pins[index * per_run : (index + 1) * per_run], args.threads)
             rates[key].append(rate)
             shown.append(f"{key[0]} counters, {'plans' if key[1] else 'no plans'}: {rate:6.1f}/s")

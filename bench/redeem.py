@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/redeem.py [--workers 2] [--threads 4] [--concurrency 32]
                                      [--rounds 3] [--requests 6000] [--profile stacks.txt]
+                                     [--promotions [--counters 1000000]]
 
 Creates a scratch database (``voms_bench`` next to VOMS_TEST_POSTGRES_URL's), a catalog,
 1,000 subscribers and active vouchers; starts ``voms serve --workers N``. Then, in each
@@ -19,6 +20,17 @@ host's own (a stall of the machine, a slow fsync), which the service cannot beat
 driver opens its connections before its clock starts. Prints each round,
 the medians, the ratios, and the CPU each redemption costs the server, PostgreSQL and
 the load driver. Figures, not a test.
+
+With ``--promotions`` it measures what promotion plans cost the same closed loop
+instead (no pgbench, no paced run): the two plans of ``bench/promotions.py`` run for the
+provider, their targets out of reach (every redemption updates its counters, none is
+rewarded: the counting's cost alone), and ``--counters`` counters of as many other
+subscribers (a million by default, set-based) are added to the table. Each round runs
+the closed loop twice on the same server, back to back, plans running and plans ended
+(a redemption as before promotions), the order alternating from round to round; after
+each switch the bench waits out the servers' cache of the plans (10 s) and sends a
+lead-in. Prints each round's rates, its ratio (plans / no plans), the CPU per redemption
+of the server and PostgreSQL, the load average, and the medians.
 """
 
 import argparse
@@ -153,7 +165,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _prepare(admin_url: str, workdir: Path, vouchers: int, pgbench_vouchers: int) -> dict[str, Any]:
+def _prepare(
+    admin_url: str,
+    workdir: Path,
+    vouchers: int,
+    pgbench_vouchers: int,
+    counters: int | None = None,
+) -> dict[str, Any]:
+    """The scratch database; with ``counters``, the promotion plans of
+    ``bench/promotions.py`` (targets out of reach) and that many counters of other
+    subscribers (the answer then keeps the runtime, ``rt``, to end and restart them)."""
     import psycopg
     from sqlalchemy import Integer, func, select
     from tests import factories
@@ -187,7 +208,7 @@ def _prepare(admin_url: str, workdir: Path, vouchers: int, pgbench_vouchers: int
         )
     print(f"generating {vouchers + pgbench_vouchers} vouchers…", file=sys.stderr)
     http_pins = factories.active_batch(rt, count=vouchers)
-    raw = factories.active_batch(rt, count=pgbench_vouchers)
+    raw = factories.active_batch(rt, count=pgbench_vouchers) if pgbench_vouchers else [("0", "")]
     key = factories.api_key(rt, "channel", name="bench")
     with rt.engine.connect() as conn:
         ids = {
@@ -209,8 +230,18 @@ def _prepare(admin_url: str, workdir: Path, vouchers: int, pgbench_vouchers: int
         ).scalar_one()
         if misplaced:
             raise SystemExit("subscriber ids do not follow their msisdns: pgbench would err")
-    rt.engine.dispose()
+    if counters is not None:
+        from bench import promotions
+
+        promotions.create_plans(rt)
+        promotions.unreachable(rt)
+        print(f"adding {counters:,} counters…", file=sys.stderr)
+        seconds = promotions.add_counters(rt, counters)
+        print(f"added {counters:,} counters in {seconds:.1f} s", file=sys.stderr)
+    else:
+        rt.engine.dispose()
     return {
+        "rt": rt if counters is not None else None,
         "url": url,
         "keys": str(keys),
         "pins": http_pins,
@@ -485,6 +516,17 @@ def main() -> None:
         "--profile",
         help="py-spy the server during the first closed-loop run: collapsed stacks here",
     )
+    parser.add_argument(
+        "--promotions",
+        action="store_true",
+        help="each round: the closed loop with promotion plans running and ended, back to back",
+    )
+    parser.add_argument(
+        "--counters",
+        type=int,
+        default=1_000_000,
+        help="with --promotions: counters of other subscribers in the table",
+    )
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -495,6 +537,9 @@ def main() -> None:
         drive_main(args)
         return
 
+    if args.promotions:
+        promotions_main(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="voms-bench-"))
     warmup = 500
     paced = args.requests
@@ -511,17 +556,7 @@ def main() -> None:
         {"msisdn": msisdn(i % SUBSCRIBERS), "pin": pin, "request_id": f"bench-{serial}"}
         for i, (serial, pin) in enumerate(setup["pins"])
     ]
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
-    env.update(
-        VOMS_DATABASE_URL=setup["url"],
-        VOMS_KEYS_FILE=setup["keys"],
-        VOMS_LOG_LEVEL="WARNING",  # no access log line per request
-        VOMS_REDEMPTION_THREADS=str(args.threads),
-        VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // args.workers + 2)),
-    )
-    server = _serve(env, args.workers, port)
-    url = f"http://127.0.0.1:{port}"
+    server, url = _start(args, setup)
     rounds: list[dict[str, Any]] = []
     next_body = warmup
     next_serial = setup["pgbench_first_serial"]
@@ -575,6 +610,139 @@ def main() -> None:
         server.wait(timeout=30)
     _report(args, rounds, rate, half)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _start(args: argparse.Namespace, setup: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+    """``voms serve`` on the scratch database: the server and its URL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
+    env.update(
+        VOMS_DATABASE_URL=setup["url"],
+        VOMS_KEYS_FILE=setup["keys"],
+        VOMS_LOG_LEVEL="WARNING",  # no access log line per request
+        VOMS_REDEMPTION_THREADS=str(args.threads),
+        VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // args.workers + 2)),
+    )
+    return _serve(env, args.workers, port), f"http://127.0.0.1:{port}"
+
+
+PLANS_CACHE_SECONDS = 10.5  # voms.services.promotions.cache.TTL_SECONDS, and a margin
+PROMOTIONS_LEAD_IN = 300  # requests after each switch, not measured
+
+
+def promotions_main(args: argparse.Namespace) -> None:
+    """``--promotions``: the closed loop with plans running against plans ended."""
+    from bench import promotions
+
+    work = Path(tempfile.mkdtemp(prefix="voms-bench-"))
+    warmup = 500
+    per_run = PROMOTIONS_LEAD_IN + args.requests
+    setup = _prepare(args.pg_url, work, warmup + 2 * args.rounds * per_run, 0, args.counters)
+    rt = setup.pop("rt")
+    bodies = [
+        {"msisdn": msisdn(i % SUBSCRIBERS), "pin": pin, "request_id": f"bench-{serial}"}
+        for i, (serial, pin) in enumerate(setup["pins"])
+    ]
+    server, url = _start(args, setup)
+    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    loads: list[tuple[float, float]] = []
+    next_body = warmup
+    try:
+        _run_driver(url, setup["key"], bodies[:warmup], args.concurrency, None, work)
+        for number in range(args.rounds):
+            order = (True, False) if number % 2 == 0 else (False, True)
+            load_before = os.getloadavg()[0]
+            shown = []
+            for running in order:
+                promotions.set_plans_running(rt, running)
+                time.sleep(PLANS_CACHE_SECONDS)  # every server process now sees it
+                lead_in = bodies[next_body : next_body + PROMOTIONS_LEAD_IN]
+                _run_driver(url, setup["key"], lead_in, args.concurrency, None, work)
+                measured = bodies[next_body + PROMOTIONS_LEAD_IN : next_body + per_run]
+                next_body += per_run
+                cpu_before = _cpu(server.pid)
+                http = _run_driver(url, setup["key"], measured, args.concurrency, None, work)
+                http["cpu_ms"] = [
+                    1000 * (b - a) / http["requests"]
+                    for a, b in zip(cpu_before, _cpu(server.pid), strict=True)
+                ]
+                runs[running].append(http)
+                shown.append(
+                    f"{'plans' if running else 'no plans'} {http['rps']:.0f}/s"
+                    f" (server {http['cpu_ms'][0]:.2f} ms, PostgreSQL {http['cpu_ms'][1]:.2f} ms)"
+                )
+            loads.append((load_before, os.getloadavg()[0]))
+            ratio = runs[True][-1]["rps"] / runs[False][-1]["rps"]
+            print(
+                f"round {number + 1}: {'; '.join(shown)}; ratio {ratio:.3f};"
+                f" load {loads[-1][0]:.1f}-{loads[-1][1]:.1f}",
+                flush=True,
+            )
+        counted = _counted(rt)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        rt.engine.dispose()
+    _report_promotions(args, runs, loads)
+    made = warmup + args.rounds * per_run  # with the plans running
+    print(
+        f"counted: {counted:,} in the redeeming subscribers' counters, for {made:,}"
+        f" redemptions made while the {len(promotions.PLANS)} plans ran"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _counted(rt: Any) -> int:
+    """The sum of the counters of the subscribers who redeem (a check that they count)."""
+    from sqlalchemy import text
+
+    with rt.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT coalesce(sum(c.value), 0) FROM promotion_counters c"
+                    " JOIN subscribers s ON s.id = c.subscriber_id WHERE s.msisdn LIKE :prefix"
+                ),
+                {"prefix": MSISDN_PREFIX + "%"},
+            ).scalar_one()
+        )
+
+
+def _report_promotions(
+    args: argparse.Namespace,
+    runs: dict[bool, list[dict[str, Any]]],
+    loads: list[tuple[float, float]],
+) -> None:
+    med = statistics.median
+    ratios = [a["rps"] / b["rps"] for a, b in zip(runs[True], runs[False], strict=True)]
+    print(
+        f"\nPostgreSQL, {args.workers} worker(s) of {args.threads} redemption threads,"
+        f" concurrency {args.concurrency}, {os.cpu_count()} CPUs; {args.counters:,} counters of"
+        f" other subscribers; {len(ratios)} rounds of {args.requests} redemptions each way,"
+        " back to back, the order alternating"
+    )
+    for running in (True, False):
+        figures = runs[running]
+        print(
+            f"{'plans running (targets out of reach)' if running else 'plans ended':<40}"
+            f" {med(r['rps'] for r in figures):7.0f} redemptions/s (median),"
+            f" p50 {med(r['p50_ms'] for r in figures):.2f} ms,"
+            f" p99 {med(r['p99_ms'] for r in figures):.2f} ms,"
+            f" CPU per redemption: server {med(r['cpu_ms'][0] for r in figures):.2f} ms,"
+            f" PostgreSQL {med(r['cpu_ms'][1] for r in figures):.2f} ms"
+        )
+    print(
+        f"ratio plans / no plans: median {med(ratios):.3f} (rounds "
+        + ", ".join(f"{r:.3f}" for r in ratios)
+        + f"); load average {min(min(x) for x in loads):.1f}-{max(max(x) for x in loads):.1f}"
+    )
+    bad: dict[str, int] = {}
+    for figures in runs[True] + runs[False]:
+        for code, n in figures["codes"].items():
+            if code != "0":
+                bad[code] = bad.get(code, 0) + n
+    if bad:
+        print(f"non-zero result codes: {bad}")
 
 
 def _profile(pid: int, output: str) -> subprocess.Popen[bytes]:

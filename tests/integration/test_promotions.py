@@ -14,9 +14,9 @@ from tests import factories
 from voms.config import Settings
 from voms.db import hot
 from voms.db import tables as t
-from voms.domain.errors import ResultError
+from voms.domain.errors import Conflict, ResultError
 from voms.runtime import Runtime, build_runtime
-from voms.services import redemption, reports, verify
+from voms.services import redemption, reports, reversal, verify, wallet
 from voms.services.auth import CONSOLE
 from voms.services.events.destinations import WebhookIn, add_webhook
 from voms.services.promotions import counters, plans
@@ -302,6 +302,125 @@ def test_a_refused_redemption_counts_nothing(shop: Runtime) -> None:
     assert shown["value"] == 1
 
 
+# --- reversal -----------------------------------------------------------------------
+
+
+def balance(rt: Runtime, balance_type: str, msisdn: str = MSISDN) -> int:
+    found = wallet.get_subscriber(rt, CONSOLE, msisdn)["balances"]
+    return sum(b["amount"] for b in found if b["balance_type"] == balance_type)
+
+
+def counter(rt: Runtime, promotion: str = "LOYAL") -> int:
+    items = counters.counters_of(rt, CONSOLE, MSISDN)["items"]
+    return next(int(item["value"]) for item in items if item["promotion"] == promotion)
+
+
+def reverse(rt: Runtime, transaction_id: str, **fields: Any) -> dict[str, Any]:
+    body = {"reason": "wrong number", "reactivate_voucher": False, **fields}
+    return reversal.reverse(rt, CONSOLE, transaction_id, body)
+
+
+def test_a_reversal_takes_back_the_reward_and_the_count(shop: Runtime) -> None:
+    rt = shop
+    plan(rt)  # the third redemption of the month: 50 SMS
+    plan(rt, "EVERY", target=1, repeat=True, reward={"account_expiry_extension_days": 1})
+    answers = [redeem(rt, pin) for pin in pins(rt, 3)]
+    assert [r["promotion"] for r in answers[2]["rewards"]] == ["LOYAL", "EVERY"]
+    assert (balance(rt, "SMS"), balance(rt, "CASH"), counter(rt)) == (50, 3000, 3)
+
+    first = reverse(rt, answers[2]["transaction_id"])
+    assert first["credits"] == [
+        {"balance_type": "CASH", "credited": 1000, "amount": -1000, "shortfall": 0, "balance": 2000}
+    ]
+    assert first["rewards"] == [
+        {
+            "promotion": "LOYAL",
+            "credits": [
+                {"balance_type": "SMS", "credited": 50, "amount": -50, "shortfall": 0, "balance": 0}
+            ],
+        }
+    ]
+    assert first["counters"] == [
+        {"promotion": "LOYAL", "amount": -1, "value": 2},
+        {"promotion": "EVERY", "amount": -1, "value": 2},
+    ]
+    assert (balance(rt, "SMS"), balance(rt, "CASH")) == (0, 2000)
+    assert (counter(rt), counter(rt, "EVERY")) == (2, 2)
+    assert sorted((row.amount, row.transaction_id) for row in ledger(rt, "reversal")) == [
+        (-1000, first["reversal_id"]),
+        (-50, first["reversal_id"]),
+    ]
+    (rewarded,) = ledger(rt, "reward")
+    assert rewarded.reversed_by == first["reversal_id"]
+
+    # A second reversal answers the first and changes nothing.
+    assert reverse(rt, answers[2]["transaction_id"], reason="again") == first
+    assert (balance(rt, "SMS"), balance(rt, "CASH"), counter(rt)) == (0, 2000, 2)
+    assert verify.verify(rt).problems == []
+
+    # The counter is back at 2: the next redemption reaches the target again.
+    again = redeem(rt, pins(rt, 1)[0])
+    assert [r["promotion"] for r in again["rewards"]] == ["LOYAL", "EVERY"]
+    assert (balance(rt, "SMS"), counter(rt)) == (50, 3)
+
+
+def test_a_reversal_takes_a_percentage_reward_and_the_value_back(shop: Runtime) -> None:
+    rt = shop
+    plan(rt, counter="value", target=2000, repeat=True, reward={"percent_of_value": 10})
+    answers = [redeem(rt, pin) for pin in pins(rt, 2)]
+    assert (balance(rt, "CASH"), counter(rt)) == (2100, 2000)
+    answer = reverse(rt, answers[1]["transaction_id"])
+    assert answer["credits"][0]["amount"] == -1000
+    assert answer["rewards"][0]["credits"][0] == {
+        "balance_type": "CASH",
+        "credited": 100,
+        "amount": -100,
+        "shortfall": 0,
+        "balance": 1000,
+    }
+    assert answer["counters"] == [{"promotion": "LOYAL", "amount": -1000, "value": 1000}]
+    assert (balance(rt, "CASH"), counter(rt)) == (1000, 1000)
+    with rt.engine.connect() as conn:
+        (row,) = conn.execute(
+            select(t.transactions.c.credits).where(t.transactions.c.kind == "reversal")
+        ).all()
+    assert row.credits == [{"balance_type": "CASH", "amount": -1100, "balance": 1000}]
+    assert verify.verify(rt).problems == []
+
+
+def test_a_spent_reward_is_taken_back_only_when_forced(shop: Runtime) -> None:
+    rt = shop
+    plan(rt, target=1)
+    answer = redeem(rt, pins(rt, 1)[0])
+    spend = wallet.AdjustmentIn(balance_type="SMS", amount=-30, reason="texts")
+    wallet.adjust_balance(rt, CONSOLE, MSISDN, spend)
+    with pytest.raises(Conflict, match="SMS balance is 20, below the 50 credited"):
+        reverse(rt, answer["transaction_id"])
+    assert (balance(rt, "SMS"), balance(rt, "CASH"), counter(rt)) == (20, 1000, 1)  # untouched
+    forced = reverse(rt, answer["transaction_id"], force=True)
+    assert forced["rewards"][0]["credits"][0] == {
+        "balance_type": "SMS",
+        "credited": 50,
+        "amount": -20,
+        "shortfall": 30,
+        "balance": 0,
+    }
+    assert forced["shortfall"] == [{"balance_type": "SMS", "amount": 30}]
+    assert (balance(rt, "SMS"), balance(rt, "CASH"), counter(rt)) == (0, 0, 0)
+    assert verify.verify(rt).problems == []
+
+
+def test_a_reversal_leaves_a_counter_whose_window_has_ended(shop: Runtime, clock: Clock) -> None:
+    rt = shop
+    plan(rt)
+    clock.now = datetime(2027, 1, 31, 23, 59, tzinfo=UTC)
+    answer = redeem(rt, pins(rt, 1)[0])
+    clock.now = datetime(2027, 2, 1, 0, 1, tzinfo=UTC)
+    redeem(rt, pins(rt, 1)[0])  # the February counter starts again at 1
+    assert reverse(rt, answer["transaction_id"])["counters"] == []
+    assert counter(rt) == 1
+
+
 # --- exactly once under concurrency -------------------------------------------------
 
 
@@ -350,6 +469,32 @@ def test_32_parallel_redemptions_crossing_a_target_reward_exactly_as_often_as_re
     assert len(ledger(rt, "reward")) == rewards
     (shown,) = counters.counters_of(rt, CONSOLE, MSISDN)["items"]
     assert shown["value"] == THREADS
+    assert verify.verify(rt).problems == []
+
+
+def test_reversals_and_redemptions_of_one_subscriber_at_once_never_deadlock(
+    busy_rt: Runtime,
+) -> None:
+    """A reversal takes the counters and the wallet in the order a redemption does."""
+    rt = busy_rt
+    factories.standard_catalog(rt)
+    factories.subscriber(rt, MSISDN)
+    plan(rt, target=1_000, repeat=True)
+    plan(rt, "VALUE", counter="value", target=1_000_000, repeat=True)
+    half = THREADS // 2
+    done = [redeem(rt, pin)["transaction_id"] for pin in pins(rt, half)]
+    vouchers = pins(rt, half)
+
+    def attempt(index: int) -> tuple[int, int]:
+        if index < half:
+            reverse(rt, done[index])
+            return 0, 0
+        return redeem_code(rt, vouchers[index - half])
+
+    outcomes = at_once(THREADS, attempt)
+    assert Counter(code for code, _ in outcomes) == {0: THREADS}
+    assert (counter(rt), counter(rt, "VALUE")) == (half, half * 1000)
+    assert balance(rt, "CASH") == half * 1000
     assert verify.verify(rt).problems == []
 
 

@@ -1,7 +1,10 @@
 """Reversal of a successful redemption or voucher-type recharge, by care or an admin.
 
-The credits go back out of the wallet as ledger rows of cause ``reversal``; the voucher
-is made active again when asked. One conditional update marks the original transaction
+The credits go back out of the wallet as ledger rows of cause ``reversal``, with the
+credits of the promotion rewards the redemption earned (ledger cause ``reward``, same
+transaction id); the promotion counters the redemption added to are lowered again (see
+:func:`_uncount`); the voucher is made active again when asked. One conditional update
+marks the original transaction
 ``reversed_by`` the new one, which decides the winner among concurrent reversals (the
 others answer the winner's reversal, as does any later one) and takes the original out
 of the one-success-per-voucher backstops, so a reactivated voucher can be redeemed again.
@@ -15,12 +18,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, case, insert, or_, select, update
 
 from voms.billing.engine import Change, Credit
 from voms.db import tables as t
 from voms.db.types import utcnow
 from voms.domain.errors import Conflict, Invalid, NotFound
+from voms.domain.promotions import Plan
 from voms.domain.roles import Permission
 from voms.domain.serials import format_serial
 from voms.domain.states import VoucherState
@@ -28,6 +32,7 @@ from voms.runtime import Runtime
 from voms.services import audit, idempotency
 from voms.services.auth import Principal
 from voms.services.events import outbox as events
+from voms.services.promotions.plans import plan_of
 from voms.services.uow import AnsweredBefore, UnitOfWork
 
 REVERSIBLE_KINDS = ("redemption", "recharge")
@@ -51,7 +56,8 @@ class ReversalIn(BaseModel):
 
 
 _tx, _lg, _bt, _v = t.transactions, t.ledger, t.balance_types, t.vouchers
-_rv = t.reversals
+_rv, _pc, _s = t.reversals, t.promotion_counters, t.subscribers
+REWARD = "reward"  # the ledger cause of a promotion reward's credits
 
 
 def _body(raw: object) -> ReversalIn:
@@ -139,40 +145,64 @@ def _reverse(
         if first is None:
             raise Conflict(f"transaction {original.id} is being reversed; try again")
         return first
-    # The voucher before the wallet: the order in which a redemption locks them.
+    # The voucher, the counters of count plans, the wallet, those of value plans: the
+    # order in which a redemption locks them.
     if body.reactivate_voucher:
         _reactivate(conn, original.serial, now)
+    plans = _plans_counted(conn, original)
+    uncounted = _uncount(conn, original, [p for p in plans if p.counter == "count"], 0, now)
     account = rt.billing.load_account(uow, original.recipient_msisdn, lock=True)
     if account is None:
         raise Conflict(f"subscriber '{original.recipient_msisdn}' no longer has a wallet")
     credited = conn.execute(
-        select(_lg.c.balance_type_id, _bt.c.code, _lg.c.amount)
+        select(
+            _lg.c.balance_type_id,
+            _bt.c.code,
+            _bt.c.currency,
+            _lg.c.amount,
+            _lg.c.cause,
+            _lg.c.reason,
+        )
         .join(_bt, _bt.c.id == _lg.c.balance_type_id)
-        .where(_lg.c.transaction_id == original.id, _lg.c.cause == original.kind)
-        .order_by(_bt.c.code)
+        .where(_lg.c.transaction_id == original.id, _lg.c.cause.in_((original.kind, REWARD)))
+        .order_by(_lg.c.id)
     ).all()
-    takes: list[Credit] = []
-    lines: list[dict[str, Any]] = []
-    for row in credited:
-        held = account.balances.get(row.balance_type_id)
-        left = held.amount if held is not None else 0
-        taken = min(row.amount, left)
+    own = sorted((row for row in credited if row.cause != REWARD), key=lambda row: row.code)
+    value = sum(row.amount for row in own if row.currency)  # the voucher's money
+    uncounted += _uncount(conn, original, [p for p in plans if p.counter != "count"], value, now)
+    left = {i: b.amount for i, b in account.balances.items()}
+    taken_of: dict[int, tuple[str, int]] = {}
+
+    def take(row: Any) -> dict[str, Any]:
+        have = left.get(row.balance_type_id, 0)
+        taken = min(row.amount, have)
         if taken < row.amount and not body.force:
             raise Conflict(
-                f"the {row.code} balance is {left}, below the {row.amount} credited: it was "
+                f"the {row.code} balance is {have}, below the {row.amount} credited: it was "
                 "spent; an admin may force the reversal (what is left is taken)"
             )
-        if taken:
-            takes.append(Credit(row.balance_type_id, row.code, -taken))
-        lines.append(
-            {
-                "balance_type": row.code,
-                "credited": row.amount,
-                "amount": -taken,
-                "shortfall": row.amount - taken,
-                "balance": left - taken,
-            }
-        )
+        left[row.balance_type_id] = have - taken
+        code, before = taken_of.get(row.balance_type_id, (row.code, 0))
+        taken_of[row.balance_type_id] = (code, before + taken)
+        return {
+            "balance_type": row.code,
+            "credited": row.amount,
+            "amount": -taken,
+            "shortfall": row.amount - taken,
+            "balance": left[row.balance_type_id],
+        }
+
+    lines = [take(row) for row in own]
+    rewards: dict[str, list[dict[str, Any]]] = {}  # promotion → its credits' lines
+    for row in credited:
+        if row.cause == REWARD:  # reason: "promotion CODE" (counting.reward_change)
+            promotion = (row.reason or "").removeprefix("promotion ")
+            rewards.setdefault(promotion, []).append(take(row))
+    takes = [
+        Credit(balance_type_id, code, -taken)
+        for balance_type_id, (code, taken) in sorted(taken_of.items(), key=lambda i: i[1][0])
+        if taken
+    ]
     if takes:
         rt.billing.apply(
             uow,
@@ -189,7 +219,7 @@ def _reverse(
         )
     conn.execute(
         update(_lg)
-        .where(_lg.c.transaction_id == original.id, _lg.c.cause == original.kind)
+        .where(_lg.c.transaction_id == original.id, _lg.c.cause.in_((original.kind, REWARD)))
         .values(reversed_by=reversal_id)
     )
     conn.execute(
@@ -204,21 +234,24 @@ def _reverse(
             voucher_type_id=original.voucher_type_id,
             scenario=original.scenario,
             result_code=0,
-            credits=[
-                {"balance_type": x["balance_type"], "amount": x["amount"], "balance": x["balance"]}
-                for x in lines
-                if x["amount"]
+            credits=[  # as the ledger rows: one a balance type, rewards' credits with it
+                {
+                    "balance_type": c.balance_type,
+                    "amount": c.amount,
+                    "balance": left[c.balance_type_id],
+                }
+                for c in takes
             ],
             service_provider_id=original.service_provider_id,
             api_key_id=actor.api_key_id,
             actor=actor.name,
         )
     )
-    shortfall = [
-        {"balance_type": x["balance_type"], "amount": x["shortfall"]}
-        for x in lines
-        if x["shortfall"]
-    ]
+    short: dict[str, int] = {}
+    for x in [*lines, *(x for credits in rewards.values() for x in credits)]:
+        if x["shortfall"]:
+            short[x["balance_type"]] = short.get(x["balance_type"], 0) + x["shortfall"]
+    shortfall = [{"balance_type": code, "amount": short[code]} for code in sorted(short)]
     answer = {
         "reversal_id": reversal_id,
         "transaction_id": original.id,
@@ -230,6 +263,10 @@ def _reverse(
         "voucher_reactivated": body.reactivate_voucher,
         "forced": body.force,
         "credits": lines,
+        "rewards": [
+            {"promotion": promotion, "credits": credits} for promotion, credits in rewards.items()
+        ],
+        "counters": uncounted,
         "shortfall": shortfall,
         "at": now.isoformat(),
         "actor": actor.name,
@@ -273,6 +310,80 @@ def _reverse(
         },
     )
     return answer
+
+
+def _plans_counted(conn: Connection, original: Row[Any]) -> list[Plan]:
+    """The promotion plans that counted ``original`` when it was made, in plan order:
+    those of its provider running at that moment that apply to its voucher type and
+    channel, and to the recipient's product type (as it is now: the one it had before
+    the redemption is not kept)."""
+    p, s = t.promotions, _s
+    at = original.at
+    subscriber = conn.execute(
+        select(s.c.product_type_id).where(s.c.msisdn == original.recipient_msisdn)
+    ).first()
+    if subscriber is None:
+        return []
+    rows = conn.execute(
+        select(p)
+        .where(
+            p.c.service_provider_id == original.service_provider_id,
+            p.c.starts_at <= at,
+            or_(p.c.ends_at.is_(None), p.c.ends_at > at),
+        )
+        .order_by(p.c.id)
+    ).all()
+    plans = [plan_of(row, {}) for row in rows]
+    return [
+        plan
+        for plan in plans
+        if plan.applies_to(original.voucher_type_id, original.channel, subscriber.product_type_id)
+    ]
+
+
+_UNCOUNT = (
+    update(_pc)
+    .where(
+        _pc.c.promotion_id == bindparam("promotion"),
+        _pc.c.subscriber_id
+        == select(_s.c.id).where(_s.c.msisdn == bindparam("msisdn")).scalar_subquery(),
+        _pc.c.window_start <= bindparam("at"),
+        _pc.c.window_end > bindparam("at"),
+    )
+    .values(
+        value=case((_pc.c.value > bindparam("amount"), _pc.c.value - bindparam("amount")), else_=0),
+        updated_at=bindparam("now"),
+    )
+    .returning(_pc.c.value)
+)
+
+
+def _uncount(
+    conn: Connection, original: Row[Any], plans: list[Plan], value: int, now: datetime
+) -> list[dict[str, Any]]:
+    """Take ``original`` off the recipient's counter of each plan, in plan order (the
+    order a redemption locks them in): 1 off a count plan's, its money ``value`` off a
+    value plan's, never below 0, and only while the counter's window is still the one the
+    redemption counted in (a window since ended or started again keeps its count). The
+    counters as they are now, for the answer."""
+    lowered = []
+    for plan in plans:
+        amount = plan.amount(value)
+        if amount <= 0:
+            continue
+        after = conn.execute(
+            _UNCOUNT,
+            {
+                "promotion": plan.id,
+                "msisdn": original.recipient_msisdn,
+                "at": original.at,
+                "amount": amount,
+                "now": now,
+            },
+        ).scalar()
+        if after is not None:
+            lowered.append({"promotion": plan.code, "amount": -amount, "value": int(after)})
+    return lowered
 
 
 def _reactivate(conn: Connection, serial: int, now: datetime) -> None:

@@ -1,5 +1,6 @@
 """Housekeeping jobs on both databases: what each does, history, leases, resuming."""
 
+import struct
 import threading
 from datetime import timedelta
 from typing import Any
@@ -16,10 +17,11 @@ from voms.jobs.scheduler import Scheduler
 from voms.runtime import Runtime
 from voms.services import care, housekeeping, lifecycle, redemption, reversal
 from voms.services.auth import CONSOLE, Principal
-from voms.services.generation import Sealer, write_chunk
+from voms.services.generation import Sealer, write_chunk, write_copy
 from voms.services.housekeeping import runner
 from voms.services.housekeeping.registry import JOBS
 from voms.services.redemption import RedemptionRequest
+from voms.services.sealing import COPY_HEADER, COPY_TRAILER, SealedCopy, seal_copy
 
 MSISDN = "254700000001"
 LONG_AGO = utcnow() - timedelta(days=400)
@@ -272,6 +274,50 @@ def test_an_archived_pin_is_never_issued_again(rt: Runtime, catalog: None) -> No
     holders = count(rt, t.vouchers, t.vouchers.c.pin_hash == archived)
     assert written != archived
     assert holders == 0
+
+
+def test_an_archived_pin_is_never_issued_again_through_the_binary_copy(
+    rt: Runtime, catalog: None
+) -> None:
+    """The COPY path (PostgreSQL) asks the database which of a chunk's PINs were archived,
+    over the chunk's serial range, and draws those again."""
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite writes no binary COPY")
+    pairs = factories.active_batch(rt, count=3)
+    batch_id = batch_id_of(rt, pairs[0][0])
+    expire_batch_long_ago(rt, batch_id)
+    housekeeping.run_job(rt, CONSOLE, "voucher_archive")
+    with rt.engine.connect() as conn:
+        archived = conn.execute(
+            select(t.voucher_archive.c.pin_hash).where(
+                t.voucher_archive.c.serial == int(pairs[0][0])
+            )
+        ).scalar_one()
+    sealer = Sealer.for_batch(rt.keyring, batch_id, 14)
+    first = int(pairs[-1][0]) + 1000
+    sealed = seal_copy(sealer, range(first, first + 3))
+    record = struct.Struct(sealed.record_format)
+    body = sealed.data[len(COPY_HEADER) : -len(COPY_TRAILER)]
+    records = [list(each) for each in record.iter_unpack(body)]
+    records[1][6] = archived  # the middle voucher gets the PIN an archived voucher had
+    data = COPY_HEADER + b"".join(record.pack(*each) for each in records) + COPY_TRAILER
+
+    with rt.engine.begin() as conn:
+        write_copy(conn, sealer, SealedCopy(data, 3, sealed.record_format))
+
+    with rt.engine.connect() as conn:
+        written = dict(
+            conn.execute(
+                select(t.vouchers.c.serial, t.vouchers.c.pin_hash).where(
+                    t.vouchers.c.serial.between(first, first + 2)
+                )
+            ).all()
+        )
+    assert sorted(written) == [first, first + 1, first + 2]  # none lost, none doubled
+    assert written[first + 1] != archived
+    assert written[first] == records[0][6]
+    assert written[first + 2] == records[2][6]
+    assert count(rt, t.vouchers, t.vouchers.c.pin_hash == archived) == 0
 
 
 # --- expiry counts -------------------------------------------------------------------------

@@ -22,6 +22,20 @@ def any_archived(conn: Connection) -> bool:
     return bool(conn.execute(select(exists().select_from(_a))).scalar())
 
 
+def archived_in(conn: Connection, first: int, last: int) -> set[int]:
+    """Serials of ``vouchers`` between ``first`` and ``last`` whose PIN an archived voucher
+    had: one probe of the archive's UNIQUE lookup hash a row, all in the database (a chunk
+    just written checks its PINs without sending them back)."""
+    v = t.vouchers
+    return set(
+        conn.execute(
+            select(v.c.serial)
+            .join(_a, _a.c.pin_hash == v.c.pin_hash)
+            .where(v.c.serial >= first, v.c.serial <= last)
+        ).scalars()
+    )
+
+
 def archived_hashes(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
     """Which of ``hashes`` belong to archived vouchers (their PINs are never reissued)."""
     if not hashes or not conn.execute(select(exists().select_from(_a))).scalar():

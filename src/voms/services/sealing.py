@@ -255,6 +255,14 @@ class SealedCopy:
     count: int
     record_format: str
 
+    def serial_span(self) -> tuple[int, int]:
+        """The lowest and highest serial of the chunk (its first and last records only)."""
+        body = memoryview(self.data)[len(COPY_HEADER) : -len(COPY_TRAILER)]
+        size = struct.calcsize(self.record_format)
+        first = struct.unpack_from(self.record_format, body, 0)[2]
+        last = struct.unpack_from(self.record_format, body, (self.count - 1) * size)[2]
+        return min(first, last), max(first, last)
+
     def rows(self) -> list[VoucherRow]:
         """The rows back, for the rare path (a PIN collision, an archived PIN)."""
         body = memoryview(self.data)[len(COPY_HEADER) : -len(COPY_TRAILER)]

@@ -248,7 +248,9 @@ def test_a_voucher_reactivated_by_a_reversal_is_not_archived_by_its_old_redempti
     assert count(rt, t.vouchers) == 3
 
 
-def test_an_archived_pin_is_never_issued_again(rt: Runtime, catalog: None) -> None:
+def _archived_pin(rt: Runtime) -> tuple[Sealer, int, bytes]:
+    """A batch archived whole: a sealer for it, its last serial, and the lookup hash of
+    the PIN its first voucher had."""
     pairs = factories.active_batch(rt, count=3)
     batch_id = batch_id_of(rt, pairs[0][0])
     expire_batch_long_ago(rt, batch_id)
@@ -259,8 +261,12 @@ def test_an_archived_pin_is_never_issued_again(rt: Runtime, catalog: None) -> No
                 t.voucher_archive.c.serial == int(pairs[0][0])
             )
         ).scalar_one()
-    sealer = Sealer.for_batch(rt.keyring, batch_id, 14)
-    serial = int(pairs[-1][0]) + 1000
+    return Sealer.for_batch(rt.keyring, batch_id, 14), int(pairs[-1][0]), archived
+
+
+def test_an_archived_pin_is_never_issued_again(rt: Runtime, catalog: None) -> None:
+    sealer, last, archived = _archived_pin(rt)
+    serial = last + 1000
     row = sealer.seal([serial])[0]
     colliding = (row[0], row[1], archived, *row[3:])  # the PIN an archived voucher had
 
@@ -283,18 +289,8 @@ def test_an_archived_pin_is_never_issued_again_through_the_binary_copy(
     over the chunk's serial range, and draws those again."""
     if rt.engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL only: SQLite writes no binary COPY")
-    pairs = factories.active_batch(rt, count=3)
-    batch_id = batch_id_of(rt, pairs[0][0])
-    expire_batch_long_ago(rt, batch_id)
-    housekeeping.run_job(rt, CONSOLE, "voucher_archive")
-    with rt.engine.connect() as conn:
-        archived = conn.execute(
-            select(t.voucher_archive.c.pin_hash).where(
-                t.voucher_archive.c.serial == int(pairs[0][0])
-            )
-        ).scalar_one()
-    sealer = Sealer.for_batch(rt.keyring, batch_id, 14)
-    first = int(pairs[-1][0]) + 1000
+    sealer, last, archived = _archived_pin(rt)
+    first = last + 1000
     sealed = seal_copy(sealer, range(first, first + 3))
     record = struct.Struct(sealed.record_format)
     body = sealed.data[len(COPY_HEADER) : -len(COPY_TRAILER)]

@@ -5,7 +5,7 @@ The archive job (voms.services.housekeeping.archive) moves vouchers in; nothing 
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, LargeBinary, any_, bindparam, exists, select
+from sqlalchemy import Connection, LargeBinary, any_, bindparam, exists, literal, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from voms.db import tables as t
@@ -25,13 +25,18 @@ def any_archived(conn: Connection) -> bool:
 def archived_in(conn: Connection, first: int, last: int) -> set[int]:
     """Serials of ``vouchers`` between ``first`` and ``last`` whose PIN an archived voucher
     had: one probe of the archive's UNIQUE lookup hash a row, all in the database (a chunk
-    just written checks its PINs without sending them back)."""
+    just written checks its PINs without sending them back).
+
+    The probe is a LATERAL subquery with ``LIMIT 1`` so that it stays one index probe a
+    row whatever the planner thinks of the chunk's fresh serial range: as a plain join it
+    chose a hash join that read the whole archive for every chunk (at 10M vouchers and 1.8M
+    archived, more than half of generation's time), and the archive only grows.
+    """
     v = t.vouchers
+    probe = select(literal(1)).where(_a.c.pin_hash == v.c.pin_hash).limit(1).lateral("probe")
     return set(
         conn.execute(
-            select(v.c.serial)
-            .join(_a, _a.c.pin_hash == v.c.pin_hash)
-            .where(v.c.serial >= first, v.c.serial <= last)
+            select(v.c.serial).join(probe, true()).where(v.c.serial >= first, v.c.serial <= last)
         ).scalars()
     )
 

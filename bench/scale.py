@@ -1,7 +1,7 @@
 """Scale on PostgreSQL: the same measurements at 1M, 10M and N vouchers in one database.
 
     .venv/bin/python bench/scale.py [--vouchers 10000000] [--checkpoints 1000000,10000000]
-        [--probe 200000] [--requests 10000] [--rounds 2] [--keep]
+        [--probe 200000] [--requests 10000] [--rounds 2] [--keep] [--compare-rounds 0]
 
 Builds a scratch database (``voms_scale`` next to VOMS_TEST_POSTGRES_URL's): the catalog,
 1,000 subscribers, then the first 1,000,000 vouchers with the real generator
@@ -31,6 +31,7 @@ dropped at the end unless ``--keep``. Figures, not a test.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import redeem  # noqa: E402  (bench/redeem.py: the server and the HTTP load driver)
 
 DB_NAME = "voms_scale"
+SMALL_DB = "voms_scale_1m"  # --compare-rounds: the 1M database beside it
 MILLION = 1_000_000
 FILL_STATEMENT = MILLION  # rows per INSERT … SELECT (one transaction)
 FILL_BATCH = 10 * MILLION  # vouchers per bulk batch (the generator's largest batch)
@@ -62,7 +65,7 @@ def log(message: str) -> None:
 # --- building ------------------------------------------------------------------------
 
 
-def _setup(admin_url: str, workdir: Path) -> tuple[Any, str]:
+def _setup(admin_url: str, workdir: Path, name: str = DB_NAME) -> tuple[Any, str]:
     import psycopg
     from sqlalchemy import select
     from tests import factories
@@ -71,10 +74,10 @@ def _setup(admin_url: str, workdir: Path) -> tuple[Any, str]:
     from voms.db.types import utcnow
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    url = admin_url.rsplit("/", 1)[0] + f"/{DB_NAME}"
-    rt = factories.new_installation(url, workdir / "keys.json")
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    rt = factories.new_installation(url, workdir / f"{name}-keys.json")
     factories.standard_catalog(rt)
     with rt.engine.begin() as conn:
         gold = conn.execute(
@@ -171,7 +174,36 @@ def _bulk_fill(rt: Any, count: int) -> float:
         started = time.perf_counter()
         conn.execute("VACUUM ANALYZE vouchers")
         log(f"  VACUUM ANALYZE in {time.perf_counter() - started:.0f} s")
+        _prewarm(conn)
     return time.perf_counter() - began
+
+
+def _prewarm(conn: Any) -> None:
+    """Read the lookup-hash index into ``shared_buffers``, where a running server keeps it.
+
+    Every redemption and every generated voucher visits a random page of it. Grown by the
+    generator's inserts it would be there already; built by ``CREATE INDEX`` (through a
+    small ring of buffers) it is not, and each of those visits would first read its page
+    from the operating system. ``pg_prewarm`` (PostgreSQL's contrib, in Debian's server
+    package) does the same for a restarted production server (``autoprewarm``). Skipped
+    with a note when the extension is missing.
+    """
+    import psycopg
+
+    started = time.perf_counter()
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+    except psycopg.Error as exc:
+        log(f"  pg_prewarm unavailable ({exc.diag.message_primary}): index left cold")
+        return
+    blocks = conn.execute("SELECT pg_prewarm('uq_vouchers_pin_hash')").fetchone()[0]
+    shared = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'")
+    room = shared.fetchone()[0]
+    fits = "" if blocks <= room else f" (more than shared_buffers' {room:,}: only part stays)"
+    log(
+        f"  lookup hash index read into shared_buffers: {blocks:,} blocks{fits}"
+        f" in {time.perf_counter() - started:.0f} s"
+    )
 
 
 def _archivable_batch(rt: Any, count: int) -> None:
@@ -241,11 +273,8 @@ def _generate(
     )
 
 
-def _redeem_http(
-    rt: Any, key: str, pins: list[tuple[str, str]], args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
-    """voms serve, a warm-up, then ``--rounds`` closed-loop runs: median rate and p99."""
-    bodies = [
+def _bodies(pins: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
         {
             "msisdn": redeem.msisdn(i % redeem.SUBSCRIBERS),
             "pin": pin,
@@ -253,6 +282,11 @@ def _redeem_http(
         }
         for i, (serial, pin) in enumerate(pins)
     ]
+
+
+@contextlib.contextmanager
+def _server(rt: Any, args: argparse.Namespace) -> Iterator[str]:
+    """``voms serve`` (2 workers) on the database of ``rt``; yields its URL."""
     port = redeem._free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
     env.update(
@@ -263,10 +297,25 @@ def _redeem_http(
         VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // 2 + 2)),
     )
     server = redeem._serve(env, 2, port)
-    url = f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _refused(runs: list[dict[str, Any]]) -> int:
+    return sum(n for run in runs for code, n in run["codes"].items() if code != "0")
+
+
+def _redeem_http(
+    rt: Any, key: str, pins: list[tuple[str, str]], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """voms serve, a warm-up, then ``--rounds`` closed-loop runs: median rate and p99."""
+    bodies = _bodies(pins)
     warmup = 500
     runs = []
-    try:
+    with _server(rt, args) as url:
         redeem._run_driver(url, key, bodies[:warmup], args.concurrency, None, work)
         for number in range(args.rounds):
             first = warmup + number * args.requests
@@ -275,16 +324,84 @@ def _redeem_http(
                     url, key, bodies[first : first + args.requests], args.concurrency, None, work
                 )
             )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    bad = sum(n for run in runs for code, n in run["codes"].items() if code != "0")
     return {
         "rps": statistics.median(r["rps"] for r in runs),
         "p50_ms": statistics.median(r["p50_ms"] for r in runs),
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
         "runs": [(round(r["rps"]), round(r["p99_ms"], 2)) for r in runs],
-        "refused": bad,
+        "refused": _refused(runs),
+    }
+
+
+def compare_small(
+    rt: Any, key: str, admin_url: str, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """Redemption in turns against a database of 1,000,000 vouchers built beside this one.
+
+    Both servers run throughout; each round drives one, then the other (the order
+    alternating), ``--requests`` redemptions each, so the host's changing load falls on
+    both alike. Returns the per-round ratios (this database against the small one).
+    """
+    import psycopg
+
+    need = 500 + args.compare_rounds * args.requests
+    small, small_key = _setup(admin_url, work, SMALL_DB)
+    try:
+        _generate(small, MILLION, pins=False)
+        _, small_pins, _ = _generate(small, need)
+        _, big_pins, _ = _generate(rt, need)
+        sides = {
+            "big": (rt, key, _bodies(big_pins)),
+            "small": (small, small_key, _bodies(small_pins)),
+        }
+        results: dict[str, list[dict[str, Any]]] = {"big": [], "small": []}
+        with _server(rt, args) as big_url, _server(small, args) as small_url:
+            urls = {"big": big_url, "small": small_url}
+            for side, (_, side_key, bodies) in sides.items():
+                redeem._run_driver(urls[side], side_key, bodies[:500], args.concurrency, None, work)
+            for number in range(args.compare_rounds):
+                first = 500 + number * args.requests
+                order = ("big", "small") if number % 2 == 0 else ("small", "big")
+                for side in order:
+                    _, side_key, bodies = sides[side]
+                    run = redeem._run_driver(
+                        urls[side],
+                        side_key,
+                        bodies[first : first + args.requests],
+                        args.concurrency,
+                        None,
+                        work,
+                    )
+                    results[side].append(run)
+                big, little = results["big"][-1], results["small"][-1]
+                log(
+                    f"  round {number + 1}: {big['rps']:,.0f} against {little['rps']:,.0f}/s "
+                    f"({big['rps'] / little['rps']:.3f}), p99 {big['p99_ms']:.1f} against "
+                    f"{little['p99_ms']:.1f} ms ({big['p99_ms'] / little['p99_ms']:.3f})"
+                )
+    finally:
+        small.engine.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{SMALL_DB}" WITH (FORCE)')
+    pairs = list(zip(results["big"], results["small"], strict=True))
+    rate = [b["rps"] / s["rps"] for b, s in pairs]
+    p99 = [b["p99_ms"] / s["p99_ms"] for b, s in pairs]
+    summed = sum(b["rps"] for b, _ in pairs) / sum(s["rps"] for _, s in pairs)
+    log(
+        f"redemption at {args.vouchers:,} against 1,000,000, in turns ({len(pairs)} rounds):"
+        f" rate {statistics.median(rate):.3f} (median of rounds; {min(rate):.3f}-"
+        f"{max(rate):.3f}; all rounds summed {summed:.3f}), p99 {statistics.median(p99):.3f}"
+        f" ({min(p99):.3f}-{max(p99):.3f}); refused {_refused(results['big'])}"
+        f" and {_refused(results['small'])}"
+    )
+    return {
+        "rate_ratio_median": statistics.median(rate),
+        "rate_ratio_summed": summed,
+        "p99_ratio_median": statistics.median(p99),
+        "rounds": [
+            (round(b["rps"]), round(b["p99_ms"], 2), round(s["rps"]), round(s["p99_ms"], 2))
+            for b, s in pairs
+        ],
     }
 
 
@@ -468,6 +585,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument(
+        "--compare-rounds",
+        type=int,
+        default=0,
+        help="after N, redemption in turns against a new database of 1M vouchers, this many"
+        " rounds of --requests each (0: not)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _stop)  # a kill still stops the server, drops the database
     if args.probe < 500 + args.rounds * args.requests:
@@ -503,6 +627,11 @@ def main() -> None:
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
         _table(rows, first_fill_rate)
+        if args.compare_rounds:
+            log(f"redemption in turns: {args.vouchers:,} against a new database of 1,000,000")
+            rows[-1]["compare_small"] = compare_small(rt, key, admin_url, args, work)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
     finally:
         rt.engine.dispose()
         if not args.keep:

@@ -614,16 +614,24 @@ def main() -> None:
 
 def _start(args: argparse.Namespace, setup: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
     """``voms serve`` on the scratch database: the server and its URL."""
+    return serve(setup["url"], setup["keys"], args.workers, args.threads, args.concurrency)
+
+
+def serve(
+    database_url: str, keys_file: str, workers: int, threads: int, concurrency: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``voms serve`` on a database, pooled for ``concurrency`` clients: the server and its
+    URL (also bench/scale.py's)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
     env.update(
-        VOMS_DATABASE_URL=setup["url"],
-        VOMS_KEYS_FILE=setup["keys"],
+        VOMS_DATABASE_URL=database_url,
+        VOMS_KEYS_FILE=keys_file,
         VOMS_LOG_LEVEL="WARNING",  # no access log line per request
-        VOMS_REDEMPTION_THREADS=str(args.threads),
-        VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // args.workers + 2)),
+        VOMS_REDEMPTION_THREADS=str(threads),
+        VOMS_DB_POOL_SIZE=str(max(5, concurrency // workers + 2)),
     )
-    return _serve(env, args.workers, port), f"http://127.0.0.1:{port}"
+    return _serve(env, workers, port), f"http://127.0.0.1:{port}"
 
 
 PLANS_CACHE_SECONDS = 10.5  # voms.services.promotions.cache.TTL_SECONDS, and a margin

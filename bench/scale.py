@@ -56,6 +56,7 @@ MILLION = 1_000_000
 FILL_STATEMENT = MILLION  # rows per INSERT … SELECT (one transaction)
 FILL_BATCH = 10 * MILLION  # vouchers per bulk batch (the generator's largest batch)
 ARCHIVE_BATCH = MILLION
+WARMUP = 500  # redemptions sent to a new server before any measured run
 
 
 def log(message: str) -> None:
@@ -196,9 +197,10 @@ def _prewarm(conn: Any) -> None:
     except psycopg.Error as exc:
         log(f"  pg_prewarm unavailable ({exc.diag.message_primary}): index left cold")
         return
-    blocks = conn.execute("SELECT pg_prewarm('uq_vouchers_pin_hash')").fetchone()[0]
-    shared = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'")
-    room = shared.fetchone()[0]
+    blocks, room = conn.execute(
+        "SELECT pg_prewarm('uq_vouchers_pin_hash'),"
+        " (SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers')"
+    ).fetchone()
     fits = "" if blocks <= room else f" (more than shared_buffers' {room:,}: only part stays)"
     log(
         f"  lookup hash index read into shared_buffers: {blocks:,} blocks{fits}"
@@ -286,19 +288,13 @@ def _bodies(pins: list[tuple[str, str]]) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _server(rt: Any, args: argparse.Namespace) -> Iterator[str]:
-    """``voms serve`` (2 workers) on the database of ``rt``; yields its URL."""
-    port = redeem._free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOMS_")}
-    env.update(
-        VOMS_DATABASE_URL=rt.settings.database_url,
-        VOMS_KEYS_FILE=str(rt.settings.keys_file),
-        VOMS_LOG_LEVEL="WARNING",
-        VOMS_REDEMPTION_THREADS="4",
-        VOMS_DB_POOL_SIZE=str(max(5, args.concurrency // 2 + 2)),
+    """``voms serve`` (2 workers of 4 redemption threads) on the database of ``rt``; yields
+    its URL."""
+    server, url = redeem.serve(
+        rt.settings.database_url, str(rt.settings.keys_file), 2, 4, args.concurrency
     )
-    server = redeem._serve(env, 2, port)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -313,12 +309,11 @@ def _redeem_http(
 ) -> dict[str, Any]:
     """voms serve, a warm-up, then ``--rounds`` closed-loop runs: median rate and p99."""
     bodies = _bodies(pins)
-    warmup = 500
     runs = []
     with _server(rt, args) as url:
-        redeem._run_driver(url, key, bodies[:warmup], args.concurrency, None, work)
+        redeem._run_driver(url, key, bodies[:WARMUP], args.concurrency, None, work)
         for number in range(args.rounds):
-            first = warmup + number * args.requests
+            first = WARMUP + number * args.requests
             runs.append(
                 redeem._run_driver(
                     url, key, bodies[first : first + args.requests], args.concurrency, None, work
@@ -344,26 +339,25 @@ def compare_small(
     """
     import psycopg
 
-    need = 500 + args.compare_rounds * args.requests
+    need = WARMUP + args.compare_rounds * args.requests
     small, small_key = _setup(admin_url, work, SMALL_DB)
     try:
         _generate(small, MILLION, pins=False)
         _, small_pins, _ = _generate(small, need)
         _, big_pins, _ = _generate(rt, need)
-        sides = {
-            "big": (rt, key, _bodies(big_pins)),
-            "small": (small, small_key, _bodies(small_pins)),
-        }
+        sides = {"big": (key, _bodies(big_pins)), "small": (small_key, _bodies(small_pins))}
         results: dict[str, list[dict[str, Any]]] = {"big": [], "small": []}
         with _server(rt, args) as big_url, _server(small, args) as small_url:
             urls = {"big": big_url, "small": small_url}
-            for side, (_, side_key, bodies) in sides.items():
-                redeem._run_driver(urls[side], side_key, bodies[:500], args.concurrency, None, work)
+            for side, (side_key, bodies) in sides.items():
+                redeem._run_driver(
+                    urls[side], side_key, bodies[:WARMUP], args.concurrency, None, work
+                )
             for number in range(args.compare_rounds):
-                first = 500 + number * args.requests
+                first = WARMUP + number * args.requests
                 order = ("big", "small") if number % 2 == 0 else ("small", "big")
                 for side in order:
-                    _, side_key, bodies = sides[side]
+                    side_key, bodies = sides[side]
                     run = redeem._run_driver(
                         urls[side],
                         side_key,
@@ -594,7 +588,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _stop)  # a kill still stops the server, drops the database
-    if args.probe < 500 + args.rounds * args.requests:
+    if args.probe < WARMUP + args.rounds * args.requests:
         parser.error("--probe must cover the warm-up and every HTTP run")
     admin_url = os.environ.get(
         "VOMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -43,7 +43,7 @@ def archived_in(conn: Connection, first: int, last: int) -> set[int]:
 
 def archived_hashes(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
     """Which of ``hashes`` belong to archived vouchers (their PINs are never reissued)."""
-    if not hashes or not conn.execute(select(exists().select_from(_a))).scalar():
+    if not hashes or not any_archived(conn):
         return set()
     if conn.dialect.name == "postgresql":
         # One round trip for a whole chunk: each value is one probe of the UNIQUE index.
